@@ -1,0 +1,43 @@
+// Internal to shardctl: one Register function per subcommand.
+//
+// Each adds its subcommand to `app` with its options and a callback that
+// does the work and stores the process exit status in `ctx.exit_code`:
+// 0 on success, 1 when the command ran and failed (after printing a
+// one-line reason to stderr). Usage errors are handled by main (exit 2).
+
+#ifndef SHARDKIT_CLI_COMMANDS_H_
+#define SHARDKIT_CLI_COMMANDS_H_
+
+#include <iostream>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "cli/output.h"
+
+namespace shardkit::cli {
+
+struct CommandContext {
+  int exit_code = 0;
+  std::ostream* out = &std::cout;
+  std::ostream* err = &std::cerr;
+};
+
+// Prints "shardctl: <message>" to ctx.err and sets exit status 1.
+void Fail(CommandContext& ctx, const std::string& message);
+void Fail(CommandContext& ctx, const absl::Status& status);
+
+// `-c,--config FILE` (required).
+CLI::Option* AddConfigOption(CLI::App* cmd, std::string* path);
+// `--format table|json` (default table).
+CLI::Option* AddFormatOption(CLI::App* cmd, Format* format);
+
+void RegisterValidate(CLI::App& app, CommandContext& ctx);
+void RegisterMap(CLI::App& app, CommandContext& ctx);
+void RegisterRoute(CLI::App& app, CommandContext& ctx);
+void RegisterDev(CLI::App& app, CommandContext& ctx);
+void RegisterExec(CLI::App& app, CommandContext& ctx);
+
+}  // namespace shardkit::cli
+
+#endif  // SHARDKIT_CLI_COMMANDS_H_

@@ -1,0 +1,86 @@
+// shardctl: the operator's command line over the shardkit library.
+
+#include <iostream>
+#include <map>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "cli/commands.h"
+
+namespace shardkit::cli {
+
+void Fail(CommandContext& ctx, const std::string& message) {
+  *ctx.err << "shardctl: " << message << "\n";
+  ctx.exit_code = 1;
+}
+
+void Fail(CommandContext& ctx, const absl::Status& status) {
+  Fail(ctx, std::string(status.message()));
+}
+
+CLI::Option* AddConfigOption(CLI::App* cmd, std::string* path) {
+  return cmd
+      ->add_option("-c,--config", *path,
+                   "Shard map configuration (TOML); see docs/configuration.md")
+      ->required()
+      ->option_text("FILE");
+}
+
+CLI::Option* AddFormatOption(CLI::App* cmd, Format* format) {
+  static const std::map<std::string, Format> kFormats = {
+      {"table", Format::kTable}, {"json", Format::kJson}};
+  return cmd->add_option("--format", *format, "Output format: table or json")
+      ->transform(CLI::CheckedTransformer(kFormats, CLI::ignore_case))
+      ->option_text("table|json")
+      ->default_str("table");
+}
+
+namespace {
+
+int Run(int argc, char** argv) {
+  CLI::App app{
+      "shardctl: operate a sharded PostgreSQL deployment described by a "
+      "shardkit configuration.\n"
+      "Run 'shardctl COMMAND --help' for a command's options."};
+  app.name("shardctl");
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "shardctl 0.1.0");
+
+  CommandContext ctx;
+  RegisterValidate(app, ctx);
+  RegisterMap(app, ctx);
+  RegisterRoute(app, ctx);
+  RegisterExec(app, ctx);
+  RegisterDev(app, ctx);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, and where to look; exit 2 as usage errors do in most tools.
+    std::string where = "shardctl";
+    for (const CLI::App* sub : app.get_subcommands()) {
+      where += " " + sub->get_name();
+      for (const CLI::App* subsub : sub->get_subcommands()) {
+        where += " " + subsub->get_name();
+      }
+    }
+    std::cerr << "shardctl: " << e.what() << " (see '" << where
+              << " --help')\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "shardctl: " << e.what() << "\n";
+    return 1;
+  }
+  return ctx.exit_code;
+}
+
+}  // namespace
+}  // namespace shardkit::cli
+
+int main(int argc, char** argv) { return shardkit::cli::Run(argc, argv); }

@@ -1,0 +1,53 @@
+// Internal to shardctl: printing tables and JSON.
+
+#ifndef SHARDKIT_CLI_OUTPUT_H_
+#define SHARDKIT_CLI_OUTPUT_H_
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace shardkit::cli {
+
+// Output formats of commands that print data.
+enum class Format { kTable, kJson };
+
+// Prints `rows` under `header` as aligned, space-separated columns with a
+// dashed rule below the header. Every row has header.size() cells.
+void PrintTable(std::ostream& out, const std::vector<std::string>& header,
+                const std::vector<std::vector<std::string>>& rows);
+
+// A small streaming JSON writer: well-formed output as long as Begin/End
+// calls pair up and every object member is preceded by Key().
+class JsonWriter {
+ public:
+  JsonWriter& BeginObject();
+  JsonWriter& EndObject();
+  JsonWriter& BeginArray();
+  JsonWriter& EndArray();
+  JsonWriter& Key(std::string_view key);
+  JsonWriter& String(std::string_view value);
+  JsonWriter& Int(int64_t value);
+  JsonWriter& Bool(bool value);
+  JsonWriter& Null();
+
+  // The document so far.
+  const std::string& str() const { return out_; }
+
+ private:
+  void BeforeValue();
+
+  std::string out_;
+  // One entry per open container: whether it has a member yet.
+  std::vector<bool> has_member_;
+  bool after_key_ = false;
+};
+
+// `value` as a JSON string literal, quotes included.
+std::string JsonQuote(std::string_view value);
+
+}  // namespace shardkit::cli
+
+#endif  // SHARDKIT_CLI_OUTPUT_H_

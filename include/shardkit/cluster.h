@@ -1,0 +1,79 @@
+// A Cluster: one process's handle on a sharded PostgreSQL deployment.
+//
+// A Cluster is opened from a configuration (config.h) and runs SQL on its
+// shards. One Cluster serves a whole process.
+//
+// Example:
+//
+//   absl::StatusOr<std::unique_ptr<shardkit::Cluster>> cluster =
+//       shardkit::Cluster::OpenFile("shards.toml");
+//   if (!cluster.ok()) return cluster.status();
+//   for (const shardkit::ShardOutcome& o :
+//        (*cluster)->ExecuteOnAllShards("CREATE TABLE t (id int8)")) {
+//     std::cout << o.shard_name << ": " << (o.status.ok() ? "ok" : o.status.ToString());
+//   }
+//
+// Thread-safety: all methods may be called concurrently from any thread.
+
+#ifndef SHARDKIT_CLUSTER_H_
+#define SHARDKIT_CLUSTER_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "shardkit/config.h"
+#include "shardkit/result.h"
+#include "shardkit/shard_map.h"
+
+namespace shardkit {
+
+// What happened on one shard.
+struct ShardOutcome {
+  ShardId shard = 0;
+  std::string shard_name;
+  // OK, or the failure: kUnavailable for a shard that cannot be reached
+  // (within the connect timeout), kDeadlineExceeded for a statement that ran
+  // past the statement timeout, otherwise the server's error. The message
+  // names the shard and carries the SQLSTATE when the server sent one.
+  absl::Status status;
+  // Valid only when status is OK.
+  Result result;
+};
+
+class Cluster {
+ public:
+  // Opens a cluster over `config`. Connections are made lazily, so this
+  // fails only on an invalid configuration.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Cluster>> Open(
+      Config config);
+
+  // LoadConfig(path) then Open. Fails as LoadConfig does.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Cluster>> OpenFile(
+      const std::string& path);
+
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  const Config& config() const { return config_; }
+  const ShardMap& map() const { return config_.map; }
+
+  // Runs `sql` (one statement, no parameters; typically DDL) on every shard
+  // concurrently and waits for all of them. Returns one outcome per shard,
+  // in shard order. A failure on one shard does not stop the others, and
+  // nothing is rolled back: the caller sees exactly which shards applied it.
+  std::vector<ShardOutcome> ExecuteOnAllShards(std::string_view sql);
+
+ private:
+  explicit Cluster(Config config);
+
+  const Config config_;
+};
+
+}  // namespace shardkit
+
+#endif  // SHARDKIT_CLUSTER_H_
