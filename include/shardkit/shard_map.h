@@ -154,6 +154,11 @@ class Distribution {
   [[nodiscard]] absl::StatusOr<Placement> Place(
       const Key& key, const Key* hash_key = nullptr) const;
 
+  // The slice that owns 64-bit hash value `hash`.
+  // REQUIRES: strategy() == Strategy::kHash (DCHECKed; the result of any
+  // other call is the first slice).
+  Placement PlaceHash(uint64_t hash) const;
+
   // The shards whose slices intersect `range`, ascending, no repeats.
   // REQUIRES: strategy() == Strategy::kRange; otherwise fails with
   // kFailedPrecondition (a hash or region keyspace has no key order).

@@ -1,0 +1,413 @@
+#include "config/map_builder.h"
+
+#include <algorithm>
+#include <libpq-fe.h>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/strings.h"
+#include "absl/strings/str_join.h"
+
+namespace shardkit::internal {
+namespace {
+
+std::string SliceText(const HashSliceSpec& s) {
+  return StrCat("[", FormatHash(s.lo), ", ",
+                      s.hi ? FormatHash(*s.hi) : std::string("end"), ")");
+}
+
+std::string BoundText(const std::optional<Key>& k, std::string_view open) {
+  return k ? StrCat("'", k->ToString(), "'") : std::string(open);
+}
+
+std::string SliceText(const RangeSliceSpec& s) {
+  return StrCat("[", BoundText(s.from, "start"), ", ",
+                      BoundText(s.to, "end"), ")");
+}
+
+// The smallest key of `type`: a slice starting there starts at the start.
+bool IsDomainStart(const Key& k, KeyType type) {
+  switch (type) {
+    case KeyType::kInt2: return k.kind() == Key::Kind::kInteger && k.integer() == INT16_MIN;
+    case KeyType::kInt4: return k.kind() == Key::Kind::kInteger && k.integer() == INT32_MIN;
+    case KeyType::kInt8: return k.kind() == Key::Kind::kInteger && k.integer() == INT64_MIN;
+    case KeyType::kText: return k.kind() == Key::Kind::kText && k.text().empty();
+    case KeyType::kUuid: return k.kind() == Key::Kind::kUuid && k.uuid() == Key::Uuid{};
+  }
+  return false;
+}
+
+// host/port/dbname as libpq resolves them, to spot two shards that are one
+// database. Empty if the string does not parse (reported elsewhere).
+std::string DatabaseIdentity(const std::string& dsn) {
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(dsn.c_str(), &error);
+  if (options == nullptr) {
+    if (error != nullptr) PQfreemem(error);
+    return "";
+  }
+  std::string host, hostaddr, port = "5432", dbname, user;
+  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (o->val == nullptr) continue;
+    const std::string_view k = o->keyword;
+    if (k == "host") host = o->val;
+    if (k == "hostaddr") hostaddr = o->val;
+    if (k == "port") port = o->val;
+    if (k == "dbname") dbname = o->val;
+    if (k == "user") user = o->val;
+  }
+  PQconninfoFree(options);
+  if (host.empty() && hostaddr.empty()) return "";  // environment decides
+  if (host == "localhost") host = "127.0.0.1";
+  if (dbname.empty()) dbname = user;
+  return StrCat(hostaddr.empty() ? host : hostaddr, ":", port, "/", dbname);
+}
+
+}  // namespace
+
+uint64_t ShardMapBuilder::EvenSliceLo(uint64_t i, uint64_t n) {
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(i) << 64) / n);
+}
+
+class ShardMapBuilder::Impl {
+ public:
+  Impl(const ShardMapSpec& spec, const ProblemReporter& report)
+      : spec_(spec), report_(report) {}
+
+  std::optional<ShardMap> Build() {
+    map_.epoch_ = spec_.epoch;
+    BuildShards();
+    for (const DistributionSpec& d : spec_.distributions) BuildDistribution(d);
+    for (const TableSpec& t : spec_.tables) BuildTable(t);
+    if (failed_) return std::nullopt;
+    return std::move(map_);
+  }
+
+ private:
+  void Report(SourcePos pos, std::string message) {
+    failed_ = true;
+    report_(pos, std::move(message));
+  }
+
+  void BuildShards() {
+    if (spec_.shards.empty()) {
+      Report({}, "no shards: add at least one [shards.NAME] with a dsn");
+    }
+    std::map<std::string, std::string> identity_owner;
+    for (const ShardSpec& s : spec_.shards) {
+      const ShardId id = static_cast<ShardId>(map_.shards_.size());
+      map_.shards_.push_back(Shard{s.name, s.dsn});
+      map_.shard_index_[s.name] = id;
+      const std::string identity = DatabaseIdentity(s.dsn);
+      if (identity.empty()) continue;
+      auto [it, inserted] = identity_owner.emplace(identity, s.name);
+      if (!inserted) {
+        Report(s.pos, StrCat("shards.", s.name, ".dsn: shards '",
+                                   it->second, "' and '", s.name,
+                                   "' are the same database (", identity,
+                                   "); each shard needs its own database"));
+      }
+    }
+  }
+
+  std::optional<ShardId> ResolveShard(const ShardRef& ref,
+                                      std::string_view where) {
+    if (auto id = map_.FindShard(ref.name)) return id;
+    std::vector<std::string> names;
+    for (const Shard& s : map_.shards_) names.push_back(s.name);
+    Report(ref.pos, StrCat(where, ": unknown shard '", ref.name,
+                                 "' (defined shards: ",
+                                 names.empty() ? "none" : absl::StrJoin(names, ", "),
+                                 ")"));
+    return std::nullopt;
+  }
+
+  void BuildDistribution(const DistributionSpec& spec) {
+    Distribution d;
+    d.name_ = spec.name;
+    d.strategy_ = spec.strategy;
+    d.key_type_ = spec.key_type;
+    d.hash_key_type_ = spec.hash_key_type;
+    const std::string path = StrCat("distributions.", spec.name);
+    bool ok = true;
+    switch (spec.strategy) {
+      case Strategy::kHash:
+        ok = BuildHash(spec, path, d);
+        break;
+      case Strategy::kRange:
+        ok = BuildRange(spec, path, d);
+        break;
+      case Strategy::kRegion:
+        ok = BuildRegion(spec, path, d);
+        break;
+    }
+    if (!ok) d = Distribution();  // keep indices stable for tables
+    std::set<ShardId> owners;
+    for (const auto& s : d.hash_slices_) owners.insert(s.shard);
+    for (const auto& s : d.range_slices_) owners.insert(s.shard);
+    for (const auto& r : d.regions_) owners.insert(r.shards.begin(), r.shards.end());
+    if (d.default_shard_) owners.insert(*d.default_shard_);
+    d.owners_.assign(owners.begin(), owners.end());
+    d.name_ = spec.name;
+    map_.distribution_index_[spec.name] = map_.distributions_.size();
+    map_.distributions_.push_back(std::move(d));
+  }
+
+  bool BuildHash(const DistributionSpec& spec, const std::string& path,
+                 Distribution& d) {
+    std::vector<HashSliceSpec> slices = spec.hash_slices;
+    if (spec.even_shards) {
+      const auto& refs = *spec.even_shards;
+      if (refs.empty()) {
+        Report(spec.even_shards_pos,
+               StrCat(path, ".shards: the list is empty; name at least "
+                                  "one shard"));
+        return false;
+      }
+      std::set<std::string> seen;
+      for (const ShardRef& r : refs) {
+        if (!seen.insert(r.name).second) {
+          Report(r.pos, StrCat(path, ".shards: shard '", r.name,
+                                     "' is listed twice; each shard takes one "
+                                     "even slice"));
+        }
+      }
+      const uint64_t n = refs.size();
+      for (uint64_t i = 0; i < n; ++i) {
+        HashSliceSpec s;
+        s.lo = EvenSliceLo(i, n);
+        if (i + 1 < n) s.hi = EvenSliceLo(i + 1, n);
+        s.shard = refs[i];
+        s.pos = refs[i].pos;
+        slices.push_back(s);
+      }
+    }
+    bool ok = true;
+    for (size_t i = 0; i < slices.size(); ++i) {
+      const HashSliceSpec& s = slices[i];
+      if (s.hi && *s.hi <= s.lo) {
+        Report(s.pos, StrCat(path, ".slices[", i, "]: slice ",
+                                   SliceText(s),
+                                   " is empty: `to` must be above `from`"));
+        ok = false;
+      }
+    }
+    std::stable_sort(slices.begin(), slices.end(),
+                     [](const HashSliceSpec& a, const HashSliceSpec& b) {
+                       return a.lo < b.lo;
+                     });
+    if (!slices.empty() && slices.front().lo != 0) {
+      Report(slices.front().pos,
+             StrCat(path, ".slices: hash values [0x0000000000000000, ",
+                          FormatHash(slices.front().lo),
+                          ") are not covered by any slice"));
+      ok = false;
+    }
+    for (size_t i = 1; i < slices.size(); ++i) {
+      const HashSliceSpec& prev = slices[i - 1];
+      const HashSliceSpec& cur = slices[i];
+      if (!prev.hi || cur.lo < *prev.hi) {
+        Report(cur.pos, StrCat(path, ".slices: slice ", SliceText(cur),
+                                     " overlaps slice ", SliceText(prev),
+                                     " (line ", prev.pos.line, ")"));
+        ok = false;
+      } else if (cur.lo > *prev.hi) {
+        Report(cur.pos, StrCat(path, ".slices: hash values [",
+                                     FormatHash(*prev.hi), ", ",
+                                     FormatHash(cur.lo),
+                                     ") are not covered by any slice"));
+        ok = false;
+      }
+    }
+    if (!slices.empty() && slices.back().hi) {
+      Report(slices.back().pos,
+             StrCat(path, ".slices: hash values [",
+                          FormatHash(*slices.back().hi),
+                          ", end) are not covered by any slice; omit `to` on "
+                          "the last slice to reach the end"));
+      ok = false;
+    }
+    for (const HashSliceSpec& s : slices) {
+      auto id = ResolveShard(s.shard, path);
+      if (!id) {
+        ok = false;
+        continue;
+      }
+      d.hash_slices_.push_back(HashSlice{s.lo, s.hi, *id});
+      d.hash_lo_.push_back(s.lo);
+    }
+    return ok;
+  }
+
+  bool BuildRange(const DistributionSpec& spec, const std::string& path,
+                  Distribution& d) {
+    std::vector<RangeSliceSpec> slices = spec.range_slices;
+    bool ok = true;
+    for (size_t i = 0; i < slices.size(); ++i) {
+      const RangeSliceSpec& s = slices[i];
+      if (s.from && s.to && !(*s.from < *s.to)) {
+        Report(s.pos, StrCat(path, ".slices[", i, "]: slice ",
+                                   SliceText(s),
+                                   " is empty: `to` must be above `from`"));
+        ok = false;
+      }
+    }
+    // Open `from` sorts first.
+    std::stable_sort(slices.begin(), slices.end(),
+                     [](const RangeSliceSpec& a, const RangeSliceSpec& b) {
+                       if (!a.from || !b.from) return !a.from && b.from;
+                       return *a.from < *b.from;
+                     });
+    if (slices.empty()) return false;
+    const RangeSliceSpec& first = slices.front();
+    if (first.from && !IsDomainStart(*first.from, spec.key_type)) {
+      Report(first.pos,
+             StrCat(path, ".slices: keys below '", first.from->ToString(),
+                          "' are not covered by any slice; omit `from` on the "
+                          "first slice to start at the smallest key"));
+      ok = false;
+    }
+    for (size_t i = 1; i < slices.size(); ++i) {
+      const RangeSliceSpec& prev = slices[i - 1];
+      const RangeSliceSpec& cur = slices[i];
+      if (!prev.to || !cur.from || *cur.from < *prev.to) {
+        Report(cur.pos, StrCat(path, ".slices: slice ", SliceText(cur),
+                                     " overlaps slice ", SliceText(prev),
+                                     " (line ", prev.pos.line, ")"));
+        ok = false;
+      } else if (*prev.to < *cur.from) {
+        Report(cur.pos, StrCat(path, ".slices: keys [",
+                                     BoundText(prev.to, ""), ", ",
+                                     BoundText(cur.from, ""),
+                                     ") are not covered by any slice"));
+        ok = false;
+      }
+    }
+    if (slices.back().to) {
+      Report(slices.back().pos,
+             StrCat(path, ".slices: keys from '",
+                          slices.back().to->ToString(),
+                          "' up are not covered by any slice; omit `to` on "
+                          "the last slice to reach the largest key"));
+      ok = false;
+    }
+    for (size_t i = 0; i < slices.size(); ++i) {
+      const RangeSliceSpec& s = slices[i];
+      auto id = ResolveShard(s.shard, path);
+      if (!id) {
+        ok = false;
+        continue;
+      }
+      d.range_slices_.push_back(RangeSlice{s.from, s.to, *id});
+      if (i == 0 || !s.from) continue;
+      if (s.from->kind() == Key::Kind::kInteger) {
+        d.range_int_from_.push_back(s.from->integer());
+      } else if (s.from->kind() == Key::Kind::kText) {
+        d.range_bytes_from_.push_back(s.from->text());
+      } else {
+        d.range_bytes_from_.emplace_back(
+            reinterpret_cast<const char*>(s.from->uuid().data()), 16);
+      }
+    }
+    return ok;
+  }
+
+  bool BuildRegion(const DistributionSpec& spec, const std::string& path,
+                   Distribution& d) {
+    bool ok = true;
+    bool spread = false;
+    for (const RegionSpec& r : spec.regions) {
+      Region region{r.name, {}};
+      std::set<std::string> seen;
+      for (const ShardRef& ref : r.shards) {
+        if (!seen.insert(ref.name).second) {
+          Report(ref.pos, StrCat(path, ".regions.", r.name, ": shard '",
+                                       ref.name, "' is listed twice"));
+          ok = false;
+        }
+        auto id = ResolveShard(ref, StrCat(path, ".regions.", r.name));
+        if (!id) {
+          ok = false;
+          continue;
+        }
+        region.shards.push_back(*id);
+      }
+      if (r.shards.empty()) {
+        Report(r.pos, StrCat(path, ".regions.", r.name,
+                                   ": the list is empty; name at least one "
+                                   "shard"));
+        ok = false;
+      }
+      spread |= r.shards.size() > 1;
+      d.region_index_[r.name] = d.regions_.size();
+      d.regions_.push_back(std::move(region));
+    }
+    if (spread && !spec.hash_key_type) {
+      Report(spec.pos,
+             StrCat(path, ": a region is spread over several shards, so "
+                                "set `hash_key_type` (the type of the column "
+                                "that spreads it, e.g. \"int8\") and give each "
+                                "table a `hash_key`"));
+      ok = false;
+    }
+    if (spec.default_shard) {
+      auto id = ResolveShard(*spec.default_shard, StrCat(path, ".default"));
+      if (!id) return false;
+      d.default_shard_ = *id;
+    }
+    return ok;
+  }
+
+  void BuildTable(const TableSpec& spec) {
+    const std::string path = StrCat("tables.", spec.name);
+    Table t;
+    t.name = spec.name;
+    t.reference = spec.reference;
+    t.key_column = spec.key;
+    t.hash_key_column = spec.hash_key;
+    if (!spec.reference) {
+      const DistributionSpec* dist = nullptr;
+      for (const DistributionSpec& d : spec_.distributions) {
+        if (d.name == spec.distribution->name) dist = &d;
+      }
+      if (dist == nullptr) {
+        std::vector<std::string> names;
+        for (const DistributionSpec& d : spec_.distributions) names.push_back(d.name);
+        Report(spec.distribution->pos,
+               StrCat(path, ".distribution: unknown distribution '",
+                            spec.distribution->name, "' (defined: ",
+                            names.empty() ? "none" : absl::StrJoin(names, ", "),
+                            ")"));
+        return;
+      }
+      t.distribution = map_.distribution_index_.at(dist->name);
+      if (dist->hash_key_type && spec.hash_key.empty()) {
+        Report(spec.pos,
+               StrCat(path, ": distribution '", dist->name,
+                            "' spreads regions by a hash key: set `hash_key` "
+                            "to the column that holds it"));
+      } else if (!dist->hash_key_type && !spec.hash_key.empty()) {
+        Report(spec.hash_key_pos,
+               StrCat(path, ".hash_key: distribution '", dist->name,
+                            "' has no `hash_key_type`; `hash_key` is only for "
+                            "region distributions that spread a region over "
+                            "several shards"));
+      }
+    }
+    map_.table_index_[t.name] = map_.tables_.size();
+    map_.tables_.push_back(std::move(t));
+  }
+
+  const ShardMapSpec& spec_;
+  const ProblemReporter& report_;
+  ShardMap map_;
+  bool failed_ = false;
+};
+
+std::optional<ShardMap> ShardMapBuilder::Build(const ShardMapSpec& spec,
+                                               const ProblemReporter& report) {
+  return Impl(spec, report).Build();
+}
+
+}  // namespace shardkit::internal
