@@ -299,7 +299,12 @@ class Reader {
 
   void ReadShards(const toml::table& root) {
     const toml::table* shards = SubTable(root, "shards", "");
-    if (shards == nullptr) return;
+    if (shards == nullptr || shards->empty()) {
+      if (!root.contains("shards") || shards != nullptr) {
+        Report({}, "no shards: add at least one [shards.NAME] with a dsn");
+      }
+      return;
+    }
     for (auto&& [key, node] : *shards) {
       const std::string path = StrCat("shards.", key.str());
       if (!node.is_table()) {

@@ -91,9 +91,6 @@ class ShardMapBuilder::Impl {
   }
 
   void BuildShards() {
-    if (spec_.shards.empty()) {
-      Report({}, "no shards: add at least one [shards.NAME] with a dsn");
-    }
     std::map<std::string, std::string> identity_owner;
     for (const ShardSpec& s : spec_.shards) {
       const ShardId id = static_cast<ShardId>(map_.shards_.size());
