@@ -14,6 +14,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "cli/output.h"
+#include "shardkit/config.h"
 
 namespace shardkit::cli {
 
@@ -26,6 +27,12 @@ struct CommandContext {
 // Prints "shardctl: <message>" to ctx.err and sets exit status 1.
 void Fail(CommandContext& ctx, const std::string& message);
 void Fail(CommandContext& ctx, const absl::Status& status);
+
+// Loads and validates the configuration at `path`. On failure prints one
+// line (the first problem, how many more, and how to see them all), sets
+// exit status 1 and returns nullopt.
+std::optional<Config> LoadConfigOrFail(CommandContext& ctx,
+                                       const std::string& path);
 
 // `-c,--config FILE` (required).
 CLI::Option* AddConfigOption(CLI::App* cmd, std::string* path);

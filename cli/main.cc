@@ -18,6 +18,23 @@ void Fail(CommandContext& ctx, const absl::Status& status) {
   Fail(ctx, std::string(status.message()));
 }
 
+std::optional<Config> LoadConfigOrFail(CommandContext& ctx,
+                                       const std::string& path) {
+  std::vector<ConfigProblem> problems;
+  absl::StatusOr<Config> config = LoadConfig(path, &problems);
+  if (config.ok()) return *std::move(config);
+  if (problems.empty()) {
+    Fail(ctx, config.status());
+  } else if (problems.size() == 1) {
+    Fail(ctx, problems[0].ToString());
+  } else {
+    Fail(ctx, problems[0].ToString() + " (and " +
+                  std::to_string(problems.size() - 1) +
+                  " more problems: run 'shardctl validate -c " + path + "')");
+  }
+  return std::nullopt;
+}
+
 CLI::Option* AddConfigOption(CLI::App* cmd, std::string* path) {
   return cmd
       ->add_option("-c,--config", *path,
@@ -53,6 +70,20 @@ int Run(int argc, char** argv) {
   RegisterExec(app, ctx);
   RegisterDev(app, ctx);
 
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string known;
+    bool found = false;
+    for (const CLI::App* sub :
+         app.get_subcommands([](CLI::App*) { return true; })) {
+      found |= sub->get_name() == argv[1];
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!found) {
+      std::cerr << "shardctl: unknown command '" << argv[1]
+                << "' (commands: " << known << "; see 'shardctl --help')\n";
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -22,6 +22,7 @@ void PrintTable(std::ostream& out, const std::vector<std::string>& header,
       line += cells[c];
       if (c + 1 < cells.size()) line.append(width[c] - cells[c].size(), ' ');
     }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
     out << line << "\n";
   };
   print_row(header);

@@ -117,6 +117,10 @@ class Reader {
     ReadTables(root);
     ReadPool(root, config.pool);
     ReadTimeouts(root, config.timeouts);
+    // toml++ keeps a table's keys sorted; the map keeps the file's order.
+    SortByPosition(spec_.shards);
+    SortByPosition(spec_.distributions);
+    SortByPosition(spec_.tables);
     std::optional<ShardMap> map = internal::ShardMapBuilder::Build(
         spec_, [this](SourcePos pos, std::string message) {
           Report(pos, std::move(message));
@@ -131,6 +135,14 @@ class Reader {
     failed_ = true;
     problems_->push_back(
         ConfigProblem{file_, pos.line, pos.column, std::move(message)});
+  }
+
+  template <typename T>
+  static void SortByPosition(std::vector<T>& items) {
+    std::stable_sort(items.begin(), items.end(), [](const T& a, const T& b) {
+      return std::tie(a.pos.line, a.pos.column) <
+             std::tie(b.pos.line, b.pos.column);
+    });
   }
 
   static std::string Join(std::string_view path, std::string_view key) {
@@ -316,9 +328,10 @@ class Reader {
       ShardSpec spec;
       spec.name = std::string(key.str());
       spec.pos = PosOf(shard.source());
+      // A shard whose dsn is wrong is still declared, so that slices naming
+      // it are not also reported as naming an unknown shard.
       std::optional<std::string> dsn = Dsn(shard, path, &spec.pos);
-      if (!dsn) continue;
-      spec.dsn = std::move(*dsn);
+      spec.dsn = dsn.value_or("");
       spec_.shards.push_back(std::move(spec));
     }
   }

@@ -1,0 +1,204 @@
+// shardctl as a user runs it: arguments, output and exit status. No server
+// is needed: these commands only read the configuration.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "shardkit/config.h"
+#include "tests/integration/test_cluster.h"
+
+namespace shardkit {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::CommandOutput;
+using testing::RunCommand;
+
+const std::string kExample = std::string(SHARDKIT_SOURCE_DIR) + "/examples/shards.toml";
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override { setenv("APP_PASSWORD", "hunter2", 1); }
+
+  static CommandOutput Shardctl(std::vector<std::string> args) {
+    args.insert(args.begin(), SHARDCTL_PATH);
+    return RunCommand(args);
+  }
+
+  // Writes `toml` to a scratch file and returns its path.
+  static std::string Write(const std::string& name, const std::string& toml) {
+    const std::string path = ::testing::TempDir() + "/" + name;
+    std::ofstream(path) << toml;
+    return path;
+  }
+
+  // A failure prints exactly one line on stderr.
+  static void ExpectOneLineError(const CommandOutput& r, int code,
+                                 const std::string& text) {
+    EXPECT_EQ(r.exit_code, code) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_THAT(r.err, HasSubstr(text));
+  }
+};
+
+TEST_F(CliTest, ValidateOk) {
+  CommandOutput r = Shardctl({"validate", "-c", kExample});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "ok\n");
+  EXPECT_EQ(r.err, "");
+}
+
+TEST_F(CliTest, ValidateListsEveryProblem) {
+  const std::string path = Write("bad.toml", R"([shards.s1]
+dsn = "host=127.0.0.1 port=1 dbname=a"
+[distributions.d]
+strategy = "hash"
+key_type = "int8"
+slices = [ { to = "0x10", shard = "s1" }, { from = "0x20", shard = "s2" } ]
+[tables.t]
+distribution = "d"
+key = "id"
+colour = "red"
+)");
+  CommandOutput r = Shardctl({"validate", "-c", path});
+  EXPECT_EQ(r.out,
+            path + ":6:43: distributions.d.slices: hash values "
+                   "[0x0000000000000010, 0x0000000000000020) are not covered "
+                   "by any slice\n" +
+            path + ":6:68: distributions.d: unknown shard 's2' (defined "
+                   "shards: s1)\n" +
+            path + ":10:1: tables.t.colour: unknown setting (allowed here: "
+                   "distribution, key, hash_key, reference)\n");
+  ExpectOneLineError(r, 1, "shardctl: " + path + ": 3 problems");
+
+  CommandOutput json = Shardctl({"validate", "-c", path, "--format", "json"});
+  EXPECT_EQ(json.exit_code, 1);
+  EXPECT_THAT(json.out, HasSubstr("{\"ok\":false,\"problems\":[{\"file\":\"" +
+                                  path + "\",\"line\":6,\"column\":43,"));
+}
+
+TEST_F(CliTest, ValidateMissingFile) {
+  CommandOutput r = Shardctl({"validate", "-c", "/nonexistent.toml"});
+  EXPECT_EQ(r.out, "/nonexistent.toml: cannot read the configuration: No such "
+                   "file or directory\n");
+  ExpectOneLineError(r, 1, "shardctl: /nonexistent.toml: 1 problem");
+}
+
+TEST_F(CliTest, RouteAgreesWithTheLibrary) {
+  absl::StatusOr<Config> config = LoadConfig(kExample);
+  ASSERT_TRUE(config.ok()) << config.status();
+  for (int64_t id : {0, 1, 42, -7, 123456789}) {
+    absl::StatusOr<Placement> p = config->map.Place("users", Key::Integer(id));
+    ASSERT_TRUE(p.ok());
+    CommandOutput r = Shardctl({"route", "-c", kExample, "users", std::to_string(id)});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, config->map.shard(p->shard).name + "\n");
+  }
+}
+
+TEST_F(CliTest, RouteJson) {
+  // int8 42 hashes to 0xd5a6f8c838df27c8 (a golden vector), in the last of
+  // three even slices.
+  CommandOutput r =
+      Shardctl({"route", "-c", kExample, "orders", "42", "--format", "json"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "{\"table\":\"orders\",\"key\":\"42\",\"distribution\":\"users\","
+            "\"strategy\":\"hash\",\"shard\":\"s3\",\"epoch\":1,"
+            "\"hash\":\"0xd5a6f8c838df27c8\",\"slice\":{\"from\":"
+            "\"0xaaaaaaaaaaaaaaaa\",\"to\":null}}\n");
+  CommandOutput range =
+      Shardctl({"route", "-c", kExample, "events", "1500000", "--format", "json"});
+  EXPECT_THAT(range.out, HasSubstr("\"shard\":\"s2\",\"epoch\":1,\"slice\":{"
+                                   "\"from\":\"1000000\",\"to\":\"2000000\"}"));
+  CommandOutput region = Shardctl({"route", "-c", kExample, "customers", "us",
+                                   "--hash-key", "5", "--format", "json"});
+  EXPECT_EQ(region.exit_code, 0) << region.err;
+  EXPECT_THAT(region.out, HasSubstr("\"region\":\"us\",\"default\":false"));
+}
+
+TEST_F(CliTest, RouteErrors) {
+  ExpectOneLineError(Shardctl({"route", "-c", kExample, "nope", "1"}), 1,
+                     "shardctl: table 'nope' is not in the shard map (tables: "
+                     "users, orders, events, customers, countries)");
+  ExpectOneLineError(Shardctl({"route", "-c", kExample, "users", "abc"}), 1,
+                     "shardctl: invalid int8 value \"abc\": expected a "
+                     "decimal integer");
+  ExpectOneLineError(Shardctl({"route", "-c", kExample, "countries", "1"}), 1,
+                     "shardctl: table 'countries' is a reference table: "
+                     "every shard holds all of its rows");
+  ExpectOneLineError(Shardctl({"route", "-c", kExample, "customers", "us"}), 1,
+                     "a hash-key value is needed to place a row (give it with "
+                     "--hash-key)");
+  ExpectOneLineError(
+      Shardctl({"route", "-c", kExample, "users", "1", "--hash-key", "2"}), 1,
+      "--hash-key is only for region distributions");
+}
+
+TEST_F(CliTest, InvalidConfigIsOneLineForOtherCommands) {
+  const std::string path = Write("two.toml", R"([shards.s1]
+dsn = "host=127.0.0.1 port=1 dbname=a"
+[tables.t]
+distribution = "x"
+key = "id"
+colour = 1
+)");
+  ExpectOneLineError(
+      Shardctl({"map", "show", "-c", path}), 1,
+      "shardctl: " + path +
+          ":4:16: tables.t.distribution: unknown distribution 'x' (defined: "
+          "none) (and 1 more problems: run 'shardctl validate -c " + path + "')");
+}
+
+TEST_F(CliTest, MapShowMasksPasswords) {
+  for (const char* format : {"table", "json"}) {
+    CommandOutput r = Shardctl({"map", "show", "-c", kExample, "--format", format});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out, Not(HasSubstr("hunter2")));
+    EXPECT_THAT(r.out, HasSubstr("password=********"));
+  }
+  CommandOutput table = Shardctl({"map", "show", "-c", kExample});
+  EXPECT_THAT(table.out, HasSubstr("0x5555555555555555  0xaaaaaaaaaaaaaaaa  "
+                                   "33.33%  s2\n"));
+  EXPECT_THAT(table.out, HasSubstr("orders     users"));
+  CommandOutput json = Shardctl({"map", "show", "-c", kExample, "--format", "json"});
+  EXPECT_THAT(json.out,
+              HasSubstr("{\"name\":\"events\",\"strategy\":\"range\","
+                        "\"key_type\":\"int8\",\"slices\":[{\"from\":null,"
+                        "\"to\":1000000,\"shard\":\"s1\"}"));
+  EXPECT_THAT(json.out, HasSubstr("\"regions\":[{\"name\":\"eu\",\"shards\":"
+                                  "[\"s1\"]},{\"name\":\"us\",\"shards\":"
+                                  "[\"s2\",\"s3\"]}],\"default\":\"s1\""));
+}
+
+TEST_F(CliTest, UsageErrorsExitTwo) {
+  ExpectOneLineError(Shardctl({}), 2, "shardctl: A subcommand is required");
+  ExpectOneLineError(Shardctl({"frobnicate"}), 2,
+                     "shardctl: unknown command 'frobnicate' (commands: "
+                     "validate, map, route, exec, dev; see 'shardctl "
+                     "--help')");
+  ExpectOneLineError(Shardctl({"route", "users", "1"}), 2,
+                     "--config is required (see 'shardctl route --help')");
+  ExpectOneLineError(Shardctl({"map", "show", "-c", kExample, "--format", "xml"}),
+                     2, "xml");
+  ExpectOneLineError(Shardctl({"map", "-c", kExample}), 2,
+                     "(see 'shardctl map --help')");
+}
+
+TEST_F(CliTest, HelpExplainsEachCommand) {
+  for (std::vector<std::string> cmd :
+       {std::vector<std::string>{"--help"}, {"validate", "--help"},
+        {"map", "show", "--help"}, {"route", "--help"}, {"exec", "--help"},
+        {"dev", "up", "--help"}, {"dev", "down", "--help"}}) {
+    CommandOutput r = Shardctl(cmd);
+    EXPECT_EQ(r.exit_code, 0) << cmd[0];
+    EXPECT_THAT(r.out, HasSubstr("Usage:"));
+  }
+  EXPECT_THAT(Shardctl({"route", "--help"}).out, HasSubstr("--hash-key"));
+}
+
+}  // namespace
+}  // namespace shardkit
