@@ -8,33 +8,43 @@ namespace {
 struct RouteArgs {
   std::string config;
   std::string table;
-  std::string key;
+  std::vector<std::string> keys;
   std::string hash_key;
   Format format = Format::kTable;
 };
 
+// Prints where `key_text` lives; false (after Fail) on an error.
+bool RouteOne(const RouteArgs& args, const ShardMap& map,
+              const std::string& key_text, CommandContext& ctx);
+
 void RunRoute(const RouteArgs& args, CommandContext& ctx) {
   std::optional<Config> config = LoadConfigOrFail(ctx, args.config);
   if (!config) return;
-  const ShardMap& map = config->map;
+  for (const std::string& key : args.keys) {
+    if (!RouteOne(args, config->map, key, ctx)) return;
+  }
+}
+
+bool RouteOne(const RouteArgs& args, const ShardMap& map,
+              const std::string& key_text, CommandContext& ctx) {
   const Table* table = map.FindTable(args.table);
   if (table == nullptr) {
     std::string names;
     for (const Table& t : map.tables()) names += (names.empty() ? "" : ", ") + t.name;
     Fail(ctx, "table '" + args.table + "' is not in the shard map (tables: " +
                   (names.empty() ? "none" : names) + ")");
-    return;
+    return false;
   }
   if (table->reference) {
     Fail(ctx, "table '" + args.table +
                   "' is a reference table: every shard holds all of its rows");
-    return;
+    return false;
   }
   const Distribution& dist = map.DistributionOf(*table);
-  absl::StatusOr<Key> key = Key::Parse(dist.key_type(), args.key);
+  absl::StatusOr<Key> key = Key::Parse(dist.key_type(), key_text);
   if (!key.ok()) {
     Fail(ctx, key.status());
-    return;
+    return false;
   }
   std::optional<Key> hash_key;
   if (!args.hash_key.empty()) {
@@ -42,12 +52,12 @@ void RunRoute(const RouteArgs& args, CommandContext& ctx) {
       Fail(ctx, "--hash-key is only for region distributions that spread a "
                 "region over several shards; '" + dist.name() +
                 "' does not");
-      return;
+      return false;
     }
     absl::StatusOr<Key> parsed = Key::Parse(*dist.hash_key_type(), args.hash_key);
     if (!parsed.ok()) {
       Fail(ctx, "--hash-key: " + std::string(parsed.status().message()));
-      return;
+      return false;
     }
     hash_key = *parsed;
   }
@@ -59,12 +69,12 @@ void RunRoute(const RouteArgs& args, CommandContext& ctx) {
       message += " (give it with --hash-key)";
     }
     Fail(ctx, message);
-    return;
+    return false;
   }
   const std::string& shard = map.shard(where->shard).name;
   if (args.format == Format::kTable) {
     *ctx.out << shard << "\n";
-    return;
+    return true;
   }
   JsonWriter json;
   json.BeginObject()
@@ -97,6 +107,7 @@ void RunRoute(const RouteArgs& args, CommandContext& ctx) {
   }
   json.EndObject();
   *ctx.out << json.str() << "\n";
+  return true;
 }
 
 }  // namespace
@@ -105,14 +116,15 @@ void RegisterRoute(CLI::App& app, CommandContext& ctx) {
   auto args = std::make_shared<RouteArgs>();
   CLI::App* cmd = app.add_subcommand(
       "route",
-      "Print the shard that owns KEY of TABLE. With --format json, also the "
-      "distribution, the key's 64-bit hash (\"0x%016x\") and the owning "
-      "slice's bounds.");
+      "Print the shard that owns KEY of TABLE. With --format json, an object "
+      "per key with the shard, the distribution, the key's 64-bit hash "
+      "(\"0x%016x\") and the owning slice's bounds.");
   AddConfigOption(cmd, &args->config);
   cmd->add_option("TABLE", args->table, "A sharded table of the map")
       ->required();
-  cmd->add_option("KEY", args->key,
-                  "The shard-key value, as text (e.g. 42, alice, or a uuid)")
+  cmd->add_option("KEY", args->keys,
+                  "The shard-key value, as text (e.g. 42, alice, or a uuid). "
+                  "Several keys print one line each, in order.")
       ->required();
   cmd->add_option("--hash-key", args->hash_key,
                   "For a region spread over several shards: the row's "

@@ -90,13 +90,21 @@ TEST_F(CliTest, ValidateMissingFile) {
 TEST_F(CliTest, RouteAgreesWithTheLibrary) {
   absl::StatusOr<Config> config = LoadConfig(kExample);
   ASSERT_TRUE(config.ok()) << config.status();
+  std::vector<std::string> all = {"route", "-c", kExample, "users"};
+  std::string all_expected;
   for (int64_t id : {0, 1, 42, -7, 123456789}) {
     absl::StatusOr<Placement> p = config->map.Place("users", Key::Integer(id));
     ASSERT_TRUE(p.ok());
     CommandOutput r = Shardctl({"route", "-c", kExample, "users", std::to_string(id)});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.out, config->map.shard(p->shard).name + "\n");
+    all.push_back(std::to_string(id));
+    all_expected += r.out;
   }
+  // Several keys: one line each, in order.
+  CommandOutput r = Shardctl(all);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, all_expected);
 }
 
 TEST_F(CliTest, RouteJson) {
