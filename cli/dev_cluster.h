@@ -7,6 +7,33 @@
 // running. As root, the servers run as the `postgres` user (PostgreSQL
 // refuses root). `Down` stops every instance under `dir`.
 //
+//   shardkit::dev::DevClusterOptions options;
+//   options.dir = "/tmp/shardkit-dev";
+//   options.shards = 3;
+//   absl::StatusOr<shardkit::dev::DevCluster> cluster =
+//       shardkit::dev::Up(options);
+//   // ... use cluster->config_path ...
+//   absl::StatusOr<std::vector<std::string>> stopped =
+//       shardkit::dev::Down(options.dir);
+//
+// Layout of `dir`:
+//   s<i>/         the data directory of shard i (initdb), owned by the
+//                 server's user;
+//   s<i>/shardkit.conf
+//                 the settings Up writes on every call, included from
+//                 postgresql.conf: listen_addresses='127.0.0.1', the port, no
+//                 Unix socket (TCP only, so long paths do not matter),
+//                 max_prepared_transactions=64, max_connections=100, then
+//                 the extra settings. For speed it also turns off fsync,
+//                 synchronous_commit and full_page_writes: a crash of the
+//                 machine can corrupt these instances, which is fine for
+//                 throwaway dev data and never for anything else;
+//   s<i>.log      the server's log;
+//   shards.toml   the shard map (rewritten atomically by every Up).
+// A running instance keeps the settings it started with until it is
+// restarted (Down, then Up), except that Up refuses to report a running
+// instance on another port than the one asked for.
+//
 // This is the embedded default for the demo and the integration tests; it is
 // not a production deployment tool (trust authentication on loopback).
 //
@@ -18,7 +45,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cli/process.h"
 
 namespace shardkit::dev {
 
@@ -37,6 +66,7 @@ struct DevInstance {
   std::string data_dir;  // absolute
   int port = 0;
   std::string dsn;       // libpq connection string
+  std::string log_file;  // absolute: dir/s<i>.log
   bool created = false;  // initdb ran in this call
   bool started = false;  // the server was started by this call
 };
@@ -54,8 +84,21 @@ struct DevCluster {
 
 // Stops every instance under `dir` (fast shutdown). Instances already
 // stopped are fine. Returns the names of instances it stopped.
+//
+// Fails with kNotFound if `dir` does not exist.
 [[nodiscard]] absl::StatusOr<std::vector<std::string>> Down(
     const std::string& dir);
+
+// Stops one instance of a cluster Up made (fast shutdown), so that tests can
+// see a shard that is down. An instance already stopped is fine.
+[[nodiscard]] absl::Status StopInstance(const DevInstance& instance);
+
+// Starts one instance of a cluster Up made, with the settings Up last wrote.
+// An instance already running is fine.
+[[nodiscard]] absl::Status StartInstance(const DevInstance& instance);
+
+// Whether the instance's server is running (pg_ctl status).
+[[nodiscard]] absl::StatusOr<bool> IsRunning(const DevInstance& instance);
 
 }  // namespace shardkit::dev
 

@@ -2,7 +2,23 @@
 //
 // One thread drives every connection with non-blocking libpq and poll(), so
 // a slow shard never serializes the others. Each task gets a fresh
-// connection for now (connection pools come with the router).
+// connection for now (connection pools come with the router), closed as
+// soon as its task is done; none outlives RunOnShards.
+//
+// Timeouts, per task:
+//  - connect: a shard not connected within ExecOptions::connect_timeout
+//    fails with kUnavailable, naming the shard and the timeout.
+//  - statement: a statement still running ExecOptions::statement_timeout
+//    after it was sent is cancelled (PQcancel) and fails with
+//    kDeadlineExceeded, naming the shard and the timeout. The executor then
+//    waits up to ExecOptions::cancel_grace for the server to confirm, so
+//    that on return the statement no longer runs there. If the statement
+//    completes before the cancel reaches the server, its outcome (success or
+//    error) is reported as it is: it did happen on that shard.
+// Two libpq calls block the loop: PQcancel (libpq 15) for one round trip to
+// a shard whose statement is past its timeout, and the host-name lookup
+// libpq does when it starts connecting (use IP addresses, or hostaddr=, in
+// connection strings where the resolver may be slow).
 //
 // Thread-safety: RunOnShards is thread-safe; tasks share nothing.
 
@@ -30,16 +46,25 @@ struct ShardTask {
 };
 
 struct ExecOptions {
+  // From the start of the connection attempt until it is ready.
   absl::Duration connect_timeout = absl::Seconds(5);
+  // From sending the statement until its last result arrives.
   absl::Duration statement_timeout = absl::Seconds(30);
+  // After cancelling a statement: how long to wait for the server to confirm
+  // before closing the connection regardless.
+  absl::Duration cancel_grace = absl::Seconds(2);
 };
 
 struct TaskOutcome {
   absl::Status status;  // names the shard; see ShardOutcome in cluster.h
+  // Valid only when status is OK. result.shards is {task.shard}. For a
+  // string of several statements, the last statement's result.
   Result result;
 };
 
 // Runs every task concurrently and waits for all; outcomes in task order.
+// A failure of one task never stops the others. Statement errors carry the
+// SQLSTATE (see SqlStateOf in router/shard_connection.h).
 std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
                                      const ExecOptions& options);
 

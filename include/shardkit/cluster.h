@@ -19,6 +19,7 @@
 #define SHARDKIT_CLUSTER_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,6 +44,11 @@ struct ShardOutcome {
   // Valid only when status is OK.
   Result result;
 };
+
+// The SQLSTATE that a shard's error carried (e.g. "42P07"), or nullopt for
+// a status that did not come from a PostgreSQL server error (an unreachable
+// shard, a timeout, invalid input).
+std::optional<std::string> SqlStateOf(const absl::Status& status);
 
 class Cluster {
  public:

@@ -162,6 +162,8 @@ struct Case {
   std::vector<std::string> problems;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 class ValidationTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ValidationTest, ReportsEveryProblemWithItsPosition) {

@@ -1,0 +1,148 @@
+// shardctl dev up | down: throwaway PostgreSQL shards on this machine.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "cli/commands.h"
+#include "cli/dev_cluster.h"
+#include "cli/output.h"
+
+namespace shardkit::cli {
+namespace {
+
+constexpr int kMaxShards = 64;
+constexpr int kMinPort = 1024;
+constexpr int kMaxPort = 65535;
+
+// --port must leave room for all the shards' ports. CLI11 runs an app's
+// option callbacks in the order the options were added, so `*shards` holds
+// the parsed --shards when this runs.
+CLI::Validator PortRangeValidator(const int* shards) {
+  return CLI::Validator(
+      [shards](std::string& value) -> std::string {
+        int port = 0;
+        int highest = kMaxPort - (*shards - 1);
+        if (!absl::SimpleAtoi(value, &port) || port < kMinPort ||
+            port > highest) {
+          return absl::StrFormat(
+              "%s is not a usable first port for %d shards: it must be "
+              "between %d and %d",
+              value, *shards, kMinPort, highest);
+        }
+        return "";
+      },
+      "first port in 1024..65535-(N-1)", "PORT_RANGE");
+}
+
+std::string StateOf(const dev::DevInstance& instance) {
+  if (instance.created) return "created";
+  if (instance.started) return "started";
+  return "already running";
+}
+
+void RunUp(const dev::DevClusterOptions& options, CommandContext& ctx) {
+  absl::StatusOr<dev::DevCluster> cluster = dev::Up(options);
+  if (!cluster.ok()) {
+    Fail(ctx, cluster.status());
+    return;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const dev::DevInstance& instance : cluster->instances) {
+    rows.push_back({instance.name, std::to_string(instance.port),
+                    StateOf(instance), instance.dsn});
+  }
+  PrintTable(*ctx.out, {"SHARD", "PORT", "STATE", "DSN"}, rows);
+  *ctx.out << "\nWrote " << cluster->config_path << "\n"
+           << "Next: shardctl map show -c " << cluster->config_path << "\n"
+           << "Stop: shardctl dev down --dir " << cluster->dir << "\n";
+}
+
+void RunDown(const std::string& dir, CommandContext& ctx) {
+  absl::StatusOr<std::vector<std::string>> stopped = dev::Down(dir);
+  if (!stopped.ok()) {
+    Fail(ctx, stopped.status());
+    return;
+  }
+  if (stopped->empty()) {
+    *ctx.out << "No running dev instances under " << dir << "\n";
+  } else {
+    *ctx.out << "Stopped " << absl::StrJoin(*stopped, ", ") << "\n";
+  }
+}
+
+}  // namespace
+
+void RegisterDev(CLI::App& app, CommandContext& ctx) {
+  CLI::App* dev = app.add_subcommand(
+      "dev",
+      "Run throwaway PostgreSQL shards on this machine (development and "
+      "tests only)");
+  dev->require_subcommand(1);
+
+  auto options = std::make_shared<dev::DevClusterOptions>();
+  CLI::App* up = dev->add_subcommand(
+      "up",
+      "Start N throwaway PostgreSQL servers on 127.0.0.1 and write "
+      "DIR/shards.toml describing them (development only)");
+  up->add_option("--shards", options->shards,
+                 "Number of shards, 1..64 (required)")
+      ->required()
+      ->check(CLI::Range(1, kMaxShards))
+      ->option_text("N");
+  up->add_option("--dir", options->dir,
+                 "Directory for the instances' data, logs and shards.toml "
+                 "(created if missing), e.g. /tmp/shardkit-dev (required)")
+      ->required()
+      ->option_text("DIR");
+  up->add_option("--port", options->base_port,
+                 "Port of shard s1 (default 6001); shard i listens on PORT+i-1")
+      ->check(PortRangeValidator(&options->shards))
+      ->option_text("PORT");
+  up->add_option("--database", options->database,
+                 "Database created on every instance and named in the "
+                 "connection strings (default app)")
+      ->option_text("NAME");
+  up->add_option("--setting", options->extra_settings,
+                 "Extra postgresql.conf line for every instance, e.g. "
+                 "--setting \"log_statement = 'all'\" (repeatable)")
+      ->option_text("LINE");
+  up->footer(
+      "Creates one PostgreSQL 15 instance per shard (initdb, data in "
+      "DIR/s1..DIR/sN, log in DIR/sI.log), listening on 127.0.0.1 ports "
+      "PORT..PORT+N-1, creates the database on each, and writes "
+      "DIR/shards.toml: the shards, a hash distribution 'users' with tables "
+      "users (id) and orders (user_id), and a reference table countries.\n"
+      "Idempotent: existing instances are reused and running ones left "
+      "alone, so running it again is harmless.\n"
+      "Development only: anyone on this machine can connect without a "
+      "password (trust authentication on loopback), and durability is off "
+      "(fsync, full_page_writes). As root, the servers run as the 'postgres' "
+      "user, which must be able to reach DIR.\n"
+      "\n"
+      "Example:\n"
+      "  shardctl dev up --shards 3 --dir /tmp/shardkit-dev\n"
+      "  shardctl map show -c /tmp/shardkit-dev/shards.toml\n"
+      "  shardctl dev down --dir /tmp/shardkit-dev");
+  up->callback([options, &ctx] { RunUp(*options, ctx); });
+
+  auto down_dir = std::make_shared<std::string>();
+  CLI::App* down = dev->add_subcommand(
+      "down", "Stop the dev PostgreSQL servers under DIR; their data stays");
+  down->footer(
+      "Stops (fast shutdown) every server that `shardctl dev up` runs under "
+      "DIR. The data stays: `shardctl dev up` with the same --dir starts "
+      "them again. Remove DIR to delete it.");
+  down->add_option("--dir", *down_dir,
+                   "Directory given to `shardctl dev up` (required)")
+      ->required()
+      ->option_text("DIR");
+  down->callback([down_dir, &ctx] { RunDown(*down_dir, ctx); });
+}
+
+}  // namespace shardkit::cli

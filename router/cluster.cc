@@ -1,0 +1,74 @@
+#include "shardkit/cluster.h"
+
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "router/executor.h"
+
+namespace shardkit {
+
+absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(Config config) {
+  if (config.map.shards().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("configuration ", config.source,
+                     " defines no shards; add at least one shard (see "
+                     "docs/configuration.md)"));
+  }
+  if (config.timeouts.connect <= absl::ZeroDuration() ||
+      config.timeouts.statement <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "configuration ", config.source,
+        ": [timeouts] connect and statement must be positive durations, "
+        "e.g. \"5s\""));
+  }
+  // The constructor is private, so make_unique cannot reach it.
+  return absl::WrapUnique(new Cluster(std::move(config)));
+}
+
+absl::StatusOr<std::unique_ptr<Cluster>> Cluster::OpenFile(
+    const std::string& path) {
+  ASSIGN_OR_RETURN(Config config, LoadConfig(path));
+  return Open(std::move(config));
+}
+
+Cluster::Cluster(Config config) : config_(std::move(config)) {}
+
+Cluster::~Cluster() = default;
+
+std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(std::string_view sql) {
+  const std::vector<Shard>& shards = config_.map.shards();
+  std::vector<internal::ShardTask> tasks;
+  tasks.reserve(shards.size());
+  for (ShardId id = 0; id < shards.size(); ++id) {
+    internal::ShardTask task;
+    task.shard = id;
+    task.shard_name = shards[id].name;
+    task.dsn = shards[id].dsn;
+    task.sql = std::string(sql);
+    tasks.push_back(std::move(task));
+  }
+  internal::ExecOptions options;
+  options.connect_timeout = config_.timeouts.connect;
+  options.statement_timeout = config_.timeouts.statement;
+
+  std::vector<internal::TaskOutcome> done =
+      internal::RunOnShards(tasks, options);
+  std::vector<ShardOutcome> outcomes;
+  outcomes.reserve(done.size());
+  for (size_t i = 0; i < done.size(); ++i) {
+    ShardOutcome outcome;
+    outcome.shard = tasks[i].shard;
+    outcome.shard_name = tasks[i].shard_name;
+    outcome.status = std::move(done[i].status);
+    if (outcome.status.ok()) {
+      outcome.result = std::move(done[i].result);
+      outcome.result.shards = {outcome.shard};
+    }
+    outcomes.push_back(std::move(outcome));
+  }
+  return outcomes;
+}
+
+}  // namespace shardkit

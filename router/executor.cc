@@ -1,0 +1,247 @@
+#include "router/executor.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "router/shard_connection.h"
+
+namespace shardkit::internal {
+namespace {
+
+enum class Phase {
+  kConnecting,  // waiting for the connection; deadline: connect timeout
+  kRunning,     // statement sent; deadline: statement timeout
+  kCancelling,  // cancel sent; deadline: cancel grace
+  kDone,
+};
+
+// One task in flight.
+struct TaskRun {
+  const ShardTask* task = nullptr;
+  std::unique_ptr<ShardConnection> conn;
+  Phase phase = Phase::kConnecting;
+  absl::Time deadline = absl::InfiniteFuture();
+  TaskOutcome outcome;
+};
+
+void Finish(TaskRun& run, absl::Status status, Result result = {}) {
+  run.outcome.status = std::move(status);
+  if (run.outcome.status.ok()) {
+    run.outcome.result = std::move(result);
+    run.outcome.result.shards = {run.task->shard};
+  }
+  run.phase = Phase::kDone;
+  // Free the server's backend now rather than when the slowest shard is done.
+  run.conn->Close();
+}
+
+std::string StatementTimeoutMessage(const TaskRun& run,
+                                    const ExecOptions& options) {
+  return absl::StrCat("shard ", run.task->shard_name,
+                      ": the statement did not finish within the statement "
+                      "timeout (",
+                      absl::FormatDuration(options.statement_timeout),
+                      ") and was cancelled");
+}
+
+constexpr char kRaiseStatementTimeout[] =
+    "; raise [timeouts] statement in the configuration if it needs longer";
+
+// A statement that ended while a cancel was pending.
+void FinishCancelled(TaskRun& run, const ExecOptions& options,
+                     absl::StatusOr<Result> outcome) {
+  if (outcome.ok()) {
+    // It completed before the cancel arrived: it did happen on this shard,
+    // and saying otherwise would mislead whoever reconciles the shards.
+    Finish(run, absl::OkStatus(), *std::move(outcome));
+    return;
+  }
+  if (SqlStateOf(outcome.status()) == "57014") {
+    Finish(run,
+           absl::DeadlineExceededError(absl::StrCat(
+               StatementTimeoutMessage(run, options), kRaiseStatementTimeout)));
+    return;
+  }
+  Finish(run, outcome.status());
+}
+
+// Sends the task's statement once connected, and finishes the task when its
+// outcome is in. Called after every Advance().
+void Progress(TaskRun& run, const ExecOptions& options) {
+  ShardConnection& conn = *run.conn;
+  if (conn.state() == ShardConnection::State::kFailed) {
+    if (run.phase == Phase::kCancelling) {
+      Finish(run, absl::DeadlineExceededError(absl::StrCat(
+                      StatementTimeoutMessage(run, options),
+                      "; then the connection failed: ",
+                      conn.failure().message(), kRaiseStatementTimeout)));
+    } else {
+      Finish(run, conn.failure());
+    }
+    return;
+  }
+  if (conn.state() != ShardConnection::State::kIdle) return;
+  switch (run.phase) {
+    case Phase::kConnecting: {
+      absl::Status sent = conn.SendStatement(run.task->sql, run.task->params);
+      if (!sent.ok()) {
+        Finish(run, std::move(sent));
+        return;
+      }
+      run.phase = Phase::kRunning;
+      run.deadline = absl::Now() + options.statement_timeout;
+      // Sending may already have read the whole outcome.
+      if (conn.state() == ShardConnection::State::kIdle) {
+        Progress(run, options);
+      }
+      return;
+    }
+    case Phase::kRunning: {
+      absl::StatusOr<Result> outcome = conn.TakeResult();
+      if (outcome.ok()) {
+        Finish(run, absl::OkStatus(), *std::move(outcome));
+      } else {
+        Finish(run, outcome.status());
+      }
+      return;
+    }
+    case Phase::kCancelling:
+      FinishCancelled(run, options, conn.TakeResult());
+      return;
+    case Phase::kDone:
+      return;
+  }
+}
+
+void OnDeadline(TaskRun& run, const ExecOptions& options) {
+  switch (run.phase) {
+    case Phase::kConnecting:
+      Finish(run,
+             absl::UnavailableError(absl::StrCat(
+                 "shard ", run.task->shard_name, " (", run.conn->MaskedDsn(),
+                 ") is unreachable: no connection within the connect "
+                 "timeout (",
+                 absl::FormatDuration(options.connect_timeout),
+                 "); check that the server is running and reachable "
+                 "from this host, or raise [timeouts] connect in the "
+                 "configuration")));
+      return;
+    case Phase::kRunning: {
+      absl::Status cancelled = run.conn->Cancel();
+      if (!cancelled.ok()) {
+        Finish(run, absl::DeadlineExceededError(absl::StrCat(
+                        "shard ", run.task->shard_name,
+                        ": the statement did not finish within the statement "
+                        "timeout (",
+                        absl::FormatDuration(options.statement_timeout),
+                        ") and cancelling it failed: ", cancelled.message())));
+        return;
+      }
+      run.phase = Phase::kCancelling;
+      run.deadline = absl::Now() + options.cancel_grace;
+      return;
+    }
+    case Phase::kCancelling:
+      Finish(run, absl::DeadlineExceededError(absl::StrCat(
+                      StatementTimeoutMessage(run, options),
+                      ", but the shard did not confirm the cancel within ",
+                      absl::FormatDuration(options.cancel_grace),
+                      "; the statement may still be running there: check "
+                      "pg_stat_activity on that shard")));
+      return;
+    case Phase::kDone:
+      return;
+  }
+}
+
+// Milliseconds from `now` until `deadline`, rounded up, for poll().
+int PollTimeoutMs(absl::Time now, absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return -1;
+  if (deadline <= now) return 0;
+  const int64_t ms = absl::ToInt64Milliseconds(
+      absl::Ceil(deadline - now, absl::Milliseconds(1)));
+  return ms > INT_MAX ? INT_MAX : static_cast<int>(ms);
+}
+
+}  // namespace
+
+std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
+                                     const ExecOptions& options) {
+  std::vector<TaskRun> runs(tasks.size());
+  const absl::Time start = absl::Now();
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    TaskRun& run = runs[i];
+    run.task = &tasks[i];
+    run.conn =
+        std::make_unique<ShardConnection>(tasks[i].shard_name, tasks[i].dsn);
+    run.deadline = start + options.connect_timeout;
+    absl::Status started = run.conn->StartConnect();
+    if (!started.ok()) Finish(run, std::move(started));
+  }
+
+  std::vector<pollfd> fds;
+  std::vector<TaskRun*> fd_runs;
+  while (true) {
+    const absl::Time now = absl::Now();
+    absl::Time next_deadline = absl::InfiniteFuture();
+    fds.clear();
+    fd_runs.clear();
+    for (TaskRun& run : runs) {
+      if (run.phase != Phase::kDone && now >= run.deadline) {
+        OnDeadline(run, options);
+      }
+      if (run.phase == Phase::kDone) continue;
+      const int socket = run.conn->socket();
+      const short events = run.conn->WantedEvents();
+      if (socket < 0 || events == 0) {
+        // Every live state waits on the socket; anything else is a bug that
+        // would otherwise spin or hang here.
+        Finish(run, absl::InternalError(absl::StrCat(
+                        "shard ", run.task->shard_name,
+                        ": the connection has nothing to wait for; please "
+                        "report this as a shardkit bug")));
+        continue;
+      }
+      fds.push_back(pollfd{socket, events, 0});
+      fd_runs.push_back(&run);
+      next_deadline = std::min(next_deadline, run.deadline);
+    }
+    if (fds.empty()) break;
+
+    const int ready =
+        poll(fds.data(), fds.size(), PollTimeoutMs(absl::Now(), next_deadline));
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      char buffer[128];
+      // GNU strerror_r: thread-safe, unlike strerror, as RunOnShards must be.
+      const std::string why = strerror_r(errno, buffer, sizeof(buffer));
+      for (TaskRun* run : fd_runs) {
+        Finish(*run, absl::InternalError(absl::StrCat(
+                         "shard ", run->task->shard_name,
+                         ": waiting for the shard failed: poll: ", why)));
+      }
+      break;
+    }
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (fds[i].revents == 0) continue;
+      // Errors and hang-ups too: libpq reads the socket and reports them.
+      fd_runs[i]->conn->Advance();
+      Progress(*fd_runs[i], options);
+    }
+  }
+
+  std::vector<TaskOutcome> outcomes;
+  outcomes.reserve(runs.size());
+  for (TaskRun& run : runs) outcomes.push_back(std::move(run.outcome));
+  return outcomes;
+}
+
+}  // namespace shardkit::internal

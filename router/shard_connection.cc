@@ -1,0 +1,449 @@
+#include "router/shard_connection.h"
+
+#include <poll.h>
+
+#include <memory>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "libpq-fe.h"
+#include "shardkit/shard_map.h"
+
+namespace shardkit::internal {
+namespace {
+
+struct PqClear {
+  void operator()(PGresult* res) const { PQclear(res); }
+};
+using ResultPtr = std::unique_ptr<PGresult, PqClear>;
+
+// libpq's default prints notices (e.g. "table already exists, skipping") to
+// the process's stderr; a library must not write there.
+void DiscardNotice(void*, const char*) {}
+
+// libpq messages span lines ("...failed: Connection refused\n\tIs the server
+// running..."); statuses are one line.
+std::string OneLine(std::string_view text) {
+  std::vector<absl::string_view> words =
+      absl::StrSplit(absl::string_view(text.data(), text.size()),
+                     absl::ByAnyChar(" \t\r\n"), absl::SkipEmpty());
+  return absl::StrJoin(words, " ");
+}
+
+std::string Field(const PGresult* res, int code) {
+  const char* value = PQresultErrorField(res, code);
+  return value == nullptr ? std::string() : std::string(value);
+}
+
+bool StartsWith(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+}  // namespace
+
+absl::StatusCode StatusCodeForSqlState(std::string_view sqlstate) {
+  using absl::StatusCode;
+  if (sqlstate.size() != 5) return StatusCode::kUnknown;
+  if (sqlstate == "42P07" || sqlstate == "42710" || sqlstate == "42P04" ||
+      sqlstate == "42P06" || sqlstate == "23505") {
+    return StatusCode::kAlreadyExists;
+  }
+  if (sqlstate == "42P01" || sqlstate == "42703" || sqlstate == "42883" ||
+      sqlstate == "42704" || sqlstate == "3F000" || sqlstate == "3D000") {
+    return StatusCode::kNotFound;
+  }
+  if (sqlstate == "42501") return StatusCode::kPermissionDenied;
+  if (sqlstate == "57014") return StatusCode::kCancelled;
+  if (StartsWith(sqlstate, "57P") || StartsWith(sqlstate, "08")) {
+    return StatusCode::kUnavailable;
+  }
+  if (StartsWith(sqlstate, "28")) return StatusCode::kUnauthenticated;
+  if (StartsWith(sqlstate, "40")) return StatusCode::kAborted;
+  if (StartsWith(sqlstate, "53")) return StatusCode::kResourceExhausted;
+  if (StartsWith(sqlstate, "23") || StartsWith(sqlstate, "25") ||
+      StartsWith(sqlstate, "55")) {
+    return StatusCode::kFailedPrecondition;
+  }
+  if (StartsWith(sqlstate, "42") || StartsWith(sqlstate, "22")) {
+    return StatusCode::kInvalidArgument;
+  }
+  return StatusCode::kUnknown;
+}
+
+absl::Status ServerErrorStatus(const std::string& shard_name,
+                               const PGresult* res) {
+  const std::string sqlstate = Field(res, PG_DIAG_SQLSTATE);
+  if (sqlstate.empty()) {
+    // Raised by libpq itself (the connection broke), not by the server.
+    return absl::UnavailableError(absl::StrCat(
+        "shard ", shard_name, ": ", OneLine(PQresultErrorMessage(res)),
+        "; check that the server is running, then retry"));
+  }
+  std::string severity = Field(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+  if (severity.empty()) severity = Field(res, PG_DIAG_SEVERITY);
+  std::string message =
+      absl::StrCat("shard ", shard_name, ": ", severity, " ", sqlstate, ": ",
+                   Field(res, PG_DIAG_MESSAGE_PRIMARY));
+  if (std::string position = Field(res, PG_DIAG_STATEMENT_POSITION);
+      !position.empty()) {
+    absl::StrAppend(&message, " (statement position ", position, ")");
+  }
+  if (std::string detail = Field(res, PG_DIAG_MESSAGE_DETAIL);
+      !detail.empty()) {
+    absl::StrAppend(&message, "; detail: ", OneLine(detail));
+  }
+  if (std::string hint = Field(res, PG_DIAG_MESSAGE_HINT); !hint.empty()) {
+    absl::StrAppend(&message, "; hint: ", OneLine(hint));
+  }
+  absl::Status status(StatusCodeForSqlState(sqlstate), message);
+  status.SetPayload(
+      absl::string_view(kSqlStatePayloadUrl.data(), kSqlStatePayloadUrl.size()),
+      absl::Cord(sqlstate));
+  return status;
+}
+
+Result ConvertResult(const PGresult* res) {
+  // libpq's accessors predate const-correctness; none of them modifies res.
+  PGresult* r = const_cast<PGresult*>(res);
+  Result result;
+  const int columns = PQnfields(r);
+  result.columns.reserve(columns);
+  for (int c = 0; c < columns; ++c) {
+    result.columns.push_back(Column{PQfname(r, c), PQftype(r, c)});
+  }
+  const int rows = PQntuples(r);
+  result.rows.reserve(rows);
+  for (int i = 0; i < rows; ++i) {
+    Row row;
+    row.reserve(columns);
+    for (int c = 0; c < columns; ++c) {
+      if (PQgetisnull(r, i, c)) {
+        row.push_back(std::nullopt);
+      } else {
+        row.push_back(std::string(PQgetvalue(r, i, c), PQgetlength(r, i, c)));
+      }
+    }
+    result.rows.push_back(std::move(row));
+  }
+  result.command_tag = PQcmdStatus(r);
+  int64_t affected = 0;
+  if (absl::SimpleAtoi(PQcmdTuples(r), &affected)) {
+    result.rows_affected = affected;
+  }
+  return result;
+}
+
+ShardConnection::ShardConnection(std::string shard_name, std::string dsn)
+    : shard_name_(std::move(shard_name)), dsn_(std::move(dsn)) {}
+
+ShardConnection::~ShardConnection() { Close(); }
+
+std::string ShardConnection::MaskedDsn() const { return MaskDsnPassword(dsn_); }
+
+std::string ShardConnection::LibpqMessage() const {
+  if (conn_ == nullptr) return "no connection";
+  std::string message = OneLine(PQerrorMessage(conn_));
+  return message.empty() ? "unknown libpq error" : message;
+}
+
+void ShardConnection::FailWith(absl::Status status) {
+  failure_ = std::move(status);
+  state_ = State::kFailed;
+}
+
+absl::Status ShardConnection::ConnectionLost(const char* during) const {
+  return absl::UnavailableError(absl::StrCat(
+      "shard ", shard_name_, ": connection lost while ", during, ": ",
+      LibpqMessage(),
+      "; the statement may or may not have been applied on this shard: check "
+      "it, then retry"));
+}
+
+absl::Status ShardConnection::StartConnect() {
+  if (state_ != State::kNew) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard ", shard_name_, ": StartConnect on a connection already used"));
+  }
+  // Validate first so that a malformed connection string is reported as the
+  // configuration error it is, not as an unreachable server.
+  char* parse_error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(dsn_.c_str(), &parse_error);
+  if (options == nullptr) {
+    std::string why = parse_error != nullptr ? OneLine(parse_error)
+                                             : std::string("out of memory");
+    PQfreemem(parse_error);
+    // libpq may quote part of the string it could not parse; when that
+    // string holds a password, say only that it is malformed.
+    if (MaskedDsn() != dsn_) why = "it cannot be parsed";
+    absl::Status status = absl::InvalidArgumentError(absl::StrCat(
+        "shard ", shard_name_, " has an invalid connection string (",
+        MaskedDsn(), "): ", why,
+        "; fix the shard's dsn in the configuration (see "
+        "https://www.postgresql.org/docs/15/libpq-connect.html)"));
+    FailWith(status);
+    return status;
+  }
+  PQconninfoFree(options);
+
+  // expand_dbname=1 makes libpq read the user's string, keyword=value or
+  // URI, as a whole set of parameters; fallback_application_name names us
+  // in pg_stat_activity unless the user's string sets application_name.
+  const char* const keywords[] = {"fallback_application_name", "dbname",
+                                  nullptr};
+  const char* const values[] = {"shardkit", dsn_.c_str(), nullptr};
+  conn_ = PQconnectStartParams(keywords, values, /*expand_dbname=*/1);
+  if (conn_ == nullptr) {
+    absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
+        "shard ", shard_name_, ": libpq could not allocate a connection"));
+    FailWith(status);
+    return status;
+  }
+  PQsetNoticeProcessor(conn_, &DiscardNotice, nullptr);
+  if (PQstatus(conn_) == CONNECTION_BAD) {
+    absl::Status status = absl::UnavailableError(absl::StrCat(
+        "shard ", shard_name_, " (", MaskedDsn(),
+        ") is unreachable: ", LibpqMessage(),
+        "; start the server, or fix the shard's dsn in the configuration"));
+    FailWith(status);
+    return status;
+  }
+  // libpq's contract: after a successful start, wait until writable.
+  state_ = State::kConnecting;
+  connect_wants_read_ = false;
+  return absl::OkStatus();
+}
+
+int ShardConnection::socket() const {
+  if (conn_ == nullptr || state_ == State::kFailed) return -1;
+  return PQsocket(conn_);
+}
+
+short ShardConnection::WantedEvents() const {
+  switch (state_) {
+    case State::kConnecting:
+      return connect_wants_read_ ? POLLIN : POLLOUT;
+    case State::kSending:
+      // While libpq cannot write, the server may be waiting for us to read.
+      return POLLIN | POLLOUT;
+    case State::kReceiving:
+      return POLLIN;
+    case State::kNew:
+    case State::kIdle:
+    case State::kFailed:
+      return 0;
+  }
+  return 0;
+}
+
+void ShardConnection::Advance() {
+  switch (state_) {
+    case State::kConnecting:
+      AdvanceConnect();
+      return;
+    case State::kSending:
+      AdvanceSend();
+      return;
+    case State::kReceiving:
+      AdvanceReceive();
+      return;
+    case State::kNew:
+    case State::kIdle:
+    case State::kFailed:
+      return;
+  }
+}
+
+void ShardConnection::AdvanceConnect() {
+  const PostgresPollingStatusType poll_status = PQconnectPoll(conn_);
+  connect_wants_read_ = poll_status == PGRES_POLLING_READING;
+  switch (poll_status) {
+    case PGRES_POLLING_OK:
+      if (PQsetnonblocking(conn_, 1) != 0) {
+        FailWith(ConnectionLost("switching to non-blocking mode"));
+        return;
+      }
+      state_ = State::kIdle;
+      return;
+    case PGRES_POLLING_FAILED:
+      FailWith(absl::UnavailableError(absl::StrCat(
+          "shard ", shard_name_, " (", MaskedDsn(),
+          ") is unreachable: ", LibpqMessage(),
+          "; start the server, or fix the shard's dsn in the configuration")));
+      return;
+    default:
+      return;  // reading or writing: poll again
+  }
+}
+
+absl::Status ShardConnection::SendStatement(
+    std::string_view sql,
+    const std::vector<std::optional<std::string>>& params) {
+  if (state_ != State::kIdle || has_outcome_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard ", shard_name_,
+        ": a statement was sent on a connection that is not idle"));
+  }
+  const std::string text(sql);  // libpq wants a terminated string
+  int sent = 0;
+  if (params.empty()) {
+    sent = PQsendQuery(conn_, text.c_str());
+  } else {
+    std::vector<const char*> values;
+    values.reserve(params.size());
+    for (const std::optional<std::string>& p : params) {
+      values.push_back(p.has_value() ? p->c_str() : nullptr);
+    }
+    sent =
+        PQsendQueryParams(conn_, text.c_str(), static_cast<int>(values.size()),
+                          /*paramTypes=*/nullptr, values.data(),
+                          /*paramLengths=*/nullptr, /*paramFormats=*/nullptr,
+                          /*resultFormat=*/0);
+  }
+  if (sent == 0) {
+    if (PQstatus(conn_) == CONNECTION_OK) {
+      // Refused by libpq itself, e.g. more than 65535 parameters.
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard ", shard_name_,
+                       ": cannot send the statement: ", LibpqMessage()));
+    }
+    absl::Status status = ConnectionLost("sending the statement");
+    FailWith(status);
+    return status;
+  }
+  last_result_.reset();
+  statement_error_ = absl::OkStatus();
+  state_ = State::kSending;
+  AdvanceSend();
+  if (state_ == State::kFailed) return failure_;
+  return absl::OkStatus();
+}
+
+void ShardConnection::AdvanceSend() {
+  switch (PQflush(conn_)) {
+    case 0:
+      state_ = State::kReceiving;
+      AdvanceReceive();
+      return;
+    case 1:
+      // Not all sent; drain what the server sent meanwhile so it does not
+      // stall writing to us while we wait to write to it.
+      if (PQconsumeInput(conn_) == 0) {
+        FailWith(ConnectionLost("sending the statement"));
+      }
+      return;
+    default:
+      FailWith(ConnectionLost("sending the statement"));
+      return;
+  }
+}
+
+void ShardConnection::AdvanceReceive() {
+  if (PQconsumeInput(conn_) == 0) {
+    FailWith(ConnectionLost("waiting for the statement's result"));
+    return;
+  }
+  while (state_ == State::kReceiving && PQisBusy(conn_) == 0) {
+    PGresult* res = PQgetResult(conn_);
+    if (res == nullptr) {
+      // Every result of the statement (string) has arrived.
+      state_ = State::kIdle;
+      has_outcome_ = true;
+      return;
+    }
+    AbsorbResult(res);
+  }
+}
+
+void ShardConnection::AbsorbResult(PGresult* raw) {
+  ResultPtr res(raw);
+  switch (PQresultStatus(res.get())) {
+    case PGRES_TUPLES_OK:
+    case PGRES_COMMAND_OK:
+    case PGRES_EMPTY_QUERY:
+      if (statement_error_.ok()) last_result_ = ConvertResult(res.get());
+      return;
+    case PGRES_FATAL_ERROR:
+      if (statement_error_.ok()) {
+        statement_error_ = ServerErrorStatus(shard_name_, res.get());
+      }
+      return;
+    case PGRES_NONFATAL_ERROR:
+      return;  // a notice or warning; the statement goes on
+    case PGRES_COPY_IN:
+    case PGRES_COPY_OUT:
+    case PGRES_COPY_BOTH:
+      // Closing the connection makes the server abort the COPY and roll
+      // back; there is no data stream to feed or drain here.
+      FailWith(absl::InvalidArgumentError(absl::StrCat(
+          "shard ", shard_name_,
+          ": COPY FROM STDIN / TO STDOUT is not supported here; use COPY "
+          "with a server-side file or INSERT ... VALUES / SELECT")));
+      Close();
+      state_ = State::kFailed;
+      return;
+    default:
+      FailWith(absl::InternalError(absl::StrCat(
+          "shard ", shard_name_, ": unexpected libpq result status ",
+          PQresStatus(PQresultStatus(res.get())),
+          "; please report this as a shardkit bug")));
+      return;
+  }
+}
+
+absl::Status ShardConnection::Cancel() {
+  if (conn_ == nullptr) return absl::OkStatus();
+  PGcancel* cancel = PQgetCancel(conn_);
+  if (cancel == nullptr) {
+    return absl::UnavailableError(absl::StrCat(
+        "shard ", shard_name_, ": cannot cancel: the connection is closed"));
+  }
+  char error[256] = {0};
+  const int ok = PQcancel(cancel, error, sizeof(error));
+  PQfreeCancel(cancel);
+  if (ok == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "shard ", shard_name_,
+        ": could not send the cancel request: ", OneLine(error),
+        "; the statement may still be running there (see pg_stat_activity)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Result> ShardConnection::TakeResult() {
+  if (!has_outcome_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("shard ", shard_name_, ": no statement outcome to take"));
+  }
+  has_outcome_ = false;
+  if (!statement_error_.ok()) return std::exchange(statement_error_, {});
+  if (!last_result_.has_value()) return Result{};
+  Result result = std::move(*last_result_);
+  last_result_.reset();
+  return result;
+}
+
+void ShardConnection::Close() {
+  if (conn_ != nullptr) {
+    PQfinish(conn_);
+    conn_ = nullptr;
+  }
+  state_ = State::kNew;
+}
+
+}  // namespace shardkit::internal
+
+namespace shardkit {
+
+std::optional<std::string> SqlStateOf(const absl::Status& status) {
+  auto payload = status.GetPayload(absl::string_view(
+      internal::kSqlStatePayloadUrl.data(),
+      internal::kSqlStatePayloadUrl.size()));
+  if (!payload.has_value()) return std::nullopt;
+  return std::string(*payload);
+}
+
+}  // namespace shardkit

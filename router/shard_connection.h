@@ -1,0 +1,180 @@
+// Internal: the one seam over a libpq connection to one shard.
+//
+// A ShardConnection is a non-blocking state machine. Its owner (the
+// executor) polls socket() for WantedEvents() together with other
+// connections, calls Advance() when the socket is ready, and reads the
+// outcome once the state is kDone or kFailed. Nothing here blocks except
+// Cancel(), which libpq 15 implements as a short blocking connection to the
+// same server (PQcancel).
+//
+//   ShardConnection conn("s1", dsn);
+//   RETURN_IF_ERROR(conn.StartConnect());
+//   while (conn.state() == ShardConnection::State::kConnecting) {
+//     ... poll(conn.socket(), conn.WantedEvents()) ...; conn.Advance();
+//   }
+//   RETURN_IF_ERROR(conn.SendStatement("SELECT $1::text", {"O'Brien"}));
+//   ... poll and Advance() until state() is kIdle (the result is ready) ...
+//   absl::StatusOr<Result> result = conn.TakeResult();
+//
+// Errors name the shard. A shard that cannot be reached is kUnavailable and
+// shows the connection string with its password masked; an error sent by
+// the server reads `shard s2: ERROR 42P01: relation "nope" does not exist`,
+// carries the SQLSTATE as a payload (SqlStateOf) and maps it to a specific
+// status code (see StatusCodeForSqlState).
+//
+// Thread-safety: a ShardConnection is not thread-safe; one thread drives it.
+
+#ifndef SHARDKIT_ROUTER_SHARD_CONNECTION_H_
+#define SHARDKIT_ROUTER_SHARD_CONNECTION_H_
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "shardkit/cluster.h"
+#include "shardkit/result.h"
+
+// libpq's types, kept out of this header's includers.
+typedef struct pg_conn PGconn;
+typedef struct pg_result PGresult;
+
+namespace shardkit::internal {
+
+// Type URL of the status payload that holds a server error's SQLSTATE.
+inline constexpr std::string_view kSqlStatePayloadUrl =
+    "type.shardkit.dev/shardkit.SqlState";
+
+// SqlStateOf (the reader of that payload) is public: shardkit/cluster.h.
+
+// The status code shardkit uses for a server error with `sqlstate`:
+// kAlreadyExists (42P07, 42710, 23505, ...), kNotFound (42P01, 42703, ...),
+// kInvalidArgument (other class 42 and 22), kFailedPrecondition (23, 25),
+// kAborted (40), kPermissionDenied (42501), kUnauthenticated (28),
+// kUnavailable (08, 57P0x), kResourceExhausted (53), kCancelled (57014),
+// kUnknown otherwise.
+absl::StatusCode StatusCodeForSqlState(std::string_view sqlstate);
+
+class ShardConnection {
+ public:
+  enum class State {
+    // Not yet started, or closed: no socket.
+    kNew,
+    // PQconnectPoll in progress.
+    kConnecting,
+    // Connected, no statement in flight; a result may be waiting in
+    // TakeResult().
+    kIdle,
+    // A statement was sent but libpq still has bytes to write.
+    kSending,
+    // The statement is out; reading its results.
+    kReceiving,
+    // The connection is unusable; failure() says why.
+    kFailed,
+  };
+
+  // `shard_name` is used in every message; `dsn` is a libpq connection
+  // string (keyword=value or URI) and may hold a password, which is never
+  // put into a message.
+  ShardConnection(std::string shard_name, std::string dsn);
+  ~ShardConnection();  // closes the connection (PQfinish)
+
+  ShardConnection(const ShardConnection&) = delete;
+  ShardConnection& operator=(const ShardConnection&) = delete;
+
+  // Begins connecting without blocking. REQUIRES: state() == kNew.
+  // Fails with kInvalidArgument when libpq cannot parse the connection
+  // string, kUnavailable when the connection fails at once (e.g. refused);
+  // the state is then kFailed. The caller enforces the connect deadline:
+  // libpq's own connect_timeout only applies to blocking connects.
+  [[nodiscard]] absl::Status StartConnect();
+
+  // Sends `sql` with `params` ($1..$n as text, nullopt is NULL), without
+  // blocking. REQUIRES: state() == kIdle.
+  //
+  // With parameters it uses PQsendQueryParams (extended protocol, one
+  // statement). Without parameters it uses PQsendQuery (simple protocol):
+  // there are no values to interpolate, and it lets one string carry several
+  // statements, e.g. "CREATE TABLE a (...); CREATE INDEX ...", which the
+  // server runs as one implicit transaction. Fails with kUnavailable if the
+  // connection broke; the state is then kFailed.
+  [[nodiscard]] absl::Status SendStatement(
+      std::string_view sql,
+      const std::vector<std::optional<std::string>>& params);
+
+  // The socket to poll, or -1 when there is none (kNew, kFailed).
+  int socket() const;
+
+  // The poll() events to wait for in the current state (POLLIN, POLLOUT);
+  // 0 when nothing is awaited (kNew, kIdle, kFailed).
+  short WantedEvents() const;
+
+  // Makes progress after poll() reported the socket ready (or erroring).
+  // Moves kConnecting to kIdle or kFailed, and kSending / kReceiving to
+  // kIdle once every result of the statement has arrived (the outcome is
+  // then in TakeResult()), or to kFailed when the connection breaks.
+  void Advance();
+
+  // Asks the server to cancel the statement in flight (PQcancel). Blocks for
+  // a round trip to the server. The statement's outcome still arrives
+  // through Advance(): usually SQLSTATE 57014, or its result if it finished
+  // first. Fails with kUnavailable when the cancel request could not be
+  // delivered.
+  [[nodiscard]] absl::Status Cancel();
+
+  // The outcome of the last statement: its last result when it carried
+  // several statements, or the first error. REQUIRES: state() == kIdle after
+  // a statement completed; each outcome is taken once.
+  [[nodiscard]] absl::StatusOr<Result> TakeResult();
+
+  // Closes the connection (PQfinish); the state becomes kNew.
+  void Close();
+
+  State state() const { return state_; }
+  // Why the state is kFailed; OK otherwise.
+  const absl::Status& failure() const { return failure_; }
+  const std::string& shard_name() const { return shard_name_; }
+
+  // The connection string with its password masked, for messages.
+  std::string MaskedDsn() const;
+
+ private:
+  void AdvanceConnect();
+  void AdvanceSend();
+  void AdvanceReceive();
+  // Folds one PGresult into the statement's outcome; takes ownership.
+  void AbsorbResult(PGresult* res);
+  void FailWith(absl::Status status);
+  // kUnavailable for a connection that broke, with libpq's message.
+  absl::Status ConnectionLost(const char* during) const;
+  std::string LibpqMessage() const;
+
+  const std::string shard_name_;
+  const std::string dsn_;
+  PGconn* conn_ = nullptr;  // owned; null in kNew
+  State state_ = State::kNew;
+  // While kConnecting: PQconnectPoll last asked to wait for reading.
+  bool connect_wants_read_ = false;
+  absl::Status failure_;
+  // While a statement is in flight: its results so far, the first error.
+  std::optional<Result> last_result_;
+  absl::Status statement_error_;
+  bool has_outcome_ = false;
+};
+
+// The server error in `res` (PGRES_FATAL_ERROR) as a status naming
+// `shard_name`: "shard s2: ERROR 42P01: relation "nope" does not exist at
+// position 15; hint: ...", with the SQLSTATE as payload. REQUIRES: res is
+// not null.
+absl::Status ServerErrorStatus(const std::string& shard_name,
+                               const PGresult* res);
+
+// Converts a PGRES_TUPLES_OK / PGRES_COMMAND_OK result. REQUIRES: res is not
+// null.
+Result ConvertResult(const PGresult* res);
+
+}  // namespace shardkit::internal
+
+#endif  // SHARDKIT_ROUTER_SHARD_CONNECTION_H_

@@ -1,0 +1,569 @@
+// Running statements on every shard, against real PostgreSQL servers: the
+// library (Cluster::ExecuteOnAllShards, the executor underneath) and the
+// `shardctl exec` binary.
+//
+// One cluster of three shards serves the whole suite; each test uses its own
+// table names so that tests do not see each other's data.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "libpq-fe.h"
+#include "router/executor.h"
+#include "router/shard_connection.h"
+#include "shardkit/cluster.h"
+#include "shardkit/config.h"
+#include "tests/integration/test_cluster.h"
+
+namespace shardkit {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr int kShards = 3;
+
+// Polls `condition` until it holds or `limit` passes. This bounds a wait for
+// something that must eventually happen; it asserts no duration.
+template <typename Condition>
+bool Eventually(Condition condition, absl::Duration limit = absl::Seconds(30)) {
+  const absl::Time give_up = absl::Now() + limit;
+  while (true) {
+    if (condition()) return true;
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+// A libpq session the test holds open (e.g. to keep a lock).
+class Session {
+ public:
+  explicit Session(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {}
+  ~Session() { PQfinish(conn_); }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  std::string error() const { return PQerrorMessage(conn_); }
+
+  // Runs `sql`; returns the first value of the first row, or the error.
+  std::string Scalar(const std::string& sql) {
+    PGresult* res = PQexec(conn_, sql.c_str());
+    std::string out;
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0) {
+      out = PQgetvalue(res, 0, 0);
+    } else if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+               PQresultStatus(res) != PGRES_TUPLES_OK) {
+      out = absl::StrCat("error: ", PQresultErrorMessage(res));
+    }
+    PQclear(res);
+    return out;
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+// A TCP port that accepts connections into its backlog but never answers:
+// what a hung server looks like to a client.
+class SilentListener {
+ public:
+  SilentListener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    socklen_t len = sizeof(addr);
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        ::listen(fd_, 8) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~SilentListener() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  SilentListener(const SilentListener&) = delete;
+  SilentListener& operator=(const SilentListener&) = delete;
+
+  int port() const { return port_; }  // 0 if it could not listen
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+class ExecTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::unique_ptr<testing::TestCluster>> started =
+        testing::TestCluster::Start(kShards);
+    if (started.ok()) {
+      cluster_ = started->release();
+    } else {
+      start_error_ = new std::string(started.status().ToString());
+    }
+  }
+
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+    delete start_error_;
+    start_error_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(cluster_, nullptr)
+        << "the test cluster did not start: "
+        << (start_error_ != nullptr ? *start_error_ : "unknown");
+  }
+
+  testing::TestCluster& tc() { return *cluster_; }
+
+  // The body of a configuration over the suite's shards (WriteConfig adds
+  // the [shards.*] sections), with `timeouts` as its [timeouts] table.
+  static std::string ConfigBody(const std::string& timeouts) {
+    std::string body =
+        "[distributions.main]\nstrategy = \"hash\"\nkey_type = \"int8\"\n"
+        "shards = [\"s1\", \"s2\", \"s3\"]\n";
+    if (!timeouts.empty()) absl::StrAppend(&body, "\n[timeouts]\n", timeouts);
+    return body;
+  }
+
+  // Writes configuration `name` with `body` and opens a Cluster over it.
+  std::unique_ptr<Cluster> OpenCluster(const std::string& name,
+                                       const std::string& body) {
+    absl::StatusOr<std::unique_ptr<Cluster>> cluster =
+        Cluster::OpenFile(tc().WriteConfig(name, body));
+    EXPECT_TRUE(cluster.ok()) << cluster.status();
+    if (!cluster.ok()) return nullptr;
+    return *std::move(cluster);
+  }
+
+  std::unique_ptr<Cluster> OpenSuiteCluster() {
+    absl::StatusOr<std::unique_ptr<Cluster>> cluster =
+        Cluster::OpenFile(tc().config_path());
+    EXPECT_TRUE(cluster.ok()) << cluster.status();
+    if (!cluster.ok()) return nullptr;
+    return *std::move(cluster);
+  }
+
+  // The first value of the first row of `sql` on shard i, "" if no row.
+  std::string ScalarOn(int i, const std::string& sql) {
+    absl::StatusOr<std::vector<std::vector<std::string>>> rows =
+        tc().Query(i, sql);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    if (!rows.ok() || rows->empty() || (*rows)[0].empty()) return "";
+    return (*rows)[0][0];
+  }
+
+  bool TableExists(int i, const std::string& table) {
+    return ScalarOn(i, absl::StrCat("SELECT count(*) FROM pg_tables WHERE "
+                                    "tablename = '",
+                                    table, "'")) == "1";
+  }
+
+  std::vector<std::string> ShardctlExec(const std::string& config,
+                                        std::vector<std::string> args) {
+    std::vector<std::string> argv = {SHARDCTL_PATH, "exec", "-c", config};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  }
+
+  static testing::TestCluster* cluster_;
+  static std::string* start_error_;
+};
+
+testing::TestCluster* ExecTest::cluster_ = nullptr;
+std::string* ExecTest::start_error_ = nullptr;
+
+TEST_F(ExecTest, DdlRunsOnEveryShard) {
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  std::vector<ShardOutcome> outcomes =
+      cluster->ExecuteOnAllShards("CREATE TABLE ddl_t (id int8 PRIMARY KEY)");
+  ASSERT_EQ(outcomes.size(), kShards);
+  for (int i = 0; i < kShards; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(outcomes[i].shard, static_cast<ShardId>(i));
+    EXPECT_EQ(outcomes[i].shard_name, absl::StrCat("s", i + 1));
+    ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status;
+    EXPECT_EQ(outcomes[i].result.command_tag, "CREATE TABLE");
+    EXPECT_EQ(outcomes[i].result.rows_affected, 0);
+    EXPECT_TRUE(outcomes[i].result.columns.empty());
+    EXPECT_THAT(outcomes[i].result.shards, ElementsAre(ShardId(i)));
+    EXPECT_TRUE(TableExists(i, "ddl_t"));
+  }
+}
+
+TEST_F(ExecTest, FailureOnOneShardLeavesTheOthersApplied) {
+  ASSERT_TRUE(tc().Query(1, "CREATE TABLE dup_t (id int)").ok());
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  std::vector<ShardOutcome> outcomes =
+      cluster->ExecuteOnAllShards("CREATE TABLE dup_t (id int)");
+  ASSERT_EQ(outcomes.size(), kShards);
+  EXPECT_TRUE(outcomes[0].status.ok()) << outcomes[0].status;
+  EXPECT_TRUE(outcomes[2].status.ok()) << outcomes[2].status;
+  EXPECT_EQ(outcomes[1].status.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(outcomes[1].status.message(),
+            "shard s2: ERROR 42P07: relation \"dup_t\" already exists");
+  EXPECT_EQ(SqlStateOf(outcomes[1].status), "42P07");
+  for (int i = 0; i < kShards; ++i) EXPECT_TRUE(TableExists(i, "dup_t"));
+}
+
+TEST_F(ExecTest, ServerErrorNamesShardSqlstateAndPosition) {
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  std::vector<ShardOutcome> outcomes =
+      cluster->ExecuteOnAllShards("SELECT * FROM nope");
+  ASSERT_EQ(outcomes.size(), kShards);
+  for (int i = 0; i < kShards; ++i) {
+    EXPECT_EQ(outcomes[i].status.code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(outcomes[i].status.message(),
+              absl::StrCat("shard s", i + 1,
+                           ": ERROR 42P01: relation \"nope\" does not exist "
+                           "(statement position 15)"));
+  }
+}
+
+TEST_F(ExecTest, ResultCarriesColumnsTypesNullsAndTag) {
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  std::vector<ShardOutcome> outcomes = cluster->ExecuteOnAllShards(
+      "SELECT 7::int8 AS a, 'x'::text AS b, NULL::int4 AS c");
+  ASSERT_EQ(outcomes.size(), kShards);
+  for (const ShardOutcome& o : outcomes) {
+    ASSERT_TRUE(o.status.ok()) << o.status;
+    ASSERT_EQ(o.result.columns.size(), 3u);
+    EXPECT_EQ(o.result.columns[0].name, "a");
+    EXPECT_EQ(o.result.columns[0].type_oid, 20u);  // int8
+    EXPECT_EQ(o.result.columns[1].name, "b");
+    EXPECT_EQ(o.result.columns[1].type_oid, 25u);  // text
+    EXPECT_EQ(o.result.columns[2].name, "c");
+    EXPECT_EQ(o.result.columns[2].type_oid, 23u);  // int4
+    EXPECT_THAT(o.result.rows, ElementsAre(Row{"7", "x", std::nullopt}));
+    EXPECT_EQ(o.result.command_tag, "SELECT 1");
+    EXPECT_EQ(o.result.rows_affected, 1);
+  }
+}
+
+TEST_F(ExecTest, RowsAffectedComesFromTheCommandTag) {
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  std::vector<ShardOutcome> outcomes = cluster->ExecuteOnAllShards(
+      "CREATE TABLE affected_t (id int); "
+      "INSERT INTO affected_t VALUES (1), (2), (3)");
+  ASSERT_EQ(outcomes.size(), kShards);
+  for (const ShardOutcome& o : outcomes) {
+    ASSERT_TRUE(o.status.ok()) << o.status;
+    EXPECT_EQ(o.result.command_tag, "INSERT 0 3");
+    EXPECT_EQ(o.result.rows_affected, 3);
+  }
+}
+
+TEST_F(ExecTest, SeveralStatementsKeepTheLastResult) {
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  std::vector<ShardOutcome> outcomes =
+      cluster->ExecuteOnAllShards("SELECT 1; SELECT 2 AS two");
+  for (const ShardOutcome& o : outcomes) {
+    ASSERT_TRUE(o.status.ok()) << o.status;
+    ASSERT_EQ(o.result.columns.size(), 1u);
+    EXPECT_EQ(o.result.columns[0].name, "two");
+    EXPECT_THAT(o.result.rows, ElementsAre(Row{"2"}));
+  }
+}
+
+TEST_F(ExecTest, AnErrorAmongSeveralStatementsFailsAndRollsBack) {
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  std::vector<ShardOutcome> outcomes = cluster->ExecuteOnAllShards(
+      "CREATE TABLE multi_t (id int); SELECT * FROM nope; SELECT 3");
+  for (int i = 0; i < kShards; ++i) {
+    EXPECT_EQ(SqlStateOf(outcomes[i].status), "42P01")
+        << outcomes[i].status;
+    // One string is one implicit transaction: the CREATE is rolled back.
+    EXPECT_FALSE(TableExists(i, "multi_t"));
+  }
+}
+
+TEST_F(ExecTest, StoppedShardIsUnavailableAndTheOthersStillRun) {
+  std::unique_ptr<Cluster> cluster =
+      OpenCluster("stopped.toml", ConfigBody("connect = \"1s\"\n"));
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_TRUE(tc().StopShard(1).ok());
+  absl::Cleanup restart = [this] { EXPECT_TRUE(tc().StartShard(1).ok()); };
+
+  std::vector<ShardOutcome> outcomes =
+      cluster->ExecuteOnAllShards("CREATE TABLE stopped_t (id int)");
+  ASSERT_EQ(outcomes.size(), kShards);
+  EXPECT_TRUE(outcomes[0].status.ok()) << outcomes[0].status;
+  EXPECT_TRUE(outcomes[2].status.ok()) << outcomes[2].status;
+  EXPECT_EQ(outcomes[1].status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StartsWith(outcomes[1].status.message(), "shard s2 ("))
+      << outcomes[1].status;
+  EXPECT_THAT(std::string(outcomes[1].status.message()),
+              HasSubstr("is unreachable: "));
+  EXPECT_TRUE(TableExists(0, "stopped_t"));
+  EXPECT_TRUE(TableExists(2, "stopped_t"));
+}
+
+// A server that accepts the TCP connection but never answers: only the
+// connect deadline can end the attempt. The other shard is not held up.
+TEST_F(ExecTest, ConnectTimeoutEndsAHungConnect) {
+  SilentListener silent;
+  ASSERT_NE(silent.port(), 0);
+  std::vector<internal::ShardTask> tasks(2);
+  tasks[0].shard = 0;
+  tasks[0].shard_name = "hung";
+  tasks[0].dsn = absl::StrCat("host=127.0.0.1 port=", silent.port(),
+                              " dbname=app password=sekret");
+  tasks[0].sql = "SELECT 1";
+  tasks[1].shard = 1;
+  tasks[1].shard_name = "s1";
+  tasks[1].dsn = tc().dsn(0);
+  tasks[1].sql = "SELECT 1";
+  internal::ExecOptions options;
+  options.connect_timeout = absl::Seconds(1);
+  std::vector<internal::TaskOutcome> outcomes =
+      internal::RunOnShards(tasks, options);
+  ASSERT_EQ(outcomes.size(), 2u);
+  EXPECT_EQ(outcomes[0].status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(outcomes[0].status.message()),
+              HasSubstr("shard hung ("));
+  EXPECT_THAT(std::string(outcomes[0].status.message()),
+              HasSubstr("is unreachable: no connection within the connect "
+                        "timeout (1s)"));
+  EXPECT_THAT(std::string(outcomes[0].status.message()),
+              Not(HasSubstr("sekret")));
+  EXPECT_TRUE(outcomes[1].status.ok()) << outcomes[1].status;
+}
+
+TEST_F(ExecTest, StatementTimeoutCancelsTheBackend) {
+  ASSERT_TRUE(tc().Query(1, "CREATE TABLE slow_marker (id int)").ok());
+  std::unique_ptr<Cluster> cluster =
+      OpenCluster("timeout.toml", ConfigBody("statement = \"500ms\"\n"));
+  ASSERT_NE(cluster, nullptr);
+  // Sleeps only where the marker table exists: on s2. 60 s is far beyond
+  // the waits below, so the backend can only be gone if it was cancelled.
+  const std::string sleep =
+      "SELECT pg_sleep(60) FROM pg_tables WHERE tablename = 'slow_marker'";
+  std::vector<ShardOutcome> outcomes = cluster->ExecuteOnAllShards(sleep);
+  ASSERT_EQ(outcomes.size(), kShards);
+  EXPECT_TRUE(outcomes[0].status.ok()) << outcomes[0].status;
+  EXPECT_TRUE(outcomes[2].status.ok()) << outcomes[2].status;
+  EXPECT_EQ(outcomes[1].status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(outcomes[1].status.message()),
+              HasSubstr("shard s2: the statement did not finish within the "
+                        "statement timeout (500ms) and was cancelled"));
+
+  const std::string still_running = absl::StrCat(
+      "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+      "query = $q$",
+      sleep, "$q$");
+  EXPECT_TRUE(Eventually([&] { return ScalarOn(1, still_running) == "0"; },
+                         absl::Seconds(5)))
+      << "the sleep still runs on s2: the cancel did not reach it";
+}
+
+// Proof of concurrency without timing: every shard's statement blocks on an
+// advisory lock the test holds on that shard. Run one shard at a time, the
+// first statement would block forever and the second shard would never see
+// its statement; run concurrently, every shard shows a waiting statement at
+// once. Then the test lets go and all complete.
+TEST_F(ExecTest, ShardsRunConcurrently) {
+  std::vector<std::unique_ptr<Session>> holders;
+  for (int i = 0; i < kShards; ++i) {
+    holders.push_back(std::make_unique<Session>(tc().dsn(i)));
+    ASSERT_TRUE(holders.back()->ok()) << holders.back()->error();
+    ASSERT_EQ(holders.back()->Scalar("SELECT pg_advisory_lock(4242)"), "");
+  }
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  std::vector<ShardOutcome> outcomes;
+  std::thread runner([&] {
+    outcomes = cluster->ExecuteOnAllShards(
+        "SELECT pg_advisory_xact_lock(4242), 'done' AS state");
+  });
+  absl::Cleanup join = [&] {
+    holders.clear();  // closing the sessions releases the locks
+    runner.join();
+  };
+
+  std::vector<bool> waiting(kShards, false);
+  const bool all_waiting = Eventually([&] {
+    for (int i = 0; i < kShards; ++i) {
+      if (!waiting[i]) {
+        // A waiter cannot go away while the test holds the lock, so once
+        // seen it is still waiting when the last shard is seen.
+        waiting[i] = ScalarOn(i,
+                              "SELECT count(*) FROM pg_stat_activity "
+                              "WHERE wait_event_type = 'Lock' AND "
+                              "wait_event = 'advisory'") == "1";
+      }
+    }
+    return std::find(waiting.begin(), waiting.end(), false) == waiting.end();
+  });
+  EXPECT_TRUE(all_waiting) << "not every shard ran its statement while the "
+                              "others were blocked: shards ran one by one";
+  std::move(join).Invoke();
+  ASSERT_EQ(outcomes.size(), kShards);
+  for (const ShardOutcome& o : outcomes) {
+    ASSERT_TRUE(o.status.ok()) << o.status;
+    ASSERT_EQ(o.result.rows.size(), 1u);
+    EXPECT_EQ(o.result.rows[0][1], "done");
+  }
+}
+
+TEST_F(ExecTest, ParametersTravelAsParameters) {
+  ASSERT_TRUE(tc().Query(0, "CREATE TABLE people (name text)").ok());
+  const std::vector<std::string> names = {
+      "O'Brien", "x'); DROP TABLE people; --", "back\\slash"};
+  std::vector<internal::ShardTask> tasks;
+  for (size_t i = 0; i < names.size(); ++i) {
+    internal::ShardTask task;
+    task.shard = 0;
+    task.shard_name = "s1";
+    task.dsn = tc().dsn(0);
+    task.sql = "INSERT INTO people (name) VALUES ($1) RETURNING name, $2::text";
+    task.params = {names[i], std::nullopt};
+    tasks.push_back(task);
+  }
+  std::vector<internal::TaskOutcome> outcomes =
+      internal::RunOnShards(tasks, internal::ExecOptions{});
+  ASSERT_EQ(outcomes.size(), names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status;
+    EXPECT_THAT(outcomes[i].result.rows,
+                ElementsAre(Row{names[i], std::nullopt}));
+    EXPECT_EQ(outcomes[i].result.command_tag, "INSERT 0 1");
+  }
+  EXPECT_EQ(ScalarOn(0, "SELECT count(*) FROM people"), "3");
+  EXPECT_EQ(ScalarOn(0, "SELECT count(*) FROM people WHERE name = 'O''Brien'"),
+            "1");
+}
+
+TEST_F(ExecTest, ShardctlExecPrintsATableAndExitsZero) {
+  testing::CommandOutput run = testing::RunCommand(ShardctlExec(
+      tc().config_path(), {"--all", "CREATE TABLE cli_t (id int)"}));
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.err, "");
+  EXPECT_THAT(run.out, HasSubstr("shard  status  result"));
+  for (int i = 1; i <= kShards; ++i) {
+    EXPECT_THAT(run.out, HasSubstr(absl::StrCat("s", i,
+                                                "     ok      CREATE "
+                                                "TABLE")));
+  }
+  for (int i = 0; i < kShards; ++i) EXPECT_TRUE(TableExists(i, "cli_t"));
+
+  run = testing::RunCommand(ShardctlExec(
+      tc().config_path(),
+      {"--all", "SELECT count(*) AS n, NULL::text AS nothing FROM cli_t"}));
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("shard  n  nothing"));
+  EXPECT_THAT(run.out, HasSubstr("s2     0  NULL"));
+  EXPECT_THAT(run.out, HasSubstr("s3     ok      SELECT 1"));
+}
+
+TEST_F(ExecTest, ShardctlExecJson) {
+  ASSERT_TRUE(tc().Query(0, "CREATE TABLE json_t (id int)").ok());
+  ASSERT_TRUE(tc().Query(0, "INSERT INTO json_t VALUES (1), (2)").ok());
+  testing::CommandOutput run = testing::RunCommand(
+      ShardctlExec(tc().config_path(),
+                   {"--all", "--format", "json",
+                    "SELECT count(*) AS n, NULL::text AS z FROM json_t"}));
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_TRUE(absl::StartsWith(run.out, "{\"shards\":[")) << run.out;
+  EXPECT_THAT(run.out,
+              HasSubstr("{\"shard\":\"s1\",\"ok\":true,\"command\":\"SELECT "
+                        "1\",\"rows_affected\":1,\"columns\":[{\"name\":\"n\","
+                        "\"type_oid\":20},{\"name\":\"z\",\"type_oid\":25}],"
+                        "\"rows\":[[\"2\",null]]}"));
+  EXPECT_THAT(run.out,
+              HasSubstr("{\"shard\":\"s2\",\"ok\":false,\"code\":\"NOT_FOUND\","
+                        "\"error\":\"shard s2: ERROR 42P01: relation "
+                        "\\\"json_t\\\" does not exist (statement position "
+                        "44)\"}"));
+  EXPECT_EQ(run.err, "shardctl: exec failed on 2 of 3 shards: s2, s3\n");
+}
+
+TEST_F(ExecTest, ShardctlExecFailsWithOneLineSummary) {
+  ASSERT_TRUE(tc().Query(1, "CREATE TABLE cli_dup (id int)").ok());
+  testing::CommandOutput run = testing::RunCommand(ShardctlExec(
+      tc().config_path(), {"--all", "CREATE TABLE cli_dup (id int)"}));
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(run.err, "shardctl: exec failed on 1 of 3 shards: s2\n");
+  EXPECT_THAT(run.out,
+              HasSubstr("s2     error   shard s2: ERROR 42P07: relation "
+                        "\"cli_dup\" already exists"));
+  EXPECT_THAT(run.out, HasSubstr("s1     ok      CREATE TABLE"));
+}
+
+TEST_F(ExecTest, ShardctlExecRequiresAll) {
+  testing::CommandOutput run =
+      testing::RunCommand(ShardctlExec(tc().config_path(), {"SELECT 1"}));
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("--all"));
+  EXPECT_EQ(run.out, "");
+}
+
+TEST_F(ExecTest, PasswordNeverAppearsInOutput) {
+  // Trust authentication ignores the password; it only has to be printed
+  // nowhere.
+  // WriteConfig copies the cluster's own dsns; this one adds a password.
+  std::string body;
+  for (int i = 0; i < kShards; ++i) {
+    absl::StrAppend(&body, "[shards.s", i + 1, "]\ndsn = \"", tc().dsn(i),
+                    " password=sekret\"\n\n");
+  }
+  absl::StrAppend(&body, ConfigBody("connect = \"1s\"\n"));
+  const std::string path = tc().cluster().dir + "/password.toml";
+  {
+    std::ofstream file(path);
+    file << body;
+    ASSERT_TRUE(file.good()) << "cannot write " << path;
+  }
+
+  testing::CommandOutput ok =
+      testing::RunCommand(ShardctlExec(path, {"--all", "SELECT 1"}));
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+
+  ASSERT_TRUE(tc().StopShard(2).ok());
+  absl::Cleanup restart = [this] { EXPECT_TRUE(tc().StartShard(2).ok()); };
+  for (const char* format : {"table", "json"}) {
+    SCOPED_TRACE(format);
+    testing::CommandOutput down = testing::RunCommand(
+        ShardctlExec(path, {"--all", "--format", format, "SELECT 1"}));
+    EXPECT_EQ(down.exit_code, 1);
+    EXPECT_EQ(down.err, "shardctl: exec failed on 1 of 3 shards: s3\n");
+    EXPECT_THAT(down.out, HasSubstr("is unreachable"));
+    EXPECT_THAT(down.out, HasSubstr("password=********"));
+    EXPECT_THAT(down.out + down.err, Not(HasSubstr("sekret")));
+  }
+  EXPECT_THAT(ok.out + ok.err, Not(HasSubstr("sekret")));
+}
+
+}  // namespace
+}  // namespace shardkit

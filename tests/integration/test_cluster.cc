@@ -1,0 +1,220 @@
+#include "tests/integration/test_cluster.h"
+
+#include <libpq-fe.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+
+namespace shardkit::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kStartAttempts = 3;
+constexpr char kDatabase[] = "app";
+
+struct PgConnDeleter {
+  void operator()(PGconn* conn) const { PQfinish(conn); }
+};
+struct PgResultDeleter {
+  void operator()(PGresult* result) const { PQclear(result); }
+};
+using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
+using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
+
+// Whether 127.0.0.1:port can be bound right now. No SO_REUSEADDR: a port
+// with lingering connections is not "free" for our purpose either.
+bool PortIsFree(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool free = bind(fd, reinterpret_cast<const sockaddr*>(&address),
+                   sizeof(address)) == 0;
+  close(fd);
+  return free;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> MakeTempDirForTest() {
+  std::string pattern = "/tmp/shardkit-test-XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) {
+    return absl::InternalError(absl::StrCat(
+        "cannot create a temporary directory under /tmp: ", strerror(errno)));
+  }
+  // mkdtemp makes it 0700; the servers run as postgres when tests run as
+  // root and must be able to enter it.
+  chmod(pattern.c_str(), 0755);
+  return pattern;
+}
+
+void RemoveDirForTest(const std::string& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+absl::StatusOr<int> FindFreePortsForTest(int count) {
+  std::random_device seed;
+  std::mt19937 random(seed());
+  std::uniform_int_distribution<int> base_port(20000, 60000);
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    int base = base_port(random);
+    bool all_free = true;
+    for (int port = base; port < base + count && all_free; ++port) {
+      all_free = PortIsFree(port);
+    }
+    if (all_free) return base;
+  }
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "found no %d consecutive free ports on 127.0.0.1 in 20000..60000; "
+      "stop leftover servers (e.g. `ps -u postgres`)",
+      count));
+}
+
+absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(
+    int shards, std::vector<std::string> extra_settings) {
+  absl::Status last_error;
+  for (int attempt = 0; attempt < kStartAttempts; ++attempt) {
+    ASSIGN_OR_RETURN(std::string dir, MakeTempDirForTest());
+    ASSIGN_OR_RETURN(int base_port, FindFreePortsForTest(shards));
+    dev::DevClusterOptions options;
+    options.dir = dir;
+    options.shards = shards;
+    options.base_port = base_port;
+    options.database = kDatabase;
+    options.extra_settings = extra_settings;
+    absl::StatusOr<dev::DevCluster> cluster = dev::Up(options);
+    if (cluster.ok()) {
+      return std::unique_ptr<TestCluster>(new TestCluster(*std::move(cluster)));
+    }
+    static_cast<void>(dev::Down(dir));
+    RemoveDirForTest(dir);
+    last_error = cluster.status();
+    // Another process may have taken a port between our check and the
+    // server's bind; anything else will not get better by retrying.
+    if (!absl::StrContains(last_error.message(), "already in use")) break;
+  }
+  return last_error;
+}
+
+TestCluster::~TestCluster() {
+  absl::StatusOr<std::vector<std::string>> stopped = dev::Down(cluster_.dir);
+  if (!stopped.ok()) {
+    std::fprintf(stderr, "TestCluster: stopping %s: %s\n", cluster_.dir.c_str(),
+                 std::string(stopped.status().message()).c_str());
+  }
+  if (getenv("SHARDKIT_KEEP_TEST_CLUSTER") != nullptr) {
+    std::fprintf(stderr,
+                 "TestCluster: kept %s (SHARDKIT_KEEP_TEST_CLUSTER); restart "
+                 "it with `shardctl dev up --dir %s --shards %d --port %d`\n",
+                 cluster_.dir.c_str(), cluster_.dir.c_str(), size(),
+                 cluster_.instances.front().port);
+    return;
+  }
+  RemoveDirForTest(cluster_.dir);
+}
+
+std::string TestCluster::dsn(int index) const {
+  return cluster_.instances.at(index).dsn;
+}
+
+std::string TestCluster::WriteConfig(std::string_view name,
+                                     std::string_view body) const {
+  std::string path = (fs::path(cluster_.dir) / fs::path(name)).string();
+  std::string text;
+  for (const dev::DevInstance& instance : cluster_.instances) {
+    absl::StrAppend(&text, "[shards.", instance.name, "]\ndsn = \"",
+                    instance.dsn, "\"\n\n");
+  }
+  text.append(body);
+  text.append("\n");
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) {
+    std::fprintf(stderr, "TestCluster::WriteConfig: cannot write %s: %s\n",
+                 path.c_str(), strerror(errno));
+  }
+  return path;
+}
+
+absl::StatusOr<std::vector<std::vector<std::string>>> TestCluster::Query(
+    int index, const std::string& sql) const {
+  const dev::DevInstance& instance = cluster_.instances.at(index);
+  PgConnPtr conn(
+      PQconnectdb(absl::StrCat(instance.dsn, " connect_timeout=10").c_str()));
+  if (PQstatus(conn.get()) != CONNECTION_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("shard ", instance.name, " (", instance.dsn,
+                     "): cannot connect: ", PQerrorMessage(conn.get())));
+  }
+  PgResultPtr result(PQexec(conn.get(), sql.c_str()));
+  ExecStatusType status = PQresultStatus(result.get());
+  if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+    const char* sqlstate = PQresultErrorField(result.get(), PG_DIAG_SQLSTATE);
+    const char* message =
+        PQresultErrorField(result.get(), PG_DIAG_MESSAGE_PRIMARY);
+    return absl::UnknownError(absl::StrCat(
+        "shard ", instance.name, ": ERROR ", sqlstate ? sqlstate : "?????",
+        ": ", message ? message : PQerrorMessage(conn.get())));
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (int r = 0; r < PQntuples(result.get()); ++r) {
+    std::vector<std::string>& row = rows.emplace_back();
+    for (int c = 0; c < PQnfields(result.get()); ++c) {
+      row.push_back(PQgetisnull(result.get(), r, c)
+                        ? "NULL"
+                        : PQgetvalue(result.get(), r, c));
+    }
+  }
+  return rows;
+}
+
+absl::Status TestCluster::StopShard(int index) {
+  return dev::StopInstance(cluster_.instances.at(index));
+}
+
+absl::Status TestCluster::StartShard(int index) {
+  return dev::StartInstance(cluster_.instances.at(index));
+}
+
+CommandOutput RunCommand(const std::vector<std::string>& argv,
+                         const std::string& stdin_text) {
+  dev::ProcessOptions options;
+  options.stdin_text = stdin_text;
+  absl::StatusOr<dev::ProcessResult> result = dev::RunProcess(argv, options);
+  CommandOutput output;
+  if (!result.ok()) {
+    output.err = std::string(result.status().message());
+    return output;
+  }
+  output.exit_code = result->exit_code;
+  output.out = std::move(result->out);
+  output.err = std::move(result->err);
+  return output;
+}
+
+}  // namespace shardkit::testing
