@@ -1,5 +1,6 @@
 #include "shardkit/key.h"
 
+#include <bit>
 #include <cstring>
 #include <limits>
 
@@ -183,8 +184,12 @@ int Key::Compare(const Key& other) const {
 namespace {
 
 void EncodeInteger(int64_t value, unsigned char out[8]) {
-  uint64_t u = static_cast<uint64_t>(value);
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<unsigned char>(u >> (8 * i));
+  const uint64_t u = static_cast<uint64_t>(value);
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(out, &u, 8);  // one store; the loop below is not folded
+  } else {
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<unsigned char>(u >> (8 * i));
+  }
 }
 
 }  // namespace

@@ -234,7 +234,26 @@ class ShardMapBuilder::Impl {
       d.hash_slices_.push_back(HashSlice{s.lo, s.hi, *id});
       d.hash_lo_.push_back(s.lo);
     }
+    if (ok) BuildHashRadix(d);
     return ok;
+  }
+
+  // About two radix buckets per slice, at most 2^16 of them.
+  static void BuildHashRadix(Distribution& d) {
+    int bits = 1;
+    while (bits < 16 && (uint64_t{1} << bits) < 2 * d.hash_lo_.size()) ++bits;
+    d.hash_radix_shift_ = 64 - bits;
+    const uint64_t buckets = uint64_t{1} << bits;
+    d.hash_radix_.assign(buckets + 1, 0);
+    size_t slice = 0;
+    for (uint64_t b = 0; b < buckets; ++b) {
+      const uint64_t first_hash = b << d.hash_radix_shift_;
+      while (slice + 1 < d.hash_lo_.size() && d.hash_lo_[slice + 1] <= first_hash) {
+        ++slice;
+      }
+      d.hash_radix_[b] = static_cast<uint32_t>(slice);
+    }
+    d.hash_radix_[buckets] = static_cast<uint32_t>(d.hash_lo_.size() - 1);
   }
 
   bool BuildRange(const DistributionSpec& spec, const std::string& path,

@@ -116,10 +116,12 @@ absl::StatusOr<Placement> Distribution::Place(const Key& key,
 
 Placement Distribution::PlaceHash(uint64_t hash) const {
   assert(strategy_ == Strategy::kHash && !hash_lo_.empty());
-  // hash_lo_[0] == 0, so upper_bound is never begin().
-  const size_t i =
-      std::upper_bound(hash_lo_.begin(), hash_lo_.end(), hash) -
-      hash_lo_.begin() - 1;
+  // The slice is among [radix[b], radix[b + 1]], and hash_lo_[radix[b]] is
+  // at most `hash`, so upper_bound never returns the first candidate.
+  const size_t b = hash >> hash_radix_shift_;
+  const auto first = hash_lo_.begin() + hash_radix_[b];
+  const auto last = hash_lo_.begin() + hash_radix_[b + 1] + 1;
+  const size_t i = std::upper_bound(first + 1, last, hash) - hash_lo_.begin() - 1;
   return Placement{hash_slices_[i].shard, i, hash};
 }
 

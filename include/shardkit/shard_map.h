@@ -185,6 +185,11 @@ class Distribution {
 
   // Search structures derived from the slices.
   std::vector<uint64_t> hash_lo_;             // hash_slices_[i].lo
+  // hash_radix_[b]: the slice holding the first hash whose top bits are b
+  // (b < 2^bits), plus a last entry n - 1; narrows the search to a few
+  // slices whatever their number.
+  std::vector<uint32_t> hash_radix_;
+  int hash_radix_shift_ = 63;                 // 64 - bits
   std::vector<int64_t> range_int_from_;       // integer range: from of slice i>0
   std::vector<std::string> range_bytes_from_; // text/uuid range: likewise
   absl::flat_hash_map<std::string, size_t> region_index_;

@@ -98,6 +98,50 @@ key = "user_id"
   EXPECT_EQ(ShardOf(config.map, "users", Key::Integer(42)), "s3");
 }
 
+// Many uneven slices (random bounds, clustered and spread): the indexed
+// search must agree with a linear scan, including at every boundary.
+TEST(HashDistributionTest, IndexedSearchAgreesWithALinearScan) {
+  std::mt19937_64 rng(11);
+  for (int n : {1, 2, 7, 300, 5000}) {
+    std::vector<uint64_t> bounds;
+    for (int i = 1; i < n; ++i) {
+      // Half the bounds crowd into one small region of the hash space.
+      bounds.push_back(i % 2 ? rng() : 0x1234000000000000ull + rng() % 100000);
+    }
+    std::sort(bounds.begin(), bounds.end());
+    bounds.erase(std::unique(bounds.begin(), bounds.end()), bounds.end());
+    bounds.erase(std::remove(bounds.begin(), bounds.end(), 0ull), bounds.end());
+    std::string body =
+        "[distributions.d]\nstrategy = \"hash\"\nkey_type = \"int8\"\n"
+        "slices = [\n";
+    for (size_t i = 0; i <= bounds.size(); ++i) {
+      body += "{ ";
+      if (i > 0) body += "from = \"" + FormatHash(bounds[i - 1]) + "\", ";
+      if (i < bounds.size()) body += "to = \"" + FormatHash(bounds[i]) + "\", ";
+      body += "shard = \"s" + std::to_string(i % 3 + 1) + "\" },\n";
+    }
+    body += "]\n";
+    const Config config = MustParse(body);
+    const Distribution& d = config.map.distributions()[0];
+    ASSERT_EQ(d.hash_slices().size(), bounds.size() + 1);
+    std::vector<uint64_t> probes = {0, ~0ull};
+    for (uint64_t b : bounds) {
+      probes.push_back(b);
+      probes.push_back(b - 1);
+      probes.push_back(b + 1);
+    }
+    for (int i = 0; i < 20000; ++i) probes.push_back(rng());
+    for (uint64_t h : probes) {
+      size_t expected = 0;
+      while (expected + 1 < d.hash_slices().size() &&
+             d.hash_slices()[expected + 1].lo <= h) {
+        ++expected;
+      }
+      ASSERT_EQ(*d.PlaceHash(h).slice, expected) << FormatHash(h) << " n=" << n;
+    }
+  }
+}
+
 TEST(HashDistributionTest, EverySliceCountSpreadsKeys) {
   for (const char* shards : {"[\"s1\"]", "[\"s1\", \"s2\"]",
                              "[\"s3\", \"s1\", \"s2\"]"}) {
