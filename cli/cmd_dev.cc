@@ -46,10 +46,38 @@ std::string StateOf(const dev::DevInstance& instance) {
   return "already running";
 }
 
-void RunUp(const dev::DevClusterOptions& options, CommandContext& ctx) {
-  absl::StatusOr<dev::DevCluster> cluster = dev::Up(options);
+struct UpArgs {
+  dev::DevClusterOptions options;
+  Format format = Format::kTable;
+};
+
+void PrintUpJson(const dev::DevCluster& cluster, std::ostream& out) {
+  JsonWriter json;
+  json.BeginObject()
+      .Key("dir").String(cluster.dir)
+      .Key("config").String(cluster.config_path)
+      .Key("shards").BeginArray();
+  for (const dev::DevInstance& instance : cluster.instances) {
+    json.BeginObject()
+        .Key("name").String(instance.name)
+        .Key("port").Int(instance.port)
+        .Key("state").String(StateOf(instance))
+        .Key("dsn").String(instance.dsn)
+        .Key("data_dir").String(instance.data_dir)
+        .EndObject();
+  }
+  json.EndArray().EndObject();
+  out << json.str() << "\n";
+}
+
+void RunUp(const UpArgs& args, CommandContext& ctx) {
+  absl::StatusOr<dev::DevCluster> cluster = dev::Up(args.options);
   if (!cluster.ok()) {
     Fail(ctx, cluster.status());
+    return;
+  }
+  if (args.format == Format::kJson) {
+    PrintUpJson(*cluster, *ctx.out);
     return;
   }
   std::vector<std::vector<std::string>> rows;
@@ -85,7 +113,8 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "tests only)");
   dev->require_subcommand(1);
 
-  auto options = std::make_shared<dev::DevClusterOptions>();
+  auto args = std::make_shared<UpArgs>();
+  dev::DevClusterOptions* options = &args->options;
   CLI::App* up = dev->add_subcommand(
       "up",
       "Start N throwaway PostgreSQL servers on 127.0.0.1 and write "
@@ -112,6 +141,7 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
                  "Extra postgresql.conf line for every instance, e.g. "
                  "--setting \"log_statement = 'all'\" (repeatable)")
       ->option_text("LINE");
+  AddFormatOption(up, &args->format);
   up->footer(
       "Creates one PostgreSQL 15 instance per shard (initdb, data in "
       "DIR/s1..DIR/sN, log in DIR/sI.log), listening on 127.0.0.1 ports "
@@ -129,7 +159,7 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "  shardctl dev up --shards 3 --dir /tmp/shardkit-dev\n"
       "  shardctl map show -c /tmp/shardkit-dev/shards.toml\n"
       "  shardctl dev down --dir /tmp/shardkit-dev");
-  up->callback([options, &ctx] { RunUp(*options, ctx); });
+  up->callback([args, &ctx] { RunUp(*args, ctx); });
 
   auto down_dir = std::make_shared<std::string>();
   CLI::App* down = dev->add_subcommand(

@@ -175,6 +175,17 @@ TEST_F(DevCommandTest, SecondUpIsHarmless) {
   for (int i = 0; i < kShards; ++i) {
     EXPECT_TRUE(QueryRow(LocalDsn(port_ + i), "SELECT 1").ok());
   }
+
+  CommandOutput json = RunCommand({SHARDCTL_PATH, "dev", "up", "--shards",
+                                   std::to_string(kShards), "--dir", dir_,
+                                   "--port", std::to_string(port_),
+                                   "--format", "json"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_THAT(json.out,
+              ::testing::HasSubstr(absl::StrCat(
+                  "{\"name\":\"s2\",\"port\":", port_ + 1,
+                  ",\"state\":\"already running\",\"dsn\":\"host=127.0.0.1 "
+                  "port=", port_ + 1, " dbname=app user=postgres\"")));
 }
 
 TEST_F(DevCommandTest, DownStopsServersAndUpRestartsThemWithTheirData) {
