@@ -16,9 +16,9 @@
 namespace shardkit::cli {
 namespace {
 
-constexpr int kMaxShards = 64;
-constexpr int kMinPort = 1024;
-constexpr int kMaxPort = 65535;
+using dev::kMaxPort;
+using dev::kMaxShards;
+using dev::kMinPort;
 
 // --port must leave room for all the shards' ports. CLI11 runs an app's
 // option callbacks in the order the options were added, so `*shards` holds
@@ -37,7 +37,8 @@ CLI::Validator PortRangeValidator(const int* shards) {
         }
         return "";
       },
-      "first port in 1024..65535-(N-1)", "PORT_RANGE");
+      absl::StrFormat("first port in %d..%d-(N-1)", kMinPort, kMaxPort),
+      "PORT_RANGE");
 }
 
 std::string StateOf(const dev::DevInstance& instance) {
@@ -91,16 +92,31 @@ void RunUp(const UpArgs& args, CommandContext& ctx) {
            << "Stop: shardctl dev down --dir " << cluster->dir << "\n";
 }
 
-void RunDown(const std::string& dir, CommandContext& ctx) {
-  absl::StatusOr<std::vector<std::string>> stopped = dev::Down(dir);
-  if (!stopped.ok()) {
-    Fail(ctx, stopped.status());
+struct DownArgs {
+  std::string dir;
+  Format format = Format::kTable;
+};
+
+void PrintDownJson(const dev::DownResult& down, std::ostream& out) {
+  JsonWriter json;
+  json.BeginObject().Key("dir").String(down.dir).Key("stopped").BeginArray();
+  for (const std::string& name : down.stopped) json.String(name);
+  json.EndArray().EndObject();
+  out << json.str() << "\n";
+}
+
+void RunDown(const DownArgs& args, CommandContext& ctx) {
+  absl::StatusOr<dev::DownResult> down = dev::Down(args.dir);
+  if (!down.ok()) {
+    Fail(ctx, down.status());
     return;
   }
-  if (stopped->empty()) {
-    *ctx.out << "No running dev instances under " << dir << "\n";
+  if (args.format == Format::kJson) {
+    PrintDownJson(*down, *ctx.out);
+  } else if (down->stopped.empty()) {
+    *ctx.out << "No running dev instances under " << down->dir << "\n";
   } else {
-    *ctx.out << "Stopped " << absl::StrJoin(*stopped, ", ") << "\n";
+    *ctx.out << "Stopped " << absl::StrJoin(down->stopped, ", ") << "\n";
   }
 }
 
@@ -119,8 +135,9 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "up",
       "Start N throwaway PostgreSQL servers on 127.0.0.1 and write "
       "DIR/shards.toml describing them (development only)");
-  up->add_option("--shards", options->shards,
-                 "Number of shards, 1..64 (required)")
+  const std::string shards_help =
+      absl::StrFormat("Number of shards, 1..%d (required)", kMaxShards);
+  up->add_option("--shards", options->shards, shards_help)
       ->required()
       ->check(CLI::Range(1, kMaxShards))
       ->option_text("N");
@@ -161,18 +178,22 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "  shardctl dev down --dir /tmp/shardkit-dev");
   up->callback([args, &ctx] { RunUp(*args, ctx); });
 
-  auto down_dir = std::make_shared<std::string>();
+  auto down_args = std::make_shared<DownArgs>();
   CLI::App* down = dev->add_subcommand(
       "down", "Stop the dev PostgreSQL servers under DIR; their data stays");
   down->footer(
       "Stops (fast shutdown) every server that `shardctl dev up` runs under "
       "DIR. The data stays: `shardctl dev up` with the same --dir starts "
-      "them again. Remove DIR to delete it.");
-  down->add_option("--dir", *down_dir,
+      "them again. Remove DIR to delete it.\n"
+      "Prints the shards it stopped; as JSON: "
+      "{\"dir\":\"/tmp/shardkit-dev\",\"stopped\":[\"s1\",\"s2\"]} (DIR made "
+      "absolute; the list is empty if none was running).");
+  down->add_option("--dir", down_args->dir,
                    "Directory given to `shardctl dev up` (required)")
       ->required()
       ->option_text("DIR");
-  down->callback([down_dir, &ctx] { RunDown(*down_dir, ctx); });
+  AddFormatOption(down, &down_args->format);
+  down->callback([down_args, &ctx] { RunDown(*down_args, ctx); });
 }
 
 }  // namespace shardkit::cli

@@ -198,7 +198,8 @@ void RegisterExec(CLI::App& app, CommandContext& ctx) {
       "Run a SQL string on every shard in parallel and report each shard's "
       "outcome.\n"
       "Not atomic: each shard commits or fails on its own, and the report "
-      "says which. Exits 0 only if every shard succeeded, 1 otherwise.");
+      "says which. Exits 0 only if every shard succeeded, 1 otherwise. An "
+      "empty SQL string is refused (exit 1) before any shard is contacted.");
   AddConfigOption(cmd, &args->config_path);
   cmd->add_flag("--all", args->all,
                 "Run on every shard of the map. Required, so that a "

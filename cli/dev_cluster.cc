@@ -52,9 +52,6 @@ constexpr char kPgBinDir[] = "/usr/lib/postgresql/15/bin";
 constexpr char kSettingsFile[] = "shardkit.conf";
 constexpr char kIncludeLine[] = "include = 'shardkit.conf'";
 constexpr char kServerUser[] = "postgres";
-constexpr int kMaxShards = 64;
-constexpr int kMinPort = 1024;
-constexpr int kMaxPort = 65535;
 constexpr char kSuggestedDir[] = "/tmp/shardkit-dev";
 
 std::string PgTool(absl::string_view name) {
@@ -218,8 +215,7 @@ DevInstance DescribeInstance(const fs::path& dir, int index, int port,
   instance.data_dir = (dir / instance.name).string();
   instance.log_file = (dir / absl::StrCat(instance.name, ".log")).string();
   instance.port = port;
-  instance.dsn = absl::StrFormat(
-      "host=127.0.0.1 port=%d dbname=%s user=postgres", port, database);
+  instance.dsn = InstanceDsn(port, database);
   return instance;
 }
 
@@ -521,9 +517,7 @@ absl::Status EnsureDatabases(const std::vector<DevInstance>& instances,
     internal::ShardTask task;
     task.shard = static_cast<ShardId>(i);
     task.shard_name = instances[i].name;
-    task.dsn =
-        absl::StrFormat("host=127.0.0.1 port=%d dbname=postgres user=postgres",
-                        instances[i].port);
+    task.dsn = InstanceDsn(instances[i].port, "postgres");
     task.sql = "SELECT 1 FROM pg_database WHERE datname = $1";
     task.params = {database};
     lookups.push_back(std::move(task));
@@ -555,10 +549,9 @@ std::string ShardsToml(const std::vector<DevInstance>& instances) {
       "# Written by `shardctl dev up`: %d local PostgreSQL instances on "
       "loopback.\n",
       instances.size());
+  absl::StrAppend(&text, ShardsTomlSection(instances));
   std::vector<std::string> names;
   for (const DevInstance& instance : instances) {
-    absl::StrAppend(&text, "[shards.", instance.name, "]\ndsn = \"",
-                    instance.dsn, "\"\n\n");
     names.push_back(absl::StrCat("\"", instance.name, "\""));
   }
   absl::StrAppend(&text,
@@ -658,7 +651,39 @@ std::vector<DevInstance> FindInstances(const fs::path& dir) {
   return instances;
 }
 
+// `value` as a TOML basic string, quotes included.
+std::string TomlString(absl::string_view value) {
+  std::string out = "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      absl::StrAppendFormat(&out, "\\u%04X",
+                            static_cast<int>(static_cast<unsigned char>(c)));
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+  return out;
+}
+
 }  // namespace
+
+std::string InstanceDsn(int port, const std::string& database) {
+  return absl::StrFormat("host=127.0.0.1 port=%d dbname=%s user=postgres", port,
+                         database);
+}
+
+std::string ShardsTomlSection(const std::vector<DevInstance>& instances) {
+  std::string text;
+  for (const DevInstance& instance : instances) {
+    absl::StrAppend(&text, "[shards.", instance.name,
+                    "]\ndsn = ", TomlString(instance.dsn), "\n\n");
+  }
+  return text;
+}
 
 absl::StatusOr<DevCluster> Up(const DevClusterOptions& options) {
   RETURN_IF_ERROR(ValidateOptions(options));
@@ -698,7 +723,7 @@ absl::StatusOr<DevCluster> Up(const DevClusterOptions& options) {
   return cluster;
 }
 
-absl::StatusOr<std::vector<std::string>> Down(const std::string& dir) {
+absl::StatusOr<DownResult> Down(const std::string& dir) {
   ASSIGN_OR_RETURN(fs::path path, AbsoluteDir(dir));
   std::error_code ec;
   if (!fs::is_directory(path, ec)) {
@@ -717,11 +742,12 @@ absl::StatusOr<std::vector<std::string>> Down(const std::string& dir) {
     stopped[i] = true;
     return absl::OkStatus();
   }));
-  std::vector<std::string> names;
+  DownResult result;
+  result.dir = path.string();
   for (size_t i = 0; i < instances.size(); ++i) {
-    if (stopped[i]) names.push_back(instances[i].name);
+    if (stopped[i]) result.stopped.push_back(instances[i].name);
   }
-  return names;
+  return result;
 }
 
 absl::Status StopInstance(const DevInstance& instance) {

@@ -13,7 +13,7 @@
 //   absl::StatusOr<shardkit::dev::DevCluster> cluster =
 //       shardkit::dev::Up(options);
 //   // ... use cluster->config_path ...
-//   absl::StatusOr<std::vector<std::string>> stopped =
+//   absl::StatusOr<shardkit::dev::DownResult> stopped =
 //       shardkit::dev::Down(options.dir);
 //
 // Layout of `dir`:
@@ -51,10 +51,18 @@
 
 namespace shardkit::dev {
 
+// The most shards a dev cluster has.
+inline constexpr int kMaxShards = 64;
+// The ports a dev cluster's instances may listen on, inclusive.
+inline constexpr int kMinPort = 1024;
+inline constexpr int kMaxPort = 65535;
+
 struct DevClusterOptions {
-  std::string dir;       // created if missing
-  int shards = 2;        // 1..64
-  int base_port = 6001;  // shard i (1-based) listens on base_port + i - 1
+  std::string dir;  // created if missing
+  int shards = 2;   // 1..kMaxShards
+  // Shard i (1-based) listens on base_port + i - 1; every port within
+  // kMinPort..kMaxPort.
+  int base_port = 6001;
   // Database created on every instance and named in the connection strings.
   std::string database = "app";
   // Extra postgresql.conf lines for every instance.
@@ -77,17 +85,38 @@ struct DevCluster {
   std::vector<DevInstance> instances;
 };
 
+struct DownResult {
+  std::string dir;                   // absolute
+  std::vector<std::string> stopped;  // names of the instances Down stopped
+};
+
+// The libpq connection string of the dev instance on `port` for
+// `database`, as Up writes it into DevInstance::dsn and shards.toml:
+// "host=127.0.0.1 port=6001 dbname=app user=postgres".
+// REQUIRES: `database` is a plain identifier (Up refuses any other).
+std::string InstanceDsn(int port, const std::string& database);
+
+// The [shards.*] sections of a shardkit configuration describing
+// `instances`, in their order, each followed by a blank line:
+//
+//   [shards.s1]
+//   dsn = "host=127.0.0.1 port=6001 dbname=app user=postgres"
+//
+// The dsn is a TOML basic string, escaped as needed. Up's shards.toml opens
+// with these sections, and so do the tests' configurations.
+std::string ShardsTomlSection(const std::vector<DevInstance>& instances);
+
 // See the file comment. Fails with a message saying what to do (e.g. a port
 // in use by something else, PostgreSQL 15 not installed, a directory the
 // postgres user cannot reach).
 [[nodiscard]] absl::StatusOr<DevCluster> Up(const DevClusterOptions& options);
 
 // Stops every instance under `dir` (fast shutdown). Instances already
-// stopped are fine. Returns the names of instances it stopped.
+// stopped are fine. Returns `dir` made absolute and the names of the
+// instances it stopped, in shard order.
 //
 // Fails with kNotFound if `dir` does not exist.
-[[nodiscard]] absl::StatusOr<std::vector<std::string>> Down(
-    const std::string& dir);
+[[nodiscard]] absl::StatusOr<DownResult> Down(const std::string& dir);
 
 // Stops one instance of a cluster Up made (fast shutdown), so that tests can
 // see a shard that is down. An instance already stopped is fine.

@@ -3,16 +3,16 @@
 
 #include "shardkit/config.h"
 
-#include <libpq-fe.h>
-
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
 #include "absl/strings/str_join.h"
+#include "config/dsn.h"
 #include "config/map_builder.h"
 
 #include <toml++/toml.h>
@@ -235,15 +235,26 @@ class Reader {
     return ShardRef{*s, pos};
   }
 
-  // Replaces ${NAME} with the environment variable NAME and $$ with $.
+  // Replaces ${NAME} with the environment variable NAME, escaped for where
+  // it stands (see EscapeConnValue: a value cannot break out of its place
+  // and change another setting), and $$ with $.
   std::optional<std::string> SubstituteEnv(const std::string& value,
                                            std::string_view path,
                                            SourcePos pos) {
+    const bool uri = internal::IsUriDsn(value);
     std::string out;
     bool ok = true;
+    bool in_quotes = false;  // inside a 'quoted' keyword value
     for (size_t i = 0; i < value.size(); ++i) {
-      if (value[i] != '$' || i + 1 >= value.size()) {
-        out += value[i];
+      const char c = value[i];
+      if (c != '$' || i + 1 >= value.size()) {
+        if (!uri && c == '\\' && in_quotes && i + 1 < value.size()) {
+          out += c;
+          out += value[++i];
+          continue;
+        }
+        if (!uri && c == '\'') in_quotes = !in_quotes;
+        out += c;
       } else if (value[i + 1] == '$') {
         out += '$';
         ++i;
@@ -251,7 +262,7 @@ class Reader {
         const size_t end = value.find('}', i + 2);
         if (end == std::string::npos) {
           Report(pos, StrCat(path, ": unterminated ${...}; write "
-                                         "${NAME}, or $$ for a literal $"));
+                                   "${NAME}, or $$ for a literal $"));
           return std::nullopt;
         }
         const std::string name = value.substr(i + 2, end - i - 2);
@@ -261,15 +272,15 @@ class Reader {
           ok = false;
         } else if (!v) {
           Report(pos, StrCat(path, ": environment variable ", name,
-                                   " is not set; export it, or write $$ for "
-                                   "a literal $"));
+                             " is not set; export it, or write $$ for a "
+                             "literal $"));
           ok = false;
         } else {
-          out += *v;
+          out += internal::EscapeConnValue(*v, uri, in_quotes);
         }
         i = end;
       } else {
-        out += value[i];
+        out += c;
       }
     }
     if (!ok) return std::nullopt;
@@ -284,18 +295,11 @@ class Reader {
     const std::string dsn_path = Join(path, "dsn");
     std::optional<std::string> dsn = SubstituteEnv(*raw, dsn_path, *pos);
     if (!dsn) return std::nullopt;
-    char* error = nullptr;
-    PQconninfoOption* options = PQconninfoParse(dsn->c_str(), &error);
-    if (options == nullptr) {
-      std::string why = error != nullptr ? error : "out of memory";
-      if (error != nullptr) PQfreemem(error);
-      while (!why.empty() && why.back() == '\n') why.pop_back();
-      Report(*pos, StrCat(dsn_path, ": not a valid libpq connection "
-                                          "string: ",
-                                why));
+    if (absl::StatusOr<internal::ConnInfo> info = internal::ParseConnInfo(*dsn);
+        !info.ok()) {
+      Report(*pos, StrCat(dsn_path, ": ", info.status().message()));
       return std::nullopt;
     }
-    PQconninfoFree(options);
     return dsn;
   }
 
@@ -650,6 +654,7 @@ class Reader {
       }
       spec.regions.push_back(std::move(region));
     }
+    SortByPosition(spec.regions);
     if (table.contains("default")) {
       spec.default_shard = StringRef(table, "default", path, false);
       ok &= spec.default_shard.has_value();
@@ -801,6 +806,14 @@ absl::StatusOr<Config> ParseConfig(std::string_view toml,
 absl::StatusOr<Config> LoadConfig(const std::string& path,
                                   std::vector<ConfigProblem>* problems,
                                   const EnvLookup& env) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    ConfigProblem p{path, 0, 0,
+                    "cannot read the configuration: it is a directory; give "
+                    "the path of a .toml file"};
+    if (problems != nullptr) *problems = {p};
+    return absl::InvalidArgumentError(p.ToString());
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int err = errno;

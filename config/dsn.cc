@@ -1,58 +1,111 @@
-// Connection strings: masking passwords for display.
+// Connection strings: parsing (through libpq), escaping, masking passwords.
+
+#include "config/dsn.h"
 
 #include <libpq-fe.h>
 
 #include <string>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/strings.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/strings.h"
 #include "shardkit/shard_map.h"
 
 namespace shardkit {
+namespace internal {
+
+bool IsUriDsn(std::string_view dsn) {
+  return dsn.rfind("postgresql://", 0) == 0 || dsn.rfind("postgres://", 0) == 0;
+}
+
+bool MayHoldPassword(std::string_view dsn) {
+  const std::string lower = absl::AsciiStrToLower(ToAbsl(dsn));
+  return absl::StrContains(lower, "password") ||
+         (IsUriDsn(dsn) && absl::StrContains(lower, "@"));
+}
+
+absl::StatusOr<ConnInfo> ParseConnInfo(std::string_view dsn) {
+  const std::string copy(dsn);
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(copy.c_str(), &error);
+  if (options == nullptr) {
+    std::string why = error != nullptr ? error : "out of memory";
+    if (error != nullptr) PQfreemem(error);
+    while (!why.empty() && why.back() == '\n') why.pop_back();
+    if (MayHoldPassword(dsn)) {
+      why = "libpq's reason is withheld because it would show the password; "
+            "check the quoting of values (a value with spaces needs 'single "
+            "quotes') and the keywords";
+    }
+    return absl::InvalidArgumentError(
+        StrCat("not a valid libpq connection string: ", why));
+  }
+  ConnInfo out;
+  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr) out.emplace_back(o->keyword, o->val);
+  }
+  PQconninfoFree(options);
+  return out;
+}
+
+std::string EscapeConnValue(std::string_view value, bool uri, bool in_quotes) {
+  std::string out;
+  if (uri) {
+    for (unsigned char c : value) {
+      if (absl::ascii_isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+        out += static_cast<char>(c);
+      } else {
+        absl::StrAppendFormat(&out, "%%%02X", c);
+      }
+    }
+    return out;
+  }
+  bool needs_quotes = value.empty();
+  for (char c : value) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+    needs_quotes |= absl::ascii_isspace(static_cast<unsigned char>(c)) ||
+                    c == '\'' || c == '\\';
+  }
+  if (in_quotes || !needs_quotes) return in_quotes ? out : std::string(value);
+  return StrCat("'", out, "'");
+}
+
+}  // namespace internal
+
 namespace {
 
 constexpr std::string_view kMask = "********";
 
-// Quotes a keyword=value value as libpq expects when it needs it.
-std::string QuoteValue(std::string_view v) {
-  bool needs = v.empty();
-  for (char c : v) {
-    if (c == ' ' || c == '\'' || c == '\\' || c == '\t' || c == '\n') needs = true;
-  }
-  if (!needs) return std::string(v);
-  std::string out = "'";
-  for (char c : v) {
-    if (c == '\'' || c == '\\') out += '\\';
-    out += c;
-  }
-  out += "'";
-  return out;
+bool IsSecretKeyword(std::string_view keyword) {
+  return keyword == "password" || keyword == "sslpassword";
 }
 
-bool IsUri(std::string_view dsn) {
-  return dsn.rfind("postgresql://", 0) == 0 || dsn.rfind("postgres://", 0) == 0;
-}
-
-// URI form: mask the password in userinfo and any password= parameter.
+// URI form: mask the user information after the user name, and any
+// password= or sslpassword= parameter.
 std::string MaskUri(std::string_view dsn) {
   std::string out(dsn);
   const size_t scheme_end = out.find("://") + 3;
-  const size_t at = out.find('@', scheme_end);
-  const size_t slash = out.find('/', scheme_end);
-  if (at != std::string::npos && (slash == std::string::npos || at < slash)) {
+  const size_t query = out.find('?', scheme_end);
+  const size_t at = out.rfind('@', query == std::string::npos ? out.size() : query);
+  if (at != std::string::npos && at >= scheme_end) {
     const size_t colon = out.find(':', scheme_end);
     if (colon != std::string::npos && colon < at) {
       out.replace(colon + 1, at - colon - 1, kMask);
     }
   }
-  size_t p = out.find("password=");
-  while (p != std::string::npos) {
-    const size_t start = p + 9;
-    size_t end = out.find('&', start);
-    if (end == std::string::npos) end = out.size();
-    out.replace(start, end - start, kMask);
-    p = out.find("password=", start + kMask.size());
+  for (std::string_view key : {"password=", "sslpassword="}) {
+    size_t p = out.find(key);
+    while (p != std::string::npos) {
+      const size_t start = p + key.size();
+      size_t end = out.find('&', start);
+      if (end == std::string::npos) end = out.size();
+      out.replace(start, end - start, kMask);
+      p = out.find(key, start + kMask.size());
+    }
   }
   return out;
 }
@@ -60,32 +113,25 @@ std::string MaskUri(std::string_view dsn) {
 }  // namespace
 
 std::string MaskDsnPassword(std::string_view dsn) {
-  if (IsUri(dsn)) return MaskUri(dsn);
-  std::string copy(dsn);
-  char* error = nullptr;
-  PQconninfoOption* options = PQconninfoParse(copy.c_str(), &error);
-  if (options == nullptr) {
-    if (error != nullptr) PQfreemem(error);
-    const size_t p = copy.find("password");
-    if (p == std::string::npos) return copy;
-    return StrCat(copy.substr(0, p), "password=", kMask);
+  if (internal::IsUriDsn(dsn)) return MaskUri(dsn);
+  absl::StatusOr<internal::ConnInfo> info = internal::ParseConnInfo(dsn);
+  if (!info.ok()) {
+    // Unparseable: keep only what comes before the first secret keyword.
+    const std::string lower = absl::AsciiStrToLower(ToAbsl(dsn));
+    size_t p = std::min(lower.find("sslpassword"), lower.find("password"));
+    if (p == std::string::npos) return std::string(dsn);
+    return StrCat(dsn.substr(0, p), "password=", kMask);
   }
-  bool has_password = false;
-  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
-    has_password |= o->val != nullptr && std::string_view(o->keyword) == "password";
-  }
-  if (!has_password) {
-    PQconninfoFree(options);
-    return copy;  // as written, in the user's order
-  }
+  bool has_secret = false;
+  for (const auto& [keyword, value] : *info) has_secret |= IsSecretKeyword(keyword);
+  if (!has_secret) return std::string(dsn);  // as written, in the user's order
   std::vector<std::string> parts;
-  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
-    if (o->val == nullptr) continue;
-    const std::string_view keyword = o->keyword;
-    parts.push_back(StrCat(
-        keyword, "=", keyword == "password" ? std::string(kMask) : QuoteValue(o->val)));
+  for (const auto& [keyword, value] : *info) {
+    parts.push_back(StrCat(keyword, "=",
+                           IsSecretKeyword(keyword)
+                               ? std::string(kMask)
+                               : internal::EscapeConnValue(value, false, false)));
   }
-  PQconninfoFree(options);
   return absl::StrJoin(parts, " ");
 }
 

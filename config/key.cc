@@ -224,6 +224,17 @@ uint64_t HashKey(const Key& key) {
   return 0;
 }
 
+Key MinKey(KeyType type) {
+  switch (type) {
+    case KeyType::kText:
+      return Key::Text("");
+    case KeyType::kUuid:
+      return Key::FromUuid(Key::Uuid{});
+    default:
+      return Key::Integer(RangeOf(type).min);
+  }
+}
+
 std::string FormatHash(uint64_t hash) {
   return absl::StrFormat("0x%016x", hash);
 }

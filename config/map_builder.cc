@@ -1,7 +1,8 @@
 #include "config/map_builder.h"
 
+#include "config/dsn.h"
+
 #include <algorithm>
-#include <libpq-fe.h>
 #include <map>
 #include <set>
 
@@ -26,38 +27,19 @@ std::string SliceText(const RangeSliceSpec& s) {
                       BoundText(s.to, "end"), ")");
 }
 
-// The smallest key of `type`: a slice starting there starts at the start.
-bool IsDomainStart(const Key& k, KeyType type) {
-  switch (type) {
-    case KeyType::kInt2: return k.kind() == Key::Kind::kInteger && k.integer() == INT16_MIN;
-    case KeyType::kInt4: return k.kind() == Key::Kind::kInteger && k.integer() == INT32_MIN;
-    case KeyType::kInt8: return k.kind() == Key::Kind::kInteger && k.integer() == INT64_MIN;
-    case KeyType::kText: return k.kind() == Key::Kind::kText && k.text().empty();
-    case KeyType::kUuid: return k.kind() == Key::Kind::kUuid && k.uuid() == Key::Uuid{};
-  }
-  return false;
-}
-
 // host/port/dbname as libpq resolves them, to spot two shards that are one
 // database. Empty if the string does not parse (reported elsewhere).
 std::string DatabaseIdentity(const std::string& dsn) {
-  char* error = nullptr;
-  PQconninfoOption* options = PQconninfoParse(dsn.c_str(), &error);
-  if (options == nullptr) {
-    if (error != nullptr) PQfreemem(error);
-    return "";
-  }
+  absl::StatusOr<ConnInfo> info = ParseConnInfo(dsn);
+  if (!info.ok()) return "";
   std::string host, hostaddr, port = "5432", dbname, user;
-  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
-    if (o->val == nullptr) continue;
-    const std::string_view k = o->keyword;
-    if (k == "host") host = o->val;
-    if (k == "hostaddr") hostaddr = o->val;
-    if (k == "port") port = o->val;
-    if (k == "dbname") dbname = o->val;
-    if (k == "user") user = o->val;
+  for (const auto& [keyword, value] : *info) {
+    if (keyword == "host") host = value;
+    if (keyword == "hostaddr") hostaddr = value;
+    if (keyword == "port") port = value;
+    if (keyword == "dbname") dbname = value;
+    if (keyword == "user") user = value;
   }
-  PQconninfoFree(options);
   if (host.empty() && hostaddr.empty()) return "";  // environment decides
   if (host == "localhost") host = "127.0.0.1";
   if (dbname.empty()) dbname = user;
@@ -68,6 +50,15 @@ std::string DatabaseIdentity(const std::string& dsn) {
 
 uint64_t ShardMapBuilder::EvenSliceLo(uint64_t i, uint64_t n) {
   return static_cast<uint64_t>((static_cast<unsigned __int128>(i) << 64) / n);
+}
+
+size_t ShardMapBuilder::EvenSliceOf(uint64_t hash, uint64_t n) {
+  // floor(hash * n / 2^64) can be one short of the slice at a boundary
+  // (slice bounds are rounded down), never more.
+  uint64_t j = static_cast<uint64_t>(
+      (static_cast<unsigned __int128>(hash) * n) >> 64);
+  if (j + 1 < n && hash >= EvenSliceLo(j + 1, n)) ++j;
+  return static_cast<size_t>(j);
 }
 
 class ShardMapBuilder::Impl {
@@ -190,6 +181,10 @@ class ShardMapBuilder::Impl {
         ok = false;
       }
     }
+    if (slices.empty()) {
+      Report(spec.pos, StrCat(path, ": no slices; give `shards` or `slices`"));
+      return false;
+    }
     std::stable_sort(slices.begin(), slices.end(),
                      [](const HashSliceSpec& a, const HashSliceSpec& b) {
                        return a.lo < b.lo;
@@ -275,9 +270,12 @@ class ShardMapBuilder::Impl {
                        if (!a.from || !b.from) return !a.from && b.from;
                        return *a.from < *b.from;
                      });
-    if (slices.empty()) return false;
+    if (slices.empty()) {
+      Report(spec.pos, StrCat(path, ": no slices; give at least one"));
+      return false;
+    }
     const RangeSliceSpec& first = slices.front();
-    if (first.from && !IsDomainStart(*first.from, spec.key_type)) {
+    if (first.from && !(*first.from == MinKey(spec.key_type))) {
       Report(first.pos,
              StrCat(path, ".slices: keys below '", first.from->ToString(),
                           "' are not covered by any slice; omit `from` on the "
@@ -367,6 +365,12 @@ class ShardMapBuilder::Impl {
                                 "table a `hash_key`"));
       ok = false;
     }
+    if (spec.regions.empty() && !spec.default_shard) {
+      Report(spec.pos, StrCat(path, ": no regions and no default: every key "
+                                    "would be refused; list regions, or set "
+                                    "`default`"));
+      ok = false;
+    }
     if (spec.default_shard) {
       auto id = ResolveShard(*spec.default_shard, StrCat(path, ".default"));
       if (!id) return false;
@@ -382,6 +386,10 @@ class ShardMapBuilder::Impl {
     t.reference = spec.reference;
     t.key_column = spec.key;
     t.hash_key_column = spec.hash_key;
+    if (!spec.reference && !spec.distribution) {
+      Report(spec.pos, StrCat(path, ": a sharded table needs a `distribution`"));
+      return;
+    }
     if (!spec.reference) {
       const DistributionSpec* dist = nullptr;
       for (const DistributionSpec& d : spec_.distributions) {

@@ -105,6 +105,10 @@ class ShardMapBuilder {
   // The lower bound of even slice i of n over [0, 2^64).
   static uint64_t EvenSliceLo(uint64_t i, uint64_t n);
 
+  // The even slice of n that holds `hash`: i with
+  // EvenSliceLo(i, n) <= hash < EvenSliceLo(i + 1, n). REQUIRES: n >= 1.
+  static size_t EvenSliceOf(uint64_t hash, uint64_t n);
+
  private:
   class Impl;
 };

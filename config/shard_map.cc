@@ -15,15 +15,6 @@ absl::string_view AsAbsl(std::string_view s) {
   return absl::string_view(s.data(), s.size());
 }
 
-// The even slice of n that holds `hash`, by the definition in shard_map.h
-// (the product estimate can be one short at a boundary).
-size_t EvenSliceOf(uint64_t hash, uint64_t n) {
-  uint64_t j = static_cast<uint64_t>(
-      (static_cast<unsigned __int128>(hash) * n) >> 64);
-  if (j + 1 < n && hash >= internal::ShardMapBuilder::EvenSliceLo(j + 1, n)) ++j;
-  return static_cast<size_t>(j);
-}
-
 // Bytes that order text and uuid keys as PostgreSQL does.
 std::string_view OrderBytes(const Key& key) {
   if (key.kind() == Key::Kind::kText) return key.text();
@@ -31,14 +22,14 @@ std::string_view OrderBytes(const Key& key) {
                           16);
 }
 
-// The smallest key greater than `key`, or nullopt if there is none.
+// The smallest key of `type` greater than `key`, or nullopt if there is
+// none. REQUIRES: key.FitsType(type).
 std::optional<Key> Successor(const Key& key, KeyType type) {
   switch (key.kind()) {
     case Key::Kind::kInteger: {
+      if (key.integer() == INT64_MAX) return std::nullopt;
       Key next = Key::Integer(key.integer() + 1);
-      if (key.integer() == INT64_MAX || !next.FitsType(type)) {
-        return std::nullopt;
-      }
+      if (!next.FitsType(type)) return std::nullopt;
       return next;
     }
     case Key::Kind::kText:
@@ -52,20 +43,6 @@ std::optional<Key> Successor(const Key& key, KeyType type) {
     }
   }
   return std::nullopt;
-}
-
-// Whether no key of `type` is smaller than `key`.
-bool IsDomainMin(const Key& key, KeyType type) {
-  switch (key.kind()) {
-    case Key::Kind::kInteger:
-      return key.integer() == INT64_MIN ||
-             !Key::Integer(key.integer() - 1).FitsType(type);
-    case Key::Kind::kText:
-      return key.text().empty();
-    case Key::Kind::kUuid:
-      return key.uuid() == Key::Uuid{};
-  }
-  return false;
 }
 
 }  // namespace
@@ -96,16 +73,7 @@ absl::StatusOr<Placement> Distribution::Place(const Key& key,
       return PlaceHash(HashKey(key));
     case Strategy::kRange: {
       if (absl::Status s = CheckKey(key, key_type_); !s.ok()) return s;
-      size_t i;
-      if (key.kind() == Key::Kind::kInteger) {
-        i = std::upper_bound(range_int_from_.begin(), range_int_from_.end(),
-                             key.integer()) -
-            range_int_from_.begin();
-      } else {
-        i = std::upper_bound(range_bytes_from_.begin(),
-                             range_bytes_from_.end(), OrderBytes(key)) -
-            range_bytes_from_.begin();
-      }
+      const size_t i = RangeSliceOf(key);
       return Placement{range_slices_[i].shard, i, std::nullopt};
     }
     case Strategy::kRegion:
@@ -115,7 +83,9 @@ absl::StatusOr<Placement> Distribution::Place(const Key& key,
 }
 
 Placement Distribution::PlaceHash(uint64_t hash) const {
+  // The builder gives every hash distribution at least one slice.
   assert(strategy_ == Strategy::kHash && !hash_lo_.empty());
+  if (hash_lo_.empty()) return Placement{0, std::nullopt, hash};
   // The slice is among [radix[b], radix[b + 1]], and hash_lo_[radix[b]] is
   // at most `hash`, so upper_bound never returns the first candidate.
   const size_t b = hash >> hash_radix_shift_;
@@ -151,8 +121,30 @@ absl::StatusOr<Placement> Distribution::PlaceRegion(
         StrCat("hash key: ", s.message()));
   }
   const uint64_t h = HashKey(*hash_key);
-  return Placement{region.shards[EvenSliceOf(h, region.shards.size())],
+  return Placement{region.shards[internal::ShardMapBuilder::EvenSliceOf(h, region.shards.size())],
                    it->second, h};
+}
+
+size_t Distribution::RangeSliceOf(const Key& key) const {
+  if (key.kind() == Key::Kind::kInteger) {
+    return std::upper_bound(range_int_from_.begin(), range_int_from_.end(),
+                            key.integer()) -
+           range_int_from_.begin();
+  }
+  return std::upper_bound(range_bytes_from_.begin(), range_bytes_from_.end(),
+                          OrderBytes(key)) -
+         range_bytes_from_.begin();
+}
+
+size_t Distribution::RangeSliceBelow(const Key& key) const {
+  if (key.kind() == Key::Kind::kInteger) {
+    return std::lower_bound(range_int_from_.begin(), range_int_from_.end(),
+                            key.integer()) -
+           range_int_from_.begin();
+  }
+  return std::lower_bound(range_bytes_from_.begin(), range_bytes_from_.end(),
+                          OrderBytes(key)) -
+         range_bytes_from_.begin();
 }
 
 absl::StatusOr<std::vector<ShardId>> Distribution::ShardsForRange(
@@ -162,50 +154,43 @@ absl::StatusOr<std::vector<ShardId>> Distribution::ShardsForRange(
         "distribution '", name_, "' uses strategy ", StrategyName(strategy_),
         ": only range distributions can be searched by a key range"));
   }
-  // Normalise to inclusive bounds, then find the slices of both ends.
+  const std::vector<ShardId> none;
+  // An integer bound outside a narrower type's domain (int2col < 40000)
+  // is clamped: it either selects nothing or does not bound at all.
+  const Key domain_min = MinKey(key_type_);
+  auto outside = [&](const KeyBound& b, bool above) {
+    return b.key.kind() == Key::Kind::kInteger &&
+           IsIntegerKeyType(key_type_) && !b.key.FitsType(key_type_) &&
+           (above ? domain_min.integer() < b.key.integer()
+                  : b.key.integer() < domain_min.integer());
+  };
+  std::optional<KeyBound> lower = range.lower;
+  std::optional<KeyBound> upper = range.upper;
+  if (lower && outside(*lower, /*above=*/true)) return none;
+  if (lower && outside(*lower, /*above=*/false)) lower.reset();
+  if (upper && outside(*upper, /*above=*/false)) return none;
+  if (upper && outside(*upper, /*above=*/true)) upper.reset();
+
+  // Normalise to an inclusive lower bound, then find the slices of both ends.
   size_t first = 0;
   size_t last = range_slices_.size() - 1;
-  auto slice_of = [&](const Key& k) -> size_t {
-    if (k.kind() == Key::Kind::kInteger) {
-      return std::upper_bound(range_int_from_.begin(), range_int_from_.end(),
-                              k.integer()) -
-             range_int_from_.begin();
-    }
-    return std::upper_bound(range_bytes_from_.begin(), range_bytes_from_.end(),
-                            OrderBytes(k)) -
-           range_bytes_from_.begin();
-  };
-  // Number of slice lower bounds strictly below `k`: the last slice that
-  // holds a key < k.
-  auto slice_below = [&](const Key& k) -> size_t {
-    if (k.kind() == Key::Kind::kInteger) {
-      return std::lower_bound(range_int_from_.begin(), range_int_from_.end(),
-                              k.integer()) -
-             range_int_from_.begin();
-    }
-    return std::lower_bound(range_bytes_from_.begin(), range_bytes_from_.end(),
-                            OrderBytes(k)) -
-           range_bytes_from_.begin();
-  };
   std::optional<Key> low;
-  if (range.lower) {
-    if (absl::Status s = CheckKey(range.lower->key, key_type_); !s.ok()) return s;
-    low = range.lower->inclusive ? std::optional<Key>(range.lower->key)
-                                 : Successor(range.lower->key, key_type_);
-    if (!low) return std::vector<ShardId>{};
-    first = slice_of(*low);
+  if (lower) {
+    if (absl::Status s = CheckKey(lower->key, key_type_); !s.ok()) return s;
+    low = lower->inclusive ? std::optional<Key>(lower->key)
+                           : Successor(lower->key, key_type_);
+    if (!low) return none;
+    first = RangeSliceOf(*low);
   }
-  if (range.upper) {
-    const Key& high = range.upper->key;
+  if (upper) {
+    const Key& high = upper->key;
     if (absl::Status s = CheckKey(high, key_type_); !s.ok()) return s;
-    if (low && (range.upper->inclusive ? high < *low : !(*low < high))) {
-      return std::vector<ShardId>{};
-    }
-    if (range.upper->inclusive) {
-      last = slice_of(high);
+    if (low && (upper->inclusive ? high < *low : !(*low < high))) return none;
+    if (upper->inclusive) {
+      last = RangeSliceOf(high);
     } else {
-      if (IsDomainMin(high, key_type_)) return std::vector<ShardId>{};
-      last = slice_below(high);
+      if (high == domain_min) return none;
+      last = RangeSliceBelow(high);
     }
   }
   std::vector<ShardId> out;

@@ -5,6 +5,7 @@
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/strings.h"
 #include "router/executor.h"
 
 namespace shardkit {
@@ -12,13 +13,13 @@ namespace shardkit {
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(Config config) {
   if (config.map.shards().empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("configuration ", config.source,
+        StrCat("configuration ", config.source,
                      " defines no shards; add at least one shard (see "
                      "docs/configuration.md)"));
   }
   if (config.timeouts.connect <= absl::ZeroDuration() ||
       config.timeouts.statement <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
+    return absl::InvalidArgumentError(StrCat(
         "configuration ", config.source,
         ": [timeouts] connect and statement must be positive durations, "
         "e.g. \"5s\""));
@@ -33,12 +34,31 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::OpenFile(
   return Open(std::move(config));
 }
 
-Cluster::Cluster(Config config) : config_(std::move(config)) {}
+Cluster::Cluster(Config config)
+    : config_(std::move(config)),
+      map_(std::make_shared<const ShardMap>(config_.map)) {}
+
+std::shared_ptr<const ShardMap> Cluster::map() const {
+  absl::MutexLock lock(&mu_);
+  return map_;
+}
 
 Cluster::~Cluster() = default;
 
-std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(std::string_view sql) {
-  const std::vector<Shard>& shards = config_.map.shards();
+std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(
+    std::string_view sql) const {
+  const std::shared_ptr<const ShardMap> map = this->map();
+  const std::vector<Shard>& shards = map->shards();
+  if (sql.find_first_not_of(" \t\r\n\f\v;") == std::string_view::npos) {
+    std::vector<ShardOutcome> refused;
+    for (ShardId id = 0; id < shards.size(); ++id) {
+      refused.push_back(ShardOutcome{
+          id, shards[id].name,
+          absl::InvalidArgumentError("empty SQL: give a statement to run"),
+          Result{}});
+    }
+    return refused;
+  }
   std::vector<internal::ShardTask> tasks;
   tasks.reserve(shards.size());
   for (ShardId id = 0; id < shards.size(); ++id) {

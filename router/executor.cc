@@ -1,14 +1,19 @@
 #include "router/executor.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <utility>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "router/shard_connection.h"
@@ -19,8 +24,47 @@ namespace {
 enum class Phase {
   kConnecting,  // waiting for the connection; deadline: connect timeout
   kRunning,     // statement sent; deadline: statement timeout
-  kCancelling,  // cancel sent; deadline: cancel grace
+  kCancelling,  // cancel requested; deadline: cancel grace
   kDone,
+};
+
+std::string ErrnoText(int err) {
+  char buffer[128];
+  // GNU strerror_r: thread-safe, unlike strerror, as RunOnShards must be.
+  return strerror_r(err, buffer, sizeof(buffer));
+}
+
+// Wakes the poll loop when a cancel request's sending thread is done, so
+// that a request that could not be sent is reported at once. Shared with
+// those threads, which may outlive RunOnShards.
+class Waker {
+ public:
+  static absl::StatusOr<std::shared_ptr<Waker>> Create() {
+    const int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot watch for the cancel request: eventfd: ", ErrnoText(errno)));
+    }
+    return std::shared_ptr<Waker>(new Waker(fd));
+  }
+  ~Waker() { close(fd_); }
+  Waker(const Waker&) = delete;
+  Waker& operator=(const Waker&) = delete;
+
+  int fd() const { return fd_; }
+  // Async-signal-safe and thread-safe; a full counter is still readable.
+  void Wake() const {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t ignored = write(fd_, &one, sizeof(one));
+  }
+  void Drain() const {
+    uint64_t count = 0;
+    [[maybe_unused]] ssize_t ignored = read(fd_, &count, sizeof(count));
+  }
+
+ private:
+  explicit Waker(int fd) : fd_(fd) {}
+  const int fd_;
 };
 
 // One task in flight.
@@ -29,6 +73,8 @@ struct TaskRun {
   std::unique_ptr<ShardConnection> conn;
   Phase phase = Phase::kConnecting;
   absl::Time deadline = absl::InfiniteFuture();
+  // While kCancelling: the cancel request, possibly still being sent.
+  std::optional<PendingCancel> cancel;
   TaskOutcome outcome;
 };
 
@@ -121,7 +167,55 @@ void Progress(TaskRun& run, const ExecOptions& options) {
   }
 }
 
-void OnDeadline(TaskRun& run, const ExecOptions& options) {
+absl::Status CancelFailedStatus(const TaskRun& run, const ExecOptions& options,
+                                const absl::Status& why) {
+  return absl::DeadlineExceededError(absl::StrCat(
+      "shard ", run.task->shard_name,
+      ": the statement did not finish within the statement timeout (",
+      absl::FormatDuration(options.statement_timeout),
+      ") and cancelling it failed: ", why.message(),
+      "; the statement may still be running there: check pg_stat_activity "
+      "on that shard"));
+}
+
+// Ends a cancelling task whose cancel request could not be sent: no
+// confirmation can come, so waiting out the grace would only delay it.
+void CheckCancelSent(TaskRun& run, const ExecOptions& options) {
+  if (run.phase != Phase::kCancelling || !run.cancel.has_value()) return;
+  std::optional<absl::Status> sent = run.cancel->outcome();
+  if (sent.has_value() && !sent->ok()) {
+    Finish(run, CancelFailedStatus(run, options, *sent));
+  }
+}
+
+// Sends the cancel request of a task past its statement timeout, from a
+// thread of its own (see ShardConnection::StartCancel); `waker` is created
+// on first use and shared with that thread.
+void StartCancel(TaskRun& run, const ExecOptions& options,
+                 std::shared_ptr<Waker>& waker) {
+  if (waker == nullptr) {
+    absl::StatusOr<std::shared_ptr<Waker>> created = Waker::Create();
+    if (!created.ok()) {
+      Finish(run, CancelFailedStatus(run, options, created.status()));
+      return;
+    }
+    waker = *std::move(created);
+  }
+  absl::StatusOr<PendingCancel> cancel =
+      run.conn->StartCancel([waker] { waker->Wake(); });
+  if (!cancel.ok()) {
+    Finish(run, CancelFailedStatus(run, options, cancel.status()));
+    return;
+  }
+  run.cancel = *std::move(cancel);
+  run.phase = Phase::kCancelling;
+  // The grace covers sending the request too, so that a host that has gone
+  // away delays the outcome by no more than cancel_grace.
+  run.deadline = absl::Now() + options.cancel_grace;
+}
+
+void OnDeadline(TaskRun& run, const ExecOptions& options,
+                std::shared_ptr<Waker>& waker) {
   switch (run.phase) {
     case Phase::kConnecting:
       Finish(run,
@@ -134,22 +228,12 @@ void OnDeadline(TaskRun& run, const ExecOptions& options) {
                  "from this host, or raise [timeouts] connect in the "
                  "configuration")));
       return;
-    case Phase::kRunning: {
-      absl::Status cancelled = run.conn->Cancel();
-      if (!cancelled.ok()) {
-        Finish(run, absl::DeadlineExceededError(absl::StrCat(
-                        "shard ", run.task->shard_name,
-                        ": the statement did not finish within the statement "
-                        "timeout (",
-                        absl::FormatDuration(options.statement_timeout),
-                        ") and cancelling it failed: ", cancelled.message())));
-        return;
-      }
-      run.phase = Phase::kCancelling;
-      run.deadline = absl::Now() + options.cancel_grace;
+    case Phase::kRunning:
+      StartCancel(run, options, waker);
       return;
-    }
     case Phase::kCancelling:
+      // Whether the request is still on its way or arrived and had no
+      // effect yet, the shard has not confirmed it.
       Finish(run, absl::DeadlineExceededError(absl::StrCat(
                       StatementTimeoutMessage(run, options),
                       ", but the shard did not confirm the cancel within ",
@@ -187,6 +271,8 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
     if (!started.ok()) Finish(run, std::move(started));
   }
 
+  // Outlives this call if a cancel request is still being sent on return.
+  std::shared_ptr<Waker> waker;
   std::vector<pollfd> fds;
   std::vector<TaskRun*> fd_runs;
   while (true) {
@@ -195,8 +281,9 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
     fds.clear();
     fd_runs.clear();
     for (TaskRun& run : runs) {
+      CheckCancelSent(run, options);
       if (run.phase != Phase::kDone && now >= run.deadline) {
-        OnDeadline(run, options);
+        OnDeadline(run, options, waker);
       }
       if (run.phase == Phase::kDone) continue;
       const int socket = run.conn->socket();
@@ -215,14 +302,13 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
       next_deadline = std::min(next_deadline, run.deadline);
     }
     if (fds.empty()) break;
+    if (waker != nullptr) fds.push_back(pollfd{waker->fd(), POLLIN, 0});
 
     const int ready =
         poll(fds.data(), fds.size(), PollTimeoutMs(absl::Now(), next_deadline));
     if (ready < 0) {
       if (errno == EINTR) continue;
-      char buffer[128];
-      // GNU strerror_r: thread-safe, unlike strerror, as RunOnShards must be.
-      const std::string why = strerror_r(errno, buffer, sizeof(buffer));
+      const std::string why = ErrnoText(errno);
       for (TaskRun* run : fd_runs) {
         Finish(*run, absl::InternalError(absl::StrCat(
                          "shard ", run->task->shard_name,
@@ -230,12 +316,15 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
       }
       break;
     }
-    for (size_t i = 0; i < fds.size(); ++i) {
+    for (size_t i = 0; i < fd_runs.size(); ++i) {
       if (fds[i].revents == 0) continue;
       // Errors and hang-ups too: libpq reads the socket and reports them.
       fd_runs[i]->conn->Advance();
       Progress(*fd_runs[i], options);
     }
+    // A cancel request's thread is done: CheckCancelSent, at the top of the
+    // loop, reads its outcome.
+    if (waker != nullptr && fds.back().revents != 0) waker->Drain();
   }
 
   std::vector<TaskOutcome> outcomes;

@@ -9,16 +9,27 @@
 //  - connect: a shard not connected within ExecOptions::connect_timeout
 //    fails with kUnavailable, naming the shard and the timeout.
 //  - statement: a statement still running ExecOptions::statement_timeout
-//    after it was sent is cancelled (PQcancel) and fails with
-//    kDeadlineExceeded, naming the shard and the timeout. The executor then
-//    waits up to ExecOptions::cancel_grace for the server to confirm, so
-//    that on return the statement no longer runs there. If the statement
-//    completes before the cancel reaches the server, its outcome (success or
-//    error) is reported as it is: it did happen on that shard.
-// Two libpq calls block the loop: PQcancel (libpq 15) for one round trip to
-// a shard whose statement is past its timeout, and the host-name lookup
-// libpq does when it starts connecting (use IP addresses, or hostaddr=, in
-// connection strings where the resolver may be slow).
+//    after it was sent is cancelled and fails with kDeadlineExceeded, naming
+//    the shard and the timeout. The executor then waits up to
+//    ExecOptions::cancel_grace, counted from when it issued the cancel
+//    request, for the server to confirm, so that on return the statement no
+//    longer runs there; if the server does not confirm in time, the message
+//    says the statement may still be running there. If the cancel request
+//    cannot be sent (e.g. the shard's host has gone away and the connection
+//    to it is refused), the task fails at once, saying so. If the statement
+//    completes before the cancel reaches the server, its outcome (success
+//    or error) is reported as it is: it did happen on that shard.
+// A cancel request is sent from a thread of its own, because libpq 15's
+// PQcancel blocks for a TCP connection to the shard, and for as long as the
+// OS keeps trying when the host has gone away; the loop goes on serving the
+// other shards meanwhile. So every task ends by connect_timeout +
+// statement_timeout + cancel_grace after RunOnShards starts, and
+// RunOnShards returns then even if a cancel request is still on its way:
+// that thread owns all it uses and ends on its own when PQcancel returns
+// (see PendingCancel in router/shard_connection.h).
+// One libpq call blocks the loop: the host-name lookup libpq does when it
+// starts connecting (use IP addresses, or hostaddr=, in connection strings
+// where the resolver may be slow).
 //
 // Thread-safety: RunOnShards is thread-safe; tasks share nothing.
 
@@ -50,8 +61,9 @@ struct ExecOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   // From sending the statement until its last result arrives.
   absl::Duration statement_timeout = absl::Seconds(30);
-  // After cancelling a statement: how long to wait for the server to confirm
-  // before closing the connection regardless.
+  // After requesting a statement's cancel: how long to wait for the request
+  // to get through and the server to confirm, before closing the connection
+  // regardless.
   absl::Duration cancel_grace = absl::Seconds(2);
 };
 

@@ -2,14 +2,19 @@
 
 #include <poll.h>
 
+#include <cstring>
 #include <memory>
+#include <system_error>
+#include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "libpq-fe.h"
 #include "shardkit/shard_map.h"
 
@@ -41,6 +46,26 @@ std::string Field(const PGresult* res, int code) {
 
 bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.substr(0, prefix.size()) == prefix;
+}
+
+// PQcancel must stay signal-safe, so it reports errno as a number
+// ("PQcancel() -- connect() failed: error 111"); its caller here may spell
+// it out ("... failed: Connection refused").
+std::string CancelErrorMessage(const char* error) {
+  std::string message = OneLine(error);
+  constexpr std::string_view kErrno = "error ";
+  const size_t at = message.rfind(kErrno);
+  int number = 0;
+  if (at == std::string::npos ||
+      !absl::SimpleAtoi(absl::string_view(message).substr(at + kErrno.size()),
+                        &number)) {
+    return message;
+  }
+  char buffer[128];
+  // GNU strerror_r: thread-safe, unlike strerror.
+  message.replace(at, std::string::npos,
+                  strerror_r(number, buffer, sizeof(buffer)));
+  return message;
 }
 
 }  // namespace
@@ -394,23 +419,51 @@ void ShardConnection::AbsorbResult(PGresult* raw) {
   }
 }
 
-absl::Status ShardConnection::Cancel() {
-  if (conn_ == nullptr) return absl::OkStatus();
-  PGcancel* cancel = PQgetCancel(conn_);
+struct PendingCancel::State {
+  mutable absl::Mutex mu;
+  std::optional<absl::Status> outcome ABSL_GUARDED_BY(mu);
+};
+
+std::optional<absl::Status> PendingCancel::outcome() const {
+  absl::MutexLock lock(&state_->mu);
+  return state_->outcome;
+}
+
+absl::StatusOr<PendingCancel> ShardConnection::StartCancel(
+    std::function<void()> on_sent) {
+  if (conn_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "there is no open connection to send it for");
+  }
+  // A copy of what the request needs (address, backend key): independent of
+  // conn_, so the connection may close while the thread still uses it.
+  std::unique_ptr<PGcancel, void (*)(PGcancel*)> cancel(PQgetCancel(conn_),
+                                                        &PQfreeCancel);
   if (cancel == nullptr) {
-    return absl::UnavailableError(absl::StrCat(
-        "shard ", shard_name_, ": cannot cancel: the connection is closed"));
+    return absl::FailedPreconditionError(
+        "there is no open connection to send it for");
   }
-  char error[256] = {0};
-  const int ok = PQcancel(cancel, error, sizeof(error));
-  PQfreeCancel(cancel);
-  if (ok == 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "shard ", shard_name_,
-        ": could not send the cancel request: ", OneLine(error),
-        "; the statement may still be running there (see pg_stat_activity)"));
+  auto state = std::make_shared<PendingCancel::State>();
+  try {
+    std::thread([cancel = std::move(cancel), state,
+                 on_sent = std::move(on_sent)] {
+      char error[256] = {0};
+      absl::Status outcome = absl::OkStatus();
+      if (PQcancel(cancel.get(), error, sizeof(error)) == 0) {
+        outcome = absl::UnavailableError(absl::StrCat(
+            "could not send the cancel request: ", CancelErrorMessage(error)));
+      }
+      {
+        absl::MutexLock lock(&state->mu);
+        state->outcome = std::move(outcome);
+      }
+      if (on_sent) on_sent();
+    }).detach();
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot start a thread to send the cancel request: ", e.what()));
   }
-  return absl::OkStatus();
+  return PendingCancel(std::move(state));
 }
 
 absl::StatusOr<Result> ShardConnection::TakeResult() {

@@ -3,9 +3,9 @@
 // A ShardConnection is a non-blocking state machine. Its owner (the
 // executor) polls socket() for WantedEvents() together with other
 // connections, calls Advance() when the socket is ready, and reads the
-// outcome once the state is kDone or kFailed. Nothing here blocks except
-// Cancel(), which libpq 15 implements as a short blocking connection to the
-// same server (PQcancel).
+// outcome once the state is kIdle or kFailed. Nothing here blocks its
+// caller: StartCancel hands libpq 15's blocking PQcancel to a thread of its
+// own (see PendingCancel).
 //
 //   ShardConnection conn("s1", dsn);
 //   RETURN_IF_ERROR(conn.StartConnect());
@@ -27,9 +27,12 @@
 #ifndef SHARDKIT_ROUTER_SHARD_CONNECTION_H_
 #define SHARDKIT_ROUTER_SHARD_CONNECTION_H_
 
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -56,6 +59,36 @@ inline constexpr std::string_view kSqlStatePayloadUrl =
 // kUnavailable (08, 57P0x), kResourceExhausted (53), kCancelled (57014),
 // kUnknown otherwise.
 absl::StatusCode StatusCodeForSqlState(std::string_view sqlstate);
+
+// A cancel request on its way to a server (ShardConnection::StartCancel).
+//
+// The sending thread shares this handle's state and owns everything else it
+// uses: its own copy of the connection's cancel key (PGcancel), which it
+// frees when PQcancel returns, and the `on_sent` callback. It depends
+// neither on the ShardConnection, which may be closed or destroyed
+// meanwhile, nor on this handle: destroying the handle never waits, and the
+// thread ends on its own whenever PQcancel returns. So `on_sent` must own
+// what it touches (e.g. hold a std::shared_ptr), not borrow from a caller
+// that may have returned.
+//
+// Thread-safety: thread-safe; copies share one request.
+class PendingCancel {
+ public:
+  // nullopt while the request is being sent; then OK once the server has
+  // received it (which does not mean the statement stopped, see
+  // StartCancel), or kUnavailable when it could not be sent: "could not
+  // send the cancel request: PQcancel() -- connect() failed: Connection
+  // refused".
+  std::optional<absl::Status> outcome() const;
+
+ private:
+  friend class ShardConnection;
+  struct State;
+  explicit PendingCancel(std::shared_ptr<State> state)
+      : state_(std::move(state)) {}
+
+  std::shared_ptr<State> state_;  // never null
+};
 
 class ShardConnection {
  public:
@@ -117,12 +150,27 @@ class ShardConnection {
   // then in TakeResult()), or to kFailed when the connection breaks.
   void Advance();
 
-  // Asks the server to cancel the statement in flight (PQcancel). Blocks for
-  // a round trip to the server. The statement's outcome still arrives
-  // through Advance(): usually SQLSTATE 57014, or its result if it finished
-  // first. Fails with kUnavailable when the cancel request could not be
-  // delivered.
-  [[nodiscard]] absl::Status Cancel();
+  // Starts asking the server to cancel the statement in flight, and returns
+  // at once: the request (PQcancel, a TCP connection of its own to the same
+  // server) is sent from a new thread, because libpq 15 offers only that
+  // blocking call and it can block for as long as the OS tries to reach a
+  // host that has gone away. The returned handle tells when the request is
+  // out and whether it got through; `on_sent` (optional) runs once on the
+  // sending thread after that outcome is set (see PendingCancel for what it
+  // may capture).
+  //
+  // The statement's outcome still arrives through Advance(): usually
+  // SQLSTATE 57014, or its result if it finished first. Close() may be
+  // called, and this object destroyed, while the request is in flight.
+  // A connection must not carry another statement until the request is out
+  // (outcome() is set), or the late request could cancel that one.
+  //
+  // Fails with kFailedPrecondition when there is no open connection, and
+  // kResourceExhausted when no thread can be started; nothing is sent then.
+  // Unlike the others here, these statuses and outcome()'s do not name the
+  // shard: they complete the caller's message about the statement.
+  [[nodiscard]] absl::StatusOr<PendingCancel> StartCancel(
+      std::function<void()> on_sent = nullptr);
 
   // The outcome of the last statement: its last result when it carried
   // several statements, or the first error. REQUIRES: state() == kIdle after

@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "shardkit/config.h"
 #include "shardkit/result.h"
 #include "shardkit/shard_map.h"
@@ -65,19 +66,32 @@ class Cluster {
   Cluster(const Cluster&) = delete;
   Cluster& operator=(const Cluster&) = delete;
 
+  // The configuration the cluster was opened with: its settings (timeouts,
+  // pool, catalog) hold for the cluster's life. Its `map` is the map at
+  // open time; use map() for the current one.
   const Config& config() const { return config_; }
-  const ShardMap& map() const { return config_.map; }
 
-  // Runs `sql` (one statement, no parameters; typically DDL) on every shard
-  // concurrently and waits for all of them. Returns one outcome per shard,
-  // in shard order. A failure on one shard does not stop the others, and
-  // nothing is rolled back: the caller sees exactly which shards applied it.
-  std::vector<ShardOutcome> ExecuteOnAllShards(std::string_view sql);
+  // A snapshot of the current shard map. It stays valid and unchanged for as
+  // long as the caller holds it; once ownership changes (a move, a split),
+  // a later call returns a new map with a higher epoch. Never null.
+  std::shared_ptr<const ShardMap> map() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Runs `sql` on every shard of the current map concurrently and waits for
+  // all of them. `sql` is one SQL string without parameters (typically DDL);
+  // several statements separated by ';' run as one implicit transaction on
+  // each shard. Returns one outcome per shard, in shard order. A failure on
+  // one shard does not stop the others, and nothing is rolled back across
+  // shards: the caller sees exactly which shards applied it.
+  [[nodiscard]] std::vector<ShardOutcome> ExecuteOnAllShards(
+      std::string_view sql) const;
 
  private:
   explicit Cluster(Config config);
 
   const Config config_;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const ShardMap> map_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace shardkit

@@ -114,6 +114,10 @@ class Key {
   std::variant<int64_t, std::string, Uuid> value_;
 };
 
+// The smallest value of `type`: the type's minimum integer, "" for text,
+// the all-zero uuid.
+Key MinKey(KeyType type);
+
 // The bytes that are hashed for `key` (see "The hash encoding" above).
 std::string EncodeKey(const Key& key);
 

@@ -155,22 +155,30 @@ class Distribution {
       const Key& key, const Key* hash_key = nullptr) const;
 
   // The slice that owns 64-bit hash value `hash`.
-  // REQUIRES: strategy() == Strategy::kHash (DCHECKed; the result of any
-  // other call is the first slice).
+  // REQUIRES: strategy() == Strategy::kHash (DCHECKed; otherwise the result
+  // names shard 0 and no slice).
   Placement PlaceHash(uint64_t hash) const;
 
   // The shards whose slices intersect `range`, ascending, no repeats.
   // REQUIRES: strategy() == Strategy::kRange; otherwise fails with
   // kFailedPrecondition (a hash or region keyspace has no key order).
-  // Fails with kInvalidArgument when a bound does not fit key_type().
+  // An integer bound beyond a narrower key type's domain is clamped (for
+  // int2, `< 40000` bounds nothing and `> 40000` selects nothing). Fails
+  // with kInvalidArgument for a bound of another kind (text for int8, ...).
   [[nodiscard]] absl::StatusOr<std::vector<ShardId>> ShardsForRange(
       const KeyRange& range) const;
 
  private:
   friend class internal::ShardMapBuilder;
 
+  Distribution() = default;  // built by internal::ShardMapBuilder only
+
   absl::StatusOr<Placement> PlaceRegion(const Key& key,
                                         const Key* hash_key) const;
+  // Range distributions: the slice that holds `key`, and the last slice
+  // that holds a key below `key`.
+  size_t RangeSliceOf(const Key& key) const;
+  size_t RangeSliceBelow(const Key& key) const;
   absl::Status CheckKey(const Key& key, KeyType type) const;
 
   std::string name_;

@@ -36,10 +36,8 @@ std::string ReadFile(const std::string& path) {
   return content.str();
 }
 
-std::string LocalDsn(int port, const std::string& database = "app") {
-  return absl::StrFormat("host=127.0.0.1 port=%d dbname=%s user=postgres", port,
-                         database);
-}
+// The connection string of the dev instance on `port`, database "app".
+std::string LocalDsn(int port) { return dev::InstanceDsn(port, "app"); }
 
 // One row of text values from `sql` on `dsn`, or the libpq error.
 absl::StatusOr<std::vector<std::string>> QueryRow(const std::string& dsn,
@@ -241,6 +239,94 @@ TEST_F(DevCommandTest, PortTakenByAnotherListenerIsNamed) {
                 port_ + 1));
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/s1"))
       << "checks ports before creating or starting anything";
+}
+
+TEST_F(DevCommandTest, DownAsJsonListsWhatItStopped) {
+  ASSERT_EQ(Up().exit_code, 0);
+  CommandOutput down = RunCommand(
+      {SHARDCTL_PATH, "dev", "down", "--dir", dir_, "--format", "json"});
+  ASSERT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_EQ(down.err, "");
+  EXPECT_EQ(down.out, absl::StrCat("{\"dir\":\"", dir_,
+                                   "\",\"stopped\":[\"s1\",\"s2\",\"s3\"]}\n"));
+
+  // A relative --dir comes back absolute; nothing left to stop.
+  CommandOutput again =
+      RunCommand({SHARDCTL_PATH, "dev", "down", "--dir",
+                  std::filesystem::path(dir_)
+                      .lexically_relative(std::filesystem::current_path())
+                      .string(),
+                  "--format", "json"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(again.out,
+            absl::StrCat("{\"dir\":\"", dir_, "\",\"stopped\":[]}\n"));
+
+  CommandOutput help = RunCommand({SHARDCTL_PATH, "dev", "down", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("--format table|json"));
+}
+
+TEST_F(DevCommandTest, UpOnAnotherPortThanTheRunningClusterIsRefused) {
+  ASSERT_EQ(Up().exit_code, 0);
+  const int other_port = port_ + 10;
+  CommandOutput up = RunCommand({SHARDCTL_PATH, "dev", "up", "--shards",
+                                 std::to_string(kShards), "--dir", dir_,
+                                 "--port", std::to_string(other_port)});
+  EXPECT_EQ(up.exit_code, 1);
+  EXPECT_EQ(up.out, "");
+  EXPECT_EQ(up.err,
+            absl::StrFormat(
+                "shardctl: shard s1 (%s/s1) is already running on port %d, "
+                "not %d as asked; pass --port %d, or stop the cluster first "
+                "with `shardctl dev down --dir %s`\n",
+                dir_, port_, other_port, port_, dir_));
+  EXPECT_TRUE(QueryRow(LocalDsn(port_), "SELECT 1").ok())
+      << "the running cluster is left alone";
+}
+
+TEST_F(DevCommandTest, DatabaseThatIsNotAPlainIdentifierIsRefused) {
+  CommandOutput up =
+      RunCommand({SHARDCTL_PATH, "dev", "up", "--shards", "1", "--dir", dir_,
+                  "--port", std::to_string(port_), "--database", "bad name"});
+  EXPECT_EQ(up.exit_code, 1);
+  EXPECT_EQ(up.out, "");
+  EXPECT_EQ(up.err,
+            "shardctl: database name 'bad name' is not a plain identifier; "
+            "choose one (--database) of letters, digits and underscores, at "
+            "most 63, not starting with a digit\n");
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/s1"));
+}
+
+TEST_F(DevCommandTest, SettingSpanningLinesIsRefused) {
+  CommandOutput up = RunCommand({SHARDCTL_PATH, "dev", "up", "--shards", "1",
+                                 "--dir", dir_, "--port", std::to_string(port_),
+                                 "--setting", "work_mem = 8MB\nfsync = on"});
+  EXPECT_EQ(up.exit_code, 1);
+  EXPECT_EQ(up.out, "");
+  EXPECT_EQ(up.err,
+            "shardctl: an extra PostgreSQL setting spans several lines: "
+            "'work_mem = 8MB\\nfsync = on'; give one setting per "
+            "entry\n");
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/s1"));
+}
+
+TEST(DevFormatTest, InstanceDsnAndShardsTomlSection) {
+  EXPECT_EQ(dev::InstanceDsn(6001, "app"),
+            "host=127.0.0.1 port=6001 dbname=app user=postgres");
+  dev::DevInstance s1;
+  s1.name = "s1";
+  s1.dsn = dev::InstanceDsn(6001, "app");
+  dev::DevInstance s2;
+  s2.name = "s2";
+  s2.dsn = "host=/tmp/a\"b\\c\tport=1";
+  EXPECT_EQ(dev::ShardsTomlSection({s1, s2}),
+            "[shards.s1]\n"
+            "dsn = \"host=127.0.0.1 port=6001 dbname=app user=postgres\"\n"
+            "\n"
+            "[shards.s2]\n"
+            "dsn = \"host=/tmp/a\\\"b\\\\c\\u0009port=1\"\n"
+            "\n");
+  EXPECT_EQ(dev::ShardsTomlSection({}), "");
 }
 
 TEST_F(DevCommandTest, ZeroShardsIsAUsageError) {

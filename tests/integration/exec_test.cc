@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -31,6 +32,7 @@
 #include "router/shard_connection.h"
 #include "shardkit/cluster.h"
 #include "shardkit/config.h"
+#include "tests/integration/fake_postgres.h"
 #include "tests/integration/test_cluster.h"
 
 namespace shardkit {
@@ -388,6 +390,172 @@ TEST_F(ExecTest, StatementTimeoutCancelsTheBackend) {
       << "the sleep still runs on s2: the cancel did not reach it";
 }
 
+// What the executor reports for one task sent to `fake` with `options`.
+internal::TaskOutcome RunOnFake(const testing::FakePostgres& fake,
+                                const internal::ExecOptions& options) {
+  internal::ShardTask task;
+  task.shard_name = "fake";
+  task.dsn = fake.dsn();
+  task.sql = "SELECT 1";  // never answered
+  std::vector<internal::TaskOutcome> outcomes =
+      internal::RunOnShards({task}, options);
+  return outcomes.empty() ? internal::TaskOutcome{} : outcomes[0];
+}
+
+// The cancel request reached the shard, which did nothing about it.
+TEST_F(ExecTest, UnconfirmedCancelSaysTheStatementMayStillRun) {
+  absl::StatusOr<std::unique_ptr<testing::FakePostgres>> fake =
+      testing::FakePostgres::Start(testing::FakePostgres::OnCancel::kIgnore);
+  ASSERT_TRUE(fake.ok()) << fake.status();
+  internal::ExecOptions options;
+  options.statement_timeout = absl::Milliseconds(200);
+  options.cancel_grace = absl::Milliseconds(300);
+  internal::TaskOutcome outcome = RunOnFake(**fake, options);
+  EXPECT_EQ(outcome.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(std::string(outcome.status.message()),
+            "shard fake: the statement did not finish within the statement "
+            "timeout (200ms) and was cancelled, but the shard did not "
+            "confirm the cancel within 300ms; the statement may still be "
+            "running there: check pg_stat_activity on that shard");
+  EXPECT_TRUE((*fake)->WaitForCancelRequests(1, absl::Seconds(30)))
+      << "no cancel request carrying the backend's key arrived";
+}
+
+// The shard's host is gone: the cancel request's connection is refused. The
+// grace is far longer than the test runs, so the message can only say the
+// request failed if the executor reported it as soon as it did.
+TEST_F(ExecTest, CancelThatCannotBeSentIsReportedAtOnce) {
+  absl::StatusOr<std::unique_ptr<testing::FakePostgres>> fake =
+      testing::FakePostgres::Start(testing::FakePostgres::OnCancel::kRefuse);
+  ASSERT_TRUE(fake.ok()) << fake.status();
+  internal::ExecOptions options;
+  options.statement_timeout = absl::Milliseconds(200);
+  options.cancel_grace = absl::Minutes(10);
+  internal::TaskOutcome outcome = RunOnFake(**fake, options);
+  EXPECT_EQ(outcome.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(std::string(outcome.status.message()),
+            "shard fake: the statement did not finish within the statement "
+            "timeout (200ms) and cancelling it failed: could not send the "
+            "cancel request: PQcancel() -- connect() failed: Connection "
+            "refused; the statement may still be running there: check "
+            "pg_stat_activity on that shard");
+}
+
+// PQcancel blocks until the server closes the cancel connection; this fake
+// never does until told. RunOnShards must still end the task when the grace
+// is over, and return.
+TEST_F(ExecTest, RunOnShardsReturnsWhileACancelRequestHangs) {
+  absl::StatusOr<std::unique_ptr<testing::FakePostgres>> fake =
+      testing::FakePostgres::Start(testing::FakePostgres::OnCancel::kIgnore,
+                                   /*hold_cancels=*/true);
+  ASSERT_TRUE(fake.ok()) << fake.status();
+  internal::ExecOptions options;
+  options.statement_timeout = absl::Milliseconds(200);
+  options.cancel_grace = absl::Milliseconds(300);
+  std::atomic<bool> returned{false};
+  internal::TaskOutcome outcome;
+  std::thread runner([&] {
+    outcome = RunOnFake(**fake, options);
+    returned = true;
+  });
+  absl::Cleanup join = [&] {
+    (*fake)->ReleaseCancels();
+    runner.join();
+  };
+  ASSERT_TRUE((*fake)->WaitForCancelRequests(1, absl::Seconds(30)));
+  EXPECT_TRUE(Eventually([&] { return returned.load(); }))
+      << "RunOnShards waited for a cancel request that does not get through";
+  std::move(join).Invoke();
+  EXPECT_EQ(outcome.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(outcome.status.message()),
+              HasSubstr("but the shard did not confirm the cancel within "
+                        "300ms; the statement may still be running there"));
+}
+
+// One shard's cancel request hangs (the fake holds it) while a real shard's
+// statement times out too: the real shard must be cancelled and its
+// connection closed meanwhile, which the loop can only do if the hanging
+// request is not sent from it. Proven without timing: the test lets the
+// fake's request go only once the real shard's backend is gone.
+TEST_F(ExecTest, AHangingCancelRequestHoldsUpNoOtherShard) {
+  ASSERT_TRUE(tc().Query(0, "CREATE SEQUENCE stall_pid").ok());
+  absl::StatusOr<std::unique_ptr<testing::FakePostgres>> fake =
+      testing::FakePostgres::Start(testing::FakePostgres::OnCancel::kConfirm,
+                                   /*hold_cancels=*/true);
+  ASSERT_TRUE(fake.ok()) << fake.status();
+  std::vector<internal::ShardTask> tasks(2);
+  tasks[0].shard = 0;
+  tasks[0].shard_name = "fake";
+  tasks[0].dsn = (*fake)->dsn();
+  tasks[0].sql = "SELECT 1";
+  tasks[1].shard = 1;
+  tasks[1].shard_name = "s1";
+  tasks[1].dsn = tc().dsn(0);
+  // setval is not transactional: the test sees the backend's pid at once.
+  tasks[1].sql = "SELECT setval('stall_pid', pg_backend_pid()), pg_sleep(60)";
+  internal::ExecOptions options;
+  options.statement_timeout = absl::Milliseconds(300);
+  // Far beyond the test: both cancels get confirmed long before.
+  options.cancel_grace = absl::Minutes(10);
+
+  std::vector<internal::TaskOutcome> outcomes;
+  std::thread runner([&] { outcomes = internal::RunOnShards(tasks, options); });
+  absl::Cleanup join = [&] {
+    (*fake)->ReleaseCancels();
+    runner.join();
+  };
+  std::string pid;
+  ASSERT_TRUE(Eventually([&] {
+    absl::StatusOr<std::vector<std::vector<std::string>>> rows =
+        tc().Query(0, "SELECT last_value, is_called FROM stall_pid");
+    if (!rows.ok() || rows->empty() || (*rows)[0][1] != "t") return false;
+    pid = (*rows)[0][0];
+    return true;
+  })) << "the statement never started on s1";
+  ASSERT_TRUE((*fake)->WaitForCancelRequests(1, absl::Seconds(30)));
+  EXPECT_TRUE(Eventually([&] {
+    return ScalarOn(0, absl::StrCat("SELECT count(*) FROM pg_stat_activity "
+                                    "WHERE pid = ",
+                                    pid)) == "0";
+  })) << "s1's statement was not cancelled and its connection not closed "
+         "while another shard's cancel request hung";
+  std::move(join).Invoke();
+
+  ASSERT_EQ(outcomes.size(), 2u);
+  EXPECT_EQ(outcomes[0].status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(outcomes[0].status.message()),
+              HasSubstr("shard fake: the statement did not finish within the "
+                        "statement timeout (300ms) and was cancelled"));
+  EXPECT_EQ(outcomes[1].status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(outcomes[1].status.message()),
+              HasSubstr("shard s1: the statement did not finish within the "
+                        "statement timeout (300ms) and was cancelled"));
+}
+
+TEST_F(ExecTest, CopyFromStdinIsRefusedNamingTheShard) {
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  for (int i = 0; i < kShards; ++i) {
+    ASSERT_TRUE(tc().Query(i, "CREATE TABLE copy_t (id int)").ok());
+  }
+  for (const char* sql : {"COPY copy_t FROM STDIN", "COPY copy_t TO STDOUT"}) {
+    SCOPED_TRACE(sql);
+    std::vector<ShardOutcome> outcomes = cluster->ExecuteOnAllShards(sql);
+    ASSERT_EQ(outcomes.size(), kShards);
+    for (int i = 0; i < kShards; ++i) {
+      EXPECT_EQ(outcomes[i].status.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_EQ(std::string(outcomes[i].status.message()),
+                absl::StrCat("shard s", i + 1,
+                             ": COPY FROM STDIN / TO STDOUT is not supported "
+                             "here; use COPY with a server-side file or "
+                             "INSERT ... VALUES / SELECT"));
+    }
+  }
+  for (int i = 0; i < kShards; ++i) {
+    EXPECT_EQ(ScalarOn(i, "SELECT count(*) FROM copy_t"), "0");
+  }
+}
+
 // Proof of concurrency without timing: every shard's statement blocks on an
 // advisory lock the test holds on that shard. Run one shard at a time, the
 // first statement would block forever and the second shard would never see
@@ -527,6 +695,37 @@ TEST_F(ExecTest, ShardctlExecRequiresAll) {
   EXPECT_EQ(run.exit_code, 2);
   EXPECT_THAT(run.err, HasSubstr("--all"));
   EXPECT_EQ(run.out, "");
+}
+
+TEST_F(ExecTest, ShardctlExecRefusesEmptySql) {
+  for (const char* sql : {"", " ;\n\t; "}) {
+    SCOPED_TRACE(absl::StrCat("sql: '", sql, "'"));
+    testing::CommandOutput run =
+        testing::RunCommand(ShardctlExec(tc().config_path(), {"--all", sql}));
+    EXPECT_EQ(run.exit_code, 1);
+    EXPECT_EQ(run.out, "");
+    EXPECT_EQ(run.err,
+              "shardctl: the SQL statement is empty; pass the statement to "
+              "run, e.g. shardctl exec -c shards.toml --all 'CREATE TABLE t "
+              "(id int8)'\n");
+  }
+  testing::CommandOutput help =
+      testing::RunCommand({SHARDCTL_PATH, "exec", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("An empty SQL string is refused (exit 1)"));
+}
+
+TEST_F(ExecTest, LibraryRefusesEmptySqlOnEveryShard) {
+  std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
+  ASSERT_NE(cluster, nullptr);
+  for (const char* sql : {"", " ;\n\t; "}) {
+    std::vector<ShardOutcome> outcomes = cluster->ExecuteOnAllShards(sql);
+    ASSERT_EQ(outcomes.size(), static_cast<size_t>(tc().size()));
+    for (const ShardOutcome& o : outcomes) {
+      EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_EQ(o.status.message(), "empty SQL: give a statement to run");
+    }
+  }
 }
 
 TEST_F(ExecTest, PasswordNeverAppearsInOutput) {

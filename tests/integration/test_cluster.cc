@@ -121,7 +121,7 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(
 }
 
 TestCluster::~TestCluster() {
-  absl::StatusOr<std::vector<std::string>> stopped = dev::Down(cluster_.dir);
+  absl::StatusOr<dev::DownResult> stopped = dev::Down(cluster_.dir);
   if (!stopped.ok()) {
     std::fprintf(stderr, "TestCluster: stopping %s: %s\n", cluster_.dir.c_str(),
                  std::string(stopped.status().message()).c_str());
@@ -144,11 +144,7 @@ std::string TestCluster::dsn(int index) const {
 std::string TestCluster::WriteConfig(std::string_view name,
                                      std::string_view body) const {
   std::string path = (fs::path(cluster_.dir) / fs::path(name)).string();
-  std::string text;
-  for (const dev::DevInstance& instance : cluster_.instances) {
-    absl::StrAppend(&text, "[shards.", instance.name, "]\ndsn = \"",
-                    instance.dsn, "\"\n\n");
-  }
+  std::string text = dev::ShardsTomlSection(cluster_.instances);
   text.append(body);
   text.append("\n");
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -59,10 +59,10 @@ class TestCluster {
   // REQUIRES: 0 <= index < size().
   std::string dsn(int index) const;
 
-  // Writes DIR/<name>: the [shards.*] sections of this cluster followed by
-  // `body` (distributions, tables, ...). Returns its path. A file that
-  // cannot be written is reported on stderr; the test then fails on reading
-  // it.
+  // Writes DIR/<name>: the [shards.*] sections of this cluster
+  // (dev::ShardsTomlSection) followed by `body` (distributions, tables, ...).
+  // Returns its path. A file that cannot be written is reported on stderr; the
+  // test then fails on reading it.
   std::string WriteConfig(std::string_view name, std::string_view body) const;
 
   // Runs `sql` (one or more statements, simple query protocol) on shard

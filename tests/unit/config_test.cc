@@ -13,6 +13,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 EnvLookup FakeEnv(std::map<std::string, std::string> vars) {
   return [vars](std::string_view name) -> std::optional<std::string> {
@@ -401,6 +402,68 @@ dsn = "host=127.0.0.1 nonsense=1"
               "database",
               "t.toml:8:7: shards.s4.dsn: not a valid libpq connection "
               "string: invalid connection option \"nonsense\""}},
+        Case{"StrategyAndLayoutShapes", R"([distributions.a]
+strategy = "consistent"
+key_type = "int8"
+[distributions.b]
+strategy = "hash"
+key_type = "int8"
+shards = "s1"
+[distributions.c]
+strategy = "range"
+key_type = "int8"
+slices = []
+[distributions.e]
+strategy = "range"
+key_type = "int8"
+slices = [ "s1" ]
+)",
+             {"t.toml:6:12: distributions.a.strategy: unknown strategy "
+              "'consistent' (use hash, range or region)",
+              "t.toml:11:10: distributions.b.shards: expected an array of "
+              "shard names, found a string",
+              "t.toml:15:10: distributions.c.slices: the list is empty; give "
+              "at least one slice",
+              "t.toml:19:12: distributions.e.slices[0]: expected a slice "
+              "table { from, to, shard }, found a string"}},
+        Case{"RegionShapes", R"([distributions.a]
+strategy = "region"
+key_type = "text"
+[distributions.b]
+strategy = "region"
+key_type = "text"
+regions = { eu = 1 }
+[distributions.c]
+strategy = "region"
+key_type = "text"
+regions = {}
+[distributions.d]
+strategy = "region"
+key_type = "text"
+hash_key_type = "int8"
+regions = { us = ["s1", "s2"] }
+[tables.t]
+distribution = "d"
+key = "region"
+)",
+             {"t.toml:5:1: distributions.a: missing required setting "
+              "'regions', e.g. regions = { eu = \"s1\", us = [\"s2\", "
+              "\"s3\"] }",
+              "t.toml:11:18: distributions.b.regions.eu: expected a shard "
+              "name or an array of them, found an integer",
+              "t.toml:12:1: distributions.c: no regions and no default: every "
+              "key would be refused; list regions, or set `default`",
+              "t.toml:21:1: tables.t: distribution 'd' spreads regions by a "
+              "hash key: set `hash_key` to the column that holds it"}},
+        Case{"ShardsShapes", R"([shards.s3]
+port = 5
+[shards.s4]
+dsn = "host=h dbname=${}"
+)",
+             {"t.toml:5:1: shards.s3: missing required setting 'dsn'",
+              "t.toml:6:1: shards.s3.port: unknown setting (allowed here: "
+              "dsn)",
+              "t.toml:8:7: shards.s4.dsn: empty ${}; write ${NAME}"}},
         Case{"TomlSyntax", "[distributions.d\nstrategy = \"hash\"\n",
              {"t.toml:5:17: TOML syntax error: Error while parsing table "
               "header: expected ']', saw '\\n'"}},
@@ -408,6 +471,83 @@ dsn = "host=127.0.0.1 nonsense=1"
              {"t.toml:5:1: TOML syntax error: Error while parsing table "
               "header: cannot redefine existing table 'shards.s1'"}}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+TEST(ConfigTest, ShardThatIsNotATable) {
+  EXPECT_THAT(Problems("shards = { s1 = \"host=h\" }\n"),
+              ElementsAre("t.toml:1:17: shards.s1: expected a table with a "
+                          "`dsn`, found a string"));
+}
+
+// libpq's parse errors quote the connection string: never with a password.
+TEST(ConfigTest, InvalidDsnNeverShowsThePassword) {
+  for (const char* dsn :
+       {"postgresql://app:Sup3rSecret@[::1/db",
+        "host=h password=Sup3rSecret nonsense",
+        "host=h sslpassword=Sup3rSecret =x"}) {
+    SCOPED_TRACE(dsn);
+    const std::vector<std::string> problems =
+        Problems(std::string("[shards.a]\ndsn = \"") + dsn + "\"\n");
+    ASSERT_EQ(problems.size(), 1u);
+    EXPECT_THAT(problems[0], Not(HasSubstr("Sup3rSecret")));
+    EXPECT_THAT(problems[0],
+                HasSubstr("not a valid libpq connection string: libpq's "
+                          "reason is withheld because it would show the "
+                          "password"));
+  }
+}
+
+// A substituted value stays one value: spaces, quotes and "key=value" text
+// in it cannot change another setting.
+TEST(ConfigTest, SubstitutedValuesAreEscaped) {
+  struct Case {
+    std::string dsn;
+    std::string value;
+    std::string expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"host=h password=${PW}", "open sesame",
+            "host=h password='open sesame'"},
+           {"host=h password=${PW}", "x host=evil",
+            "host=h password='x host=evil'"},
+           {"host=h password='${PW}'", "it's", "host=h password='it\\'s'"},
+           {"host=h password=${PW}", "plain", "host=h password=plain"},
+           {"postgresql://app:${PW}@h/db", "p@ss/w:rd",
+            "postgresql://app:p%40ss%2Fw%3Ard@h/db"}}) {
+    SCOPED_TRACE(c.dsn + " with " + c.value);
+    absl::StatusOr<Config> config =
+        ParseConfig("[shards.a]\ndsn = \"" + c.dsn + "\"\n", "t.toml", nullptr,
+                    FakeEnv({{"PW", c.value}}));
+    ASSERT_TRUE(config.ok()) << config.status();
+    EXPECT_EQ(config->map.shard(0).dsn, c.expected);
+  }
+}
+
+TEST(ConfigTest, KeepsTheFileOrder) {
+  absl::StatusOr<Config> config = ParseConfig(std::string(kTwoShards) + R"(
+[distributions.zeta]
+strategy = "region"
+key_type = "text"
+regions = { us = "s1", eu = "s2", apac = "s1" }
+[distributions.alpha]
+strategy = "hash"
+key_type = "int8"
+shards = ["s2", "s1"]
+[tables.zz]
+reference = true
+[tables.aa]
+reference = true
+)", "t.toml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->map.distributions()[0].name(), "zeta");
+  const auto& regions = config->map.distributions()[0].regions();
+  ASSERT_EQ(regions.size(), 3u);
+  EXPECT_EQ(regions[0].name, "us");
+  EXPECT_EQ(regions[2].name, "apac");
+  EXPECT_EQ(config->map.tables()[0].name, "zz");
+  // Even slices follow the order of `shards`, not the shards' order.
+  EXPECT_EQ(config->map.shard(config->map.distributions()[1].hash_slices()[0].shard).name,
+            "s2");
+}
 
 TEST(ConfigTest, NoShards) {
   EXPECT_THAT(Problems("[tables.x]\nreference = true\n"),
@@ -425,6 +565,15 @@ TEST(LoadConfigTest, MissingFile) {
             "/nonexistent/shards.toml: cannot read the configuration: No such "
             "file or directory");
   ASSERT_EQ(problems.size(), 1u);
+}
+
+TEST(LoadConfigTest, ADirectoryIsNotAConfiguration) {
+  absl::StatusOr<Config> config = LoadConfig(::testing::TempDir());
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(config.status().message()),
+              HasSubstr(": cannot read the configuration: it is a directory; "
+                        "give the path of a .toml file"));
 }
 
 TEST(LoadConfigTest, ReadsAFile) {

@@ -3,7 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <iostream>
 #include <random>
+
+#include "config/map_builder.h"
 
 #include "shardkit/config.h"
 
@@ -23,11 +26,16 @@ dsn = "host=127.0.0.1 port=6002 dbname=app"
 dsn = "host=127.0.0.1 port=6003 dbname=app"
 )";
 
+// A test map that does not parse is a broken test: stop at once, loudly,
+// rather than index into an empty map.
 Config MustParse(const std::string& body) {
   absl::StatusOr<Config> config =
       ParseConfig(std::string(kShards) + body, "test.toml");
-  EXPECT_TRUE(config.ok()) << config.status();
-  return config.ok() ? *std::move(config) : Config{};
+  if (!config.ok()) {
+    std::cerr << "test map does not parse:\n" << config.status() << "\n";
+    std::abort();
+  }
+  return *std::move(config);
 }
 
 std::string ShardOf(const ShardMap& map, std::string_view table,
@@ -269,15 +277,91 @@ TEST_F(RangeLookupTest, BoundsSelectIntersectingSlices) {
   EXPECT_THAT(Shards(std::nullopt, Ex(-2147483648)), IsEmpty());
 }
 
+TEST_F(RangeLookupTest, ClampsBoundsBeyondANarrowType) {
+  // int4: 1 << 40 is above every key, -(1 << 40) below every key.
+  EXPECT_THAT(Shards(In(int64_t{1} << 40), std::nullopt), IsEmpty());
+  EXPECT_THAT(Shards(std::nullopt, Ex(-(int64_t{1} << 40))), IsEmpty());
+  EXPECT_THAT(Shards(std::nullopt, In(int64_t{1} << 40)),
+              ElementsAre("s1", "s2", "s3"));
+  EXPECT_THAT(Shards(Ex(-(int64_t{1} << 40)), In(50)), ElementsAre("s1", "s2"));
+}
+
+TEST(RangeLookupExtremesTest, Int8TextAndUuid) {
+  const Config config = MustParse(R"(
+[distributions.big]
+strategy = "range"
+key_type = "int8"
+slices = [ { to = 0, shard = "s1" }, { from = 0, shard = "s2" } ]
+[distributions.names]
+strategy = "range"
+key_type = "text"
+slices = [ { to = "m", shard = "s1" }, { from = "m", to = "m\u0000", shard = "s2" },
+           { from = "m\u0000", shard = "s3" } ]
+[distributions.ids]
+strategy = "range"
+key_type = "uuid"
+slices = [ { to = "80000000-0000-0000-0000-000000000000", shard = "s1" },
+           { from = "80000000-0000-0000-0000-000000000000", shard = "s2" } ]
+)");
+  auto shards = [&](int d, std::optional<KeyBound> lo, std::optional<KeyBound> hi) {
+    absl::StatusOr<std::vector<ShardId>> ids =
+        config.map.distributions()[d].ShardsForRange(KeyRange{lo, hi});
+    EXPECT_TRUE(ids.ok()) << ids.status();
+    std::vector<std::string> names;
+    for (ShardId id : ids.value_or(std::vector<ShardId>{})) {
+      names.push_back(config.map.shard(id).name);
+    }
+    return names;
+  };
+  const Key max = Key::Integer(INT64_MAX);
+  const Key min = Key::Integer(INT64_MIN);
+  EXPECT_THAT(shards(0, KeyBound{max, false}, std::nullopt), IsEmpty());
+  EXPECT_THAT(shards(0, KeyBound{max, true}, std::nullopt), ElementsAre("s2"));
+  EXPECT_THAT(shards(0, std::nullopt, KeyBound{min, false}), IsEmpty());
+  EXPECT_THAT(shards(0, std::nullopt, KeyBound{min, true}), ElementsAre("s1"));
+  // Text: (\"m\", ...) starts just above "m", at "m\0", owned by s3.
+  EXPECT_THAT(shards(1, KeyBound{Key::Text("m"), false}, std::nullopt),
+              ElementsAre("s3"));
+  EXPECT_THAT(shards(1, KeyBound{Key::Text("m"), true}, std::nullopt),
+              ElementsAre("s2", "s3"));
+  EXPECT_THAT(shards(1, std::nullopt, KeyBound{Key::Text(""), false}), IsEmpty());
+  EXPECT_THAT(shards(1, std::nullopt, KeyBound{Key::Text("m"), false}),
+              ElementsAre("s1"));
+  const Key top = *Key::Parse(KeyType::kUuid, "ffffffff-ffff-ffff-ffff-ffffffffffff");
+  const Key mid = *Key::Parse(KeyType::kUuid, "7fffffff-ffff-ffff-ffff-ffffffffffff");
+  EXPECT_THAT(shards(2, KeyBound{top, false}, std::nullopt), IsEmpty());
+  EXPECT_THAT(shards(2, KeyBound{mid, false}, std::nullopt), ElementsAre("s2"));
+  EXPECT_THAT(shards(2, KeyBound{mid, true}, std::nullopt), ElementsAre("s1", "s2"));
+}
+
+TEST(EvenSliceTest, BoundariesBelongToTheSliceTheyStart) {
+  using internal::ShardMapBuilder;
+  for (uint64_t n : {1, 2, 3, 5, 7, 64, 1000}) {
+    for (uint64_t i = 0; i < n; ++i) {
+      const uint64_t lo = ShardMapBuilder::EvenSliceLo(i, n);
+      EXPECT_EQ(lo, static_cast<uint64_t>(
+                        (static_cast<unsigned __int128>(i) << 64) / n));
+      EXPECT_EQ(ShardMapBuilder::EvenSliceOf(lo, n), i) << n;
+      if (i > 0) EXPECT_EQ(ShardMapBuilder::EvenSliceOf(lo - 1, n), i - 1) << n;
+      if (lo + 1 != 0 && (i + 1 == n || lo + 1 < ShardMapBuilder::EvenSliceLo(i + 1, n))) {
+        EXPECT_EQ(ShardMapBuilder::EvenSliceOf(lo + 1, n), i) << n;
+      }
+    }
+    EXPECT_EQ(ShardMapBuilder::EvenSliceOf(~0ull, n), n - 1);
+  }
+  // floor(h * 3 / 2^64) is 0 for the first hash of slice 1: the correction.
+  EXPECT_EQ(ShardMapBuilder::EvenSliceOf(0x5555555555555555ull, 3), 1u);
+}
+
 TEST_F(RangeLookupTest, RefusesKeysOfAnotherType) {
   absl::StatusOr<std::vector<ShardId>> ids =
       config_.map.distributions()[0].ShardsForRange(
-          KeyRange{KeyBound{Key::Integer(1LL << 40), true}, std::nullopt});
+          KeyRange{KeyBound{Key::Text("1"), true}, std::nullopt});
   ASSERT_FALSE(ids.ok());
   EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(ids.status().message()),
-              HasSubstr("does not fit distribution 'events', whose key type "
-                        "is int4"));
+              HasSubstr("key 1 does not fit distribution 'events', whose key "
+                        "type is int4"));
 }
 
 TEST(RangeLookupOnHashTest, IsAPreconditionFailure) {
@@ -387,6 +471,15 @@ TEST(MaskDsnTest, HidesPasswords) {
   EXPECT_EQ(MaskDsnPassword("postgresql://u:secret@h:5/app?password=x&sslmode=off"),
             "postgresql://u:********@h:5/app?password=********&sslmode=off");
   EXPECT_EQ(MaskDsnPassword("host=h dbname=app"), "host=h dbname=app");
+  // With a secret, the string is rebuilt from libpq's parse (its order).
+  EXPECT_EQ(MaskDsnPassword("host=h sslpassword=keypass dbname=x"),
+            "dbname=x host=h sslpassword=********");
+  EXPECT_EQ(MaskDsnPassword("postgresql://u:pa/ss@h/db"),
+            "postgresql://u:********@h/db");
+  EXPECT_EQ(MaskDsnPassword("postgresql://u@h/db?sslpassword=k"),
+            "postgresql://u@h/db?sslpassword=********");
+  EXPECT_EQ(MaskDsnPassword("host=h sslpassword='unterminated"),
+            "host=h password=********");
   EXPECT_EQ(MaskDsnPassword("host=h password='unterminated"),
             "host=h password=********");
 }
