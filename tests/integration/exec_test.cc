@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/dev_cluster.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "libpq-fe.h"
@@ -32,7 +33,7 @@
 #include "router/shard_connection.h"
 #include "shardkit/cluster.h"
 #include "shardkit/config.h"
-#include "tests/integration/fake_postgres.h"
+#include "tests/integration/fault_proxy.h"
 #include "tests/integration/test_cluster.h"
 
 namespace shardkit {
@@ -178,6 +179,30 @@ class ExecTest : public ::testing::Test {
     EXPECT_TRUE(rows.ok()) << rows.status();
     if (!rows.ok() || rows->empty() || (*rows)[0].empty()) return "";
     return (*rows)[0][0];
+  }
+
+  // A FaultProxy in front of shard `index`; null (the test has failed) if
+  // it cannot start.
+  std::unique_ptr<testing::FaultProxy> ProxyFor(
+      int index, testing::FaultProxy::Options options) {
+    absl::StatusOr<std::unique_ptr<testing::FaultProxy>> proxy =
+        testing::FaultProxy::Start(
+            "127.0.0.1", tc().cluster().instances.at(index).port, options);
+    EXPECT_TRUE(proxy.ok()) << proxy.status();
+    if (!proxy.ok()) return nullptr;
+    return *std::move(proxy);
+  }
+
+  // Terminates every backend on shard `index` whose statement is (or last
+  // was) `sql`, one that a test left running on purpose, and waits for each
+  // to exit.
+  void EndStatement(int index, const std::string& sql) {
+    absl::StatusOr<std::vector<std::vector<std::string>>> rows = tc().Query(
+        index, absl::StrCat("SELECT pg_terminate_backend(pid, 30000) FROM "
+                            "pg_stat_activity WHERE pid <> pg_backend_pid() "
+                            "AND query = $q$",
+                            sql, "$q$"));
+    EXPECT_TRUE(rows.ok()) << rows.status();
   }
 
   bool TableExists(int i, const std::string& table) {
@@ -390,79 +415,118 @@ TEST_F(ExecTest, StatementTimeoutCancelsTheBackend) {
       << "the sleep still runs on s2: the cancel did not reach it";
 }
 
-// What the executor reports for one task sent to `fake` with `options`.
-internal::TaskOutcome RunOnFake(const testing::FakePostgres& fake,
-                                const internal::ExecOptions& options) {
-  internal::ShardTask task;
-  task.shard_name = "fake";
-  task.dsn = fake.dsn();
-  task.sql = "SELECT 1";  // never answered
+// The cancel paths below need a shard that mishandles a cancel request. A
+// FaultProxy in front of a real shard makes one: the statements are real
+// (pg_sleep) and run on the real server; only the cancel request is lost,
+// held up or refused on its way. Each test's statement text is its own, so
+// that it finds (and in the end terminates) just the backends it started.
+
+// What the executor reports for `task` alone with `options`.
+internal::TaskOutcome RunOne(const internal::ShardTask& task,
+                             const internal::ExecOptions& options) {
   std::vector<internal::TaskOutcome> outcomes =
       internal::RunOnShards({task}, options);
   return outcomes.empty() ? internal::TaskOutcome{} : outcomes[0];
 }
 
-// The cancel request reached the shard, which did nothing about it.
+// A task running `sql` on the shard behind `proxy`, connected through it.
+internal::ShardTask TaskThrough(const testing::FaultProxy& proxy,
+                                ShardId shard, const std::string& shard_name,
+                                const std::string& sql) {
+  internal::ShardTask task;
+  task.shard = shard;
+  task.shard_name = shard_name;
+  task.dsn = dev::InstanceDsn(proxy.port(), "app");
+  task.sql = sql;
+  return task;
+}
+
+// The cancel request reaches the shard's address, but not the server: the
+// proxy reads it and closes its connection, which to libpq means that the
+// server received it. The statement goes on running, and the executor must
+// say that it may.
 TEST_F(ExecTest, UnconfirmedCancelSaysTheStatementMayStillRun) {
-  absl::StatusOr<std::unique_ptr<testing::FakePostgres>> fake =
-      testing::FakePostgres::Start(testing::FakePostgres::OnCancel::kIgnore);
-  ASSERT_TRUE(fake.ok()) << fake.status();
+  const std::string sleep = "SELECT pg_sleep(60) AS unconfirmed_cancel";
+  std::unique_ptr<testing::FaultProxy> proxy =
+      ProxyFor(0, {.on_cancel = testing::FaultProxy::OnCancel::kDrop});
+  ASSERT_NE(proxy, nullptr);
+  absl::Cleanup end_sleep = [&] { EndStatement(0, sleep); };
   internal::ExecOptions options;
   options.statement_timeout = absl::Milliseconds(200);
   options.cancel_grace = absl::Milliseconds(300);
-  internal::TaskOutcome outcome = RunOnFake(**fake, options);
+  internal::TaskOutcome outcome =
+      RunOne(TaskThrough(*proxy, 0, "s1", sleep), options);
   EXPECT_EQ(outcome.status.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(std::string(outcome.status.message()),
-            "shard fake: the statement did not finish within the statement "
+            "shard s1: the statement did not finish within the statement "
             "timeout (200ms) and was cancelled, but the shard did not "
             "confirm the cancel within 300ms; the statement may still be "
             "running there: check pg_stat_activity on that shard");
-  EXPECT_TRUE((*fake)->WaitForCancelRequests(1, absl::Seconds(30)))
-      << "no cancel request carrying the backend's key arrived";
+  ASSERT_TRUE(proxy->WaitForCancelRequests(1, absl::Seconds(30)))
+      << "no cancel request arrived";
+  // The request named the statement's backend, which does still run it.
+  absl::StatusOr<std::vector<std::vector<std::string>>> running = tc().Query(
+      0, absl::StrCat("SELECT pid FROM pg_stat_activity WHERE state = "
+                      "'active' AND query = $q$",
+                      sleep, "$q$"));
+  ASSERT_TRUE(running.ok()) << running.status();
+  EXPECT_THAT(*running, ElementsAre(ElementsAre(
+                            absl::StrCat(proxy->CancelRequestPids()[0]))));
 }
 
-// The shard's host is gone: the cancel request's connection is refused. The
-// grace is far longer than the test runs, so the message can only say the
-// request failed if the executor reported it as soon as it did.
+// The shard's host is gone by the time the cancel request is sent: the
+// proxy lets the session's connection through, then stops listening, so the
+// cancel request's connection is refused. The grace is far longer than the
+// test runs, so the message can only say the request failed if the
+// executor reported it as soon as it did.
 TEST_F(ExecTest, CancelThatCannotBeSentIsReportedAtOnce) {
-  absl::StatusOr<std::unique_ptr<testing::FakePostgres>> fake =
-      testing::FakePostgres::Start(testing::FakePostgres::OnCancel::kRefuse);
-  ASSERT_TRUE(fake.ok()) << fake.status();
+  const std::string sleep = "SELECT pg_sleep(60) AS unsendable_cancel";
+  std::unique_ptr<testing::FaultProxy> proxy =
+      ProxyFor(0, {.accept_limit = 1});
+  ASSERT_NE(proxy, nullptr);
+  absl::Cleanup end_sleep = [&] { EndStatement(0, sleep); };
   internal::ExecOptions options;
   options.statement_timeout = absl::Milliseconds(200);
   options.cancel_grace = absl::Minutes(10);
-  internal::TaskOutcome outcome = RunOnFake(**fake, options);
+  internal::TaskOutcome outcome =
+      RunOne(TaskThrough(*proxy, 0, "s1", sleep), options);
   EXPECT_EQ(outcome.status.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(std::string(outcome.status.message()),
-            "shard fake: the statement did not finish within the statement "
+            "shard s1: the statement did not finish within the statement "
             "timeout (200ms) and cancelling it failed: could not send the "
             "cancel request: PQcancel() -- connect() failed: Connection "
             "refused; the statement may still be running there: check "
             "pg_stat_activity on that shard");
+  // And so it is: no cancel request reached the server.
+  EXPECT_EQ(ScalarOn(0, absl::StrCat("SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE state = 'active' AND query = $q$",
+                                     sleep, "$q$")),
+            "1");
 }
 
-// PQcancel blocks until the server closes the cancel connection; this fake
-// never does until told. RunOnShards must still end the task when the grace
-// is over, and return.
+// PQcancel blocks until the server closes the cancel connection; the proxy
+// holds that connection open, unanswered, until told. RunOnShards must
+// still end the task when the grace is over, and return.
 TEST_F(ExecTest, RunOnShardsReturnsWhileACancelRequestHangs) {
-  absl::StatusOr<std::unique_ptr<testing::FakePostgres>> fake =
-      testing::FakePostgres::Start(testing::FakePostgres::OnCancel::kIgnore,
-                                   /*hold_cancels=*/true);
-  ASSERT_TRUE(fake.ok()) << fake.status();
+  const std::string sleep = "SELECT pg_sleep(60) AS hanging_cancel";
+  std::unique_ptr<testing::FaultProxy> proxy =
+      ProxyFor(0, {.on_cancel = testing::FaultProxy::OnCancel::kHang});
+  ASSERT_NE(proxy, nullptr);
+  absl::Cleanup end_sleep = [&] { EndStatement(0, sleep); };
   internal::ExecOptions options;
   options.statement_timeout = absl::Milliseconds(200);
   options.cancel_grace = absl::Milliseconds(300);
   std::atomic<bool> returned{false};
   internal::TaskOutcome outcome;
   std::thread runner([&] {
-    outcome = RunOnFake(**fake, options);
+    outcome = RunOne(TaskThrough(*proxy, 0, "s1", sleep), options);
     returned = true;
   });
   absl::Cleanup join = [&] {
-    (*fake)->ReleaseCancels();
+    proxy->ReleaseHungCancels();
     runner.join();
   };
-  ASSERT_TRUE((*fake)->WaitForCancelRequests(1, absl::Seconds(30)));
+  ASSERT_TRUE(proxy->WaitForCancelRequests(1, absl::Seconds(30)));
   EXPECT_TRUE(Eventually([&] { return returned.load(); }))
       << "RunOnShards waited for a cancel request that does not get through";
   std::move(join).Invoke();
@@ -472,23 +536,22 @@ TEST_F(ExecTest, RunOnShardsReturnsWhileACancelRequestHangs) {
                         "300ms; the statement may still be running there"));
 }
 
-// One shard's cancel request hangs (the fake holds it) while a real shard's
-// statement times out too: the real shard must be cancelled and its
+// One shard's cancel request hangs (the proxy holds it) while another
+// shard's statement times out too: that shard must be cancelled and its
 // connection closed meanwhile, which the loop can only do if the hanging
 // request is not sent from it. Proven without timing: the test lets the
-// fake's request go only once the real shard's backend is gone.
+// held request go on to its server only once the other shard's backend is
+// gone; then that server cancels too.
 TEST_F(ExecTest, AHangingCancelRequestHoldsUpNoOtherShard) {
   ASSERT_TRUE(tc().Query(0, "CREATE SEQUENCE stall_pid").ok());
-  absl::StatusOr<std::unique_ptr<testing::FakePostgres>> fake =
-      testing::FakePostgres::Start(testing::FakePostgres::OnCancel::kConfirm,
-                                   /*hold_cancels=*/true);
-  ASSERT_TRUE(fake.ok()) << fake.status();
+  const std::string sleep = "SELECT pg_sleep(60) AS held_cancel";
+  std::unique_ptr<testing::FaultProxy> proxy =
+      ProxyFor(1, {.on_cancel = testing::FaultProxy::OnCancel::kHang});
+  ASSERT_NE(proxy, nullptr);
+  absl::Cleanup end_sleep = [&] { EndStatement(1, sleep); };
   std::vector<internal::ShardTask> tasks(2);
-  tasks[0].shard = 0;
-  tasks[0].shard_name = "fake";
-  tasks[0].dsn = (*fake)->dsn();
-  tasks[0].sql = "SELECT 1";
-  tasks[1].shard = 1;
+  tasks[0] = TaskThrough(*proxy, 1, "s2", sleep);
+  tasks[1].shard = 0;
   tasks[1].shard_name = "s1";
   tasks[1].dsn = tc().dsn(0);
   // setval is not transactional: the test sees the backend's pid at once.
@@ -501,7 +564,7 @@ TEST_F(ExecTest, AHangingCancelRequestHoldsUpNoOtherShard) {
   std::vector<internal::TaskOutcome> outcomes;
   std::thread runner([&] { outcomes = internal::RunOnShards(tasks, options); });
   absl::Cleanup join = [&] {
-    (*fake)->ReleaseCancels();
+    proxy->ReleaseHungCancels();
     runner.join();
   };
   std::string pid;
@@ -512,7 +575,7 @@ TEST_F(ExecTest, AHangingCancelRequestHoldsUpNoOtherShard) {
     pid = (*rows)[0][0];
     return true;
   })) << "the statement never started on s1";
-  ASSERT_TRUE((*fake)->WaitForCancelRequests(1, absl::Seconds(30)));
+  ASSERT_TRUE(proxy->WaitForCancelRequests(1, absl::Seconds(30)));
   EXPECT_TRUE(Eventually([&] {
     return ScalarOn(0, absl::StrCat("SELECT count(*) FROM pg_stat_activity "
                                     "WHERE pid = ",
@@ -524,7 +587,7 @@ TEST_F(ExecTest, AHangingCancelRequestHoldsUpNoOtherShard) {
   ASSERT_EQ(outcomes.size(), 2u);
   EXPECT_EQ(outcomes[0].status.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(std::string(outcomes[0].status.message()),
-              HasSubstr("shard fake: the statement did not finish within the "
+              HasSubstr("shard s2: the statement did not finish within the "
                         "statement timeout (300ms) and was cancelled"));
   EXPECT_EQ(outcomes[1].status.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(std::string(outcomes[1].status.message()),
