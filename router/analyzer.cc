@@ -1,0 +1,868 @@
+#include "router/analyzer.h"
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+
+#include <algorithm>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "common/strings.h"
+#include "router/shard_connection.h"
+
+namespace shardkit::internal {
+namespace {
+
+absl::Status Refuse(std::string message, std::string_view sqlstate = "0A000") {
+  absl::Status status = absl::InvalidArgumentError(message);
+  status.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord(ToAbsl(sqlstate)));
+  return status;
+}
+
+std::string_view StringOf(const PgQuery__Node* node) {
+  if (node == nullptr || node->node_case != PG_QUERY__NODE__NODE_STRING) {
+    return {};
+  }
+  return node->string->sval;
+}
+
+// Calls fn(child) for every message-typed field of `message` that is set:
+// a generic walk over libpg_query's tree through protobuf-c's descriptors.
+template <typename Fn>
+void ForEachChild(const ProtobufCMessage* message, Fn&& fn) {
+  const ProtobufCMessageDescriptor* d = message->descriptor;
+  const char* base = reinterpret_cast<const char*>(message);
+  for (unsigned i = 0; i < d->n_fields; ++i) {
+    const ProtobufCFieldDescriptor& f = d->fields[i];
+    if (f.type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if (f.label == PROTOBUF_C_LABEL_REPEATED) {
+      const size_t n = *reinterpret_cast<const size_t*>(base + f.quantifier_offset);
+      const auto* items =
+          *reinterpret_cast<const ProtobufCMessage* const* const*>(base + f.offset);
+      for (size_t k = 0; k < n; ++k) {
+        if (items[k] != nullptr) fn(items[k]);
+      }
+      continue;
+    }
+    if (f.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+      const uint32_t active =
+          *reinterpret_cast<const uint32_t*>(base + f.quantifier_offset);
+      if (active != f.id) continue;
+    }
+    const auto* child =
+        *reinterpret_cast<const ProtobufCMessage* const*>(base + f.offset);
+    if (child != nullptr) fn(child);
+  }
+}
+
+bool Is(const ProtobufCMessage* m, const ProtobufCMessageDescriptor& d) {
+  return m->descriptor == &d;
+}
+
+// "variable_set_stmt" for SET, "explain_stmt" for EXPLAIN, ...
+std::string StatementTypeName(const PgQuery__Node& stmt) {
+  const ProtobufCFieldDescriptor* f = protobuf_c_message_descriptor_get_field(
+      &pg_query__node__descriptor, stmt.node_case);
+  return f != nullptr ? f->name : "unknown";
+}
+
+// One appearance of a table of the map in the statement.
+struct Instance {
+  const Table* table;
+  std::string alias;  // the alias, else the table's name as written
+  int depth;          // 0: the statement's own FROM; > 0: inside a subquery
+};
+
+class Analyzer {
+ public:
+  explicit Analyzer(const ShardMap& map) : map_(map) {}
+
+  absl::StatusOr<RoutingPlan> Analyze(const PgQuery__Node& stmt) {
+    CollectCteNames(&stmt.base);
+    switch (stmt.node_case) {
+      case PG_QUERY__NODE__NODE_SELECT_STMT:
+        plan_.kind = StatementKind::kSelect;
+        RETURN_IF_ERROR(CollectStatement(stmt));
+        RETURN_IF_ERROR(CheckColocation());
+        if (stmt.select_stmt->op != PG_QUERY__SET_OPERATION__SETOP_NONE) {
+          plan_.single_shard_only =
+              "UNION, INTERSECT and EXCEPT over sharded tables run only when "
+              "every part selects one shard by its key";
+        } else {
+          plan_.key = TopLevelCondition(*stmt.select_stmt);
+        }
+        break;
+      case PG_QUERY__NODE__NODE_UPDATE_STMT:
+        plan_.kind = StatementKind::kUpdate;
+        plan_.writes = true;
+        RETURN_IF_ERROR(CollectStatement(stmt));
+        RETURN_IF_ERROR(CheckColocation());
+        RETURN_IF_ERROR(CheckKeyNotSet(*stmt.update_stmt->relation,
+                                       stmt.update_stmt->n_target_list,
+                                       stmt.update_stmt->target_list, "UPDATE"));
+        plan_.key = Condition(stmt.update_stmt->where_clause);
+        break;
+      case PG_QUERY__NODE__NODE_DELETE_STMT:
+        plan_.kind = StatementKind::kDelete;
+        plan_.writes = true;
+        RETURN_IF_ERROR(CollectStatement(stmt));
+        RETURN_IF_ERROR(CheckColocation());
+        plan_.key = Condition(stmt.delete_stmt->where_clause);
+        break;
+      case PG_QUERY__NODE__NODE_INSERT_STMT:
+        plan_.kind = StatementKind::kInsert;
+        plan_.writes = true;
+        RETURN_IF_ERROR(CollectStatement(stmt));
+        RETURN_IF_ERROR(CheckColocation());
+        RETURN_IF_ERROR(AnalyzeInsert(*stmt.insert_stmt));
+        break;
+      case PG_QUERY__NODE__NODE_CREATE_STMT:
+      case PG_QUERY__NODE__NODE_INDEX_STMT:
+      case PG_QUERY__NODE__NODE_ALTER_TABLE_STMT:
+      case PG_QUERY__NODE__NODE_DROP_STMT:
+      case PG_QUERY__NODE__NODE_TRUNCATE_STMT:
+        plan_.kind = StatementKind::kDdl;
+        plan_.writes = true;
+        RETURN_IF_ERROR(CollectDdlTables(stmt));
+        return std::move(plan_);
+      default:
+        return Refuse(StrCat(
+            "statements of type ", StatementTypeName(stmt),
+            " are not routed; run it on every shard with shardctl exec --all "
+            "(Cluster::ExecuteOnAllShards)"));
+    }
+    RETURN_IF_ERROR(CheckWriteTargets());
+    return std::move(plan_);
+  }
+
+ private:
+  // --- Tables -------------------------------------------------------------
+
+  void CollectCteNames(const ProtobufCMessage* m) {
+    if (Is(m, pg_query__common_table_expr__descriptor)) {
+      cte_names_.insert(reinterpret_cast<const PgQuery__CommonTableExpr*>(m)->ctename);
+    }
+    ForEachChild(m, [&](const ProtobufCMessage* c) { CollectCteNames(c); });
+  }
+
+  absl::StatusOr<const Table*> Resolve(const PgQuery__RangeVar& rv) {
+    const std::string name =
+        rv.schemaname[0] != '\0' ? StrCat(rv.schemaname, ".", rv.relname)
+                                 : std::string(rv.relname);
+    const Table* table = map_.FindTable(name);
+    if (table == nullptr && std::string_view(rv.schemaname) == "public") {
+      table = map_.FindTable(rv.relname);
+    }
+    if (table == nullptr) {
+      return Refuse(StrCat("table ", name,
+                           " is not in the shard map; add it to [tables] "
+                           "(sharded, with its distribution and key, or "
+                           "reference = true)"),
+                    "42P01");
+    }
+    return table;
+  }
+
+  void Note(const Table* table) {
+    if (std::find(plan_.tables.begin(), plan_.tables.end(), table) ==
+        plan_.tables.end()) {
+      plan_.tables.push_back(table);
+    }
+  }
+
+  // Collect() from the statement itself (the Node's one member): its own
+  // FROM is depth 0.
+  absl::Status CollectStatement(const PgQuery__Node& stmt) {
+    absl::Status status;
+    ForEachChild(&stmt.base, [&](const ProtobufCMessage* m) {
+      status = Collect(m, /*depth=*/0, /*root=*/true);
+    });
+    return status;
+  }
+
+  // Records every table instance with its subquery depth, and the key
+  // equalities that tie instances together.
+  absl::Status Collect(const ProtobufCMessage* m, int depth, bool root) {
+    if (Is(m, pg_query__select_stmt__descriptor) && !root) ++depth;
+    if (Is(m, pg_query__range_var__descriptor)) {
+      const auto* rv = reinterpret_cast<const PgQuery__RangeVar*>(m);
+      if (rv->schemaname[0] == '\0' && cte_names_.count(rv->relname)) {
+        return absl::OkStatus();
+      }
+      ASSIGN_OR_RETURN(const Table* table, Resolve(*rv));
+      Note(table);
+      instances_.push_back(Instance{
+          table,
+          rv->alias != nullptr ? rv->alias->aliasname : rv->relname, depth});
+      return absl::OkStatus();
+    }
+    if (Is(m, pg_query__select_stmt__descriptor)) {
+      equalities_where_.push_back(
+          reinterpret_cast<const PgQuery__SelectStmt*>(m)->where_clause);
+    } else if (Is(m, pg_query__join_expr__descriptor)) {
+      const auto* join = reinterpret_cast<const PgQuery__JoinExpr*>(m);
+      equalities_where_.push_back(join->quals);
+      for (size_t i = 0; i < join->n_using_clause; ++i) {
+        using_columns_.push_back(std::string(StringOf(join->using_clause[i])));
+      }
+    } else if (Is(m, pg_query__update_stmt__descriptor)) {
+      equalities_where_.push_back(
+          reinterpret_cast<const PgQuery__UpdateStmt*>(m)->where_clause);
+    } else if (Is(m, pg_query__delete_stmt__descriptor)) {
+      equalities_where_.push_back(
+          reinterpret_cast<const PgQuery__DeleteStmt*>(m)->where_clause);
+    }
+    absl::Status status;
+    ForEachChild(m, [&](const ProtobufCMessage* c) {
+      if (status.ok()) status = Collect(c, depth, false);
+    });
+    return status;
+  }
+
+  absl::Status CollectDdlTables(const PgQuery__Node& stmt) {
+    absl::Status status;
+    std::function<void(const ProtobufCMessage*)> walk =
+        [&](const ProtobufCMessage* m) {
+          if (!status.ok()) return;
+          if (Is(m, pg_query__range_var__descriptor)) {
+            absl::StatusOr<const Table*> t =
+                Resolve(*reinterpret_cast<const PgQuery__RangeVar*>(m));
+            if (!t.ok()) {
+              status = t.status();
+            } else {
+              Note(*t);
+            }
+            return;
+          }
+          ForEachChild(m, walk);
+        };
+    walk(&stmt.base);
+    return status;
+  }
+
+  // --- Which instance a column belongs to ---------------------------------
+
+  // The instance whose shard key `ref` names, or -1.
+  int KeyInstance(const PgQuery__ColumnRef& ref) const {
+    if (ref.n_fields == 0 || ref.n_fields > 3) return -1;
+    const std::string_view column = StringOf(ref.fields[ref.n_fields - 1]);
+    if (column.empty()) return -1;
+    const std::string_view qualifier =
+        ref.n_fields >= 2 ? StringOf(ref.fields[ref.n_fields - 2]) : "";
+    int found = -1;
+    for (size_t i = 0; i < instances_.size(); ++i) {
+      const Instance& inst = instances_[i];
+      if (inst.table->reference || inst.table->key_column != column) continue;
+      if (!qualifier.empty() && inst.alias != qualifier) continue;
+      if (found >= 0) return -1;  // ambiguous: let PostgreSQL say so
+      found = static_cast<int>(i);
+    }
+    return found;
+  }
+
+  int KeyInstance(const PgQuery__Node* node) const {
+    if (node == nullptr || node->node_case != PG_QUERY__NODE__NODE_COLUMN_REF) {
+      return -1;
+    }
+    return KeyInstance(*node->column_ref);
+  }
+
+  // --- Colocation -----------------------------------------------------------
+
+  int Find(std::vector<int>& parent, int i) const {
+    while (parent[i] != i) i = parent[i] = parent[parent[i]];
+    return i;
+  }
+
+  void UniteKeyEqualities(const PgQuery__Node* node, std::vector<int>& parent) {
+    if (node == nullptr) return;
+    if (node->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+        node->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+      for (size_t i = 0; i < node->bool_expr->n_args; ++i) {
+        UniteKeyEqualities(node->bool_expr->args[i], parent);
+      }
+      return;
+    }
+    if (node->node_case != PG_QUERY__NODE__NODE_A_EXPR) return;
+    const PgQuery__AExpr& e = *node->a_expr;
+    if (e.kind != PG_QUERY__A__EXPR__KIND__AEXPR_OP || e.n_name != 1 ||
+        StringOf(e.name[0]) != "=") {
+      return;
+    }
+    const int a = KeyInstance(e.lexpr);
+    const int b = KeyInstance(e.rexpr);
+    if (a >= 0 && b >= 0) parent[Find(parent, a)] = Find(parent, b);
+  }
+
+  absl::Status CheckColocation() {
+    std::vector<int> sharded;
+    for (size_t i = 0; i < instances_.size(); ++i) {
+      if (!instances_[i].table->reference) sharded.push_back(static_cast<int>(i));
+    }
+    if (sharded.empty()) return absl::OkStatus();
+    const Table& first = *instances_[sharded[0]].table;
+    plan_.distribution = &map_.DistributionOf(first);
+    for (int i : sharded) {
+      const Table& t = *instances_[i].table;
+      if (&map_.DistributionOf(t) != plan_.distribution) {
+        return Refuse(StrCat(
+            "tables ", first.name, " (distribution ",
+            plan_.distribution->name(), ") and ", t.name, " (distribution ",
+            map_.DistributionOf(t).name(),
+            ") are placed by different distributions, so their rows do not "
+            "meet on one shard; query them separately, or put both tables in "
+            "one distribution"));
+      }
+    }
+    std::vector<int> parent(instances_.size());
+    std::iota(parent.begin(), parent.end(), 0);
+    for (const PgQuery__Node* where : equalities_where_) {
+      UniteKeyEqualities(where, parent);
+    }
+    // JOIN ... USING (key): the key columns of the joined tables are equal.
+    for (const std::string& column : using_columns_) {
+      int prev = -1;
+      for (int i : sharded) {
+        if (instances_[i].table->key_column != column) continue;
+        if (prev >= 0) parent[Find(parent, prev)] = Find(parent, i);
+        prev = i;
+      }
+    }
+    // Every instance of the statement's own FROM must be tied to the first
+    // one; one inside a subquery that is not is correct on one shard only.
+    int anchor = -1;
+    for (int i : sharded) {
+      if (instances_[i].depth == 0) {
+        anchor = i;
+        break;
+      }
+    }
+    for (int i : sharded) {
+      const Instance& inst = instances_[i];
+      if (anchor >= 0 && Find(parent, i) == Find(parent, anchor)) continue;
+      if (anchor >= 0 && inst.depth == 0) {
+        const Instance& a = instances_[anchor];
+        return Refuse(StrCat(
+            "the join of ", a.table->name, " and ", inst.table->name,
+            " is not on their shard keys, so matching rows may sit on "
+            "different shards; join on ", a.alias, ".", a.table->key_column,
+            " = ", inst.alias, ".", inst.table->key_column));
+      }
+      plan_.single_shard_only = StrCat(
+          "the subquery over ", inst.table->name,
+          " is not tied to the outer query by the shard key (",
+          inst.table->key_column,
+          "), so it would see only one shard's rows on each; narrow the "
+          "statement to one shard with a condition on the key, or correlate "
+          "the subquery on the key");
+    }
+    return absl::OkStatus();
+  }
+
+  // --- The key condition ----------------------------------------------------
+
+  // A constant or parameter, looking through casts; nullopt otherwise.
+  std::optional<KeyOperand> Operand(const PgQuery__Node* node) const {
+    if (node == nullptr) return std::nullopt;
+    switch (node->node_case) {
+      case PG_QUERY__NODE__NODE_TYPE_CAST:
+        return Operand(node->type_cast->arg);
+      case PG_QUERY__NODE__NODE_PARAM_REF:
+        return KeyOperand{node->param_ref->number, std::nullopt};
+      case PG_QUERY__NODE__NODE_A_CONST: {
+        const PgQuery__AConst& c = *node->a_const;
+        if (c.isnull) return KeyOperand{0, std::nullopt};
+        switch (c.val_case) {
+          case PG_QUERY__A__CONST__VAL_IVAL:
+            return KeyOperand{0, std::to_string(c.ival->ival)};
+          case PG_QUERY__A__CONST__VAL_FVAL:
+            return KeyOperand{0, std::string(c.fval->fval)};
+          case PG_QUERY__A__CONST__VAL_SVAL:
+            return KeyOperand{0, std::string(c.sval->sval)};
+          default:
+            return std::nullopt;
+        }
+      }
+      default:
+        return std::nullopt;
+    }
+  }
+
+  bool IsKey(const PgQuery__Node* node) const {
+    const int i = KeyInstance(node);
+    return i >= 0 && instances_[i].depth == 0;
+  }
+
+  KeyCondition Condition(const PgQuery__Node* node) const {
+    KeyCondition any;
+    if (node == nullptr) return any;
+    if (node->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR) {
+      const PgQuery__BoolExpr& b = *node->bool_expr;
+      if (b.boolop == PG_QUERY__BOOL_EXPR_TYPE__NOT_EXPR) return any;
+      KeyCondition out;
+      out.op = b.boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR
+                   ? KeyCondition::Op::kAnd
+                   : KeyCondition::Op::kOr;
+      for (size_t i = 0; i < b.n_args; ++i) {
+        out.children.push_back(Condition(b.args[i]));
+      }
+      return out;
+    }
+    if (node->node_case != PG_QUERY__NODE__NODE_A_EXPR) return any;
+    const PgQuery__AExpr& e = *node->a_expr;
+    const std::string_view op = e.n_name == 1 ? StringOf(e.name[0]) : "";
+    switch (e.kind) {
+      case PG_QUERY__A__EXPR__KIND__AEXPR_OP:
+        return Comparison(e, op);
+      case PG_QUERY__A__EXPR__KIND__AEXPR_IN: {
+        if (op != "=" || !IsKey(e.lexpr) || e.rexpr == nullptr ||
+            e.rexpr->node_case != PG_QUERY__NODE__NODE_LIST) {
+          return any;
+        }
+        KeyCondition in;
+        in.op = KeyCondition::Op::kIn;
+        for (size_t i = 0; i < e.rexpr->list->n_items; ++i) {
+          std::optional<KeyOperand> v = Operand(e.rexpr->list->items[i]);
+          if (!v) return any;
+          in.values.push_back(*v);
+        }
+        return in;
+      }
+      case PG_QUERY__A__EXPR__KIND__AEXPR_OP_ANY: {
+        if (op != "=" || !IsKey(e.lexpr)) return any;
+        const PgQuery__Node* r = e.rexpr;
+        while (r != nullptr && r->node_case == PG_QUERY__NODE__NODE_TYPE_CAST) {
+          r = r->type_cast->arg;
+        }
+        if (r != nullptr && r->node_case == PG_QUERY__NODE__NODE_PARAM_REF) {
+          KeyCondition c;
+          c.op = KeyCondition::Op::kArrayParam;
+          c.array_param = r->param_ref->number;
+          return c;
+        }
+        if (r != nullptr && r->node_case == PG_QUERY__NODE__NODE_A_ARRAY_EXPR) {
+          KeyCondition in;
+          in.op = KeyCondition::Op::kIn;
+          for (size_t i = 0; i < r->a_array_expr->n_elements; ++i) {
+            std::optional<KeyOperand> v = Operand(r->a_array_expr->elements[i]);
+            if (!v) return any;
+            in.values.push_back(*v);
+          }
+          return in;
+        }
+        return any;
+      }
+      case PG_QUERY__A__EXPR__KIND__AEXPR_BETWEEN: {
+        if (!IsKey(e.lexpr) || e.rexpr == nullptr ||
+            e.rexpr->node_case != PG_QUERY__NODE__NODE_LIST ||
+            e.rexpr->list->n_items != 2) {
+          return any;
+        }
+        std::optional<KeyOperand> lo = Operand(e.rexpr->list->items[0]);
+        std::optional<KeyOperand> hi = Operand(e.rexpr->list->items[1]);
+        if (!lo || !hi) return any;
+        KeyCondition r;
+        r.op = KeyCondition::Op::kRange;
+        r.lower = lo;
+        r.upper = hi;
+        return r;
+      }
+      default:
+        return any;
+    }
+  }
+
+  KeyCondition Comparison(const PgQuery__AExpr& e, std::string_view op) const {
+    KeyCondition any;
+    const PgQuery__Node* key = e.lexpr;
+    const PgQuery__Node* value = e.rexpr;
+    bool flipped = false;
+    if (!IsKey(key)) {
+      std::swap(key, value);
+      flipped = true;
+      if (!IsKey(key)) return any;
+    }
+    std::optional<KeyOperand> v = Operand(value);
+    if (!v) return any;
+    KeyCondition c;
+    if (op == "=") {
+      c.op = KeyCondition::Op::kIn;
+      c.values.push_back(*v);
+      return c;
+    }
+    // key < v, or v < key (flipped): normalise to the key on the left.
+    static const std::map<std::string_view, std::string_view> kFlip = {
+        {"<", ">"}, {"<=", ">="}, {">", "<"}, {">=", "<="}};
+    auto it = kFlip.find(op);
+    if (it == kFlip.end()) return any;
+    const std::string_view normal = flipped ? it->second : op;
+    c.op = KeyCondition::Op::kRange;
+    if (normal[0] == '<') {
+      c.upper = v;
+      c.upper_inclusive = normal.size() == 2;
+    } else {
+      c.lower = v;
+      c.lower_inclusive = normal.size() == 2;
+    }
+    return c;
+  }
+
+  // WHERE, and the conditions of inner joins in the statement's own FROM.
+  KeyCondition TopLevelCondition(const PgQuery__SelectStmt& select) const {
+    KeyCondition all;
+    all.op = KeyCondition::Op::kAnd;
+    all.children.push_back(Condition(select.where_clause));
+    std::function<void(const PgQuery__Node*)> joins = [&](const PgQuery__Node* n) {
+      if (n == nullptr || n->node_case != PG_QUERY__NODE__NODE_JOIN_EXPR) return;
+      if (n->join_expr->jointype == PG_QUERY__JOIN_TYPE__JOIN_INNER) {
+        all.children.push_back(Condition(n->join_expr->quals));
+        joins(n->join_expr->larg);
+        joins(n->join_expr->rarg);
+      }
+    };
+    for (size_t i = 0; i < select.n_from_clause; ++i) joins(select.from_clause[i]);
+    return all;
+  }
+
+  // --- Writes ----------------------------------------------------------------
+
+  absl::Status CheckKeyNotSet(const PgQuery__RangeVar& relation, size_t n,
+                              PgQuery__Node** targets, std::string_view what) {
+    ASSIGN_OR_RETURN(const Table* table, Resolve(relation));
+    if (table->reference) return absl::OkStatus();
+    for (size_t i = 0; i < n; ++i) {
+      if (targets[i]->node_case != PG_QUERY__NODE__NODE_RES_TARGET) continue;
+      if (targets[i]->res_target->name == table->key_column) {
+        return Refuse(StrCat(
+            what, " changes the shard key ", table->name, ".",
+            table->key_column,
+            ", which would move the row to another shard; delete the row and "
+            "insert it with its new key instead"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AnalyzeInsert(const PgQuery__InsertStmt& insert) {
+    ASSIGN_OR_RETURN(const Table* table, Resolve(*insert.relation));
+    if (insert.on_conflict_clause != nullptr) {
+      RETURN_IF_ERROR(CheckKeyNotSet(*insert.relation,
+                                     insert.on_conflict_clause->n_target_list,
+                                     insert.on_conflict_clause->target_list,
+                                     "INSERT ... ON CONFLICT DO UPDATE"));
+    }
+    if (table->reference) return absl::OkStatus();
+    size_t key_index = insert.n_cols;
+    for (size_t i = 0; i < insert.n_cols; ++i) {
+      if (insert.cols[i]->node_case == PG_QUERY__NODE__NODE_RES_TARGET &&
+          insert.cols[i]->res_target->name == table->key_column) {
+        key_index = i;
+      }
+    }
+    if (insert.n_cols == 0) {
+      return Refuse(StrCat("INSERT INTO ", table->name,
+                           " must name its columns, so that the router finds "
+                           "the shard key ",
+                           table->key_column, ": INSERT INTO ", table->name,
+                           " (", table->key_column, ", ...) VALUES (...)"));
+    }
+    if (key_index == insert.n_cols) {
+      return Refuse(StrCat("INSERT INTO ", table->name,
+                           " does not give the shard key ", table->key_column,
+                           "; every row needs one to be placed"),
+                    "23502");
+    }
+    const PgQuery__Node* source = insert.select_stmt;
+    if (source == nullptr || source->node_case != PG_QUERY__NODE__NODE_SELECT_STMT ||
+        source->select_stmt->n_values_lists == 0) {
+      return Refuse(StrCat("INSERT INTO ", table->name,
+                           " ... SELECT is not routed: its rows are computed "
+                           "on a shard, not known to the router; insert the "
+                           "rows with VALUES, or load them with COPY"));
+    }
+    const PgQuery__SelectStmt& values = *source->select_stmt;
+    for (size_t row = 0; row < values.n_values_lists; ++row) {
+      const PgQuery__Node* list = values.values_lists[row];
+      std::optional<KeyOperand> key;
+      if (list->node_case == PG_QUERY__NODE__NODE_LIST &&
+          key_index < list->list->n_items) {
+        key = Operand(list->list->items[key_index]);
+      }
+      if (!key) {
+        return Refuse(StrCat("row ", row + 1, " of the INSERT INTO ",
+                             table->name, ": the shard key ",
+                             table->key_column,
+                             " must be a constant or a parameter ($n), so "
+                             "that the router can place the row"));
+      }
+      plan_.insert_keys.push_back(*key);
+    }
+    return absl::OkStatus();
+  }
+
+  // A write names one target table: a reference table (all shards) or a
+  // sharded one (by key). Reading the other kind alongside is fine, except
+  // sharded rows feeding a write to a reference table, which would differ
+  // per shard.
+  absl::Status CheckWriteTargets() {
+    if (!plan_.writes || plan_.tables.empty()) return absl::OkStatus();
+    const Table* target = plan_.tables.front();
+    if (target->reference && plan_.distribution != nullptr) {
+      return Refuse(StrCat(
+          "a write to reference table ", target->name,
+          " that reads sharded tables would apply different rows on each "
+          "shard; compute the rows first, then write them"));
+    }
+    return absl::OkStatus();
+  }
+
+  const ShardMap& map_;
+  RoutingPlan plan_;
+  std::set<std::string> cte_names_;
+  std::vector<Instance> instances_;
+  std::vector<const PgQuery__Node*> equalities_where_;
+  std::vector<std::string> using_columns_;
+};
+
+// --- Evaluation ------------------------------------------------------------
+
+using ShardSet = std::set<ShardId>;
+
+absl::StatusOr<std::optional<std::string>> Value(const KeyOperand& operand,
+                                                 const Params& params) {
+  if (operand.param == 0) return operand.constant;
+  if (operand.param < 1 || static_cast<size_t>(operand.param) > params.size()) {
+    return Refuse(StrCat("the statement uses $", operand.param, " but ",
+                         params.size(), " parameters were given"),
+                  "08P01");
+  }
+  return params[operand.param - 1];
+}
+
+// The shards that may hold `text` as a key; nullopt: every owner (a value
+// PostgreSQL may still compare, such as 5.0 with an int8 key).
+std::optional<ShardSet> ShardsOfValue(const Distribution& d,
+                                      const std::optional<std::string>& text) {
+  if (!text) return ShardSet{};  // key = NULL matches no row
+  absl::StatusOr<Key> key = Key::Parse(d.key_type(), *text);
+  if (!key.ok()) return std::nullopt;
+  if (d.strategy() == Strategy::kRegion) {
+    for (const Region& r : d.regions()) {
+      if (r.name == key->text()) return ShardSet(r.shards.begin(), r.shards.end());
+    }
+    if (d.default_shard()) return ShardSet{*d.default_shard()};
+    return ShardSet{};
+  }
+  absl::StatusOr<Placement> p = d.Place(*key);
+  if (!p.ok()) return std::nullopt;
+  return ShardSet{p->shard};
+}
+
+// Elements of a one-dimensional PostgreSQL array literal such as
+// {1,"a b",NULL}; nullopt if it is not one.
+std::optional<std::vector<std::optional<std::string>>> ArrayElements(
+    std::string_view text) {
+  if (text.size() < 2 || text.front() != '{' || text.back() != '}') {
+    return std::nullopt;
+  }
+  std::vector<std::optional<std::string>> out;
+  std::string_view s = text.substr(1, text.size() - 2);
+  if (s.empty()) return out;
+  size_t i = 0;
+  for (;;) {
+    std::string element;
+    bool quoted = false;
+    if (i < s.size() && s[i] == '"') {
+      quoted = true;
+      for (++i; i < s.size() && s[i] != '"'; ++i) {
+        if (s[i] == '\\' && i + 1 < s.size()) ++i;
+        element += s[i];
+      }
+      if (i >= s.size()) return std::nullopt;
+      ++i;
+    } else {
+      while (i < s.size() && s[i] != ',') {
+        if (s[i] == '{' || s[i] == '"') return std::nullopt;  // nested
+        element += s[i++];
+      }
+    }
+    if (!quoted && element == "NULL") {
+      out.push_back(std::nullopt);
+    } else {
+      out.push_back(element);
+    }
+    if (i >= s.size()) return out;
+    if (s[i] != ',') return std::nullopt;
+    ++i;
+  }
+}
+
+// [+-]digits: an integer, however large.
+bool IsIntegerLiteral(std::string_view text) {
+  if (!text.empty() && (text[0] == '-' || text[0] == '+')) text.remove_prefix(1);
+  return !text.empty() &&
+         text.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+absl::StatusOr<std::optional<ShardSet>> Eval(const KeyCondition& c,
+                                             const Distribution& d,
+                                             const Params& params) {
+  switch (c.op) {
+    case KeyCondition::Op::kAny:
+      return std::optional<ShardSet>();
+    case KeyCondition::Op::kIn: {
+      ShardSet out;
+      for (const KeyOperand& v : c.values) {
+        ASSIGN_OR_RETURN(std::optional<std::string> text, Value(v, params));
+        std::optional<ShardSet> s = ShardsOfValue(d, text);
+        if (!s) return std::optional<ShardSet>();
+        out.insert(s->begin(), s->end());
+      }
+      return std::optional<ShardSet>(out);
+    }
+    case KeyCondition::Op::kArrayParam: {
+      ASSIGN_OR_RETURN(std::optional<std::string> text,
+                       Value(KeyOperand{c.array_param, std::nullopt}, params));
+      if (!text) return std::optional<ShardSet>(ShardSet{});
+      std::optional<std::vector<std::optional<std::string>>> elements =
+          ArrayElements(*text);
+      if (!elements) return std::optional<ShardSet>();
+      ShardSet out;
+      for (const auto& e : *elements) {
+        std::optional<ShardSet> s = ShardsOfValue(d, e);
+        if (!s) return std::optional<ShardSet>();
+        out.insert(s->begin(), s->end());
+      }
+      return std::optional<ShardSet>(out);
+    }
+    case KeyCondition::Op::kRange: {
+      if (d.strategy() != Strategy::kRange) return std::optional<ShardSet>();
+      KeyRange range;
+      for (bool upper : {false, true}) {
+        const std::optional<KeyOperand>& side = upper ? c.upper : c.lower;
+        if (!side) continue;
+        ASSIGN_OR_RETURN(std::optional<std::string> text, Value(*side, params));
+        if (!text) return std::optional<ShardSet>(ShardSet{});  // < NULL
+        absl::StatusOr<Key> key = Key::Parse(d.key_type(), *text);
+        if (!key.ok() && IsIntegerKeyType(d.key_type())) {
+          // An integer beyond the type still bounds: clamped by
+          // ShardsForRange, or beyond int8 itself, past every key.
+          key = Key::Parse(KeyType::kInt8, *text);
+          if (!key.ok() && IsIntegerLiteral(*text)) {
+            const bool negative = (*text)[0] == '-';
+            if (negative == upper) return std::optional<ShardSet>(ShardSet{});
+            continue;  // this side bounds nothing
+          }
+        }
+        if (!key.ok()) return std::optional<ShardSet>();  // does not narrow
+        (upper ? range.upper : range.lower) =
+            KeyBound{*key, upper ? c.upper_inclusive : c.lower_inclusive};
+      }
+      absl::StatusOr<std::vector<ShardId>> ids = d.ShardsForRange(range);
+      if (!ids.ok()) return std::optional<ShardSet>();
+      return std::optional<ShardSet>(ShardSet(ids->begin(), ids->end()));
+    }
+    case KeyCondition::Op::kAnd: {
+      std::optional<ShardSet> out;
+      for (const KeyCondition& child : c.children) {
+        ASSIGN_OR_RETURN(std::optional<ShardSet> s, Eval(child, d, params));
+        if (!s) continue;
+        if (!out) {
+          out = std::move(s);
+        } else {
+          ShardSet both;
+          std::set_intersection(out->begin(), out->end(), s->begin(), s->end(),
+                                std::inserter(both, both.begin()));
+          out = std::move(both);
+        }
+      }
+      return out;
+    }
+    case KeyCondition::Op::kOr: {
+      ShardSet out;
+      for (const KeyCondition& child : c.children) {
+        ASSIGN_OR_RETURN(std::optional<ShardSet> s, Eval(child, d, params));
+        if (!s) return std::optional<ShardSet>();
+        out.insert(s->begin(), s->end());
+      }
+      return std::optional<ShardSet>(out);
+    }
+  }
+  return std::optional<ShardSet>();
+}
+
+std::vector<ShardId> AllShards(const ShardMap& map) {
+  std::vector<ShardId> all(map.shards().size());
+  std::iota(all.begin(), all.end(), 0);
+  return all;
+}
+
+}  // namespace
+
+absl::StatusOr<RoutingPlan> AnalyzeStatement(const PgQuery__Node& statement,
+                                             const ShardMap& map) {
+  return Analyzer(map).Analyze(statement);
+}
+
+absl::StatusOr<std::vector<ShardId>> TargetShards(const RoutingPlan& plan,
+                                                  const ShardMap& map,
+                                                  const Params& params) {
+  if (plan.kind == StatementKind::kDdl) return AllShards(map);
+  if (plan.distribution == nullptr) {
+    if (plan.writes && !plan.tables.empty()) return AllShards(map);
+    return std::vector<ShardId>{0};
+  }
+  const Distribution& d = *plan.distribution;
+  ASSIGN_OR_RETURN(std::optional<ShardSet> selected, Eval(plan.key, d, params));
+  std::vector<ShardId> out;
+  if (!selected) {
+    out = d.shards();
+  } else {
+    out.assign(selected->begin(), selected->end());
+  }
+  // No key can match: one owner still answers, with the result's columns.
+  if (out.empty()) out.push_back(d.shards().front());
+  if (out.size() > 1 && !plan.single_shard_only.empty()) {
+    return Refuse(plan.single_shard_only);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ShardId>> InsertRowShards(const RoutingPlan& plan,
+                                                     const Params& params) {
+  const Distribution& d = *plan.distribution;
+  const Table& table = *plan.tables.front();
+  std::vector<ShardId> out;
+  out.reserve(plan.insert_keys.size());
+  for (size_t row = 0; row < plan.insert_keys.size(); ++row) {
+    ASSIGN_OR_RETURN(std::optional<std::string> text,
+                     Value(plan.insert_keys[row], params));
+    if (!text) {
+      return Refuse(StrCat("row ", row + 1, " of the INSERT INTO ", table.name,
+                           " has a NULL shard key ", table.key_column,
+                           "; every row needs a key"),
+                    "23502");
+    }
+    absl::StatusOr<Key> key = Key::Parse(d.key_type(), *text);
+    if (!key.ok()) {
+      return Refuse(StrCat("row ", row + 1, " of the INSERT INTO ", table.name,
+                           ": ", key.status().message()),
+                    "22P02");
+    }
+    absl::StatusOr<Placement> p = d.Place(*key);
+    if (!p.ok()) {
+      return Refuse(StrCat("row ", row + 1, " of the INSERT INTO ", table.name,
+                           ": ", p.status().message()));
+    }
+    out.push_back(p->shard);
+  }
+  return out;
+}
+
+}  // namespace shardkit::internal

@@ -1,0 +1,114 @@
+// Internal: what a statement touches and which shards it must run on.
+//
+// AnalyzeStatement reads one parsed statement against a shard map and
+// returns a RoutingPlan: the statement's kind, the tables of the map it
+// names, their distribution, and the shard-key condition as a small tree
+// (key = v, key IN (...), key = ANY($n), ranges; AND / OR of them) that
+// TargetShards evaluates with the statement's parameters. A plan holds no
+// parameter values, so one plan serves every execution of a statement.
+//
+// What is refused, each with a message that says why and what to do: a
+// table not in the map; a join or subquery of sharded tables that are not
+// tied together by their shard keys (its rows would have to meet across
+// shards); tables of two distributions in one statement; a write that
+// mixes reference and sharded tables; changing a shard key; an INSERT whose
+// rows' keys are not constants or parameters.
+//
+// Thread-safety: functions are thread-safe; a plan is immutable. A plan
+// points into the ShardMap it was made from and lives no longer than it.
+
+#ifndef SHARDKIT_ROUTER_ANALYZER_H_
+#define SHARDKIT_ROUTER_ANALYZER_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "shardkit/shard_map.h"
+
+struct PgQuery__Node;
+
+namespace shardkit::internal {
+
+// A value the shard key is compared with: a constant, or parameter $n.
+struct KeyOperand {
+  int param = 0;  // > 0: the statement's parameter $param
+  // param == 0: the constant's text; nullopt for SQL NULL.
+  std::optional<std::string> constant;
+};
+
+// Which keys a statement can touch.
+struct KeyCondition {
+  enum class Op {
+    kAny,         // no restriction: every shard
+    kIn,          // key equals one of `values` (key = v is kIn of one)
+    kArrayParam,  // key = ANY($array_param)
+    kRange,       // lower <(=) key <(=) upper; either side may be open
+    kAnd,         // all of `children`
+    kOr,          // any of `children`
+  };
+  Op op = Op::kAny;
+  std::vector<KeyOperand> values;
+  int array_param = 0;
+  std::optional<KeyOperand> lower;
+  bool lower_inclusive = true;
+  std::optional<KeyOperand> upper;
+  bool upper_inclusive = true;
+  std::vector<KeyCondition> children;
+};
+
+enum class StatementKind { kSelect, kInsert, kUpdate, kDelete, kDdl };
+
+struct RoutingPlan {
+  StatementKind kind = StatementKind::kSelect;
+  // Every table of the map the statement names, without repeats, in order
+  // of first appearance.
+  std::vector<const Table*> tables;
+  // The distribution of its sharded tables; nullptr when it names none.
+  const Distribution* distribution = nullptr;
+  // Whether the statement changes data (INSERT, UPDATE, DELETE, DDL).
+  bool writes = false;
+  // SELECT / UPDATE / DELETE of sharded tables: the keys it can touch.
+  KeyCondition key;
+  // A subquery over sharded tables is not tied to the outer query by the
+  // shard key: correct only on a single shard. Holds the refusal for when
+  // the key condition selects more than one.
+  std::string single_shard_only;
+  // INSERT ... VALUES into a sharded table: each row's shard key.
+  std::vector<KeyOperand> insert_keys;
+};
+
+// See the file comment. Fails with kInvalidArgument (SQLSTATE 0A000 for a
+// construct that cannot run across shards, 42P01 for a table not in the
+// map). REQUIRES: on the parser thread (it walks a libpg_query tree).
+[[nodiscard]] absl::StatusOr<RoutingPlan> AnalyzeStatement(
+    const PgQuery__Node& statement, const ShardMap& map);
+
+// Parameters as the caller gives them: text, nullopt for NULL.
+using Params = std::vector<std::optional<std::string>>;
+
+// The shards `plan` must run on with `params`, ascending, no repeats:
+//   DDL, and writes to reference tables: every shard of the map;
+//   reads of reference tables only, and statements naming no table: one
+//     shard (the first);
+//   sharded tables: the owners of the keys the condition allows (every
+//     owner of the distribution when it does not narrow them).
+// A key that cannot be a value of the key type (id = 'abc' for int8) can
+// match no row, and a NULL key none either: they select no shard; if no
+// shard remains, the first owner runs it so that the result still has its
+// columns. Fails with kInvalidArgument for a missing parameter, or with
+// `plan.single_shard_only` when it needs more than one shard.
+// REQUIRES: plan.kind != kInsert (see InsertRowShards).
+[[nodiscard]] absl::StatusOr<std::vector<ShardId>> TargetShards(
+    const RoutingPlan& plan, const ShardMap& map, const Params& params);
+
+// INSERT into a sharded table: the shard of each row, in row order. Fails
+// with kInvalidArgument for a NULL key or one that does not fit the key
+// type. REQUIRES: plan.kind == kInsert && plan.distribution != nullptr.
+[[nodiscard]] absl::StatusOr<std::vector<ShardId>> InsertRowShards(
+    const RoutingPlan& plan, const Params& params);
+
+}  // namespace shardkit::internal
+
+#endif  // SHARDKIT_ROUTER_ANALYZER_H_

@@ -1,0 +1,320 @@
+// Routing as data: SQL (and parameters) in, target shards or the refusal out.
+
+#include "router/analyzer.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <iostream>
+#include <set>
+
+#include "router/parser_thread.h"
+#include "router/sql_parser.h"
+#include "shardkit/cluster.h"
+#include "shardkit/config.h"
+
+namespace shardkit::internal {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kMap[] = R"(
+[shards.s1]
+dsn = "host=127.0.0.1 port=6001 dbname=app"
+[shards.s2]
+dsn = "host=127.0.0.1 port=6002 dbname=app"
+[shards.s3]
+dsn = "host=127.0.0.1 port=6003 dbname=app"
+[distributions.users]
+strategy = "hash"
+key_type = "int8"
+shards = ["s1", "s2", "s3"]
+[distributions.events]
+strategy = "range"
+key_type = "int8"
+slices = [ { to = 100, shard = "s1" }, { from = 100, to = 200, shard = "s2" },
+           { from = 200, shard = "s3" } ]
+[tables.users]
+distribution = "users"
+key = "id"
+[tables.orders]
+distribution = "users"
+key = "user_id"
+[tables.events]
+distribution = "events"
+key = "id"
+[tables.countries]
+reference = true
+)";
+
+const ShardMap& Map() {
+  static const Config* config = [] {
+    absl::StatusOr<Config> c = ParseConfig(kMap, "analyzer_test.toml");
+    if (!c.ok()) {
+      std::cerr << c.status() << "\n";
+      std::abort();
+    }
+    return new Config(*std::move(c));
+  }();
+  return config->map;
+}
+
+absl::StatusOr<RoutingPlan> Plan(const std::string& sql) {
+  absl::StatusOr<RoutingPlan> plan = absl::InternalError("not run");
+  ParserThread::Default().Run([&] {
+    absl::StatusOr<ParsedSql> parsed = ParsedSql::Parse(sql);
+    if (!parsed.ok()) {
+      plan = parsed.status();
+      return;
+    }
+    plan = AnalyzeStatement(*parsed->statement(0), Map());
+  });
+  return plan;
+}
+
+// Shard names the statement runs on, or "error: <message>".
+std::string Route(const std::string& sql, const Params& params = {}) {
+  absl::StatusOr<RoutingPlan> plan = Plan(sql);
+  if (!plan.ok()) return "error: " + std::string(plan.status().message());
+  absl::StatusOr<std::vector<ShardId>> ids =
+      plan->kind == StatementKind::kInsert && plan->distribution != nullptr
+          ? InsertRowShards(*plan, params)
+          : TargetShards(*plan, Map(), params);
+  if (!ids.ok()) return "error: " + std::string(ids.status().message());
+  std::set<std::string> names;
+  for (ShardId id : *ids) names.insert(Map().shard(id).name);
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
+// The owners of users' keys, by the map itself (lookups are tested in
+// shard_map_test); e.g. Owners({1, 2}) == "s1,s3".
+std::string Owners(std::initializer_list<int64_t> keys) {
+  std::set<std::string> names;
+  for (int64_t k : keys) {
+    names.insert(Map().shard(Map().Place("users", Key::Integer(k))->shard).name);
+  }
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
+TEST(AnalyzerTest, PointAndListPredicatesNarrowHashTargets) {
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = 42"), Owners({42}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE 42 = id"), Owners({42}));
+  EXPECT_EQ(Route("SELECT * FROM users u WHERE u.id = $1", {"7"}), Owners({7}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = $1::int8", {"7"}), Owners({7}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id IN (1, 2, 3)"), Owners({1, 2, 3}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = ANY($1)", {"{5,6}"}),
+            Owners({5, 6}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = ANY(ARRAY[9, 10])"),
+            Owners({9, 10}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = 42 AND name = 'x'"), Owners({42}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = 1 OR id = 2"), Owners({1, 2}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE (id = 1 OR id = 2) AND id = 2"),
+            Owners({2}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = '42'"), Owners({42}));
+}
+
+TEST(AnalyzerTest, AnythingElseGoesEverywhere) {
+  for (const char* sql :
+       {"SELECT * FROM users", "SELECT * FROM users WHERE name = 'x'",
+        "SELECT * FROM users WHERE id = 1 OR name = 'x'",
+        "SELECT * FROM users WHERE NOT (id = 1)",
+        "SELECT * FROM users WHERE id <> 1",
+        "SELECT * FROM users WHERE id > 10",  // hash: no order
+        "SELECT * FROM users WHERE id = 5.0",  // still compared as numeric
+        "SELECT * FROM users WHERE id + 0 = 5"}) {
+    EXPECT_EQ(Route(sql), "s1,s2,s3") << sql;
+  }
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = ANY($1)", {"not an array"}),
+            "s1,s2,s3");
+}
+
+TEST(AnalyzerTest, NullKeysMatchNothingButOneShardStillAnswers) {
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = NULL"), "s1");
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = $1", {std::nullopt}), "s1");
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = 1 AND id = 2"),
+            Owners({1}) == Owners({2}) ? Owners({1}) : "s1");
+}
+
+TEST(AnalyzerTest, RangeDistributionsUseOrder) {
+  EXPECT_EQ(Route("SELECT * FROM events WHERE id < 100"), "s1");
+  EXPECT_EQ(Route("SELECT * FROM events WHERE id <= 100"), "s1,s2");
+  EXPECT_EQ(Route("SELECT * FROM events WHERE 150 < id"), "s2,s3");
+  EXPECT_EQ(Route("SELECT * FROM events WHERE id BETWEEN 120 AND 180"), "s2");
+  EXPECT_EQ(Route("SELECT * FROM events WHERE id >= $1 AND id < $2",
+                  {"100", "200"}),
+            "s2");
+  EXPECT_EQ(Route("SELECT * FROM events WHERE id = 250"), "s3");
+  // Beyond int8: past every key (no shard matches; the first answers).
+  EXPECT_EQ(Route("SELECT * FROM events WHERE id > 99999999999999999999"), "s1");
+  EXPECT_EQ(Route("SELECT * FROM events WHERE id < 99999999999999999999"),
+            "s1,s2,s3");
+  EXPECT_EQ(Route("SELECT * FROM events WHERE id > -99999999999999999999 AND "
+                  "id < 50"),
+            "s1");
+}
+
+TEST(AnalyzerTest, ColocatedJoinsAndReferenceTables) {
+  EXPECT_EQ(Route("SELECT * FROM users u JOIN orders o ON o.user_id = u.id "
+                  "WHERE u.id = 42"),
+            Owners({42}));
+  EXPECT_EQ(Route("SELECT * FROM users u JOIN orders o ON o.user_id = u.id "
+                  "WHERE o.user_id = 42"),
+            Owners({42}));
+  EXPECT_EQ(Route("SELECT * FROM users u, orders o WHERE o.user_id = u.id"),
+            "s1,s2,s3");
+  EXPECT_EQ(Route("SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id"),
+            "s1,s2,s3");
+  EXPECT_EQ(Route("SELECT * FROM users u JOIN countries c ON c.code = u.country "
+                  "WHERE u.id = 3"),
+            Owners({3}));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE EXISTS (SELECT 1 FROM orders o "
+                  "WHERE o.user_id = users.id)"),
+            "s1,s2,s3");
+  // A CTE over a sharded table is a subquery: one shard only, for now.
+  EXPECT_THAT(Route("WITH big AS (SELECT * FROM users WHERE id = 8) "
+                    "SELECT * FROM big"),
+              HasSubstr("error: the subquery over users is not tied to the "
+                        "outer query by the shard key"));
+  EXPECT_EQ(Route("WITH one AS (SELECT * FROM users WHERE id = 8) "
+                  "SELECT * FROM one, users u WHERE u.id = 8 AND one.id = u.id"),
+            Owners({8}));
+  EXPECT_EQ(Route("SELECT * FROM countries"), "s1");
+  EXPECT_EQ(Route("SELECT 1"), "s1");
+}
+
+TEST(AnalyzerTest, Refusals) {
+  EXPECT_EQ(Route("SELECT * FROM nope"),
+            "error: table nope is not in the shard map; add it to [tables] "
+            "(sharded, with its distribution and key, or reference = true)");
+  EXPECT_EQ(Route("SELECT * FROM users u JOIN orders o ON o.id = u.id"),
+            "error: the join of users and orders is not on their shard keys, "
+            "so matching rows may sit on different shards; join on u.id = "
+            "o.user_id");
+  EXPECT_EQ(Route("SELECT * FROM users u JOIN events e ON e.id = u.id"),
+            "error: tables users (distribution users) and events "
+            "(distribution events) are placed by different distributions, so "
+            "their rows do not meet on one shard; query them separately, or "
+            "put both tables in one distribution");
+  EXPECT_THAT(Route("SELECT * FROM users WHERE id IN (SELECT user_id FROM "
+                    "orders WHERE total > 5)"),
+              HasSubstr("error: the subquery over orders is not tied to the "
+                        "outer query by the shard key (user_id)"));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = 1 AND id IN (SELECT user_id "
+                  "FROM orders)"),
+            Owners({1}));  // one shard: correct there
+  EXPECT_EQ(Route("UPDATE users SET id = 5 WHERE id = 4"),
+            "error: UPDATE changes the shard key users.id, which would move "
+            "the row to another shard; delete the row and insert it with its "
+            "new key instead");
+  EXPECT_THAT(Route("INSERT INTO users (id) VALUES (1) ON CONFLICT (id) DO "
+                    "UPDATE SET id = 2"),
+              HasSubstr("error: INSERT ... ON CONFLICT DO UPDATE changes the "
+                        "shard key users.id"));
+  EXPECT_THAT(Route("UPDATE countries SET name = u.name FROM users u"),
+              HasSubstr("error: a write to reference table countries that "
+                        "reads sharded tables"));
+  EXPECT_THAT(Route("SET search_path = x"),
+              HasSubstr("error: statements of type variable_set_stmt are not "
+                        "routed"));
+  EXPECT_THAT(Route("SELECT * FROM users UNION SELECT * FROM users"),
+              HasSubstr("error: UNION, INTERSECT and EXCEPT over sharded "
+                        "tables run only when every part selects one shard"));
+}
+
+TEST(AnalyzerTest, Writes) {
+  EXPECT_EQ(Route("UPDATE users SET name = 'x' WHERE id = 9"), Owners({9}));
+  EXPECT_EQ(Route("DELETE FROM orders WHERE user_id IN (4, 5) RETURNING *"),
+            Owners({4, 5}));
+  EXPECT_EQ(Route("UPDATE users SET name = 'x'"), "s1,s2,s3");
+  EXPECT_EQ(Route("INSERT INTO countries (code) VALUES ('de')"), "s1,s2,s3");
+  EXPECT_EQ(Route("DELETE FROM countries"), "s1,s2,s3");
+  EXPECT_EQ(Route("CREATE TABLE users (id int8 PRIMARY KEY)"), "s1,s2,s3");
+  EXPECT_EQ(Route("CREATE INDEX ON orders (user_id)"), "s1,s2,s3");
+  EXPECT_EQ(Route("DROP TABLE countries"), "s1,s2,s3");
+  EXPECT_THAT(Route("CREATE TABLE stray (id int8)"),
+              HasSubstr("error: table stray is not in the shard map"));
+}
+
+TEST(AnalyzerTest, InsertRowsArePlacedOneByOne) {
+  absl::StatusOr<RoutingPlan> plan = Plan(
+      "INSERT INTO users (name, id) VALUES ('a', 1), ('b', $1), ('c', 3) "
+      "ON CONFLICT (id) DO NOTHING RETURNING id");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  absl::StatusOr<std::vector<ShardId>> rows = InsertRowShards(*plan, {"2"});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 3u);
+  for (int64_t k = 1; k <= 3; ++k) {
+    EXPECT_EQ((*rows)[k - 1], Map().Place("users", Key::Integer(k))->shard);
+  }
+  EXPECT_EQ(Route("INSERT INTO users (id) VALUES (NULL)"),
+            "error: row 1 of the INSERT INTO users has a NULL shard key id; "
+            "every row needs a key");
+  EXPECT_EQ(Route("INSERT INTO users (id) VALUES (1), ('x')"),
+            "error: row 2 of the INSERT INTO users: invalid int8 value \"x\": "
+            "expected a decimal integer");
+  EXPECT_EQ(Route("INSERT INTO users (id) VALUES (1 + 1)"),
+            "error: row 1 of the INSERT INTO users: the shard key id must be "
+            "a constant or a parameter ($n), so that the router can place "
+            "the row");
+  EXPECT_EQ(Route("INSERT INTO users (name) VALUES ('x')"),
+            "error: INSERT INTO users does not give the shard key id; every "
+            "row needs one to be placed");
+  EXPECT_THAT(Route("INSERT INTO users VALUES (1)"),
+              HasSubstr("error: INSERT INTO users must name its columns"));
+  EXPECT_THAT(Route("INSERT INTO users (id) SELECT id FROM orders"),
+              HasSubstr("error: INSERT INTO users ... SELECT is not routed"));
+  EXPECT_EQ(Route("SELECT * FROM users WHERE id = $2", {"1"}),
+            "error: the statement uses $2 but 1 parameters were given");
+}
+
+TEST(ParserTest, SyntaxErrorsCarryPositionAndSqlState) {
+  absl::StatusOr<RoutingPlan> plan = Plan("SELECT * FORM users");
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().message(),
+            "syntax error at or near \"FORM\" at position 10");
+  EXPECT_EQ(SqlStateOf(plan.status()), "42601");
+}
+
+// libpg_query has no depth guard (40,000 chained operators overflow an
+// 8 MiB stack) and its time grows with the square of the depth: long
+// chains and oversized statements are refused, never parsed.
+TEST(ParserTest, DeepAndOversizedStatementsAreRefused) {
+  std::string chain = "SELECT * FROM users WHERE id = 1";
+  for (int i = 1; i < kMaxOperatorChain; ++i) chain += "+1";
+  EXPECT_EQ(Route(chain), "s1,s2,s3");  // the longest accepted
+  chain += "::int8";
+  absl::StatusOr<RoutingPlan> plan = Plan(chain);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().message(),
+            "expression too deeply nested: 1001 operators in one chain (at "
+            "most 1000); use IN (...) or = ANY($1) for long lists of values");
+  EXPECT_EQ(SqlStateOf(plan.status()), "54001");
+
+  std::string crash = "SELECT 1";
+  for (int i = 0; i < 60000; ++i) crash += "+1";
+  EXPECT_EQ(SqlStateOf(Plan(crash).status()), "54001");
+
+  // Long flat lists stay fine: OR and IN do not nest.
+  std::string flat = "SELECT * FROM users WHERE id = 0";
+  std::string in = "SELECT * FROM users WHERE id IN (0";
+  for (int i = 1; i < 5000; ++i) {
+    flat += " OR id = " + std::to_string(i);
+    in += ", " + std::to_string(i);
+  }
+  EXPECT_EQ(Route(flat), "s1,s2,s3");
+  EXPECT_EQ(Route(in + ")"), "s1,s2,s3");
+
+  std::string big = "SELECT '" + std::string(kMaxStatementBytes, 'x') + "'";
+  plan = Plan(big);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_THAT(std::string(plan.status().message()),
+              HasSubstr("statement too large: 1048585 bytes (at most 1048576)"));
+  EXPECT_EQ(SqlStateOf(plan.status()), "54000");
+}
+
+}  // namespace
+}  // namespace shardkit::internal
