@@ -16,15 +16,17 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "router/pool.h"
 #include "router/shard_connection.h"
 
 namespace shardkit::internal {
 namespace {
 
 enum class Phase {
-  kConnecting,  // waiting for the connection; deadline: connect timeout
-  kRunning,     // statement sent; deadline: statement timeout
-  kCancelling,  // cancel requested; deadline: cancel grace
+  kWaitingForSlot,  // queued in the shard's pool; deadline: connect timeout
+  kConnecting,      // waiting for the connection; deadline: connect timeout
+  kRunning,         // statement sent; deadline: statement timeout
+  kCancelling,      // cancel requested; deadline: cancel grace
   kDone,
 };
 
@@ -35,15 +37,16 @@ std::string ErrnoText(int err) {
 }
 
 // Wakes the poll loop when a cancel request's sending thread is done, so
-// that a request that could not be sent is reported at once. Shared with
-// those threads, which may outlive RunOnShards.
+// that a request that could not be sent is reported at once, and when a
+// pool grants a queued task its connection. Shared with those threads and
+// the pools' callbacks, which may outlive RunOnShards.
 class Waker {
  public:
   static absl::StatusOr<std::shared_ptr<Waker>> Create() {
     const int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd < 0) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot watch for the cancel request: eventfd: ", ErrnoText(errno)));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("eventfd: ", ErrnoText(errno)));
     }
     return std::shared_ptr<Waker>(new Waker(fd));
   }
@@ -70,7 +73,17 @@ class Waker {
 // One task in flight.
 struct TaskRun {
   const ShardTask* task = nullptr;
+  // With pools: the slot of the shard's pool the task holds or waits for.
+  PoolLease lease;
+  // Null while kWaitingForSlot, and once kDone.
   std::unique_ptr<ShardConnection> conn;
+  // `conn` came from the pool and this task has not sent on it yet.
+  bool reused = false;
+  // The task had to wait for a slot of its pool.
+  bool waited_for_slot = false;
+  // The statement's outcome was read in full without a cancel: the pool
+  // may take the connection back.
+  bool completed = false;
   Phase phase = Phase::kConnecting;
   absl::Time deadline = absl::InfiniteFuture();
   // While kCancelling: the cancel request, possibly still being sent.
@@ -85,8 +98,37 @@ void Finish(TaskRun& run, absl::Status status, Result result = {}) {
     run.outcome.result.shards = {run.task->shard};
   }
   run.phase = Phase::kDone;
-  // Free the server's backend now rather than when the slowest shard is done.
-  run.conn->Close();
+  // Free the server's backend (or hand the connection on) now rather than
+  // when the slowest shard is done.
+  if (!run.lease.empty()) {
+    run.lease.Release(std::move(run.conn), run.completed);
+  } else if (run.conn != nullptr) {
+    run.conn->Close();
+  }
+}
+
+// Starts a new connection for the task (with pools: in its lease's slot).
+void ConnectFresh(TaskRun& run) {
+  run.reused = false;
+  run.conn =
+      std::make_unique<ShardConnection>(run.task->shard_name, run.task->dsn);
+  absl::Status started = run.conn->StartConnect();
+  if (!started.ok()) Finish(run, std::move(started));
+}
+
+void Progress(TaskRun& run, const ExecOptions& options);
+
+// The task holds a slot of its pool: reuses an idle connection (sending the
+// statement at once), or opens one.
+void StartWithSlot(TaskRun& run, const ExecOptions& options) {
+  run.phase = Phase::kConnecting;
+  run.conn = run.lease.TakeIdleConnection();
+  if (run.conn == nullptr) {
+    ConnectFresh(run);
+    return;
+  }
+  run.reused = true;
+  Progress(run, options);
 }
 
 std::string StatementTimeoutMessage(const TaskRun& run,
@@ -139,9 +181,16 @@ void Progress(TaskRun& run, const ExecOptions& options) {
     case Phase::kConnecting: {
       absl::Status sent = conn.SendStatement(run.task->sql, run.task->params);
       if (!sent.ok()) {
+        if (run.reused && conn.failed_before_sending()) {
+          // A pooled connection the server ended since it was checked:
+          // nothing ran, so a new connection may carry the statement.
+          ConnectFresh(run);
+          return;
+        }
         Finish(run, std::move(sent));
         return;
       }
+      run.reused = false;
       run.phase = Phase::kRunning;
       run.deadline = absl::Now() + options.statement_timeout;
       // Sending may already have read the whole outcome.
@@ -152,6 +201,7 @@ void Progress(TaskRun& run, const ExecOptions& options) {
     }
     case Phase::kRunning: {
       absl::StatusOr<Result> outcome = conn.TakeResult();
+      run.completed = true;
       if (outcome.ok()) {
         Finish(run, absl::OkStatus(), *std::move(outcome));
       } else {
@@ -162,6 +212,7 @@ void Progress(TaskRun& run, const ExecOptions& options) {
     case Phase::kCancelling:
       FinishCancelled(run, options, conn.TakeResult());
       return;
+    case Phase::kWaitingForSlot:
     case Phase::kDone:
       return;
   }
@@ -196,7 +247,11 @@ void StartCancel(TaskRun& run, const ExecOptions& options,
   if (waker == nullptr) {
     absl::StatusOr<std::shared_ptr<Waker>> created = Waker::Create();
     if (!created.ok()) {
-      Finish(run, CancelFailedStatus(run, options, created.status()));
+      Finish(run,
+             CancelFailedStatus(run, options,
+                                absl::ResourceExhaustedError(absl::StrCat(
+                                    "cannot watch for the cancel request: ",
+                                    created.status().message()))));
       return;
     }
     waker = *std::move(created);
@@ -214,17 +269,69 @@ void StartCancel(TaskRun& run, const ExecOptions& options,
   run.deadline = absl::Now() + options.cancel_grace;
 }
 
+// Starts the task: with pools, takes a lease on its shard's pool, and
+// queues it (kWaitingForSlot) when the pool has no connection to spare;
+// `waker`, created on first use, tells the loop when it is granted one.
+void StartTask(TaskRun& run, const ExecOptions& options,
+               std::shared_ptr<Waker>& waker) {
+  if (options.pools == nullptr) {
+    ConnectFresh(run);
+    return;
+  }
+  run.lease = options.pools->Acquire(run.task->shard, run.task->shard_name,
+                                     run.task->dsn);
+  if (run.lease.granted()) {
+    StartWithSlot(run, options);
+    return;
+  }
+  if (waker == nullptr) {
+    absl::StatusOr<std::shared_ptr<Waker>> created = Waker::Create();
+    if (!created.ok()) {
+      Finish(run, absl::ResourceExhaustedError(absl::StrCat(
+                      "shard ", run.task->shard_name,
+                      ": cannot wait for a connection of the pool: ",
+                      created.status().message())));
+      return;
+    }
+    waker = *std::move(created);
+  }
+  run.phase = Phase::kWaitingForSlot;
+  run.waited_for_slot = true;
+  run.lease.OnGranted([waker] { waker->Wake(); });
+}
+
+absl::Status PoolExhaustedStatus(const TaskRun& run,
+                                 const ExecOptions& options) {
+  const int limit = options.pools->settings().max_connections_per_shard;
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "shard ", run.task->shard_name,
+      ": no pooled connection became free within the connect timeout (",
+      absl::FormatDuration(options.connect_timeout),
+      "): this process already has ", limit,
+      limit == 1 ? " connection" : " connections",
+      " to it, all busy, the most [pool] max_connections_per_shard allows; "
+      "raise [pool] max_connections_per_shard in the configuration, or "
+      "[timeouts] connect to wait longer"));
+}
+
 void OnDeadline(TaskRun& run, const ExecOptions& options,
                 std::shared_ptr<Waker>& waker) {
   switch (run.phase) {
+    case Phase::kWaitingForSlot:
+      Finish(run, PoolExhaustedStatus(run, options));
+      return;
     case Phase::kConnecting:
       Finish(run,
              absl::UnavailableError(absl::StrCat(
                  "shard ", run.task->shard_name, " (", run.conn->MaskedDsn(),
                  ") is unreachable: no connection within the connect "
                  "timeout (",
-                 absl::FormatDuration(options.connect_timeout),
-                 "); check that the server is running and reachable "
+                 absl::FormatDuration(options.connect_timeout), ")",
+                 run.waited_for_slot
+                     ? ", part of which went to waiting for a connection "
+                       "of the pool"
+                     : "",
+                 "; check that the server is running and reachable "
                  "from this host, or raise [timeouts] connect in the "
                  "configuration")));
       return;
@@ -261,18 +368,15 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
                                      const ExecOptions& options) {
   std::vector<TaskRun> runs(tasks.size());
   const absl::Time start = absl::Now();
+  // Outlives this call if a cancel request is still being sent on return.
+  std::shared_ptr<Waker> waker;
   for (size_t i = 0; i < tasks.size(); ++i) {
     TaskRun& run = runs[i];
     run.task = &tasks[i];
-    run.conn =
-        std::make_unique<ShardConnection>(tasks[i].shard_name, tasks[i].dsn);
     run.deadline = start + options.connect_timeout;
-    absl::Status started = run.conn->StartConnect();
-    if (!started.ok()) Finish(run, std::move(started));
+    StartTask(run, options, waker);
   }
 
-  // Outlives this call if a cancel request is still being sent on return.
-  std::shared_ptr<Waker> waker;
   std::vector<pollfd> fds;
   std::vector<TaskRun*> fd_runs;
   while (true) {
@@ -280,12 +384,23 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
     absl::Time next_deadline = absl::InfiniteFuture();
     fds.clear();
     fd_runs.clear();
+    bool any_waiting = false;
     for (TaskRun& run : runs) {
       CheckCancelSent(run, options);
+      // Before the deadline: a slot granted in time is used.
+      if (run.phase == Phase::kWaitingForSlot && run.lease.granted()) {
+        StartWithSlot(run, options);
+      }
       if (run.phase != Phase::kDone && now >= run.deadline) {
         OnDeadline(run, options, waker);
       }
       if (run.phase == Phase::kDone) continue;
+      if (run.phase == Phase::kWaitingForSlot) {
+        // Woken through `waker` (polled below) when granted.
+        any_waiting = true;
+        next_deadline = std::min(next_deadline, run.deadline);
+        continue;
+      }
       const int socket = run.conn->socket();
       const short events = run.conn->WantedEvents();
       if (socket < 0 || events == 0) {
@@ -301,7 +416,7 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
       fd_runs.push_back(&run);
       next_deadline = std::min(next_deadline, run.deadline);
     }
-    if (fds.empty()) break;
+    if (fds.empty() && !any_waiting) break;
     if (waker != nullptr) fds.push_back(pollfd{waker->fd(), POLLIN, 0});
 
     const int ready =
@@ -309,10 +424,11 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
     if (ready < 0) {
       if (errno == EINTR) continue;
       const std::string why = ErrnoText(errno);
-      for (TaskRun* run : fd_runs) {
-        Finish(*run, absl::InternalError(absl::StrCat(
-                         "shard ", run->task->shard_name,
-                         ": waiting for the shard failed: poll: ", why)));
+      for (TaskRun& run : runs) {
+        if (run.phase == Phase::kDone) continue;
+        Finish(run, absl::InternalError(absl::StrCat(
+                        "shard ", run.task->shard_name,
+                        ": waiting for the shard failed: poll: ", why)));
       }
       break;
     }

@@ -1,13 +1,39 @@
 // Internal: runs statements on several shards concurrently.
 //
 // One thread drives every connection with non-blocking libpq and poll(), so
-// a slow shard never serializes the others. Each task gets a fresh
-// connection for now (connection pools come with the router), closed as
-// soon as its task is done; none outlives RunOnShards.
+// a slow shard never serializes the others.
+//
+// Connections:
+//  - Without pools (ExecOptions::pools == nullptr), each task gets a fresh
+//    connection, closed as soon as its task is done; none outlives
+//    RunOnShards.
+//  - With pools (router/pool.h), each task takes a lease on its shard's
+//    pool: it reuses an idle connection there, or opens a new one if the
+//    pool is below max_connections_per_shard, or else waits in the loop
+//    (never blocking it: a queued task is woken through an eventfd when a
+//    connection or slot is handed to it) until one is handed over. When
+//    the task is done, its connection goes back to the pool if the pool
+//    takes it (see PoolLease::Release: the statement completed, the
+//    session is idle and outside any transaction); otherwise it is closed.
+//    A reused connection found broken before the statement was sent (the
+//    server ended the session: restarted, shut down, terminated it) is
+//    replaced by a new connection without any error; once any of the
+//    statement may have been sent, a broken connection is reported as
+//    such and the statement is never sent again. Tasks of one call that
+//    share a shard share its pool too: with more of them than
+//    max_connections_per_shard, the later ones wait for the earlier ones'
+//    connections (and may run out of connect_timeout doing so).
+//    Pooled connections keep session state between statements: see
+//    router/pool.h for what must not run through a pool.
 //
 // Timeouts, per task:
 //  - connect: a shard not connected within ExecOptions::connect_timeout
-//    fails with kUnavailable, naming the shard and the timeout.
+//    fails with kUnavailable, naming the shard and the timeout. With
+//    pools, the connect timeout also bounds the wait for a connection of
+//    the pool: a task still waiting for one when it runs out fails with
+//    kResourceExhausted, naming the shard and the limit, and saying to
+//    raise [pool] max_connections_per_shard. Waiting and connecting share
+//    the one connect timeout, counted from the start of RunOnShards.
 //  - statement: a statement still running ExecOptions::statement_timeout
 //    after it was sent is cancelled and fails with kDeadlineExceeded, naming
 //    the shard and the timeout. The executor then waits up to
@@ -31,7 +57,8 @@
 // starts connecting (use IP addresses, or hostaddr=, in connection strings
 // where the resolver may be slow).
 //
-// Thread-safety: RunOnShards is thread-safe; tasks share nothing.
+// Thread-safety: RunOnShards is thread-safe; tasks share nothing but the
+// pools, which are thread-safe.
 
 #ifndef SHARDKIT_ROUTER_EXECUTOR_H_
 #define SHARDKIT_ROUTER_EXECUTOR_H_
@@ -42,6 +69,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "router/pool.h"
 #include "shardkit/result.h"
 #include "shardkit/shard_map.h"
 
@@ -65,6 +93,10 @@ struct ExecOptions {
   // to get through and the server to confirm, before closing the connection
   // regardless.
   absl::Duration cancel_grace = absl::Seconds(2);
+  // The per-shard connection pools to take connections from and give them
+  // back to; nullptr: a fresh connection per task, closed afterwards.
+  // Borrowed: REQUIRES it outlives the RunOnShards call.
+  ConnectionPools* pools = nullptr;
 };
 
 struct TaskOutcome {

@@ -2,6 +2,7 @@
 
 #include <poll.h>
 
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <system_error>
@@ -26,10 +27,6 @@ struct PqClear {
 };
 using ResultPtr = std::unique_ptr<PGresult, PqClear>;
 
-// libpq's default prints notices (e.g. "table already exists, skipping") to
-// the process's stderr; a library must not write there.
-void DiscardNotice(void*, const char*) {}
-
 // libpq messages span lines ("...failed: Connection refused\n\tIs the server
 // running..."); statuses are one line.
 std::string OneLine(std::string_view text) {
@@ -46,6 +43,12 @@ std::string Field(const PGresult* res, int code) {
 
 bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.substr(0, prefix.size()) == prefix;
+}
+
+// A FATAL or PANIC error: the server ends the session after sending it.
+bool EndsSession(const PGresult* res) {
+  const std::string severity = Field(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+  return severity == "FATAL" || severity == "PANIC";
 }
 
 // PQcancel must stay signal-safe, so it reports errno as a number
@@ -227,7 +230,7 @@ absl::Status ShardConnection::StartConnect() {
     FailWith(status);
     return status;
   }
-  PQsetNoticeProcessor(conn_, &DiscardNotice, nullptr);
+  PQsetNoticeReceiver(conn_, &ShardConnection::OnNotice, this);
   if (PQstatus(conn_) == CONNECTION_BAD) {
     absl::Status status = absl::UnavailableError(absl::StrCat(
         "shard ", shard_name_, " (", MaskedDsn(),
@@ -307,10 +310,22 @@ void ShardConnection::AdvanceConnect() {
 absl::Status ShardConnection::SendStatement(
     std::string_view sql,
     const std::vector<std::optional<std::string>>& params) {
+  failed_before_sending_ = false;
   if (state_ != State::kIdle || has_outcome_) {
     return absl::FailedPreconditionError(absl::StrCat(
         "shard ", shard_name_,
         ": a statement was sent on a connection that is not idle"));
+  }
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    // Known broken before anything is written: the statement cannot run.
+    failed_before_sending_ = true;
+    absl::Status status = absl::UnavailableError(
+        absl::StrCat("shard ", shard_name_,
+                     ": the connection was lost before the statement was "
+                     "sent: ",
+                     LibpqMessage()));
+    FailWith(status);
+    return status;
   }
   const std::string text(sql);  // libpq wants a terminated string
   int sent = 0;
@@ -351,7 +366,13 @@ void ShardConnection::AdvanceSend() {
   switch (PQflush(conn_)) {
     case 0:
       state_ = State::kReceiving;
-      AdvanceReceive();
+      // A result takes a round trip: reading now would only find nothing
+      // (a wasted syscall per statement). Unless input was read while
+      // flushing (PQisBusy parses it without reading), or the connection
+      // broke meanwhile, wait for poll() to report the socket readable.
+      if (PQstatus(conn_) != CONNECTION_OK || PQisBusy(conn_) == 0) {
+        AdvanceReceive();
+      }
       return;
     case 1:
       // Not all sent; drain what the server sent meanwhile so it does not
@@ -392,6 +413,7 @@ void ShardConnection::AbsorbResult(PGresult* raw) {
       if (statement_error_.ok()) last_result_ = ConvertResult(res.get());
       return;
     case PGRES_FATAL_ERROR:
+      if (EndsSession(res.get())) session_ending_ = true;
       if (statement_error_.ok()) {
         statement_error_ = ServerErrorStatus(shard_name_, res.get());
       }
@@ -479,12 +501,50 @@ absl::StatusOr<Result> ShardConnection::TakeResult() {
   return result;
 }
 
+bool ShardConnection::IsReusable() const {
+  return conn_ != nullptr && state_ == State::kIdle && !has_outcome_ &&
+         !session_ending_ && PQstatus(conn_) == CONNECTION_OK &&
+         PQtransactionStatus(conn_) == PQTRANS_IDLE;
+}
+
+bool ShardConnection::CheckAliveWhileIdle() {
+  if (!IsReusable()) return false;
+  // Bounded, so that a server streaming notifications cannot hold the
+  // caller here; what is left stays unread until the next statement.
+  for (int round = 0; round < 8; ++round) {
+    pollfd readable{PQsocket(conn_), POLLIN, 0};
+    const int ready = poll(&readable, 1, 0);
+    if (ready == 0) break;
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    // Data or the end of the connection. The first read may only take the
+    // server's goodbye (FATAL), the next one sees the connection closed.
+    if (PQconsumeInput(conn_) == 0) return false;
+    // Parses what arrived: an error reaches OnNotice, notifications queue.
+    PQisBusy(conn_);
+    while (PGnotify* notify = PQnotifies(conn_)) PQfreemem(notify);
+    if (!IsReusable()) return false;
+  }
+  return IsReusable();
+}
+
+void ShardConnection::OnNotice(void* arg, const PGresult* res) {
+  // libpq's default prints notices (e.g. "table already exists, skipping")
+  // to the process's stderr; a library must not write there.
+  if (EndsSession(res)) {
+    static_cast<ShardConnection*>(arg)->session_ending_ = true;
+  }
+}
+
 void ShardConnection::Close() {
   if (conn_ != nullptr) {
     PQfinish(conn_);
     conn_ = nullptr;
   }
   state_ = State::kNew;
+  session_ending_ = false;
 }
 
 }  // namespace shardkit::internal

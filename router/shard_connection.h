@@ -180,6 +180,33 @@ class ShardConnection {
   // Closes the connection (PQfinish); the state becomes kNew.
   void Close();
 
+  // Whether the connection can carry another, unrelated statement: it is
+  // connected and kIdle, the last outcome was taken, the session is outside
+  // any transaction (PQTRANS_IDLE: not in an open or failed transaction
+  // block) and the server has not announced that it is ending it (a FATAL
+  // or PANIC error). A statement that failed with an ordinary error in
+  // autocommit leaves a reusable connection. Says nothing about session
+  // state a statement may have set (SET, PREPARE, LISTEN, temporary tables,
+  // session advisory locks): that stays with the connection.
+  bool IsReusable() const;
+
+  // Checks, without blocking, that a reusable connection that sat idle is
+  // still alive: reads whatever the server sent meanwhile. A server that
+  // ended the session (shut down, restarted, pg_terminate_backend) has sent
+  // its FATAL message and closed the socket by then, which this reads.
+  // Returns IsReusable() afterwards; false when the connection broke (it is
+  // then only fit to be closed). A connection that breaks after this check
+  // is not detected here.
+  // REQUIRES: state() == kIdle.
+  bool CheckAliveWhileIdle();
+
+  // After SendStatement failed: true when the connection was already broken
+  // and not a byte of the statement reached the socket, so the statement
+  // certainly did not run. False after any other failure, and after a
+  // failure while the statement was being written or its results read,
+  // when it may have run.
+  bool failed_before_sending() const { return failed_before_sending_; }
+
   State state() const { return state_; }
   // Why the state is kFailed; OK otherwise.
   const absl::Status& failure() const { return failure_; }
@@ -198,6 +225,10 @@ class ShardConnection {
   // kUnavailable for a connection that broke, with libpq's message.
   absl::Status ConnectionLost(const char* during) const;
   std::string LibpqMessage() const;
+  // libpq's notice receiver: discards notices and warnings, and notes a
+  // FATAL error that arrives while no statement runs (the server ending
+  // the session). `arg` is the ShardConnection.
+  static void OnNotice(void* arg, const PGresult* res);
 
   const std::string shard_name_;
   const std::string dsn_;
@@ -210,6 +241,9 @@ class ShardConnection {
   std::optional<Result> last_result_;
   absl::Status statement_error_;
   bool has_outcome_ = false;
+  // The server sent a FATAL or PANIC error: it ends the session.
+  bool session_ending_ = false;
+  bool failed_before_sending_ = false;
 };
 
 // The server error in `res` (PGRES_FATAL_ERROR) as a status naming
