@@ -34,31 +34,6 @@ std::string StatusWord(const absl::Status& status) {
   }
 }
 
-// Table cells are one line each: keep a multi-line value on its row.
-std::string Cell(const std::string& value) {
-  std::string out;
-  out.reserve(value.size());
-  for (char ch : value) {
-    switch (ch) {
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        out += ch;
-    }
-  }
-  return out;
-}
-
-std::string Cell(const std::optional<std::string>& value) {
-  return value.has_value() ? Cell(*value) : std::string("NULL");
-}
 
 std::vector<std::string> ColumnNames(const Result& result) {
   std::vector<std::string> names;
@@ -90,7 +65,7 @@ void PrintRowTables(std::ostream& out,
     }
     for (const Row& row : o.result.rows) {
       std::vector<std::string> cells = {o.shard_name};
-      for (const auto& value : row) cells.push_back(Cell(value));
+      for (const auto& value : row) cells.push_back(TableCell(value));
       rows.push_back(std::move(cells));
     }
   }
@@ -103,8 +78,9 @@ void PrintExecTable(std::ostream& out,
   std::vector<std::vector<std::string>> rows;
   for (const ShardOutcome& o : outcomes) {
     rows.push_back({o.shard_name, StatusWord(o.status),
-                    Cell(o.status.ok() ? o.result.command_tag
-                                       : std::string(o.status.message()))});
+                    TableCell(std::string_view(
+                        o.status.ok() ? o.result.command_tag
+                                      : std::string(o.status.message())))});
   }
   PrintTable(out, {"shard", "status", "result"}, rows);
 }

@@ -67,6 +67,7 @@ int Run(int argc, char** argv) {
   RegisterValidate(app, ctx);
   RegisterMap(app, ctx);
   RegisterRoute(app, ctx);
+  RegisterSql(app, ctx);
   RegisterExec(app, ctx);
   RegisterDev(app, ctx);
 

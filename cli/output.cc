@@ -32,6 +32,60 @@ void PrintTable(std::ostream& out, const std::vector<std::string>& header,
   for (const auto& row : rows) print_row(row);
 }
 
+std::string TableCell(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char ch : value) {
+    switch (ch) {
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default: out += ch;
+    }
+  }
+  return out;
+}
+
+std::string TableCell(const std::optional<std::string>& value) {
+  return value.has_value() ? TableCell(*value) : std::string("NULL");
+}
+
+namespace {
+
+// As psql's csv_print_field with ',' as the separator.
+void PrintCsvField(std::ostream& out, std::string_view field) {
+  const bool quote = field.find_first_of(",\r\n\"") != std::string_view::npos ||
+                     field == "\\.";
+  if (!quote) {
+    out << field;
+    return;
+  }
+  out << '"';
+  for (char ch : field) {
+    if (ch == '"') out << '"';
+    out << ch;
+  }
+  out << '"';
+}
+
+}  // namespace
+
+void PrintCsv(std::ostream& out, const std::vector<std::string>& header,
+              const std::vector<std::vector<std::optional<std::string>>>& rows) {
+  for (size_t c = 0; c < header.size(); ++c) {
+    if (c > 0) out << ',';
+    PrintCsvField(out, header[c]);
+  }
+  out << '\n';
+  for (const auto& row : rows) {
+    for (size_t c = 0; c < row.size(); ++c) {
+      if (c > 0) out << ',';
+      if (row[c]) PrintCsvField(out, *row[c]);
+    }
+    out << '\n';
+  }
+}
+
 std::string JsonQuote(std::string_view value) {
   std::string out = "\"";
   for (unsigned char ch : value) {

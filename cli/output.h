@@ -4,6 +4,7 @@
 #define SHARDKIT_CLI_OUTPUT_H_
 
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -18,6 +19,20 @@ enum class Format { kTable, kJson };
 // dashed rule below the header. Every row has header.size() cells.
 void PrintTable(std::ostream& out, const std::vector<std::string>& header,
                 const std::vector<std::vector<std::string>>& rows);
+
+// A value as one table cell: newline, carriage return and tab escaped as
+// \n, \r, \t so that a row stays on one line; SQL NULL as "NULL".
+std::string TableCell(std::string_view value);
+std::string TableCell(const std::optional<std::string>& value);
+inline std::string TableCell(const std::string& value) {
+  return TableCell(std::string_view(value));
+}
+
+// Rows as `psql --csv` prints them, byte for byte: a header line, then one
+// line per row; a field is quoted ("" for a quote inside) when it holds a
+// comma, a quote, CR or LF, or is exactly \. ; NULL is an empty field.
+void PrintCsv(std::ostream& out, const std::vector<std::string>& header,
+              const std::vector<std::vector<std::optional<std::string>>>& rows);
 
 // A small streaming JSON writer: well-formed output as long as Begin/End
 // calls pair up and every object member is preceded by Key().

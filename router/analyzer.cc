@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "router/shard_connection.h"
+#include "router/tree_walk.h"
 
 namespace shardkit::internal {
 namespace {
@@ -32,37 +33,8 @@ std::string_view StringOf(const PgQuery__Node* node) {
   return node->string->sval;
 }
 
-// Calls fn(child) for every message-typed field of `message` that is set:
-// a generic walk over libpg_query's tree through protobuf-c's descriptors.
-template <typename Fn>
-void ForEachChild(const ProtobufCMessage* message, Fn&& fn) {
-  const ProtobufCMessageDescriptor* d = message->descriptor;
-  const char* base = reinterpret_cast<const char*>(message);
-  for (unsigned i = 0; i < d->n_fields; ++i) {
-    const ProtobufCFieldDescriptor& f = d->fields[i];
-    if (f.type != PROTOBUF_C_TYPE_MESSAGE) continue;
-    if (f.label == PROTOBUF_C_LABEL_REPEATED) {
-      const size_t n = *reinterpret_cast<const size_t*>(base + f.quantifier_offset);
-      const auto* items =
-          *reinterpret_cast<const ProtobufCMessage* const* const*>(base + f.offset);
-      for (size_t k = 0; k < n; ++k) {
-        if (items[k] != nullptr) fn(items[k]);
-      }
-      continue;
-    }
-    if (f.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-      const uint32_t active =
-          *reinterpret_cast<const uint32_t*>(base + f.quantifier_offset);
-      if (active != f.id) continue;
-    }
-    const auto* child =
-        *reinterpret_cast<const ProtobufCMessage* const*>(base + f.offset);
-    if (child != nullptr) fn(child);
-  }
-}
-
 bool Is(const ProtobufCMessage* m, const ProtobufCMessageDescriptor& d) {
-  return m->descriptor == &d;
+  return IsMessage(m, d);
 }
 
 // "variable_set_stmt" for SET, "explain_stmt" for EXPLAIN, ...
@@ -96,6 +68,7 @@ class Analyzer {
               "every part selects one shard by its key";
         } else {
           plan_.key = TopLevelCondition(*stmt.select_stmt);
+          plan_.needs_merge = MergeNeed(*stmt.select_stmt);
         }
         break;
       case PG_QUERY__NODE__NODE_UPDATE_STMT:
@@ -528,6 +501,56 @@ class Analyzer {
     };
     for (size_t i = 0; i < select.n_from_clause; ++i) joins(select.from_clause[i]);
     return all;
+  }
+
+  // --- What a multi-shard SELECT needs beyond concatenation -----------------
+
+  static bool IsAggregateName(std::string_view name) {
+    static const std::set<std::string_view> kAggregates = {
+        "count", "sum", "min", "max", "avg", "array_agg", "string_agg",
+        "bool_and", "bool_or", "every", "bit_and", "bit_or", "bit_xor",
+        "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+        "xmlagg", "stddev", "stddev_pop", "stddev_samp", "variance",
+        "var_pop", "var_samp", "corr", "covar_pop", "covar_samp",
+        "mode", "percentile_cont", "percentile_disc", "range_agg",
+        "range_intersect_agg", "regr_avgx", "regr_avgy", "regr_count",
+        "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy",
+        "regr_syy", "rank", "dense_rank", "percent_rank", "cume_dist"};
+    return kAggregates.count(name) > 0;
+  }
+
+  // The first aggregate or window call in `m` (not inside subqueries).
+  static std::string AggregateIn(const ProtobufCMessage* m) {
+    if (Is(m, pg_query__select_stmt__descriptor)) return "";
+    if (Is(m, pg_query__func_call__descriptor)) {
+      const auto* call = reinterpret_cast<const PgQuery__FuncCall*>(m);
+      const std::string_view name =
+          call->n_funcname > 0 ? StringOf(call->funcname[call->n_funcname - 1])
+                               : "";
+      if (call->over != nullptr) return StrCat("window function ", name, "()");
+      if (call->agg_star || call->agg_distinct || IsAggregateName(name)) {
+        return StrCat("aggregate ", name, "()");
+      }
+    }
+    std::string found;
+    ForEachChild(m, [&](const ProtobufCMessage* c) {
+      if (found.empty()) found = AggregateIn(c);
+    });
+    return found;
+  }
+
+  static std::string MergeNeed(const PgQuery__SelectStmt& s) {
+    if (s.n_distinct_clause > 0) return "DISTINCT";
+    if (s.n_group_clause > 0) return "GROUP BY";
+    if (s.having_clause != nullptr) return "HAVING";
+    for (size_t i = 0; i < s.n_target_list; ++i) {
+      std::string agg = AggregateIn(&s.target_list[i]->base);
+      if (!agg.empty()) return agg;
+    }
+    if (s.n_sort_clause > 0) return "ORDER BY";
+    if (s.limit_count != nullptr) return "LIMIT";
+    if (s.limit_offset != nullptr) return "OFFSET";
+    return "";
   }
 
   // --- Writes ----------------------------------------------------------------

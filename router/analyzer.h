@@ -75,6 +75,10 @@ struct RoutingPlan {
   // shard key: correct only on a single shard. Holds the refusal for when
   // the key condition selects more than one.
   std::string single_shard_only;
+  // SELECT: the first construct whose result over several shards is not
+  // the concatenation of theirs ("ORDER BY", "LIMIT", "aggregate count()",
+  // ...); empty when concatenating the shards' rows is exact.
+  std::string needs_merge;
   // INSERT ... VALUES into a sharded table: each row's shard key.
   std::vector<KeyOperand> insert_keys;
 };

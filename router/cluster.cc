@@ -7,8 +7,22 @@
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "router/executor.h"
+#include "router/pool.h"
+#include "router/router.h"
 
 namespace shardkit {
+namespace {
+
+internal::ExecOptions OptionsOf(const Config& config,
+                                internal::ConnectionPools* pools) {
+  internal::ExecOptions options;
+  options.connect_timeout = config.timeouts.connect;
+  options.statement_timeout = config.timeouts.statement;
+  options.pools = pools;
+  return options;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(Config config) {
   if (config.map.shards().empty()) {
@@ -36,6 +50,8 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::OpenFile(
 
 Cluster::Cluster(Config config)
     : config_(std::move(config)),
+      router_(std::make_unique<internal::Router>()),
+      pools_(std::make_unique<internal::ConnectionPools>(config_.pool)),
       map_(std::make_shared<const ShardMap>(config_.map)) {}
 
 std::shared_ptr<const ShardMap> Cluster::map() const {
@@ -69,9 +85,7 @@ std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(
     task.sql = std::string(sql);
     tasks.push_back(std::move(task));
   }
-  internal::ExecOptions options;
-  options.connect_timeout = config_.timeouts.connect;
-  options.statement_timeout = config_.timeouts.statement;
+  const internal::ExecOptions options = OptionsOf(config_, nullptr);
 
   std::vector<internal::TaskOutcome> done =
       internal::RunOnShards(tasks, options);
@@ -89,6 +103,33 @@ std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(
     outcomes.push_back(std::move(outcome));
   }
   return outcomes;
+}
+
+}  // namespace shardkit
+
+namespace shardkit {
+
+absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
+                                        const std::vector<Param>& params) const {
+  return router_->Execute(map(), sql, params, OptionsOf(config_, pools_.get()));
+}
+
+absl::StatusOr<Result> Cluster::ExecuteOnShardOf(
+    std::string_view table, const Key& key, std::string_view sql,
+    const std::vector<Param>& params) const {
+  const std::shared_ptr<const ShardMap> map = this->map();
+  ASSIGN_OR_RETURN(Placement where, map->Place(table, key));
+  internal::ShardTask task;
+  task.shard = where.shard;
+  task.shard_name = map->shard(where.shard).name;
+  task.dsn = map->shard(where.shard).dsn;
+  task.sql = std::string(sql);
+  task.params = params;
+  std::vector<internal::TaskOutcome> done =
+      internal::RunOnShards({task}, OptionsOf(config_, pools_.get()));
+  RETURN_IF_ERROR(done[0].status);
+  done[0].result.shards = {where.shard};
+  return std::move(done[0].result);
 }
 
 }  // namespace shardkit

@@ -41,32 +41,30 @@ show $shardctl exec -c "$cfg" --all "
   CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text NOT NULL);
   TRUNCATE users, orders, countries"
 
-step "Load $users users and $orders orders, each row on the shard that owns its key"
-# shardctl route prints the owner of each key, one line per key.
-mapfile -t user_owner < <($shardctl route -c "$cfg" users $(seq 1 $users))
-declare -A user_rows order_rows
+step "Load $users users and $orders orders through the router"
+# shardctl sql --stdin runs one statement per line through one open cluster;
+# each INSERT's rows are split by key and every row lands on the shard that
+# owns it. orders are colocated with users (same distribution): order k
+# belongs to user (k*7 mod users)+1 and lands on that user's shard. The
+# reference table countries gets the same rows on every shard.
 codes=(de fr us jp br)
-for ((id = 1; id <= users; id++)); do
-  owner=${user_owner[id - 1]}
-  user_rows[$owner]+="${user_rows[$owner]:+,}($id,'user $id','${codes[id % 5]}')"
-done
-# orders are colocated with users (same distribution): order k belongs to
-# user (k*7 mod users)+1 and lives on that user's shard.
-for ((k = 1; k <= orders; k++)); do
-  uid=$(((k * 7) % users + 1))
-  owner=${user_owner[uid - 1]}
-  order_rows[$owner]+="${order_rows[$owner]:+,}($k,$uid,$((k % 97)).$((k % 100)))"
-done
-for ((i = 1; i <= shards; i++)); do
-  s=s$i
-  dsn="host=127.0.0.1 port=$((port + i - 1)) dbname=app user=postgres"
-  psql -X -q -v ON_ERROR_STOP=1 "$dsn" \
-    -c "INSERT INTO users VALUES ${user_rows[$s]}" \
-    -c "INSERT INTO orders VALUES ${order_rows[$s]}"
-done
-# A reference table holds the same rows on every shard.
-show $shardctl exec -c "$cfg" --all "INSERT INTO countries VALUES
-  ('de','Germany'),('fr','France'),('us','United States'),('jp','Japan'),('br','Brazil')"
+{
+  for ((start = 1; start <= users; start += 250)); do
+    rows=()
+    for ((id = start; id < start + 250 && id <= users; id++)); do
+      rows+=("($id,'user $id','${codes[id % 5]}')")
+    done
+    (IFS=,; echo "INSERT INTO users (id, name, country) VALUES ${rows[*]}")
+  done
+  for ((start = 1; start <= orders; start += 500)); do
+    rows=()
+    for ((k = start; k < start + 500 && k <= orders; k++)); do
+      rows+=("($k,$(((k * 7) % users + 1)),$((k % 97)).$((k % 100)))")
+    done
+    (IFS=,; echo "INSERT INTO orders (id, user_id, amount) VALUES ${rows[*]}")
+  done
+  echo "INSERT INTO countries (code, name) VALUES ('de','Germany'),('fr','France'),('us','United States'),('jp','Japan'),('br','Brazil')"
+} | $shardctl sql -c "$cfg" --stdin
 
 step "How the rows spread over the shards"
 show $shardctl exec -c "$cfg" --all \
@@ -78,6 +76,14 @@ show $shardctl exec -c "$cfg" --all \
   "SELECT count(*) AS orders, count(u.id) AS with_user_here
      FROM orders o LEFT JOIN users u ON u.id = o.user_id"
 
+step "A query across shards, through the router: three users, their orders and country"
+show $shardctl sql -c "$cfg" -e "SELECT u.id, u.name, c.name AS country, o.id AS order_id, o.amount
+  FROM users u JOIN orders o ON o.user_id = u.id JOIN countries c ON c.code = u.country
+  WHERE u.id IN (7, 42, 99)"
+
+step "A point query goes to the one shard that owns the key"
+show $shardctl sql -c "$cfg" -e 'SELECT * FROM users WHERE id = $1' -p 42 --format json
+
 step "Where does user 42 live?"
 show $shardctl route -c "$cfg" users 42 --format json
 owner=$($shardctl route -c "$cfg" users 42)
@@ -85,6 +91,7 @@ show $shardctl exec -c "$cfg" --all "SELECT id, name, country FROM users WHERE i
 echo "(only $owner has it)"
 
 printf '\nThe shards keep running. Try:\n'
+printf '  %s sql -c %s -e "SELECT * FROM orders WHERE user_id = 42"\n' "$shardctl" "$cfg"
 printf '  %s route -c %s orders 42\n' "$shardctl" "$cfg"
 printf '  %s exec -c %s --all "SELECT count(*) FROM users"\n' "$shardctl" "$cfg"
 printf '  %s dev down --dir %s\n' "$shardctl" "$dir"

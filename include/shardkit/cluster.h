@@ -28,10 +28,20 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "shardkit/config.h"
+#include "shardkit/key.h"
 #include "shardkit/result.h"
 #include "shardkit/shard_map.h"
 
 namespace shardkit {
+
+namespace internal {
+class ConnectionPools;
+class Router;
+}  // namespace internal
+
+// A statement parameter ($1, $2, ...): its text form, or nullopt for SQL
+// NULL. Parameters always travel as parameters, never inside the SQL.
+using Param = std::optional<std::string>;
 
 // What happened on one shard.
 struct ShardOutcome {
@@ -76,8 +86,45 @@ class Cluster {
   // a later call returns a new map with a higher epoch. Never null.
   std::shared_ptr<const ShardMap> map() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Runs one SQL statement through the router: it goes to the shards that
+  // own the keys its conditions name (every shard when they name none), runs
+  // there concurrently, and the shards' results are combined into one:
+  //   - SELECT, UPDATE, DELETE: `key = v`, `key IN (...)`, `key = ANY($n)`,
+  //     and for range distributions `<`, `<=`, `>`, `>=`, `BETWEEN`, under
+  //     AND / OR, narrow the shards; rows and counts of several shards add
+  //     up. A SELECT whose answer is more than the concatenation of the
+  //     shards' (ORDER BY, LIMIT, OFFSET, aggregates, GROUP BY, DISTINCT)
+  //     runs on one shard and is refused across several.
+  //   - INSERT ... VALUES into a sharded table: each row goes to the shard
+  //     that owns its key; every row needs one (a constant or parameter).
+  //   - Reference tables: reads run on one shard, writes on every shard.
+  //   - DDL on tables of the map (CREATE TABLE, CREATE INDEX, ALTER TABLE,
+  //     DROP, TRUNCATE) runs on every shard.
+  // A write that touches several shards is not atomic (yet): each shard
+  // commits on its own. Statements run on pooled connections ([pool]), so
+  // session state (SET without LOCAL, PREPARE, temporary tables, session
+  // advisory locks) must not be relied on across calls.
+  // Fails with kInvalidArgument (SQLSTATE 42601) for SQL that does not
+  // parse, kInvalidArgument (SQLSTATE 0A000) for a statement that cannot be
+  // answered correctly across shards, naming the construct and what to do,
+  // 42P01 for a table not in the map, kUnavailable / kDeadlineExceeded for
+  // a shard that is down or too slow, or the shard's own error; each names
+  // the shard and carries the SQLSTATE (see SqlStateOf).
+  [[nodiscard]] absl::StatusOr<Result> Execute(
+      std::string_view sql, const std::vector<Param>& params = {}) const;
+
+  // Runs `sql` unchanged on the shard that owns `key` of sharded table
+  // `table`, without analysing it: for callers who know better.
+  // Fails as ShardMap::Place does for the table and key, and otherwise as
+  // Execute does.
+  [[nodiscard]] absl::StatusOr<Result> ExecuteOnShardOf(
+      std::string_view table, const Key& key, std::string_view sql,
+      const std::vector<Param>& params = {}) const;
+
   // Runs `sql` on every shard of the current map concurrently and waits for
-  // all of them. `sql` is one SQL string without parameters (typically DDL);
+  // all of them, each on a connection of its own (closed afterwards, so
+  // session settings such as SET do not outlive the call). `sql` is one SQL
+  // string without parameters (typically DDL);
   // several statements separated by ';' run as one implicit transaction on
   // each shard. Returns one outcome per shard, in shard order. A failure on
   // one shard does not stop the others, and nothing is rolled back across
@@ -89,6 +136,11 @@ class Cluster {
   explicit Cluster(Config config);
 
   const Config config_;
+
+  const std::unique_ptr<internal::Router> router_;
+  // Connections of Execute and ExecuteOnShardOf; ExecuteOnAllShards uses its
+  // own, so that a script's session settings never leak into the pool.
+  const std::unique_ptr<internal::ConnectionPools> pools_;
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const ShardMap> map_ ABSL_GUARDED_BY(mu_);

@@ -186,7 +186,7 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   ExpectOneLineError(Shardctl({}), 2, "shardctl: A subcommand is required");
   ExpectOneLineError(Shardctl({"frobnicate"}), 2,
                      "shardctl: unknown command 'frobnicate' (commands: "
-                     "validate, map, route, exec, dev; see 'shardctl "
+                     "validate, map, route, sql, exec, dev; see 'shardctl "
                      "--help')");
   ExpectOneLineError(Shardctl({"route", "users", "1"}), 2,
                      "--config is required (see 'shardctl route --help')");
@@ -196,10 +196,23 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
                      "(see 'shardctl map --help')");
 }
 
+TEST_F(CliTest, SqlNeedsAStatementOrStdin) {
+  ExpectOneLineError(Shardctl({"sql", "-c", kExample}), 1,
+                     "shardctl: give a statement with -e SQL, or --stdin to "
+                     "read them");
+  ExpectOneLineError(Shardctl({"sql", "-c", kExample, "-e", "SELECT 1",
+                               "--stdin"}),
+                     2, "--execute excludes --stdin");
+  ExpectOneLineError(Shardctl({"sql", "-c", kExample, "-e", "SELEC 1"}), 1,
+                     "shardctl: ERROR 42601: syntax error at or near \"SELEC\" "
+                     "at position 1");
+}
+
 TEST_F(CliTest, HelpExplainsEachCommand) {
   for (std::vector<std::string> cmd :
        {std::vector<std::string>{"--help"}, {"validate", "--help"},
         {"map", "show", "--help"}, {"route", "--help"}, {"exec", "--help"},
+        {"sql", "--help"},
         {"dev", "up", "--help"}, {"dev", "down", "--help"}}) {
     CommandOutput r = Shardctl(cmd);
     EXPECT_EQ(r.exit_code, 0) << cmd[0];

@@ -1,0 +1,69 @@
+// Internal: runs one statement through the router.
+//
+// Router::Execute parses and analyses a statement once per map epoch (plans
+// are cached by statement text), picks the target shards with the
+// statement's parameters, runs it there concurrently, and combines what the
+// shards return. INSERT ... VALUES rows are split by shard: each shard gets
+// only its rows, with the parameters renumbered to the ones those rows use.
+//
+// Combining is exact when the result over several shards is the
+// concatenation of theirs; a SELECT that needs more (ORDER BY, LIMIT,
+// aggregates, GROUP BY, DISTINCT) runs when it targets one shard and is
+// refused across shards, naming the construct.
+//
+// Thread-safety: thread-safe.
+
+#ifndef SHARDKIT_ROUTER_ROUTER_H_
+#define SHARDKIT_ROUTER_ROUTER_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "router/analyzer.h"
+#include "router/executor.h"
+#include "shardkit/result.h"
+#include "shardkit/shard_map.h"
+
+namespace shardkit::internal {
+
+class ParsedSql;
+
+class Router {
+ public:
+  // Plans kept at most; past it the cache starts over.
+  static constexpr size_t kMaxCachedPlans = 4096;
+
+  Router();
+  ~Router();
+
+  // See the file comment. `options` carries the timeouts (and pools).
+  [[nodiscard]] absl::StatusOr<Result> Execute(
+      const std::shared_ptr<const ShardMap>& map, std::string_view sql,
+      const Params& params, const ExecOptions& options)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Parses and analyses `sql` against `map`, or returns the cached plan.
+  struct Plan;
+  [[nodiscard]] absl::StatusOr<std::shared_ptr<Plan>> PlanFor(
+      const std::shared_ptr<const ShardMap>& map, std::string_view sql)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  size_t CachedPlansForTest() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  absl::StatusOr<std::vector<ShardTask>> InsertTasks(
+      Plan& plan, const ShardMap& map, std::string_view sql,
+      const Params& params);
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Plan>> plans_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace shardkit::internal
+
+#endif  // SHARDKIT_ROUTER_ROUTER_H_
