@@ -69,6 +69,9 @@ class Analyzer {
         } else {
           plan_.key = TopLevelCondition(*stmt.select_stmt);
           plan_.needs_merge = MergeNeed(*stmt.select_stmt);
+          if (plan_.needs_merge.empty()) {
+            plan_.needs_merge = OrderAndLimit(*stmt.select_stmt);
+          }
         }
         break;
       case PG_QUERY__NODE__NODE_UPDATE_STMT:
@@ -547,9 +550,60 @@ class Analyzer {
       std::string agg = AggregateIn(&s.target_list[i]->base);
       if (!agg.empty()) return agg;
     }
-    if (s.n_sort_clause > 0) return "ORDER BY";
-    if (s.limit_count != nullptr) return "LIMIT";
-    if (s.limit_offset != nullptr) return "OFFSET";
+    if (s.limit_option == PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_WITH_TIES) {
+      return "FETCH FIRST ... WITH TIES";
+    }
+    return "";
+  }
+
+  // ORDER BY items, LIMIT and OFFSET of a SELECT; "" or the construct that
+  // cannot be merged.
+  std::string OrderAndLimit(const PgQuery__SelectStmt& s) {
+    for (size_t i = 0; i < s.n_sort_clause; ++i) {
+      if (s.sort_clause[i]->node_case != PG_QUERY__NODE__NODE_SORT_BY) {
+        return "ORDER BY";
+      }
+      const PgQuery__SortBy& by = *s.sort_clause[i]->sort_by;
+      SortSpec spec;
+      if (by.sortby_dir == PG_QUERY__SORT_BY_DIR__SORTBY_USING) {
+        return "ORDER BY ... USING";
+      }
+      spec.descending = by.sortby_dir == PG_QUERY__SORT_BY_DIR__SORTBY_DESC;
+      spec.nulls_first =
+          by.sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_DEFAULT ||
+                  by.sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORT_BY_NULLS_UNDEFINED
+              ? spec.descending
+              : by.sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_FIRST;
+      const PgQuery__Node* key = by.node;
+      if (key != nullptr && key->node_case == PG_QUERY__NODE__NODE_COLLATE_CLAUSE) {
+        const PgQuery__CollateClause& c = *key->collate_clause;
+        spec.collation = c.n_collname > 0
+                             ? std::string(StringOf(c.collname[c.n_collname - 1]))
+                             : "";
+        key = c.arg;
+      }
+      if (key != nullptr && key->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+          key->column_ref->n_fields > 0) {
+        spec.column = std::string(
+            StringOf(key->column_ref->fields[key->column_ref->n_fields - 1]));
+        if (spec.column.empty()) return "ORDER BY *";
+      } else if (key != nullptr && key->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+                 key->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL) {
+        spec.position = key->a_const->ival->ival;
+      } else {
+        return "ORDER BY an expression (select it as a column and order by "
+               "that column)";
+      }
+      plan_.order_by.push_back(std::move(spec));
+    }
+    for (bool is_limit : {true, false}) {
+      const PgQuery__Node* n = is_limit ? s.limit_count : s.limit_offset;
+      if (n == nullptr) continue;
+      std::optional<KeyOperand> v = Operand(n);
+      if (!v) return is_limit ? "LIMIT with an expression" : "OFFSET with an expression";
+      if (v->param == 0 && !v->constant) continue;  // LIMIT ALL / NULL
+      (is_limit ? plan_.limit : plan_.offset) = v;
+    }
     return "";
   }
 

@@ -60,6 +60,17 @@ struct KeyCondition {
 
 enum class StatementKind { kSelect, kInsert, kUpdate, kDelete, kDdl };
 
+// One ORDER BY item of a SELECT, to merge the shards' sorted rows. It names
+// a result column: by name (`ORDER BY name`, `ORDER BY u.name`) or by
+// position (`ORDER BY 2`); the column is found in the result at run time.
+struct SortSpec {
+  std::string column;  // empty when by position
+  int position = 0;    // 1-based; 0 when by name
+  bool descending = false;
+  bool nulls_first = false;  // as PostgreSQL defaults it: NULLS FIRST for DESC
+  std::string collation;     // from COLLATE; empty: the column's own
+};
+
 struct RoutingPlan {
   StatementKind kind = StatementKind::kSelect;
   // Every table of the map the statement names, without repeats, in order
@@ -75,10 +86,17 @@ struct RoutingPlan {
   // shard key: correct only on a single shard. Holds the refusal for when
   // the key condition selects more than one.
   std::string single_shard_only;
-  // SELECT: the first construct whose result over several shards is not
-  // the concatenation of theirs ("ORDER BY", "LIMIT", "aggregate count()",
-  // ...); empty when concatenating the shards' rows is exact.
+  // SELECT: the first construct whose result over several shards the
+  // router cannot assemble from theirs ("aggregate count()", "GROUP BY",
+  // "DISTINCT", "ORDER BY an expression", ...); empty when concatenation,
+  // or a merge by `order_by` with `limit` and `offset`, is exact.
   std::string needs_merge;
+  // SELECT across shards: how to merge the shards' rows. Each shard sorts
+  // its own rows and returns at most limit + offset of them; the merged
+  // rows are then skipped by `offset` and cut at `limit`.
+  std::vector<SortSpec> order_by;
+  std::optional<KeyOperand> limit;   // nullopt: none (or LIMIT ALL)
+  std::optional<KeyOperand> offset;  // nullopt: none
   // INSERT ... VALUES into a sharded table: each row's shard key.
   std::vector<KeyOperand> insert_keys;
 };

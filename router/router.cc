@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "router/merge.h"
 #include "router/parser_thread.h"
 #include "router/shard_connection.h"
 #include "router/sql_parser.h"
@@ -27,6 +28,10 @@ struct Router::Plan {
   // it), which runs one job at a time.
   std::unique_ptr<ParsedSql> tree;
   RoutingPlan routing;
+  // What a SELECT with OFFSET sends to each of several shards: LIMIT
+  // count + offset and no OFFSET (each shard cannot know which rows the
+  // others skip). Empty: the statement as written.
+  std::string sql_across_shards;
 };
 
 namespace {
@@ -82,6 +87,88 @@ absl::StatusOr<std::string> InsertForRows(ParsedSql& tree,
   values->values_lists = all_rows;
   values->n_values_lists = n_all_rows;
   return sql;
+}
+
+// The SELECT with `LIMIT count OFFSET offset` turned into
+// `LIMIT count + offset` (no OFFSET), or with OFFSET dropped when there is
+// no LIMIT. The tree is restored after.
+absl::StatusOr<std::string> PushDownOffset(ParsedSql& tree) {
+  PgQuery__SelectStmt* select = tree.mutable_statement(0)->select_stmt;
+  PgQuery__Node* count = select->limit_count;
+  PgQuery__Node* offset = select->limit_offset;
+  // Nodes on the stack: deparse only reads them, and the tree gets its own
+  // pointers back before anything could free them.
+  PgQuery__String plus = PG_QUERY__STRING__INIT;
+  plus.sval = const_cast<char*>("+");
+  PgQuery__Node plus_node = PG_QUERY__NODE__INIT;
+  plus_node.node_case = PG_QUERY__NODE__NODE_STRING;
+  plus_node.string = &plus;
+  PgQuery__Node* name[] = {&plus_node};
+  // Both sides cast to int8: `$1 + $2` alone has no type to resolve.
+  PgQuery__String int8_name = PG_QUERY__STRING__INIT;
+  int8_name.sval = const_cast<char*>("int8");
+  PgQuery__Node int8_node = PG_QUERY__NODE__INIT;
+  int8_node.node_case = PG_QUERY__NODE__NODE_STRING;
+  int8_node.string = &int8_name;
+  PgQuery__Node* type_names[] = {&int8_node};
+  PgQuery__TypeName int8_type = PG_QUERY__TYPE_NAME__INIT;
+  int8_type.n_names = 1;
+  int8_type.names = type_names;
+  int8_type.typemod = -1;
+  PgQuery__TypeCast casts[2] = {PG_QUERY__TYPE_CAST__INIT,
+                                PG_QUERY__TYPE_CAST__INIT};
+  PgQuery__Node cast_nodes[2] = {PG_QUERY__NODE__INIT, PG_QUERY__NODE__INIT};
+  PgQuery__Node* sides[2] = {count, offset};
+  for (int i = 0; i < 2; ++i) {
+    casts[i].arg = sides[i];
+    casts[i].type_name = &int8_type;
+    casts[i].location = -1;
+    cast_nodes[i].node_case = PG_QUERY__NODE__NODE_TYPE_CAST;
+    cast_nodes[i].type_cast = &casts[i];
+  }
+  PgQuery__AExpr sum = PG_QUERY__A__EXPR__INIT;
+  sum.kind = PG_QUERY__A__EXPR__KIND__AEXPR_OP;
+  sum.n_name = 1;
+  sum.name = name;
+  sum.lexpr = &cast_nodes[0];
+  sum.rexpr = &cast_nodes[1];
+  PgQuery__Node sum_node = PG_QUERY__NODE__INIT;
+  sum_node.node_case = PG_QUERY__NODE__NODE_A_EXPR;
+  sum_node.a_expr = &sum;
+  const bool limited =
+      count != nullptr && !(count->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+                            count->a_const->isnull);
+  select->limit_count = limited ? &sum_node : nullptr;
+  select->limit_offset = nullptr;
+  absl::StatusOr<std::string> sql = tree.Deparse();
+  select->limit_count = count;
+  select->limit_offset = offset;
+  return sql;
+}
+
+// LIMIT / OFFSET as a number: a constant, or a parameter's value.
+absl::StatusOr<std::optional<int64_t>> CountOf(
+    const std::optional<KeyOperand>& operand, const Params& params,
+    std::string_view what) {
+  if (!operand) return std::optional<int64_t>();
+  std::optional<std::string> text = operand->constant;
+  if (operand->param > 0) {
+    if (static_cast<size_t>(operand->param) > params.size()) {
+      return absl::InvalidArgumentError(StrCat(
+          "the statement uses $", operand->param, " but ", params.size(),
+          " parameters were given"));
+    }
+    text = params[operand->param - 1];
+  }
+  if (!text) return std::optional<int64_t>();  // NULL: no limit / no offset
+  int64_t n = 0;
+  if (!absl::SimpleAtoi(ToAbsl(*text), &n) || n < 0) {
+    absl::Status status = absl::InvalidArgumentError(
+        StrCat(what, " must be a non-negative integer, not \"", *text, "\""));
+    status.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("2201W"));
+    return status;
+  }
+  return std::optional<int64_t>(n);
 }
 
 Result Combine(const RoutingPlan& plan, std::vector<TaskOutcome>& done,
@@ -154,6 +241,14 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
     }
     plan->routing = *std::move(routing);
     plan->tree = std::make_unique<ParsedSql>(*std::move(parsed));
+    if (plan->routing.kind == StatementKind::kSelect && plan->routing.offset) {
+      absl::StatusOr<std::string> pushed = PushDownOffset(*plan->tree);
+      if (!pushed.ok()) {
+        status = pushed.status();
+        return;
+      }
+      plan->sql_across_shards = *std::move(pushed);
+    }
   });
   RETURN_IF_ERROR(status);
   absl::MutexLock lock(&mu_);
@@ -226,21 +321,90 @@ absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& ma
       refused.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("0A000"));
       return refused;
     }
+    const bool merged = targets.size() > 1 &&
+                        routing.kind == StatementKind::kSelect &&
+                        (!routing.order_by.empty() || routing.limit ||
+                         routing.offset);
     for (ShardId id : targets) {
       ShardTask task;
       task.shard = id;
       task.shard_name = map->shard(id).name;
       task.dsn = map->shard(id).dsn;
-      task.sql = std::string(sql);
+      task.sql = merged && !plan->sql_across_shards.empty()
+                     ? plan->sql_across_shards
+                     : std::string(sql);
       task.params = params;
       tasks.push_back(std::move(task));
     }
+    if (merged) return ExecuteMerged(routing, tasks, params, options);
   }
   std::vector<TaskOutcome> done = RunOnShards(tasks, options);
   for (TaskOutcome& outcome : done) {
     if (!outcome.status.ok()) return outcome.status;
   }
   return Combine(routing, done, tasks);
+}
+
+absl::StatusOr<std::string> Router::DatabaseCollation(
+    const ShardTask& shard, const ExecOptions& options) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = collations_.find(shard.dsn);
+    if (it != collations_.end()) return it->second;
+  }
+  ShardTask task = shard;
+  task.sql =
+      "SELECT datcollate FROM pg_database WHERE datname = current_database()";
+  task.params.clear();
+  std::vector<TaskOutcome> done = RunOnShards({task}, options);
+  RETURN_IF_ERROR(done[0].status);
+  if (done[0].result.rows.empty() || !done[0].result.rows[0][0]) {
+    return absl::InternalError(
+        StrCat("shard ", shard.shard_name, " did not report its collation"));
+  }
+  const std::string collation = *done[0].result.rows[0][0];
+  absl::MutexLock lock(&mu_);
+  collations_[shard.dsn] = collation;
+  return collation;
+}
+
+absl::StatusOr<Result> Router::ExecuteMerged(const RoutingPlan& routing,
+                                             const std::vector<ShardTask>& tasks,
+                                             const Params& params,
+                                             const ExecOptions& options) {
+  ASSIGN_OR_RETURN(std::optional<int64_t> limit,
+                   CountOf(routing.limit, params, "LIMIT"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> offset,
+                   CountOf(routing.offset, params, "OFFSET"));
+  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
+  for (TaskOutcome& outcome : done) {
+    if (!outcome.status.ok()) return outcome.status;
+  }
+  const std::vector<Column>& columns = done[0].result.columns;
+  ASSIGN_OR_RETURN(std::vector<size_t> sort_columns,
+                   ResolveSortColumns(routing.order_by, columns));
+  std::vector<MergeKey> keys;
+  for (size_t i = 0; i < sort_columns.size(); ++i) {
+    const SortSpec& spec = routing.order_by[i];
+    std::string collation = spec.collation;
+    if (collation.empty() || collation == "default") {
+      ASSIGN_OR_RETURN(collation, DatabaseCollation(tasks[0], options));
+    }
+    ASSIGN_OR_RETURN(std::shared_ptr<const ValueOrder> order,
+                     ValueOrder::For(columns[sort_columns[i]].type_oid, collation));
+    keys.push_back(MergeKey{sort_columns[i], spec.descending, spec.nulls_first,
+                            std::move(order)});
+  }
+  std::vector<std::vector<Row>> parts;
+  for (TaskOutcome& outcome : done) parts.push_back(std::move(outcome.result.rows));
+  Result out = std::move(done[0].result);
+  out.rows = MergeRows(std::move(parts), keys, offset.value_or(0), limit);
+  out.rows_affected = static_cast<int64_t>(out.rows.size());
+  out.command_tag = StrCat("SELECT ", out.rows.size());
+  out.shards.clear();
+  for (const ShardTask& t : tasks) out.shards.push_back(t.shard);
+  std::sort(out.shards.begin(), out.shards.end());
+  return out;
 }
 
 }  // namespace shardkit::internal

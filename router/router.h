@@ -6,10 +6,12 @@
 // shards return. INSERT ... VALUES rows are split by shard: each shard gets
 // only its rows, with the parameters renumbered to the ones those rows use.
 //
-// Combining is exact when the result over several shards is the
-// concatenation of theirs; a SELECT that needs more (ORDER BY, LIMIT,
-// aggregates, GROUP BY, DISTINCT) runs when it targets one shard and is
-// refused across shards, naming the construct.
+// Combining is exact: rows of several shards are concatenated, or, for a
+// SELECT with ORDER BY, merged in the order PostgreSQL would give them
+// (merge.h); LIMIT n OFFSET m goes to each shard as LIMIT n + m and is
+// applied to the merged rows. A SELECT that needs more (aggregates, GROUP
+// BY, DISTINCT, ORDER BY an expression not selected) runs when it targets
+// one shard and is refused across shards, naming the construct.
 //
 // Thread-safety: thread-safe.
 
@@ -55,6 +57,19 @@ class Router {
   size_t CachedPlansForTest() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // Runs a SELECT on several shards and merges their rows by ORDER BY,
+  // then applies OFFSET and LIMIT.
+  absl::StatusOr<Result> ExecuteMerged(const RoutingPlan& routing,
+                                       const std::vector<ShardTask>& tasks,
+                                       const Params& params,
+                                       const ExecOptions& options);
+
+  // The collation that orders text in the shard's database (datcollate),
+  // asked once per connection string.
+  absl::StatusOr<std::string> DatabaseCollation(const ShardTask& shard,
+                                                const ExecOptions& options)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   absl::StatusOr<std::vector<ShardTask>> InsertTasks(
       Plan& plan, const ShardMap& map, std::string_view sql,
       const Params& params);
@@ -62,6 +77,7 @@ class Router {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Plan>> plans_
       ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::string> collations_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace shardkit::internal

@@ -208,6 +208,25 @@ TEST_F(RouterTest, AnswersAsOneDatabaseWould) {
       {"SELECT * FROM orders WHERE user_id = 38 ORDER BY id DESC LIMIT 2", {},
        true},
       {"SELECT 1 + 1 AS two"},
+      // Merged across shards in PostgreSQL's order.
+      {"SELECT * FROM users ORDER BY id", {}, true},
+      {"SELECT id, name FROM users ORDER BY name, id", {}, true},
+      {"SELECT id, name FROM users ORDER BY name DESC NULLS LAST, id DESC", {},
+       true},
+      {"SELECT id, score FROM users ORDER BY score NULLS FIRST, id", {}, true},
+      {"SELECT id, score FROM users ORDER BY 2 DESC, 1 LIMIT 7", {}, true},
+      {"SELECT id, country FROM users ORDER BY country COLLATE \"C\", id "
+       "OFFSET 50",
+       {}, true},
+      {"SELECT user_id, id, amount FROM orders ORDER BY amount DESC, user_id, "
+       "id LIMIT $1 OFFSET $2",
+       {"5", "3"}, true},
+      {"SELECT user_id, amount FROM orders ORDER BY amount LIMIT ALL", {}, true},
+      {"SELECT u.id, u.name, o.amount FROM users u JOIN orders o ON "
+       "o.user_id = u.id ORDER BY o.amount DESC, u.id LIMIT 10",
+       {}, true},
+      {"SELECT * FROM events WHERE id > 50 ORDER BY id DESC LIMIT 3", {}, true},
+      {"SELECT id FROM users LIMIT 0"},
   };
   for (const Query& q : queries) {
     SCOPED_TRACE(q.sql);
@@ -282,10 +301,15 @@ TEST_F(RouterTest, RefusalsSayWhy) {
     std::string sqlstate;
   };
   for (const Case& c : std::vector<Case>{
-           {"SELECT * FROM users ORDER BY id",
-            "ORDER BY over 3 shards needs the shards' rows merged, which the "
-            "router does not do yet; narrow the statement to one shard with a "
-            "condition on the shard key (users)",
+           {"SELECT * FROM users ORDER BY lower(name)",
+            "ORDER BY an expression (select it as a column and order by that "
+            "column) over 3 shards needs the shards' rows merged, which the "
+            "router does not do yet; narrow the statement to one shard with "
+            "a condition on the shard key (users)",
+            "0A000"},
+           {"SELECT id FROM users ORDER BY name",
+            "ORDER BY name across shards needs it in the select list, to "
+            "merge the shards' rows by it; add it to the SELECT",
             "0A000"},
            {"SELECT count(*) FROM users", "aggregate count() over 3 shards",
             "0A000"},
@@ -375,10 +399,11 @@ TEST_F(RouterTest, ShardctlSqlStdinReportsEachStatement) {
 TEST_F(RouterTest, ShardctlSqlErrorExitsNonZero) {
   const std::string config = shards_->WriteConfig("router_err.toml", kMapBody);
   testing::CommandOutput r = testing::RunCommand(
-      {SHARDCTL_PATH, "sql", "-c", config, "-e", "SELECT * FROM users ORDER BY id"});
+      {SHARDCTL_PATH, "sql", "-c", config, "-e", "SELECT count(*) FROM users"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "");
-  EXPECT_THAT(r.err, HasSubstr("shardctl: ERROR 0A000: ORDER BY over 3 shards"));
+  EXPECT_THAT(r.err,
+              HasSubstr("shardctl: ERROR 0A000: aggregate count() over 3 shards"));
   testing::CommandOutput p = testing::RunCommand(
       {SHARDCTL_PATH, "sql", "-c", config, "-e",
        "SELECT name FROM users WHERE id = $1", "-p", "5", "--format", "json"});
