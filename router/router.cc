@@ -368,6 +368,35 @@ absl::StatusOr<std::string> Router::DatabaseCollation(
   return collation;
 }
 
+absl::StatusOr<std::string> Router::ColumnCollation(const ShardTask& shard,
+                                                   const Column& column,
+                                                   const ExecOptions& options) {
+  if (column.table_oid == 0) return std::string("default");
+  ShardTask task = shard;
+  task.sql =
+      "SELECT c.collname, c.collprovider, c.collcollate FROM pg_attribute a "
+      "JOIN pg_collation c ON c.oid = a.attcollation "
+      "WHERE a.attrelid = $1 AND a.attnum = $2";
+  task.params = {std::to_string(column.table_oid),
+                 std::to_string(column.table_column)};
+  std::vector<TaskOutcome> done = RunOnShards({task}, options);
+  RETURN_IF_ERROR(done[0].status);
+  if (done[0].result.rows.empty()) return std::string("default");  // no collation
+  const Row& row = done[0].result.rows[0];
+  const std::string name = row[0].value_or("default");
+  if (name == "default" || name == "C" || name == "POSIX") return name;
+  if (row[1].value_or("") != "c") {
+    absl::Status status = absl::InvalidArgumentError(StrCat(
+        "ORDER BY ", column.name, " across shards: the column sorts by "
+        "collation \"", name, "\", which is not a libc collation the router "
+        "can reproduce; add COLLATE \"C\" (or a libc collation) to the ORDER "
+        "BY, or narrow the statement to one shard"));
+    status.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("0A000"));
+    return status;
+  }
+  return row[2].value_or("C");
+}
+
 absl::StatusOr<Result> Router::ExecuteMerged(const RoutingPlan& routing,
                                              const std::vector<ShardTask>& tasks,
                                              const Params& params,
@@ -387,7 +416,11 @@ absl::StatusOr<Result> Router::ExecuteMerged(const RoutingPlan& routing,
   for (size_t i = 0; i < sort_columns.size(); ++i) {
     const SortSpec& spec = routing.order_by[i];
     std::string collation = spec.collation;
-    if (collation.empty() || collation == "default") {
+    if (collation.empty()) {
+      ASSIGN_OR_RETURN(collation,
+                       ColumnCollation(tasks[0], columns[sort_columns[i]], options));
+    }
+    if (collation == "default") {
       ASSIGN_OR_RETURN(collation, DatabaseCollation(tasks[0], options));
     }
     ASSIGN_OR_RETURN(std::shared_ptr<const ValueOrder> order,

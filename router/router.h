@@ -70,6 +70,13 @@ class Router {
                                                 const ExecOptions& options)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The collation a result column sorts by: "default" (the database's)
+  // for a computed column or one without its own, else the libc locale of
+  // the table column's collation, asked of `shard`.
+  absl::StatusOr<std::string> ColumnCollation(const ShardTask& shard,
+                                              const Column& column,
+                                              const ExecOptions& options);
+
   absl::StatusOr<std::vector<ShardTask>> InsertTasks(
       Plan& plan, const ShardMap& map, std::string_view sql,
       const Params& params);

@@ -141,7 +141,8 @@ Result ConvertResult(const PGresult* res) {
   const int columns = PQnfields(r);
   result.columns.reserve(columns);
   for (int c = 0; c < columns; ++c) {
-    result.columns.push_back(Column{PQfname(r, c), PQftype(r, c)});
+    result.columns.push_back(Column{PQfname(r, c), PQftype(r, c),
+                                    PQftable(r, c), PQftablecol(r, c)});
   }
   const int rows = PQntuples(r);
   result.rows.reserve(rows);

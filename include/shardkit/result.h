@@ -21,6 +21,10 @@ struct Column {
   std::string name;
   // The PostgreSQL type OID of the column (e.g. 20 for int8, 25 for text).
   uint32_t type_oid = 0;
+  // When the column is a table's column as it is: the table's OID (on the
+  // shard that answered) and the column's number in it; 0 otherwise.
+  uint32_t table_oid = 0;
+  int table_column = 0;
 };
 
 using Row = std::vector<std::optional<std::string>>;

@@ -429,3 +429,27 @@ TEST_F(RouterTest, ADownShardFailsTheStatementNamingIt) {
 
 }  // namespace
 }  // namespace shardkit
+
+namespace shardkit {
+namespace {
+
+TEST_F(RouterTest, ColumnCollationsDecideTheMergeOrder) {
+  // A column of its own, non-libc collation: the router cannot reproduce
+  // its order, so it says so instead of merging wrongly.
+  Both("ALTER TABLE users ADD COLUMN label text COLLATE \"und-x-icu\"");
+  Both("UPDATE users SET label = name");
+  absl::StatusOr<Result> r =
+      cluster_->Execute("SELECT id, label FROM users ORDER BY label");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            "ORDER BY label across shards: the column sorts by collation "
+            "\"und-x-icu\", which is not a libc collation the router can "
+            "reproduce; add COLLATE \"C\" (or a libc collation) to the ORDER "
+            "BY, or narrow the statement to one shard");
+  const std::string sql =
+      "SELECT id, label FROM users ORDER BY label COLLATE \"C\", id";
+  EXPECT_EQ(Routed(sql, {}, true), Oracle(sql, {}, true));
+}
+
+}  // namespace
+}  // namespace shardkit
