@@ -69,7 +69,10 @@ class Analyzer {
         } else {
           plan_.key = TopLevelCondition(*stmt.select_stmt);
           plan_.needs_merge = MergeNeed(*stmt.select_stmt);
-          if (plan_.needs_merge.empty()) {
+          if (!plan_.needs_merge.empty() &&
+              SimpleAggregates(*stmt.select_stmt)) {
+            plan_.needs_merge.clear();
+          } else if (plan_.needs_merge.empty()) {
             plan_.needs_merge = OrderAndLimit(*stmt.select_stmt);
           }
         }
@@ -531,7 +534,8 @@ class Analyzer {
           call->n_funcname > 0 ? StringOf(call->funcname[call->n_funcname - 1])
                                : "";
       if (call->over != nullptr) return StrCat("window function ", name, "()");
-      if (call->agg_star || call->agg_distinct || IsAggregateName(name)) {
+      if (call->agg_distinct) return StrCat("aggregate ", name, "(DISTINCT ...)");
+      if (call->agg_star || IsAggregateName(name)) {
         return StrCat("aggregate ", name, "()");
       }
     }
@@ -554,6 +558,55 @@ class Analyzer {
       return "FETCH FIRST ... WITH TIES";
     }
     return "";
+  }
+
+  // `SELECT agg(...), ... FROM ... [WHERE ...]` with only count, sum, min,
+  // max and avg (no DISTINCT, FILTER or ORDER BY inside them), no GROUP BY,
+  // HAVING, DISTINCT, ORDER BY, LIMIT or OFFSET: fills plan_.aggregates.
+  bool SimpleAggregates(const PgQuery__SelectStmt& s) {
+    if (s.n_group_clause > 0 || s.having_clause != nullptr ||
+        s.n_distinct_clause > 0 || s.n_sort_clause > 0 ||
+        s.limit_count != nullptr || s.limit_offset != nullptr ||
+        s.n_target_list == 0) {
+      return false;
+    }
+    std::vector<AggregateTarget> out;
+    for (size_t i = 0; i < s.n_target_list; ++i) {
+      const PgQuery__Node* t = s.target_list[i];
+      if (t->node_case != PG_QUERY__NODE__NODE_RES_TARGET) return false;
+      const PgQuery__Node* v = t->res_target->val;
+      if (v == nullptr || v->node_case != PG_QUERY__NODE__NODE_FUNC_CALL) {
+        return false;
+      }
+      const PgQuery__FuncCall& call = *v->func_call;
+      if (call.agg_distinct || call.agg_filter != nullptr ||
+          call.n_agg_order > 0 || call.over != nullptr ||
+          call.agg_within_group || call.n_funcname != 1) {
+        return false;
+      }
+      const std::string_view name = StringOf(call.funcname[0]);
+      AggregateTarget target;
+      if (name == "count" && (call.agg_star || call.n_args == 1)) {
+        target.function = AggregateTarget::Function::kCount;
+      } else if (call.n_args != 1) {
+        return false;
+      } else if (name == "sum") {
+        target.function = AggregateTarget::Function::kSum;
+      } else if (name == "min") {
+        target.function = AggregateTarget::Function::kMin;
+      } else if (name == "max") {
+        target.function = AggregateTarget::Function::kMax;
+      } else if (name == "avg") {
+        target.function = AggregateTarget::Function::kAvg;
+      } else {
+        return false;
+      }
+      target.name = t->res_target->name[0] != '\0' ? t->res_target->name
+                                                    : std::string(name);
+      out.push_back(std::move(target));
+    }
+    plan_.aggregates = std::move(out);
+    return true;
   }
 
   // ORDER BY items, LIMIT and OFFSET of a SELECT; "" or the construct that

@@ -60,6 +60,15 @@ struct KeyCondition {
 
 enum class StatementKind { kSelect, kInsert, kUpdate, kDelete, kDdl };
 
+// One output column of a SELECT whose every output is an aggregate
+// (`SELECT count(*), avg(x) FROM t WHERE ...`, no GROUP BY): each shard
+// computes partial aggregates, and one shard combines them.
+struct AggregateTarget {
+  enum class Function { kCount, kSum, kMin, kMax, kAvg };
+  Function function = Function::kCount;
+  std::string name;  // the output column's name
+};
+
 // One ORDER BY item of a SELECT, to merge the shards' sorted rows. It names
 // a result column: by name (`ORDER BY name`, `ORDER BY u.name`) or by
 // position (`ORDER BY 2`); the column is found in the result at run time.
@@ -95,6 +104,8 @@ struct RoutingPlan {
   // its own rows and returns at most limit + offset of them; the merged
   // rows are then skipped by `offset` and cut at `limit`.
   std::vector<SortSpec> order_by;
+  // Non-empty when the SELECT is all aggregates (see AggregateTarget).
+  std::vector<AggregateTarget> aggregates;
   std::optional<KeyOperand> limit;   // nullopt: none (or LIMIT ALL)
   std::optional<KeyOperand> offset;  // nullopt: none
   // INSERT ... VALUES into a sharded table: each row's shard key.

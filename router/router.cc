@@ -11,6 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "router/merge.h"
@@ -146,6 +147,93 @@ absl::StatusOr<std::string> PushDownOffset(ParsedSql& tree) {
   return sql;
 }
 
+// The all-aggregate SELECT as each shard runs it: avg(x) becomes sum(x),
+// count(x); the others stay. The tree is restored after.
+absl::StatusOr<std::string> PartialAggregates(ParsedSql& tree,
+                                              const RoutingPlan& routing) {
+  PgQuery__SelectStmt* select = tree.mutable_statement(0)->select_stmt;
+  const size_t n = select->n_target_list;
+  PgQuery__Node** original = select->target_list;
+  // Nodes on the stack, as in PushDownOffset; reserved so nothing moves.
+  const size_t avgs = std::count_if(
+      routing.aggregates.begin(), routing.aggregates.end(),
+      [](const AggregateTarget& a) {
+        return a.function == AggregateTarget::Function::kAvg;
+      });
+  std::vector<PgQuery__String> names(2 * avgs, PgQuery__String(PG_QUERY__STRING__INIT));
+  std::vector<PgQuery__Node> name_nodes(2 * avgs, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__Node*> name_ptrs(2 * avgs);
+  std::vector<PgQuery__FuncCall> calls(2 * avgs, PgQuery__FuncCall(PG_QUERY__FUNC_CALL__INIT));
+  std::vector<PgQuery__Node> call_nodes(2 * avgs, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__ResTarget> targets(2 * avgs, PgQuery__ResTarget(PG_QUERY__RES_TARGET__INIT));
+  std::vector<PgQuery__Node> target_nodes(2 * avgs, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__Node*> list;
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (routing.aggregates[i].function != AggregateTarget::Function::kAvg) {
+      list.push_back(original[i]);
+      continue;
+    }
+    const PgQuery__FuncCall& avg = *original[i]->res_target->val->func_call;
+    for (const char* fn : {"sum", "count"}) {
+      names[k].sval = const_cast<char*>(fn);
+      name_nodes[k].node_case = PG_QUERY__NODE__NODE_STRING;
+      name_nodes[k].string = &names[k];
+      name_ptrs[k] = &name_nodes[k];
+      calls[k].n_funcname = 1;
+      calls[k].funcname = &name_ptrs[k];
+      calls[k].n_args = avg.n_args;
+      calls[k].args = avg.args;
+      calls[k].funcformat = PG_QUERY__COERCION_FORM__COERCE_EXPLICIT_CALL;
+      calls[k].location = -1;
+      call_nodes[k].node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
+      call_nodes[k].func_call = &calls[k];
+      targets[k].name = const_cast<char*>("");
+      targets[k].val = &call_nodes[k];
+      targets[k].location = -1;
+      target_nodes[k].node_case = PG_QUERY__NODE__NODE_RES_TARGET;
+      target_nodes[k].res_target = &targets[k];
+      list.push_back(&target_nodes[k]);
+      ++k;
+    }
+  }
+  select->target_list = list.data();
+  select->n_target_list = list.size();
+  absl::StatusOr<std::string> sql = tree.Deparse();
+  select->target_list = original;
+  select->n_target_list = n;
+  return sql;
+}
+
+// "name" quoted as a SQL identifier.
+std::string QuoteIdentifier(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+// A PostgreSQL array literal of text values (NULL for nullopt).
+std::string ArrayLiteral(const std::vector<std::optional<std::string>>& values) {
+  std::string out = "{";
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) out += ',';
+    if (!values[i]) {
+      out += "NULL";
+      continue;
+    }
+    out += '"';
+    for (char c : *values[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
 // LIMIT / OFFSET as a number: a constant, or a parameter's value.
 absl::StatusOr<std::optional<int64_t>> CountOf(
     const std::optional<KeyOperand>& operand, const Params& params,
@@ -241,6 +329,15 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
     }
     plan->routing = *std::move(routing);
     plan->tree = std::make_unique<ParsedSql>(*std::move(parsed));
+    if (!plan->routing.aggregates.empty()) {
+      absl::StatusOr<std::string> partial =
+          PartialAggregates(*plan->tree, plan->routing);
+      if (!partial.ok()) {
+        status = partial.status();
+        return;
+      }
+      plan->sql_across_shards = *std::move(partial);
+    }
     if (plan->routing.kind == StatementKind::kSelect && plan->routing.offset) {
       absl::StatusOr<std::string> pushed = PushDownOffset(*plan->tree);
       if (!pushed.ok()) {
@@ -321,6 +418,8 @@ absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& ma
       refused.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("0A000"));
       return refused;
     }
+    const bool aggregated =
+        targets.size() > 1 && !routing.aggregates.empty();
     const bool merged = targets.size() > 1 &&
                         routing.kind == StatementKind::kSelect &&
                         (!routing.order_by.empty() || routing.limit ||
@@ -330,12 +429,13 @@ absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& ma
       task.shard = id;
       task.shard_name = map->shard(id).name;
       task.dsn = map->shard(id).dsn;
-      task.sql = merged && !plan->sql_across_shards.empty()
+      task.sql = (merged || aggregated) && !plan->sql_across_shards.empty()
                      ? plan->sql_across_shards
                      : std::string(sql);
       task.params = params;
       tasks.push_back(std::move(task));
     }
+    if (aggregated) return ExecuteAggregated(routing, tasks, options);
     if (merged) return ExecuteMerged(routing, tasks, params, options);
   }
   std::vector<TaskOutcome> done = RunOnShards(tasks, options);
@@ -395,6 +495,118 @@ absl::StatusOr<std::string> Router::ColumnCollation(const ShardTask& shard,
     return status;
   }
   return row[2].value_or("C");
+}
+
+absl::StatusOr<std::vector<std::string>> Router::TypeNames(
+    const ShardTask& shard, const std::vector<Column>& columns,
+    const ExecOptions& options) {
+  std::vector<std::optional<std::string>> missing;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const Column& c : columns) {
+      if (!type_names_.contains(StrCat(shard.dsn, "/", c.type_oid))) {
+        missing.push_back(std::to_string(c.type_oid));
+      }
+    }
+  }
+  if (!missing.empty()) {
+    ShardTask task = shard;
+    task.sql =
+        "SELECT o::int8, format_type(o, NULL) FROM unnest($1::oid[]) AS t(o)";
+    task.params = {ArrayLiteral(missing)};
+    std::vector<TaskOutcome> done = RunOnShards({task}, options);
+    RETURN_IF_ERROR(done[0].status);
+    absl::MutexLock lock(&mu_);
+    for (const Row& row : done[0].result.rows) {
+      uint32_t oid = 0;
+      if (row[0] && row[1] && absl::SimpleAtoi(ToAbsl(*row[0]), &oid)) {
+        type_names_[StrCat(shard.dsn, "/", oid)] = *row[1];
+      }
+    }
+  }
+  std::vector<std::string> out;
+  absl::MutexLock lock(&mu_);
+  for (const Column& c : columns) {
+    auto it = type_names_.find(StrCat(shard.dsn, "/", c.type_oid));
+    if (it == type_names_.end()) {
+      return absl::InternalError(StrCat("shard ", shard.shard_name,
+                                        " does not know type oid ", c.type_oid));
+    }
+    out.push_back(it->second);
+  }
+  return out;
+}
+
+absl::StatusOr<Result> Router::ExecuteAggregated(
+    const RoutingPlan& routing, const std::vector<ShardTask>& tasks,
+    const ExecOptions& options) {
+  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
+  for (TaskOutcome& outcome : done) {
+    if (!outcome.status.ok()) return outcome.status;
+  }
+  // The shards' partial aggregates, one array parameter per column, are
+  // combined by PostgreSQL itself on one shard: result types, numeric
+  // scale and NULL handling are exactly its own.
+  const std::vector<Column>& columns = done[0].result.columns;
+  ASSIGN_OR_RETURN(std::vector<std::string> types,
+                   TypeNames(tasks[0], columns, options));
+  ShardTask final_task = tasks[0];
+  final_task.params.clear();
+  std::vector<std::string> unnest_args, aliases;
+  for (size_t c = 0; c < columns.size(); ++c) {
+    std::vector<std::optional<std::string>> values;
+    for (const TaskOutcome& outcome : done) {
+      values.push_back(outcome.result.rows.empty() ? std::nullopt
+                                                   : outcome.result.rows[0][c]);
+    }
+    final_task.params.push_back(ArrayLiteral(values));
+    unnest_args.push_back(StrCat("$", c + 1, "::", types[c], "[]"));
+    aliases.push_back(StrCat("p", c + 1));
+  }
+  std::vector<std::string> outputs;
+  size_t c = 0;
+  for (const AggregateTarget& a : routing.aggregates) {
+    const std::string p = StrCat("p", c + 1);
+    std::string expr;
+    switch (a.function) {
+      case AggregateTarget::Function::kCount:
+        expr = StrCat("coalesce(sum(", p, "), 0)::int8");
+        break;
+      case AggregateTarget::Function::kSum:
+        expr = StrCat("sum(", p, ")::", types[c]);
+        break;
+      case AggregateTarget::Function::kMin:
+        expr = StrCat("min(", p, ")");
+        break;
+      case AggregateTarget::Function::kMax:
+        expr = StrCat("max(", p, ")");
+        break;
+      case AggregateTarget::Function::kAvg: {
+        const std::string q = StrCat("p", c + 2);
+        const bool floating = types[c] == "real" || types[c] == "double precision";
+        const std::string as = floating ? "float8" : "numeric";
+        if (types[c] == "interval") {
+          expr = StrCat("sum(", p, ") / nullif(sum(", q, "), 0)");
+        } else {
+          expr = StrCat("sum(", p, ")::", as, " / nullif(sum(", q, "), 0)::", as);
+        }
+        ++c;
+        break;
+      }
+    }
+    ++c;
+    outputs.push_back(StrCat(expr, " AS ", QuoteIdentifier(a.name)));
+  }
+  final_task.sql = StrCat("SELECT ", absl::StrJoin(outputs, ", "), " FROM unnest(",
+                          absl::StrJoin(unnest_args, ", "), ") AS partial(",
+                          absl::StrJoin(aliases, ", "), ")");
+  std::vector<TaskOutcome> combined = RunOnShards({final_task}, options);
+  RETURN_IF_ERROR(combined[0].status);
+  Result out = std::move(combined[0].result);
+  out.shards.clear();
+  for (const ShardTask& t : tasks) out.shards.push_back(t.shard);
+  std::sort(out.shards.begin(), out.shards.end());
+  return out;
 }
 
 absl::StatusOr<Result> Router::ExecuteMerged(const RoutingPlan& routing,

@@ -64,6 +64,18 @@ class Router {
                                        const Params& params,
                                        const ExecOptions& options);
 
+  // Runs the partial aggregates of an all-aggregate SELECT on every shard
+  // and combines them, in SQL, on the first.
+  absl::StatusOr<Result> ExecuteAggregated(const RoutingPlan& routing,
+                                           const std::vector<ShardTask>& tasks,
+                                           const ExecOptions& options);
+
+  // SQL names of the columns' types (format_type), asked of `shard` once
+  // per type.
+  absl::StatusOr<std::vector<std::string>> TypeNames(
+      const ShardTask& shard, const std::vector<Column>& columns,
+      const ExecOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
+
   // The collation that orders text in the shard's database (datcollate),
   // asked once per connection string.
   absl::StatusOr<std::string> DatabaseCollation(const ShardTask& shard,
@@ -85,6 +97,9 @@ class Router {
   absl::flat_hash_map<std::string, std::shared_ptr<Plan>> plans_
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> collations_ ABSL_GUARDED_BY(mu_);
+  // By "<dsn>/<type oid>": a user-defined type's OID differs between
+  // databases.
+  absl::flat_hash_map<std::string, std::string> type_names_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace shardkit::internal

@@ -271,6 +271,45 @@ TEST(AnalyzerTest, InsertRowsArePlacedOneByOne) {
             "error: the statement uses $2 but 1 parameters were given");
 }
 
+TEST(AnalyzerTest, WhatAMultiShardSelectNeeds) {
+  absl::StatusOr<RoutingPlan> agg = Plan("SELECT count(*), avg(id) AS a FROM users");
+  ASSERT_TRUE(agg.ok());
+  EXPECT_EQ(agg->needs_merge, "");
+  ASSERT_EQ(agg->aggregates.size(), 2u);
+  EXPECT_EQ(agg->aggregates[0].name, "count");
+  EXPECT_EQ(agg->aggregates[1].name, "a");
+  EXPECT_EQ(agg->aggregates[1].function, AggregateTarget::Function::kAvg);
+
+  absl::StatusOr<RoutingPlan> sorted = Plan(
+      "SELECT id, name FROM users ORDER BY name DESC, 1 NULLS FIRST LIMIT $1 OFFSET 5");
+  ASSERT_TRUE(sorted.ok());
+  EXPECT_EQ(sorted->needs_merge, "");
+  ASSERT_EQ(sorted->order_by.size(), 2u);
+  EXPECT_EQ(sorted->order_by[0].column, "name");
+  EXPECT_TRUE(sorted->order_by[0].descending);
+  EXPECT_TRUE(sorted->order_by[0].nulls_first);  // DESC defaults to NULLS FIRST
+  EXPECT_EQ(sorted->order_by[1].position, 1);
+  EXPECT_TRUE(sorted->order_by[1].nulls_first);
+  EXPECT_EQ(sorted->limit->param, 1);
+  EXPECT_EQ(sorted->offset->constant, "5");
+
+  for (const auto& [sql, need] : std::vector<std::pair<std::string, std::string>>{
+           {"SELECT country, count(*) FROM users GROUP BY country", "GROUP BY"},
+           {"SELECT DISTINCT country FROM users", "DISTINCT"},
+           {"SELECT count(*) + 1 FROM users", "aggregate count()"},
+           {"SELECT sum(id) FILTER (WHERE id > 1) FROM users", "aggregate sum()"},
+           {"SELECT rank() OVER (ORDER BY id) FROM users", "window function rank()"},
+           {"SELECT id FROM users ORDER BY id + 1",
+            "ORDER BY an expression (select it as a column and order by that "
+            "column)"},
+           {"SELECT id FROM users ORDER BY id FETCH FIRST 3 ROWS WITH TIES",
+            "FETCH FIRST ... WITH TIES"}}) {
+    absl::StatusOr<RoutingPlan> plan = Plan(sql);
+    ASSERT_TRUE(plan.ok()) << sql << ": " << plan.status();
+    EXPECT_EQ(plan->needs_merge, need) << sql;
+  }
+}
+
 TEST(ParserTest, SyntaxErrorsCarryPositionAndSqlState) {
   absl::StatusOr<RoutingPlan> plan = Plan("SELECT * FORM users");
   ASSERT_FALSE(plan.ok());
