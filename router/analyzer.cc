@@ -560,21 +560,34 @@ class Analyzer {
     return "";
   }
 
-  // `SELECT agg(...), ... FROM ... [WHERE ...]` with only count, sum, min,
-  // max and avg (no DISTINCT, FILTER or ORDER BY inside them), no GROUP BY,
-  // HAVING, DISTINCT, ORDER BY, LIMIT or OFFSET: fills plan_.aggregates.
+  // An aggregating SELECT whose outputs are grouped columns and count, sum,
+  // min, max or avg (no DISTINCT, FILTER or ORDER BY inside them), grouped
+  // by selected columns only, without HAVING or DISTINCT; ORDER BY (of
+  // outputs), LIMIT and OFFSET are fine. Fills plan_.aggregates.
   bool SimpleAggregates(const PgQuery__SelectStmt& s) {
-    if (s.n_group_clause > 0 || s.having_clause != nullptr ||
-        s.n_distinct_clause > 0 || s.n_sort_clause > 0 ||
-        s.limit_count != nullptr || s.limit_offset != nullptr ||
+    if (s.having_clause != nullptr || s.n_distinct_clause > 0 ||
         s.n_target_list == 0) {
       return false;
     }
     std::vector<AggregateTarget> out;
+    std::vector<std::string> plain_columns;  // selected ColumnRef names
+    bool any_aggregate = false;
     for (size_t i = 0; i < s.n_target_list; ++i) {
       const PgQuery__Node* t = s.target_list[i];
       if (t->node_case != PG_QUERY__NODE__NODE_RES_TARGET) return false;
       const PgQuery__Node* v = t->res_target->val;
+      const std::string alias = t->res_target->name;
+      if (v != nullptr && v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+          v->column_ref->n_fields > 0) {
+        const std::string column(
+            StringOf(v->column_ref->fields[v->column_ref->n_fields - 1]));
+        if (column.empty()) return false;  // t.*
+        out.push_back({AggregateTarget::Function::kGroupKey,
+                       alias.empty() ? column : alias});
+        plain_columns.push_back(column);
+        continue;
+      }
+      plain_columns.push_back("");
       if (v == nullptr || v->node_case != PG_QUERY__NODE__NODE_FUNC_CALL) {
         return false;
       }
@@ -601,9 +614,58 @@ class Analyzer {
       } else {
         return false;
       }
-      target.name = t->res_target->name[0] != '\0' ? t->res_target->name
-                                                    : std::string(name);
+      any_aggregate = true;
+      target.name = alias.empty() ? std::string(name) : alias;
       out.push_back(std::move(target));
+    }
+    if (!any_aggregate) return false;
+    // Every GROUP BY item is a selected column (by name or position), and
+    // every selected column is grouped.
+    std::vector<bool> grouped(out.size(), false);
+    for (size_t i = 0; i < s.n_group_clause; ++i) {
+      const PgQuery__Node* g = s.group_clause[i];
+      int index = -1;
+      if (g->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+          g->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL) {
+        index = g->a_const->ival->ival - 1;
+      } else if (g->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+                 g->column_ref->n_fields > 0) {
+        const std::string_view column =
+            StringOf(g->column_ref->fields[g->column_ref->n_fields - 1]);
+        for (size_t k = 0; k < out.size(); ++k) {
+          if (plain_columns[k] == column || (!column.empty() && out[k].name == column &&
+                                             out[k].function ==
+                                                 AggregateTarget::Function::kGroupKey)) {
+            index = static_cast<int>(k);
+            break;
+          }
+        }
+      }
+      if (index < 0 || static_cast<size_t>(index) >= out.size() ||
+          out[index].function != AggregateTarget::Function::kGroupKey) {
+        return false;
+      }
+      grouped[index] = true;
+    }
+    for (size_t k = 0; k < out.size(); ++k) {
+      if (out[k].function == AggregateTarget::Function::kGroupKey && !grouped[k]) {
+        return false;  // PostgreSQL will say why
+      }
+    }
+    if (!OrderAndLimit(s).empty()) return false;
+    // ORDER BY must name outputs: they are all the combined rows have.
+    for (SortSpec& spec : plan_.order_by) {
+      if (spec.column.empty()) continue;
+      int found = -1;
+      for (size_t k = 0; k < out.size(); ++k) {
+        if (out[k].name == spec.column) {
+          if (found >= 0) return false;
+          found = static_cast<int>(k);
+        }
+      }
+      if (found < 0) return false;
+      spec.position = found + 1;
+      spec.column.clear();
     }
     plan_.aggregates = std::move(out);
     return true;

@@ -60,11 +60,13 @@ struct KeyCondition {
 
 enum class StatementKind { kSelect, kInsert, kUpdate, kDelete, kDdl };
 
-// One output column of a SELECT whose every output is an aggregate
-// (`SELECT count(*), avg(x) FROM t WHERE ...`, no GROUP BY): each shard
-// computes partial aggregates, and one shard combines them.
+// One output column of an aggregating SELECT that the router can assemble
+// (`SELECT country, count(*), avg(x) FROM t WHERE ... GROUP BY country
+// ORDER BY 2 DESC LIMIT 5`): each output is a grouped column or count, sum,
+// min, max or avg. Each shard computes partial aggregates per group, and
+// one shard combines them (and sorts and limits) in SQL.
 struct AggregateTarget {
-  enum class Function { kCount, kSum, kMin, kMax, kAvg };
+  enum class Function { kGroupKey, kCount, kSum, kMin, kMax, kAvg };
   Function function = Function::kCount;
   std::string name;  // the output column's name
 };
@@ -104,7 +106,9 @@ struct RoutingPlan {
   // its own rows and returns at most limit + offset of them; the merged
   // rows are then skipped by `offset` and cut at `limit`.
   std::vector<SortSpec> order_by;
-  // Non-empty when the SELECT is all aggregates (see AggregateTarget).
+  // Non-empty for an aggregating SELECT the router assembles (see
+  // AggregateTarget), in output order; `order_by`, `limit` and `offset`
+  // then apply to the combined rows.
   std::vector<AggregateTarget> aggregates;
   std::optional<KeyOperand> limit;   // nullopt: none (or LIMIT ALL)
   std::optional<KeyOperand> offset;  // nullopt: none

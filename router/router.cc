@@ -33,6 +33,8 @@ struct Router::Plan {
   // count + offset and no OFFSET (each shard cannot know which rows the
   // others skip). Empty: the statement as written.
   std::string sql_across_shards;
+  // Its parameters: params[n - 1] for each n here, in order.
+  std::vector<int> params_across_shards;
 };
 
 namespace {
@@ -47,6 +49,32 @@ std::string TagWithCount(const std::string& tag, int64_t count) {
     return tag;
   }
   return StrCat(tag.substr(0, space + 1), count);
+}
+
+// SQL for the (possibly rewritten) statement with the parameters it still
+// uses renumbered $1.. in order; `used` gets their original numbers, so
+// that its parameters are params[used[i] - 1]. The numbers are restored.
+absl::StatusOr<std::string> DeparseRenumbered(ParsedSql& tree,
+                                              std::vector<int>* used) {
+  std::vector<PgQuery__ParamRef*> refs;
+  std::function<void(ProtobufCMessage*)> collect = [&](ProtobufCMessage* m) {
+    if (IsMessage(m, pg_query__param_ref__descriptor)) {
+      refs.push_back(reinterpret_cast<PgQuery__ParamRef*>(m));
+    }
+    ForEachChild(m, collect);
+  };
+  collect(&tree.mutable_statement(0)->base);
+  std::set<int> numbers;
+  for (const PgQuery__ParamRef* ref : refs) numbers.insert(ref->number);
+  used->assign(numbers.begin(), numbers.end());
+  std::map<int, int> renumber;
+  for (size_t i = 0; i < used->size(); ++i) renumber[(*used)[i]] = i + 1;
+  for (PgQuery__ParamRef* ref : refs) ref->number = renumber[ref->number];
+  absl::StatusOr<std::string> sql = tree.Deparse();
+  std::map<int, int> back;
+  for (const auto& [from, to] : renumber) back[to] = from;
+  for (PgQuery__ParamRef* ref : refs) ref->number = back[ref->number];
+  return sql;
 }
 
 // SQL for the INSERT with only `rows` of its VALUES, its parameters
@@ -65,26 +93,8 @@ absl::StatusOr<std::string> InsertForRows(ParsedSql& tree,
   values->values_lists = chosen.data();
   values->n_values_lists = chosen.size();
 
-  std::vector<PgQuery__ParamRef*> refs;
-  std::function<void(ProtobufCMessage*)> collect = [&](ProtobufCMessage* m) {
-    if (IsMessage(m, pg_query__param_ref__descriptor)) {
-      refs.push_back(reinterpret_cast<PgQuery__ParamRef*>(m));
-    }
-    ForEachChild(m, collect);
-  };
-  collect(&tree.mutable_statement(0)->base);
-  std::set<int> numbers;
-  for (const PgQuery__ParamRef* ref : refs) numbers.insert(ref->number);
-  used->assign(numbers.begin(), numbers.end());
-  std::map<int, int> renumber;
-  for (size_t i = 0; i < used->size(); ++i) renumber[(*used)[i]] = i + 1;
-  for (PgQuery__ParamRef* ref : refs) ref->number = renumber[ref->number];
+  absl::StatusOr<std::string> sql = DeparseRenumbered(tree, used);
 
-  absl::StatusOr<std::string> sql = tree.Deparse();
-
-  std::map<int, int> back;
-  for (const auto& [from, to] : renumber) back[to] = from;
-  for (PgQuery__ParamRef* ref : refs) ref->number = back[ref->number];
   values->values_lists = all_rows;
   values->n_values_lists = n_all_rows;
   return sql;
@@ -93,7 +103,8 @@ absl::StatusOr<std::string> InsertForRows(ParsedSql& tree,
 // The SELECT with `LIMIT count OFFSET offset` turned into
 // `LIMIT count + offset` (no OFFSET), or with OFFSET dropped when there is
 // no LIMIT. The tree is restored after.
-absl::StatusOr<std::string> PushDownOffset(ParsedSql& tree) {
+absl::StatusOr<std::string> PushDownOffset(ParsedSql& tree,
+                                           std::vector<int>* used) {
   PgQuery__SelectStmt* select = tree.mutable_statement(0)->select_stmt;
   PgQuery__Node* count = select->limit_count;
   PgQuery__Node* offset = select->limit_offset;
@@ -141,40 +152,56 @@ absl::StatusOr<std::string> PushDownOffset(ParsedSql& tree) {
                             count->a_const->isnull);
   select->limit_count = limited ? &sum_node : nullptr;
   select->limit_offset = nullptr;
-  absl::StatusOr<std::string> sql = tree.Deparse();
+  absl::StatusOr<std::string> sql = DeparseRenumbered(tree, used);
   select->limit_count = count;
   select->limit_offset = offset;
   return sql;
 }
 
-// The all-aggregate SELECT as each shard runs it: avg(x) becomes sum(x),
-// count(x); the others stay. The tree is restored after.
+// The aggregating SELECT as each shard runs it: the grouped columns
+// first, then the aggregates, avg(x) as sum(x), count(x); grouped by the
+// leading columns' positions; no ORDER BY, LIMIT or OFFSET (they apply to
+// the combined rows). The tree is restored after.
 absl::StatusOr<std::string> PartialAggregates(ParsedSql& tree,
-                                              const RoutingPlan& routing) {
+                                              const RoutingPlan& routing,
+                                              std::vector<int>* used) {
   PgQuery__SelectStmt* select = tree.mutable_statement(0)->select_stmt;
+  PgQuery__SelectStmt saved = *select;
   const size_t n = select->n_target_list;
-  PgQuery__Node** original = select->target_list;
-  // Nodes on the stack, as in PushDownOffset; reserved so nothing moves.
-  const size_t avgs = std::count_if(
-      routing.aggregates.begin(), routing.aggregates.end(),
-      [](const AggregateTarget& a) {
-        return a.function == AggregateTarget::Function::kAvg;
-      });
-  std::vector<PgQuery__String> names(2 * avgs, PgQuery__String(PG_QUERY__STRING__INIT));
-  std::vector<PgQuery__Node> name_nodes(2 * avgs, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__Node*> name_ptrs(2 * avgs);
-  std::vector<PgQuery__FuncCall> calls(2 * avgs, PgQuery__FuncCall(PG_QUERY__FUNC_CALL__INIT));
-  std::vector<PgQuery__Node> call_nodes(2 * avgs, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__ResTarget> targets(2 * avgs, PgQuery__ResTarget(PG_QUERY__RES_TARGET__INIT));
-  std::vector<PgQuery__Node> target_nodes(2 * avgs, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__Node*> list;
+  // Nodes on the stack, as in PushDownOffset; sized up front so nothing
+  // moves once pointed to.
+  std::vector<PgQuery__String> names(2 * n, PgQuery__String(PG_QUERY__STRING__INIT));
+  std::vector<PgQuery__Node> name_nodes(2 * n, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__Node*> name_ptrs(2 * n);
+  std::vector<PgQuery__FuncCall> calls(2 * n, PgQuery__FuncCall(PG_QUERY__FUNC_CALL__INIT));
+  std::vector<PgQuery__Node> call_nodes(2 * n, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__ResTarget> targets(2 * n, PgQuery__ResTarget(PG_QUERY__RES_TARGET__INIT));
+  std::vector<PgQuery__Node> target_nodes(2 * n, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__Integer> positions(n, PgQuery__Integer(PG_QUERY__INTEGER__INIT));
+  std::vector<PgQuery__AConst> position_consts(n, PgQuery__AConst(PG_QUERY__A__CONST__INIT));
+  std::vector<PgQuery__Node> position_nodes(n, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__Node*> list, group_by;
+  for (size_t i = 0; i < n; ++i) {
+    if (routing.aggregates[i].function != AggregateTarget::Function::kGroupKey) continue;
+    list.push_back(saved.target_list[i]);
+    const size_t g = group_by.size();
+    positions[g].ival = static_cast<int32_t>(g + 1);
+    position_consts[g].val_case = PG_QUERY__A__CONST__VAL_IVAL;
+    position_consts[g].ival = &positions[g];
+    position_consts[g].location = -1;
+    position_nodes[g].node_case = PG_QUERY__NODE__NODE_A_CONST;
+    position_nodes[g].a_const = &position_consts[g];
+    group_by.push_back(&position_nodes[g]);
+  }
   size_t k = 0;
   for (size_t i = 0; i < n; ++i) {
-    if (routing.aggregates[i].function != AggregateTarget::Function::kAvg) {
-      list.push_back(original[i]);
+    const AggregateTarget::Function f = routing.aggregates[i].function;
+    if (f == AggregateTarget::Function::kGroupKey) continue;
+    if (f != AggregateTarget::Function::kAvg) {
+      list.push_back(saved.target_list[i]);
       continue;
     }
-    const PgQuery__FuncCall& avg = *original[i]->res_target->val->func_call;
+    const PgQuery__FuncCall& avg = *saved.target_list[i]->res_target->val->func_call;
     for (const char* fn : {"sum", "count"}) {
       names[k].sval = const_cast<char*>(fn);
       name_nodes[k].node_case = PG_QUERY__NODE__NODE_STRING;
@@ -199,9 +226,15 @@ absl::StatusOr<std::string> PartialAggregates(ParsedSql& tree,
   }
   select->target_list = list.data();
   select->n_target_list = list.size();
-  absl::StatusOr<std::string> sql = tree.Deparse();
-  select->target_list = original;
-  select->n_target_list = n;
+  select->group_clause = group_by.data();
+  select->n_group_clause = group_by.size();
+  select->sort_clause = nullptr;
+  select->n_sort_clause = 0;
+  select->limit_count = nullptr;
+  select->limit_offset = nullptr;
+  select->limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
+  absl::StatusOr<std::string> sql = DeparseRenumbered(tree, used);
+  *select = saved;
   return sql;
 }
 
@@ -331,15 +364,18 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
     plan->tree = std::make_unique<ParsedSql>(*std::move(parsed));
     if (!plan->routing.aggregates.empty()) {
       absl::StatusOr<std::string> partial =
-          PartialAggregates(*plan->tree, plan->routing);
+          PartialAggregates(*plan->tree, plan->routing,
+                            &plan->params_across_shards);
       if (!partial.ok()) {
         status = partial.status();
         return;
       }
       plan->sql_across_shards = *std::move(partial);
     }
-    if (plan->routing.kind == StatementKind::kSelect && plan->routing.offset) {
-      absl::StatusOr<std::string> pushed = PushDownOffset(*plan->tree);
+    if (plan->routing.kind == StatementKind::kSelect && plan->routing.offset &&
+        plan->routing.aggregates.empty()) {
+      absl::StatusOr<std::string> pushed =
+          PushDownOffset(*plan->tree, &plan->params_across_shards);
       if (!pushed.ok()) {
         status = pushed.status();
         return;
@@ -429,13 +465,23 @@ absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& ma
       task.shard = id;
       task.shard_name = map->shard(id).name;
       task.dsn = map->shard(id).dsn;
-      task.sql = (merged || aggregated) && !plan->sql_across_shards.empty()
-                     ? plan->sql_across_shards
-                     : std::string(sql);
-      task.params = params;
+      if ((merged || aggregated) && !plan->sql_across_shards.empty()) {
+        task.sql = plan->sql_across_shards;
+        for (int n : plan->params_across_shards) {
+          if (static_cast<size_t>(n) > params.size()) {
+            return absl::InvalidArgumentError(StrCat(
+                "the statement uses $", n, " but ", params.size(),
+                " parameters were given"));
+          }
+          task.params.push_back(params[n - 1]);
+        }
+      } else {
+        task.sql = std::string(sql);
+        task.params = params;
+      }
       tasks.push_back(std::move(task));
     }
-    if (aggregated) return ExecuteAggregated(routing, tasks, options);
+    if (aggregated) return ExecuteAggregated(routing, tasks, params, options);
     if (merged) return ExecuteMerged(routing, tasks, params, options);
   }
   std::vector<TaskOutcome> done = RunOnShards(tasks, options);
@@ -539,14 +585,18 @@ absl::StatusOr<std::vector<std::string>> Router::TypeNames(
 
 absl::StatusOr<Result> Router::ExecuteAggregated(
     const RoutingPlan& routing, const std::vector<ShardTask>& tasks,
-    const ExecOptions& options) {
+    const Params& params, const ExecOptions& options) {
+  ASSIGN_OR_RETURN(std::optional<int64_t> limit,
+                   CountOf(routing.limit, params, "LIMIT"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> offset,
+                   CountOf(routing.offset, params, "OFFSET"));
   std::vector<TaskOutcome> done = RunOnShards(tasks, options);
   for (TaskOutcome& outcome : done) {
     if (!outcome.status.ok()) return outcome.status;
   }
-  // The shards' partial aggregates, one array parameter per column, are
-  // combined by PostgreSQL itself on one shard: result types, numeric
-  // scale and NULL handling are exactly its own.
+  // The shards' partial rows, one array parameter per column, are combined
+  // by PostgreSQL itself on one shard: grouping, result types, numeric
+  // scale, NULLs and the final order are exactly its own.
   const std::vector<Column>& columns = done[0].result.columns;
   ASSIGN_OR_RETURN(std::vector<std::string> types,
                    TypeNames(tasks[0], columns, options));
@@ -556,50 +606,76 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
   for (size_t c = 0; c < columns.size(); ++c) {
     std::vector<std::optional<std::string>> values;
     for (const TaskOutcome& outcome : done) {
-      values.push_back(outcome.result.rows.empty() ? std::nullopt
-                                                   : outcome.result.rows[0][c]);
+      for (const Row& row : outcome.result.rows) values.push_back(row[c]);
     }
     final_task.params.push_back(ArrayLiteral(values));
     unnest_args.push_back(StrCat("$", c + 1, "::", types[c], "[]"));
     aliases.push_back(StrCat("p", c + 1));
   }
-  std::vector<std::string> outputs;
-  size_t c = 0;
+  size_t keys = 0;
   for (const AggregateTarget& a : routing.aggregates) {
-    const std::string p = StrCat("p", c + 1);
+    keys += a.function == AggregateTarget::Function::kGroupKey;
+  }
+  std::vector<std::string> outputs, group_by;
+  size_t key = 0;
+  size_t c = keys;  // partial aggregates follow the grouped columns
+  for (const AggregateTarget& a : routing.aggregates) {
     std::string expr;
+    const std::string p = StrCat("p", c + 1);
     switch (a.function) {
+      case AggregateTarget::Function::kGroupKey:
+        expr = StrCat("p", key + 1);
+        group_by.push_back(expr);
+        ++key;
+        break;
       case AggregateTarget::Function::kCount:
         expr = StrCat("coalesce(sum(", p, "), 0)::int8");
+        ++c;
         break;
       case AggregateTarget::Function::kSum:
         expr = StrCat("sum(", p, ")::", types[c]);
+        ++c;
         break;
       case AggregateTarget::Function::kMin:
         expr = StrCat("min(", p, ")");
+        ++c;
         break;
       case AggregateTarget::Function::kMax:
         expr = StrCat("max(", p, ")");
+        ++c;
         break;
       case AggregateTarget::Function::kAvg: {
         const std::string q = StrCat("p", c + 2);
-        const bool floating = types[c] == "real" || types[c] == "double precision";
-        const std::string as = floating ? "float8" : "numeric";
         if (types[c] == "interval") {
           expr = StrCat("sum(", p, ") / nullif(sum(", q, "), 0)");
         } else {
+          const bool floating =
+              types[c] == "real" || types[c] == "double precision";
+          const std::string as = floating ? "float8" : "numeric";
           expr = StrCat("sum(", p, ")::", as, " / nullif(sum(", q, "), 0)::", as);
         }
-        ++c;
+        c += 2;
         break;
       }
     }
-    ++c;
     outputs.push_back(StrCat(expr, " AS ", QuoteIdentifier(a.name)));
   }
-  final_task.sql = StrCat("SELECT ", absl::StrJoin(outputs, ", "), " FROM unnest(",
-                          absl::StrJoin(unnest_args, ", "), ") AS partial(",
-                          absl::StrJoin(aliases, ", "), ")");
+  std::string sql = StrCat("SELECT ", absl::StrJoin(outputs, ", "), " FROM unnest(",
+                           absl::StrJoin(unnest_args, ", "), ") AS partial(",
+                           absl::StrJoin(aliases, ", "), ")");
+  if (!group_by.empty()) StrAppend(&sql, " GROUP BY ", absl::StrJoin(group_by, ", "));
+  std::vector<std::string> order;
+  for (const SortSpec& spec : routing.order_by) {
+    std::string item = std::to_string(spec.position);
+    if (!spec.collation.empty()) StrAppend(&item, " COLLATE ", QuoteIdentifier(spec.collation));
+    StrAppend(&item, spec.descending ? " DESC" : " ASC",
+              spec.nulls_first ? " NULLS FIRST" : " NULLS LAST");
+    order.push_back(std::move(item));
+  }
+  if (!order.empty()) StrAppend(&sql, " ORDER BY ", absl::StrJoin(order, ", "));
+  if (limit) StrAppend(&sql, " LIMIT ", *limit);
+  if (offset) StrAppend(&sql, " OFFSET ", *offset);
+  final_task.sql = std::move(sql);
   std::vector<TaskOutcome> combined = RunOnShards({final_task}, options);
   RETURN_IF_ERROR(combined[0].status);
   Result out = std::move(combined[0].result);

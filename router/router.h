@@ -64,10 +64,12 @@ class Router {
                                        const Params& params,
                                        const ExecOptions& options);
 
-  // Runs the partial aggregates of an all-aggregate SELECT on every shard
-  // and combines them, in SQL, on the first.
+  // Runs the partial aggregates of an aggregating SELECT on every shard
+  // and combines them (grouping, ordering, LIMIT / OFFSET), in SQL, on the
+  // first.
   absl::StatusOr<Result> ExecuteAggregated(const RoutingPlan& routing,
                                            const std::vector<ShardTask>& tasks,
+                                           const Params& params,
                                            const ExecOptions& options);
 
   // SQL names of the columns' types (format_type), asked of `shard` once

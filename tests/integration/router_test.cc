@@ -222,6 +222,8 @@ TEST_F(RouterTest, AnswersAsOneDatabaseWould) {
        "id LIMIT $1 OFFSET $2",
        {"5", "3"}, true},
       {"SELECT user_id, amount FROM orders ORDER BY amount LIMIT ALL", {}, true},
+      {"SELECT id FROM users WHERE country = $1 ORDER BY id OFFSET $2",
+       {"de", "4"}, true},
       {"SELECT u.id, u.name, o.amount FROM users u JOIN orders o ON "
        "o.user_id = u.id ORDER BY o.amount DESC, u.id LIMIT 10",
        {}, true},
@@ -237,6 +239,20 @@ TEST_F(RouterTest, AnswersAsOneDatabaseWould) {
       {"SELECT avg(score::float8), sum(score::float4) FROM users"},
       {"SELECT max(u.id), count(o.id) FROM users u JOIN orders o ON "
        "o.user_id = u.id"},
+      // GROUP BY: partial groups per shard, combined (and sorted, limited)
+      // by PostgreSQL on one shard.
+      {"SELECT country, count(*), avg(score), sum(score), min(name), max(id) "
+       "FROM users GROUP BY country"},
+      {"SELECT count(*) AS n, country FROM users GROUP BY 2 ORDER BY n DESC, "
+       "country LIMIT 2",
+       {}, true},
+      {"SELECT score, count(*) FROM users GROUP BY score ORDER BY score NULLS "
+       "FIRST OFFSET $1",
+       {"2"}, true},
+      {"SELECT u.country, o.note, sum(o.amount) FROM users u JOIN orders o ON "
+       "o.user_id = u.id GROUP BY u.country, o.note ORDER BY 1, 2, 3",
+       {}, true},
+      {"SELECT country, avg(id) FROM users WHERE id < 0 GROUP BY country"},
   };
   for (const Query& q : queries) {
     SCOPED_TRACE(q.sql);
@@ -321,7 +337,10 @@ TEST_F(RouterTest, RefusalsSayWhy) {
             "ORDER BY name across shards needs it in the select list, to "
             "merge the shards' rows by it; add it to the SELECT",
             "0A000"},
-           {"SELECT country, count(*) FROM users GROUP BY country",
+           {"SELECT country, count(*) FROM users GROUP BY country HAVING "
+            "count(*) > 3",
+            "GROUP BY over 3 shards", "0A000"},
+           {"SELECT lower(country), count(*) FROM users GROUP BY 1",
             "GROUP BY over 3 shards", "0A000"},
            {"SELECT count(DISTINCT country) FROM users",
             "aggregate count(DISTINCT ...) over 3 shards", "0A000"},
@@ -412,7 +431,7 @@ TEST_F(RouterTest, ShardctlSqlErrorExitsNonZero) {
   const std::string config = shards_->WriteConfig("router_err.toml", kMapBody);
   testing::CommandOutput r = testing::RunCommand(
       {SHARDCTL_PATH, "sql", "-c", config, "-e",
-       "SELECT country, count(*) FROM users GROUP BY 1"});
+       "SELECT country, count(*) FROM users GROUP BY 1 HAVING count(*) > 1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "");
   EXPECT_THAT(r.err, HasSubstr("shardctl: ERROR 0A000: GROUP BY over 3 shards"));

@@ -294,7 +294,11 @@ TEST(AnalyzerTest, WhatAMultiShardSelectNeeds) {
   EXPECT_EQ(sorted->offset->constant, "5");
 
   for (const auto& [sql, need] : std::vector<std::pair<std::string, std::string>>{
-           {"SELECT country, count(*) FROM users GROUP BY country", "GROUP BY"},
+           {"SELECT country, count(*) FROM users GROUP BY country", ""},
+           {"SELECT country, count(*) FROM users GROUP BY country HAVING "
+            "count(*) > 1",
+            "GROUP BY"},
+           {"SELECT name, count(*) FROM users GROUP BY country", "GROUP BY"},
            {"SELECT DISTINCT country FROM users", "DISTINCT"},
            {"SELECT count(*) + 1 FROM users", "aggregate count()"},
            {"SELECT sum(id) FILTER (WHERE id > 1) FROM users", "aggregate sum()"},
