@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -480,6 +482,47 @@ TEST_F(RouterTest, ColumnCollationsDecideTheMergeOrder) {
   const std::string sql =
       "SELECT id, label FROM users ORDER BY label COLLATE \"C\", id";
   EXPECT_EQ(Routed(sql, {}, true), Oracle(sql, {}, true));
+}
+
+}  // namespace
+}  // namespace shardkit
+
+namespace shardkit {
+namespace {
+
+// One Cluster serves many threads at once: point reads, cross-shard merges
+// and writes interleave, and every answer is the one a lone caller gets.
+TEST_F(RouterTest, ManyThreadsShareOneCluster) {
+  constexpr int kThreads = 8;
+  constexpr int kRounds = 40;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t, &failures] {
+      for (int i = 0; i < kRounds; ++i) {
+        const int64_t id = 5000 + t * kRounds + i;
+        const std::string key = std::to_string(id);
+        auto insert = cluster_->Execute(
+            "INSERT INTO users (id, name) VALUES ($1, $2)", {key, "t" + key});
+        auto read = cluster_->Execute("SELECT name FROM users WHERE id = $1", {key});
+        auto top = cluster_->Execute("SELECT id FROM users ORDER BY id LIMIT 3");
+        auto count = cluster_->Execute(
+            "SELECT count(*) FROM users WHERE id >= 5000 AND id < 6000");
+        if (!insert.ok() || !read.ok() || read->rows.size() != 1 ||
+            read->rows[0][0] != "t" + key || !top.ok() || top->rows.size() != 3 ||
+            top->rows[0][0] != "1" || !count.ok()) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  auto count = cluster_->Execute(
+      "SELECT count(*) FROM users WHERE id >= 5000 AND id < 6000");
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(count->rows[0][0], std::to_string(kThreads * kRounds));
+  ASSERT_TRUE(cluster_->Execute("DELETE FROM users WHERE id >= 5000 AND id < 6000").ok());
 }
 
 }  // namespace
