@@ -565,7 +565,12 @@ class Analyzer {
   // by selected columns only, without HAVING or DISTINCT; ORDER BY (of
   // outputs), LIMIT and OFFSET are fine. Fills plan_.aggregates.
   bool SimpleAggregates(const PgQuery__SelectStmt& s) {
-    if (s.having_clause != nullptr || s.n_distinct_clause > 0 ||
+    // Plain DISTINCT (not DISTINCT ON) of selected columns is a GROUP BY of
+    // all of them.
+    const bool distinct =
+        s.n_distinct_clause == 1 && s.distinct_clause[0]->node_case ==
+                                        PG_QUERY__NODE__NODE__NOT_SET;
+    if (s.having_clause != nullptr || (s.n_distinct_clause > 0 && !distinct) ||
         s.n_target_list == 0) {
       return false;
     }
@@ -618,7 +623,11 @@ class Analyzer {
       target.name = alias.empty() ? std::string(name) : alias;
       out.push_back(std::move(target));
     }
-    if (!any_aggregate) return false;
+    if (distinct) {
+      if (any_aggregate || s.n_group_clause > 0) return false;
+    } else if (!any_aggregate) {
+      return false;
+    }
     // Every GROUP BY item is a selected column (by name or position), and
     // every selected column is grouped.
     std::vector<bool> grouped(out.size(), false);
@@ -648,7 +657,8 @@ class Analyzer {
       grouped[index] = true;
     }
     for (size_t k = 0; k < out.size(); ++k) {
-      if (out[k].function == AggregateTarget::Function::kGroupKey && !grouped[k]) {
+      if (out[k].function == AggregateTarget::Function::kGroupKey &&
+          !grouped[k] && !distinct) {
         return false;  // PostgreSQL will say why
       }
     }

@@ -233,6 +233,8 @@ absl::StatusOr<std::string> PartialAggregates(ParsedSql& tree,
   select->limit_count = nullptr;
   select->limit_offset = nullptr;
   select->limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
+  select->distinct_clause = nullptr;  // a GROUP BY of the columns now
+  select->n_distinct_clause = 0;
   absl::StatusOr<std::string> sql = DeparseRenumbered(tree, used);
   *select = saved;
   return sql;

@@ -255,6 +255,12 @@ TEST_F(RouterTest, AnswersAsOneDatabaseWould) {
        "o.user_id = u.id GROUP BY u.country, o.note ORDER BY 1, 2, 3",
        {}, true},
       {"SELECT country, avg(id) FROM users WHERE id < 0 GROUP BY country"},
+      // DISTINCT: a GROUP BY of the selected columns.
+      {"SELECT DISTINCT country FROM users"},
+      {"SELECT DISTINCT score, country FROM users ORDER BY score DESC NULLS "
+       "LAST, country LIMIT 6",
+       {}, true},
+      {"SELECT DISTINCT o.note FROM users u JOIN orders o ON o.user_id = u.id"},
   };
   for (const Query& q : queries) {
     SCOPED_TRACE(q.sql);
@@ -344,6 +350,8 @@ TEST_F(RouterTest, RefusalsSayWhy) {
             "GROUP BY over 3 shards", "0A000"},
            {"SELECT lower(country), count(*) FROM users GROUP BY 1",
             "GROUP BY over 3 shards", "0A000"},
+           {"SELECT DISTINCT ON (country) country, id FROM users",
+            "DISTINCT over 3 shards", "0A000"},
            {"SELECT count(DISTINCT country) FROM users",
             "aggregate count(DISTINCT ...) over 3 shards", "0A000"},
            {"SELECT * FROM users u JOIN orders o ON o.id = u.id",
