@@ -44,7 +44,9 @@ EnvLookup ProcessEnvironment() {
 namespace {
 
 constexpr std::string_view kRootKeys[] = {"catalog", "shards", "distributions",
-                                          "tables", "pool", "timeouts"};
+                                          "tables", "router", "pool",
+                                          "timeouts"};
+constexpr std::string_view kRouterKeys[] = {"default_shard"};
 constexpr std::string_view kCatalogKeys[] = {"dsn"};
 constexpr std::string_view kShardKeys[] = {"dsn"};
 constexpr std::string_view kDistributionKeys[] = {
@@ -117,6 +119,7 @@ class Reader {
     ReadTables(root);
     ReadPool(root, config.pool);
     ReadTimeouts(root, config.timeouts);
+    ReadRouter(root);
     // toml++ keeps a table's keys sorted; the map keeps the file's order.
     SortByPosition(spec_.shards);
     SortByPosition(spec_.distributions);
@@ -757,6 +760,15 @@ class Reader {
       }
     }
     if (auto d = Duration(*table, "idle_timeout", "pool")) pool.idle_timeout = *d;
+  }
+
+  void ReadRouter(const toml::table& root) {
+    const toml::table* table = SubTable(root, "router", "");
+    if (table == nullptr) return;
+    CheckKeys(*table, "router", kRouterKeys);
+    if (table->contains("default_shard")) {
+      spec_.default_shard = StringRef(*table, "default_shard", "router", false);
+    }
   }
 
   void ReadTimeouts(const toml::table& root, TimeoutSettings& timeouts) {

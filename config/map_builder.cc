@@ -71,6 +71,9 @@ class ShardMapBuilder::Impl {
     BuildShards();
     for (const DistributionSpec& d : spec_.distributions) BuildDistribution(d);
     for (const TableSpec& t : spec_.tables) BuildTable(t);
+    if (spec_.default_shard) {
+      map_.default_shard_ = ResolveShard(*spec_.default_shard, "router.default_shard");
+    }
     if (failed_) return std::nullopt;
     return std::move(map_);
   }

@@ -91,6 +91,8 @@ struct TableSpec {
 struct ShardMapSpec {
   uint64_t epoch = 1;
   std::vector<ShardSpec> shards;
+  // Where tables not in the map live, if anywhere ([router] default_shard).
+  std::optional<ShardRef> default_shard;
   std::vector<DistributionSpec> distributions;
   std::vector<TableSpec> tables;
 };

@@ -109,6 +109,7 @@ class Analyzer {
         plan_.kind = StatementKind::kDdl;
         plan_.writes = true;
         RETURN_IF_ERROR(CollectDdlTables(stmt));
+        RETURN_IF_ERROR(CheckDefaultShard(stmt));
         return std::move(plan_);
       default:
         return Refuse(StrCat(
@@ -117,7 +118,49 @@ class Analyzer {
             "(Cluster::ExecuteOnAllShards)"));
     }
     RETURN_IF_ERROR(CheckWriteTargets());
+    RETURN_IF_ERROR(CheckDefaultShard(stmt));
     return std::move(plan_);
+  }
+
+  // Tables not in the map live on the default shard: a statement may use
+  // them with reference tables (the default shard has its copy), never with
+  // sharded ones, and may not change a reference table from them.
+  absl::Status CheckDefaultShard(const PgQuery__Node& stmt) {
+    if (unmapped_.empty()) return absl::OkStatus();
+    const std::string unmapped = *unmapped_.begin();
+    const std::string shard = map_.shard(*map_.default_shard()).name;
+    for (const Table* t : plan_.tables) {
+      if (!t->reference) {
+        return Refuse(StrCat(
+            "table ", unmapped, " is not in the shard map, so it lives on the "
+            "default shard ", shard, ", while ", t->name,
+            " is spread over shards: one statement cannot use both; add ",
+            unmapped, " to [tables], or query them separately"));
+      }
+    }
+    const PgQuery__RangeVar* target = nullptr;
+    if (stmt.node_case == PG_QUERY__NODE__NODE_INSERT_STMT) target = stmt.insert_stmt->relation;
+    if (stmt.node_case == PG_QUERY__NODE__NODE_UPDATE_STMT) target = stmt.update_stmt->relation;
+    if (stmt.node_case == PG_QUERY__NODE__NODE_DELETE_STMT) target = stmt.delete_stmt->relation;
+    if (plan_.kind == StatementKind::kDdl && !plan_.tables.empty()) {
+      return Refuse(StrCat("this statement names ", unmapped,
+                           ", which lives on the default shard ", shard,
+                           ", and ", plan_.tables.front()->name,
+                           ", which is on every shard: run it as two "
+                           "statements"));
+    }
+    if (target != nullptr) {
+      absl::StatusOr<const Table*> t = Resolve(*target);
+      if (t.ok() && *t != nullptr && (*t)->reference) {
+        return Refuse(StrCat("a write to reference table ", (*t)->name,
+                             " that reads ", unmapped,
+                             " (on the default shard ", shard,
+                             " only) would change that shard's copy alone; "
+                             "compute the rows first, then write them"));
+      }
+    }
+    plan_.on_default_shard = true;
+    return absl::OkStatus();
   }
 
  private:
@@ -138,11 +181,16 @@ class Analyzer {
     if (table == nullptr && std::string_view(rv.schemaname) == "public") {
       table = map_.FindTable(rv.relname);
     }
+    if (table == nullptr && map_.default_shard()) {
+      unmapped_.insert(name);  // lives on the default shard
+      return nullptr;
+    }
     if (table == nullptr) {
       return Refuse(StrCat("table ", name,
                            " is not in the shard map; add it to [tables] "
                            "(sharded, with its distribution and key, or "
-                           "reference = true)"),
+                           "reference = true), or name a shard for unmapped "
+                           "tables with [router] default_shard"),
                     "42P01");
     }
     return table;
@@ -175,6 +223,7 @@ class Analyzer {
         return absl::OkStatus();
       }
       ASSIGN_OR_RETURN(const Table* table, Resolve(*rv));
+      if (table == nullptr) return absl::OkStatus();  // on the default shard
       Note(table);
       instances_.push_back(Instance{
           table,
@@ -214,7 +263,7 @@ class Analyzer {
                 Resolve(*reinterpret_cast<const PgQuery__RangeVar*>(m));
             if (!t.ok()) {
               status = t.status();
-            } else {
+            } else if (*t != nullptr) {
               Note(*t);
             }
             return;
@@ -737,7 +786,7 @@ class Analyzer {
   absl::Status CheckKeyNotSet(const PgQuery__RangeVar& relation, size_t n,
                               PgQuery__Node** targets, std::string_view what) {
     ASSIGN_OR_RETURN(const Table* table, Resolve(relation));
-    if (table->reference) return absl::OkStatus();
+    if (table == nullptr || table->reference) return absl::OkStatus();
     for (size_t i = 0; i < n; ++i) {
       if (targets[i]->node_case != PG_QUERY__NODE__NODE_RES_TARGET) continue;
       if (targets[i]->res_target->name == table->key_column) {
@@ -759,7 +808,7 @@ class Analyzer {
                                      insert.on_conflict_clause->target_list,
                                      "INSERT ... ON CONFLICT DO UPDATE"));
     }
-    if (table->reference) return absl::OkStatus();
+    if (table == nullptr || table->reference) return absl::OkStatus();
     size_t key_index = insert.n_cols;
     for (size_t i = 0; i < insert.n_cols; ++i) {
       if (insert.cols[i]->node_case == PG_QUERY__NODE__NODE_RES_TARGET &&
@@ -827,6 +876,7 @@ class Analyzer {
   const ShardMap& map_;
   RoutingPlan plan_;
   std::set<std::string> cte_names_;
+  std::set<std::string> unmapped_;  // tables not in the map
   std::vector<Instance> instances_;
   std::vector<const PgQuery__Node*> equalities_where_;
   std::vector<std::string> using_columns_;
@@ -1015,6 +1065,7 @@ absl::StatusOr<RoutingPlan> AnalyzeStatement(const PgQuery__Node& statement,
 absl::StatusOr<std::vector<ShardId>> TargetShards(const RoutingPlan& plan,
                                                   const ShardMap& map,
                                                   const Params& params) {
+  if (plan.on_default_shard) return std::vector<ShardId>{*map.default_shard()};
   if (plan.kind == StatementKind::kDdl) return AllShards(map);
   if (plan.distribution == nullptr) {
     if (plan.writes && !plan.tables.empty()) return AllShards(map);

@@ -91,6 +91,9 @@ struct RoutingPlan {
   const Distribution* distribution = nullptr;
   // Whether the statement changes data (INSERT, UPDATE, DELETE, DDL).
   bool writes = false;
+  // It names tables not in the map (with reference tables at most): it runs
+  // on the map's default shard, where such tables live.
+  bool on_default_shard = false;
   // SELECT / UPDATE / DELETE of sharded tables: the keys it can touch.
   KeyCondition key;
   // A subquery over sharded tables is not tied to the outer query by the
@@ -126,6 +129,7 @@ struct RoutingPlan {
 using Params = std::vector<std::optional<std::string>>;
 
 // The shards `plan` must run on with `params`, ascending, no repeats:
+//   statements on tables not in the map: the default shard;
 //   DDL, and writes to reference tables: every shard of the map;
 //   reads of reference tables only, and statements naming no table: one
 //     shard (the first);

@@ -238,6 +238,11 @@ class ShardMap {
   // nullptr if the table is not in the map.
   const Table* FindTable(std::string_view name) const;
 
+  // The shard that holds tables not in the map ([router] default_shard):
+  // statements that name only such tables (and reference tables) run there.
+  // nullopt: such statements are refused.
+  std::optional<ShardId> default_shard() const { return default_shard_; }
+
   // REQUIRES: !table.reference.
   const Distribution& DistributionOf(const Table& table) const {
     return distributions_[table.distribution];
@@ -254,6 +259,7 @@ class ShardMap {
   friend class internal::ShardMapBuilder;
 
   uint64_t epoch_ = 1;
+  std::optional<ShardId> default_shard_;
   std::vector<Shard> shards_;
   std::vector<Distribution> distributions_;
   std::vector<Table> tables_;

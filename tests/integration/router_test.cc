@@ -433,7 +433,8 @@ TEST_F(RouterTest, ShardctlSqlStdinReportsEachStatement) {
             "name\nx\nOK 1\n"
             "ERROR 42P01 table nope is not in the shard map; add it to "
             "[tables] (sharded, with its distribution and key, or reference "
-            "= true)\n"
+            "= true), or name a shard for unmapped tables with [router] "
+            "default_shard\n"
             "OK 2\n");
 }
 

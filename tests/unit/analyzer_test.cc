@@ -189,7 +189,8 @@ TEST(AnalyzerTest, ColocatedJoinsAndReferenceTables) {
 TEST(AnalyzerTest, Refusals) {
   EXPECT_EQ(Route("SELECT * FROM nope"),
             "error: table nope is not in the shard map; add it to [tables] "
-            "(sharded, with its distribution and key, or reference = true)");
+            "(sharded, with its distribution and key, or reference = true), "
+            "or name a shard for unmapped tables with [router] default_shard");
   EXPECT_EQ(Route("SELECT * FROM users u JOIN orders o ON o.id = u.id"),
             "error: the join of users and orders is not on their shard keys, "
             "so matching rows may sit on different shards; join on u.id = "
@@ -269,6 +270,43 @@ TEST(AnalyzerTest, InsertRowsArePlacedOneByOne) {
               HasSubstr("error: INSERT INTO users ... SELECT is not routed"));
   EXPECT_EQ(Route("SELECT * FROM users WHERE id = $2", {"1"}),
             "error: the statement uses $2 but 1 parameters were given");
+}
+
+// With [router] default_shard, tables not in the map live on that shard.
+TEST(AnalyzerTest, UnmappedTablesGoToTheDefaultShard) {
+  static const Config* config = [] {
+    absl::StatusOr<Config> c = ParseConfig(
+        std::string(kMap) + "[router]\ndefault_shard = \"s2\"\n", "t.toml");
+    if (!c.ok()) std::abort();
+    return new Config(*std::move(c));
+  }();
+  auto route = [&](const std::string& sql) -> std::string {
+    absl::StatusOr<RoutingPlan> plan = absl::InternalError("not run");
+    ParserThread::Default().Run([&] {
+      absl::StatusOr<ParsedSql> parsed = ParsedSql::Parse(sql);
+      plan = parsed.ok() ? AnalyzeStatement(*parsed->statement(0), config->map)
+                         : absl::StatusOr<RoutingPlan>(parsed.status());
+    });
+    if (!plan.ok()) return "error: " + std::string(plan.status().message());
+    absl::StatusOr<std::vector<ShardId>> ids = TargetShards(*plan, config->map, {});
+    if (!ids.ok()) return "error: " + std::string(ids.status().message());
+    std::string out;
+    for (ShardId id : *ids) out += (out.empty() ? "" : ",") + config->map.shard(id).name;
+    return out;
+  };
+  EXPECT_EQ(route("SELECT * FROM settings"), "s2");
+  EXPECT_EQ(route("INSERT INTO settings VALUES (1)"), "s2");
+  EXPECT_EQ(route("CREATE TABLE settings (k text)"), "s2");
+  EXPECT_EQ(route("SELECT * FROM settings s JOIN countries c ON c.code = s.k"), "s2");
+  EXPECT_EQ(route("SELECT * FROM users WHERE id = 1"), Owners({1}));
+  EXPECT_EQ(route("SELECT * FROM settings, users"),
+            "error: table settings is not in the shard map, so it lives on "
+            "the default shard s2, while users is spread over shards: one "
+            "statement cannot use both; add settings to [tables], or query "
+            "them separately");
+  EXPECT_THAT(route("INSERT INTO countries (code) SELECT k FROM settings"),
+              HasSubstr("error: a write to reference table countries that "
+                        "reads settings (on the default shard s2 only)"));
 }
 
 TEST(AnalyzerTest, WhatAMultiShardSelectNeeds) {

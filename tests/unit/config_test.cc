@@ -464,6 +464,14 @@ dsn = "host=h dbname=${}"
               "t.toml:6:1: shards.s3.port: unknown setting (allowed here: "
               "dsn)",
               "t.toml:8:7: shards.s4.dsn: empty ${}; write ${NAME}"}},
+        Case{"RouterSettings", R"([router]
+default_shard = "s9"
+fallback = true
+)",
+             {"t.toml:6:17: router.default_shard: unknown shard 's9' (defined "
+              "shards: s1, s2)",
+              "t.toml:7:1: router.fallback: unknown setting (allowed here: "
+              "default_shard)"}},
         Case{"TomlSyntax", "[distributions.d\nstrategy = \"hash\"\n",
              {"t.toml:5:17: TOML syntax error: Error while parsing table "
               "header: expected ']', saw '\\n'"}},
