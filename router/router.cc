@@ -294,6 +294,26 @@ absl::StatusOr<std::optional<int64_t>> CountOf(
   return std::optional<int64_t>(n);
 }
 
+// The shards `tasks` ran on, ascending, no repeats.
+std::vector<ShardId> ShardsOf(const std::vector<ShardTask>& tasks) {
+  std::vector<ShardId> out;
+  for (const ShardTask& t : tasks) out.push_back(t.shard);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+// Runs `tasks` concurrently; the first failure, in task order, fails the
+// statement.
+absl::StatusOr<std::vector<TaskOutcome>> RunAll(
+    const std::vector<ShardTask>& tasks, const ExecOptions& options) {
+  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
+  for (TaskOutcome& outcome : done) {
+    if (!outcome.status.ok()) return outcome.status;
+  }
+  return done;
+}
+
 Result Combine(const RoutingPlan& plan, std::vector<TaskOutcome>& done,
                const std::vector<ShardTask>& tasks) {
   Result out = std::move(done[0].result);
@@ -311,11 +331,7 @@ Result Combine(const RoutingPlan& plan, std::vector<TaskOutcome>& done,
   }
   // Else every shard applied the same statement to its copy: the first
   // shard's answer is the answer.
-  out.shards.clear();
-  for (const ShardTask& t : tasks) out.shards.push_back(t.shard);
-  std::sort(out.shards.begin(), out.shards.end());
-  out.shards.erase(std::unique(out.shards.begin(), out.shards.end()),
-                   out.shards.end());
+  out.shards = ShardsOf(tasks);
   return out;
 }
 
@@ -486,10 +502,7 @@ absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& ma
     if (aggregated) return ExecuteAggregated(routing, tasks, params, options);
     if (merged) return ExecuteMerged(routing, tasks, params, options);
   }
-  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
-  for (TaskOutcome& outcome : done) {
-    if (!outcome.status.ok()) return outcome.status;
-  }
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(tasks, options));
   return Combine(routing, done, tasks);
 }
 
@@ -504,8 +517,7 @@ absl::StatusOr<std::string> Router::DatabaseCollation(
   task.sql =
       "SELECT datcollate FROM pg_database WHERE datname = current_database()";
   task.params.clear();
-  std::vector<TaskOutcome> done = RunOnShards({task}, options);
-  RETURN_IF_ERROR(done[0].status);
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll({task}, options));
   if (done[0].result.rows.empty() || !done[0].result.rows[0][0]) {
     return absl::InternalError(
         StrCat("shard ", shard.shard_name, " did not report its collation"));
@@ -527,8 +539,7 @@ absl::StatusOr<std::string> Router::ColumnCollation(const ShardTask& shard,
       "WHERE a.attrelid = $1 AND a.attnum = $2";
   task.params = {std::to_string(column.table_oid),
                  std::to_string(column.table_column)};
-  std::vector<TaskOutcome> done = RunOnShards({task}, options);
-  RETURN_IF_ERROR(done[0].status);
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll({task}, options));
   if (done[0].result.rows.empty()) return std::string("default");  // no collation
   const Row& row = done[0].result.rows[0];
   const std::string name = row[0].value_or("default");
@@ -562,8 +573,7 @@ absl::StatusOr<std::vector<std::string>> Router::TypeNames(
     task.sql =
         "SELECT o::int8, format_type(o, NULL) FROM unnest($1::oid[]) AS t(o)";
     task.params = {ArrayLiteral(missing)};
-    std::vector<TaskOutcome> done = RunOnShards({task}, options);
-    RETURN_IF_ERROR(done[0].status);
+    ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll({task}, options));
     absl::MutexLock lock(&mu_);
     for (const Row& row : done[0].result.rows) {
       uint32_t oid = 0;
@@ -592,10 +602,7 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
                    CountOf(routing.limit, params, "LIMIT"));
   ASSIGN_OR_RETURN(std::optional<int64_t> offset,
                    CountOf(routing.offset, params, "OFFSET"));
-  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
-  for (TaskOutcome& outcome : done) {
-    if (!outcome.status.ok()) return outcome.status;
-  }
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(tasks, options));
   // The shards' partial rows, one array parameter per column, are combined
   // by PostgreSQL itself on one shard: grouping, result types, numeric
   // scale, NULLs and the final order are exactly its own.
@@ -678,12 +685,10 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
   if (limit) StrAppend(&sql, " LIMIT ", *limit);
   if (offset) StrAppend(&sql, " OFFSET ", *offset);
   final_task.sql = std::move(sql);
-  std::vector<TaskOutcome> combined = RunOnShards({final_task}, options);
-  RETURN_IF_ERROR(combined[0].status);
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> combined,
+                   RunAll({final_task}, options));
   Result out = std::move(combined[0].result);
-  out.shards.clear();
-  for (const ShardTask& t : tasks) out.shards.push_back(t.shard);
-  std::sort(out.shards.begin(), out.shards.end());
+  out.shards = ShardsOf(tasks);
   return out;
 }
 
@@ -695,10 +700,7 @@ absl::StatusOr<Result> Router::ExecuteMerged(const RoutingPlan& routing,
                    CountOf(routing.limit, params, "LIMIT"));
   ASSIGN_OR_RETURN(std::optional<int64_t> offset,
                    CountOf(routing.offset, params, "OFFSET"));
-  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
-  for (TaskOutcome& outcome : done) {
-    if (!outcome.status.ok()) return outcome.status;
-  }
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(tasks, options));
   const std::vector<Column>& columns = done[0].result.columns;
   ASSIGN_OR_RETURN(std::vector<size_t> sort_columns,
                    ResolveSortColumns(routing.order_by, columns));
@@ -724,9 +726,7 @@ absl::StatusOr<Result> Router::ExecuteMerged(const RoutingPlan& routing,
   out.rows = MergeRows(std::move(parts), keys, offset.value_or(0), limit);
   out.rows_affected = static_cast<int64_t>(out.rows.size());
   out.command_tag = StrCat("SELECT ", out.rows.size());
-  out.shards.clear();
-  for (const ShardTask& t : tasks) out.shards.push_back(t.shard);
-  std::sort(out.shards.begin(), out.shards.end());
+  out.shards = ShardsOf(tasks);
   return out;
 }
 
