@@ -11,10 +11,13 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "router/pool.h"
 #include "router/shard_connection.h"
@@ -88,6 +91,10 @@ struct TaskRun {
   absl::Time deadline = absl::InfiniteFuture();
   // While kCancelling: the cancel request, possibly still being sent.
   std::optional<PendingCancel> cancel;
+  // The shard whose failure this task is cancelled for
+  // (ExecOptions::cancel_others_on_failure); empty when it is cancelled for
+  // its statement timeout, or not at all.
+  std::string cancelled_for;
   TaskOutcome outcome;
 };
 
@@ -140,8 +147,34 @@ std::string StatementTimeoutMessage(const TaskRun& run,
                       ") and was cancelled");
 }
 
-constexpr char kRaiseStatementTimeout[] =
-    "; raise [timeouts] statement in the configuration if it needs longer";
+std::string CancelledForFailureMessage(const TaskRun& run) {
+  return absl::StrCat("shard ", run.task->shard_name,
+                      ": cancelled because shard ", run.cancelled_for,
+                      " failed");
+}
+
+// Why the task's statement was cancelled, as the start of its message.
+std::string CancelledMessage(const TaskRun& run, const ExecOptions& options) {
+  return run.cancelled_for.empty() ? StatementTimeoutMessage(run, options)
+                                   : CancelledForFailureMessage(run);
+}
+
+// A cancelled task's status: kDeadlineExceeded for its statement timeout,
+// kCancelled for another shard's failure.
+absl::Status CancelledStatus(const TaskRun& run, absl::string_view message) {
+  return absl::Status(run.cancelled_for.empty()
+                          ? absl::StatusCode::kDeadlineExceeded
+                          : absl::StatusCode::kCancelled,
+                      message);
+}
+
+// Only a statement timeout is the user's to raise.
+const char* RaiseStatementTimeoutHint(const TaskRun& run) {
+  return run.cancelled_for.empty()
+             ? "; raise [timeouts] statement in the configuration if it "
+               "needs longer"
+             : "";
+}
 
 // A statement that ended while a cancel was pending.
 void FinishCancelled(TaskRun& run, const ExecOptions& options,
@@ -154,8 +187,8 @@ void FinishCancelled(TaskRun& run, const ExecOptions& options,
   }
   if (SqlStateOf(outcome.status()) == "57014") {
     Finish(run,
-           absl::DeadlineExceededError(absl::StrCat(
-               StatementTimeoutMessage(run, options), kRaiseStatementTimeout)));
+           CancelledStatus(run, absl::StrCat(CancelledMessage(run, options),
+                                             RaiseStatementTimeoutHint(run))));
     return;
   }
   Finish(run, outcome.status());
@@ -167,10 +200,11 @@ void Progress(TaskRun& run, const ExecOptions& options) {
   ShardConnection& conn = *run.conn;
   if (conn.state() == ShardConnection::State::kFailed) {
     if (run.phase == Phase::kCancelling) {
-      Finish(run, absl::DeadlineExceededError(absl::StrCat(
-                      StatementTimeoutMessage(run, options),
-                      "; then the connection failed: ",
-                      conn.failure().message(), kRaiseStatementTimeout)));
+      Finish(run, CancelledStatus(
+                      run, absl::StrCat(CancelledMessage(run, options),
+                                        "; then the connection failed: ",
+                                        conn.failure().message(),
+                                        RaiseStatementTimeoutHint(run))));
     } else {
       Finish(run, conn.failure());
     }
@@ -220,13 +254,20 @@ void Progress(TaskRun& run, const ExecOptions& options) {
 
 absl::Status CancelFailedStatus(const TaskRun& run, const ExecOptions& options,
                                 const absl::Status& why) {
+  constexpr char kMayStillRun[] =
+      "; the statement may still be running there: check pg_stat_activity "
+      "on that shard";
+  if (!run.cancelled_for.empty()) {
+    return absl::CancelledError(absl::StrCat(
+        "shard ", run.task->shard_name, ": shard ", run.cancelled_for,
+        " failed, and cancelling the statement here failed: ", why.message(),
+        kMayStillRun));
+  }
   return absl::DeadlineExceededError(absl::StrCat(
       "shard ", run.task->shard_name,
       ": the statement did not finish within the statement timeout (",
       absl::FormatDuration(options.statement_timeout),
-      ") and cancelling it failed: ", why.message(),
-      "; the statement may still be running there: check pg_stat_activity "
-      "on that shard"));
+      ") and cancelling it failed: ", why.message(), kMayStillRun));
 }
 
 // Ends a cancelling task whose cancel request could not be sent: no
@@ -239,9 +280,10 @@ void CheckCancelSent(TaskRun& run, const ExecOptions& options) {
   }
 }
 
-// Sends the cancel request of a task past its statement timeout, from a
-// thread of its own (see ShardConnection::StartCancel); `waker` is created
-// on first use and shared with that thread.
+// Sends the cancel request of a running task (past its statement timeout,
+// or for another shard's failure), from a thread of its own (see
+// ShardConnection::StartCancel); `waker` is created on first use and shared
+// with that thread.
 void StartCancel(TaskRun& run, const ExecOptions& options,
                  std::shared_ptr<Waker>& waker) {
   if (waker == nullptr) {
@@ -341,16 +383,56 @@ void OnDeadline(TaskRun& run, const ExecOptions& options,
     case Phase::kCancelling:
       // Whether the request is still on its way or arrived and had no
       // effect yet, the shard has not confirmed it.
-      Finish(run, absl::DeadlineExceededError(absl::StrCat(
-                      StatementTimeoutMessage(run, options),
-                      ", but the shard did not confirm the cancel within ",
-                      absl::FormatDuration(options.cancel_grace),
-                      "; the statement may still be running there: check "
-                      "pg_stat_activity on that shard")));
+      Finish(run, CancelledStatus(
+                      run, absl::StrCat(
+                               CancelledMessage(run, options),
+                               ", but the shard did not confirm the cancel "
+                               "within ",
+                               absl::FormatDuration(options.cancel_grace),
+                               "; the statement may still be running there: "
+                               "check pg_stat_activity on that shard")));
       return;
     case Phase::kDone:
       return;
   }
+}
+
+// With ExecOptions::cancel_others_on_failure: once a task has failed, ends
+// every other task that has not sent its statement, and cancels every
+// running statement, as a statement timeout would. Returns whether it
+// acted, which it does once per call of RunOnShards: the tasks it ends
+// fail too, but for this failure.
+bool CancelOthersOnFailure(std::vector<TaskRun>& runs,
+                           const ExecOptions& options,
+                           std::shared_ptr<Waker>& waker) {
+  const TaskRun* failed = nullptr;
+  for (const TaskRun& run : runs) {
+    if (run.phase == Phase::kDone && !run.outcome.status.ok()) {
+      failed = &run;
+      break;
+    }
+  }
+  if (failed == nullptr) return false;
+  const std::string& failed_shard = failed->task->shard_name;
+  for (TaskRun& run : runs) {
+    switch (run.phase) {
+      case Phase::kWaitingForSlot:
+      case Phase::kConnecting:
+        run.cancelled_for = failed_shard;
+        Finish(run, absl::CancelledError(
+                        absl::StrCat(CancelledForFailureMessage(run),
+                                     ", before the statement was sent")));
+        break;
+      case Phase::kRunning:
+        run.cancelled_for = failed_shard;
+        StartCancel(run, options, waker);
+        break;
+      case Phase::kCancelling:  // already ending, for its statement timeout
+      case Phase::kDone:
+        break;
+    }
+  }
+  return true;
 }
 
 // Milliseconds from `now` until `deadline`, rounded up, for poll().
@@ -379,12 +461,9 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
 
   std::vector<pollfd> fds;
   std::vector<TaskRun*> fd_runs;
+  bool others_cancelled = false;
   while (true) {
     const absl::Time now = absl::Now();
-    absl::Time next_deadline = absl::InfiniteFuture();
-    fds.clear();
-    fd_runs.clear();
-    bool any_waiting = false;
     for (TaskRun& run : runs) {
       CheckCancelSent(run, options);
       // Before the deadline: a slot granted in time is used.
@@ -394,6 +473,16 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
       if (run.phase != Phase::kDone && now >= run.deadline) {
         OnDeadline(run, options, waker);
       }
+    }
+    // After this pass, so that a failure in it is acted on before polling.
+    if (options.cancel_others_on_failure && !others_cancelled) {
+      others_cancelled = CancelOthersOnFailure(runs, options, waker);
+    }
+    absl::Time next_deadline = absl::InfiniteFuture();
+    fds.clear();
+    fd_runs.clear();
+    bool any_waiting = false;
+    for (TaskRun& run : runs) {
       if (run.phase == Phase::kDone) continue;
       if (run.phase == Phase::kWaitingForSlot) {
         // Woken through `waker` (polled below) when granted.

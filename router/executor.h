@@ -45,6 +45,25 @@
 //    to it is refused), the task fails at once, saying so. If the statement
 //    completes before the cancel reaches the server, its outcome (success
 //    or error) is reported as it is: it did happen on that shard.
+//
+// Cancelling the others (ExecOptions::cancel_others_on_failure): once any
+// task has ended with a non-OK status (a server error, an unreachable
+// shard, a statement timeout...), every other task is ended as early as
+// the executor can. A task still waiting for a slot of its pool or
+// connecting ends at once, its statement never sent, with kCancelled:
+// "shard s1: cancelled because shard s2 failed, before the statement was
+// sent". A task whose statement is running is cancelled as for a statement
+// timeout (same request, same cancel_grace) and ends with kCancelled:
+// "shard s1: cancelled because shard s2 failed". If the shard does not
+// confirm that cancel within cancel_grace, or the request cannot be sent,
+// the status is kCancelled too, names the failed shard and says the
+// statement may still be running there. As with a timeout, a statement
+// that completes (or fails otherwise) before the cancel reaches the server
+// keeps its real outcome. The failed task's own status is unchanged, and a
+// task already being cancelled for its statement timeout ends as that
+// timeout says. Only the first failure (in task order, when several are
+// seen at once) is acted on and named.
+//
 // A cancel request is sent from a thread of its own, because libpq 15's
 // PQcancel blocks for a TCP connection to the shard, and for as long as the
 // OS keeps trying when the host has gone away; the loop goes on serving the
@@ -97,6 +116,11 @@ struct ExecOptions {
   // back to; nullptr: a fresh connection per task, closed afterwards.
   // Borrowed: REQUIRES it outlives the RunOnShards call.
   ConnectionPools* pools = nullptr;
+  // When one task fails, end the others early: tasks that have not sent
+  // their statement are finished at once and running statements cancelled,
+  // each with kCancelled naming the failed shard (see "Cancelling the
+  // others" above). False: a failure never affects the other tasks.
+  bool cancel_others_on_failure = false;
 };
 
 struct TaskOutcome {
@@ -107,7 +131,8 @@ struct TaskOutcome {
 };
 
 // Runs every task concurrently and waits for all; outcomes in task order.
-// A failure of one task never stops the others. Statement errors carry the
+// A failure of one task never stops the others, unless
+// options.cancel_others_on_failure. Statement errors carry the
 // SQLSTATE (see SqlStateOf in router/shard_connection.h).
 std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
                                      const ExecOptions& options);

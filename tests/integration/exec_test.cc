@@ -595,6 +595,132 @@ TEST_F(ExecTest, AHangingCancelRequestHoldsUpNoOtherShard) {
                         "statement timeout (300ms) and was cancelled"));
 }
 
+// cancel_others_on_failure: s2 fails while s1's statement runs, and s1's
+// statement is cancelled for it. Ordered without timing: s2's statement
+// first waits for an advisory lock the test holds on s2, which the test
+// lets go only once s1's sleep is seen running; the division runs only
+// then (a string of statements is planned one statement at a time, so the
+// constant 1/0 is not folded before the lock is taken). Nothing else can
+// end s1's sleep: the timeouts are far beyond the test.
+TEST_F(ExecTest, FailureCancelsTheOtherShardsRunningStatement) {
+  const std::string sleep = "SELECT pg_sleep(60) AS cancelled_for_s2";
+  auto holder = std::make_unique<Session>(tc().dsn(1));
+  ASSERT_TRUE(holder->ok()) << holder->error();
+  ASSERT_EQ(holder->Scalar("SELECT pg_advisory_lock(5151)"), "");
+  absl::Cleanup end_sleep = [&] { EndStatement(0, sleep); };
+  std::vector<internal::ShardTask> tasks(2);
+  tasks[0].shard = 0;
+  tasks[0].shard_name = "s1";
+  tasks[0].dsn = tc().dsn(0);
+  tasks[0].sql = sleep;
+  tasks[1].shard = 1;
+  tasks[1].shard_name = "s2";
+  tasks[1].dsn = tc().dsn(1);
+  tasks[1].sql = "SELECT pg_advisory_xact_lock(5151); SELECT 1/0";
+  internal::ExecOptions options;
+  options.statement_timeout = absl::Minutes(10);
+  options.cancel_grace = absl::Minutes(10);
+  options.cancel_others_on_failure = true;
+
+  std::vector<internal::TaskOutcome> outcomes;
+  std::thread runner([&] { outcomes = internal::RunOnShards(tasks, options); });
+  absl::Cleanup join = [&] {
+    holder.reset();  // closing the session releases the lock
+    runner.join();
+  };
+  const std::string sleep_running = absl::StrCat(
+      "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+      "query = $q$",
+      sleep, "$q$");
+  EXPECT_TRUE(Eventually([&] { return ScalarOn(0, sleep_running) == "1"; }))
+      << "the sleep never started on s1";
+  std::move(join).Invoke();
+
+  ASSERT_EQ(outcomes.size(), 2u);
+  EXPECT_EQ(outcomes[0].status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(outcomes[0].status.message(),
+            "shard s1: cancelled because shard s2 failed");
+  EXPECT_EQ(outcomes[1].status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(outcomes[1].status.message(),
+            "shard s2: ERROR 22012: division by zero");
+  EXPECT_EQ(SqlStateOf(outcomes[1].status), "22012");
+  EXPECT_TRUE(Eventually([&] { return ScalarOn(0, sleep_running) == "0"; }))
+      << "the sleep still runs on s1: the cancel did not reach it";
+}
+
+// A task that has not sent its statement when another fails is ended at
+// once: here one whose server never answers the connection, with a connect
+// timeout far beyond the test, so that only the failure can end it.
+TEST_F(ExecTest, FailureEndsAnotherShardStillConnecting) {
+  SilentListener silent;
+  ASSERT_NE(silent.port(), 0);
+  std::vector<internal::ShardTask> tasks(2);
+  tasks[0].shard = 0;
+  tasks[0].shard_name = "hung";
+  tasks[0].dsn =
+      absl::StrCat("host=127.0.0.1 port=", silent.port(), " dbname=app");
+  tasks[0].sql = "SELECT 1";
+  tasks[1].shard = 1;
+  tasks[1].shard_name = "s2";
+  tasks[1].dsn = tc().dsn(1);
+  tasks[1].sql = "SELECT 1/0";
+  internal::ExecOptions options;
+  options.connect_timeout = absl::Minutes(10);
+  options.cancel_others_on_failure = true;
+  std::vector<internal::TaskOutcome> outcomes =
+      internal::RunOnShards(tasks, options);
+  ASSERT_EQ(outcomes.size(), 2u);
+  EXPECT_EQ(outcomes[0].status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(outcomes[0].status.message(),
+            "shard hung: cancelled because shard s2 failed, before the "
+            "statement was sent");
+  EXPECT_EQ(SqlStateOf(outcomes[1].status), "22012") << outcomes[1].status;
+}
+
+// By default a failure leaves the other shards alone: s1's statement,
+// held on a lock the test lets go only once s2 has failed and its
+// connection is closed (its backend gone), still completes.
+TEST_F(ExecTest, ByDefaultAFailureCancelsNoOtherShard) {
+  ASSERT_TRUE(tc().Query(1, "CREATE SEQUENCE failed_pid").ok());
+  auto holder = std::make_unique<Session>(tc().dsn(0));
+  ASSERT_TRUE(holder->ok()) << holder->error();
+  ASSERT_EQ(holder->Scalar("SELECT pg_advisory_lock(5252)"), "");
+  std::vector<internal::ShardTask> tasks(2);
+  tasks[0].shard = 0;
+  tasks[0].shard_name = "s1";
+  tasks[0].dsn = tc().dsn(0);
+  tasks[0].sql = "SELECT pg_advisory_xact_lock(5252), 'done' AS state";
+  tasks[1].shard = 1;
+  tasks[1].shard_name = "s2";
+  tasks[1].dsn = tc().dsn(1);
+  // setval is not transactional: the test sees the backend's pid.
+  tasks[1].sql = "SELECT setval('failed_pid', pg_backend_pid()); SELECT 1/0";
+  internal::ExecOptions options;  // cancel_others_on_failure = false
+  options.statement_timeout = absl::Minutes(10);
+
+  std::vector<internal::TaskOutcome> outcomes;
+  std::thread runner([&] { outcomes = internal::RunOnShards(tasks, options); });
+  absl::Cleanup join = [&] {
+    holder.reset();  // closing the session releases the lock
+    runner.join();
+  };
+  EXPECT_TRUE(Eventually([&] {
+    absl::StatusOr<std::vector<std::vector<std::string>>> rows =
+        tc().Query(1, "SELECT last_value, is_called FROM failed_pid");
+    if (!rows.ok() || rows->empty() || (*rows)[0][1] != "t") return false;
+    return ScalarOn(1, absl::StrCat("SELECT count(*) FROM pg_stat_activity "
+                                    "WHERE pid = ",
+                                    (*rows)[0][0])) == "0";
+  })) << "s2's statement never failed and ended";
+  std::move(join).Invoke();
+
+  ASSERT_EQ(outcomes.size(), 2u);
+  ASSERT_TRUE(outcomes[0].status.ok()) << outcomes[0].status;
+  ASSERT_EQ(outcomes[0].result.rows.size(), 1u);
+  EXPECT_EQ(outcomes[0].result.rows[0][1], "done");
+  EXPECT_EQ(SqlStateOf(outcomes[1].status), "22012") << outcomes[1].status;
+}
+
 TEST_F(ExecTest, CopyFromStdinIsRefusedNamingTheShard) {
   std::unique_ptr<Cluster> cluster = OpenSuiteCluster();
   ASSERT_NE(cluster, nullptr);
