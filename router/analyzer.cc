@@ -51,6 +51,20 @@ struct Instance {
   int depth;          // 0: the statement's own FROM; > 0: inside a subquery
 };
 
+bool IsAggregateName(std::string_view name) {
+  static const std::set<std::string_view> kAggregates = {
+      "count", "sum", "min", "max", "avg", "array_agg", "string_agg",
+      "bool_and", "bool_or", "every", "bit_and", "bit_or", "bit_xor",
+      "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+      "xmlagg", "stddev", "stddev_pop", "stddev_samp", "variance",
+      "var_pop", "var_samp", "corr", "covar_pop", "covar_samp",
+      "mode", "percentile_cont", "percentile_disc", "range_agg",
+      "range_intersect_agg", "regr_avgx", "regr_avgy", "regr_count",
+      "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy",
+      "regr_syy", "rank", "dense_rank", "percent_rank", "cume_dist"};
+  return kAggregates.count(name) > 0;
+}
+
 class Analyzer {
  public:
   explicit Analyzer(const ShardMap& map) : map_(map) {}
@@ -560,20 +574,6 @@ class Analyzer {
 
   // --- What a multi-shard SELECT needs beyond concatenation -----------------
 
-  static bool IsAggregateName(std::string_view name) {
-    static const std::set<std::string_view> kAggregates = {
-        "count", "sum", "min", "max", "avg", "array_agg", "string_agg",
-        "bool_and", "bool_or", "every", "bit_and", "bit_or", "bit_xor",
-        "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
-        "xmlagg", "stddev", "stddev_pop", "stddev_samp", "variance",
-        "var_pop", "var_samp", "corr", "covar_pop", "covar_samp",
-        "mode", "percentile_cont", "percentile_disc", "range_agg",
-        "range_intersect_agg", "regr_avgx", "regr_avgy", "regr_count",
-        "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy",
-        "regr_syy", "rank", "dense_rank", "percent_rank", "cume_dist"};
-    return kAggregates.count(name) > 0;
-  }
-
   // The first aggregate or window call in `m` (not inside subqueries).
   static std::string AggregateIn(const ProtobufCMessage* m) {
     if (Is(m, pg_query__select_stmt__descriptor)) return "";
@@ -619,8 +619,8 @@ class Analyzer {
     const bool distinct =
         s.n_distinct_clause == 1 && s.distinct_clause[0]->node_case ==
                                         PG_QUERY__NODE__NODE__NOT_SET;
-    if (s.having_clause != nullptr || (s.n_distinct_clause > 0 && !distinct) ||
-        s.n_target_list == 0) {
+    if ((s.n_distinct_clause > 0 && !distinct) || s.n_target_list == 0 ||
+        (distinct && s.having_clause != nullptr)) {
       return false;
     }
     std::vector<AggregateTarget> out;
@@ -645,36 +645,19 @@ class Analyzer {
       if (v == nullptr || v->node_case != PG_QUERY__NODE__NODE_FUNC_CALL) {
         return false;
       }
-      const PgQuery__FuncCall& call = *v->func_call;
-      if (call.agg_distinct || call.agg_filter != nullptr ||
-          call.n_agg_order > 0 || call.over != nullptr ||
-          call.agg_within_group || call.n_funcname != 1) {
-        return false;
-      }
-      const std::string_view name = StringOf(call.funcname[0]);
+      std::optional<AggregateTarget::Function> function =
+          SimpleAggregateOf(*v->func_call);
+      if (!function) return false;
       AggregateTarget target;
-      if (name == "count" && (call.agg_star || call.n_args == 1)) {
-        target.function = AggregateTarget::Function::kCount;
-      } else if (call.n_args != 1) {
-        return false;
-      } else if (name == "sum") {
-        target.function = AggregateTarget::Function::kSum;
-      } else if (name == "min") {
-        target.function = AggregateTarget::Function::kMin;
-      } else if (name == "max") {
-        target.function = AggregateTarget::Function::kMax;
-      } else if (name == "avg") {
-        target.function = AggregateTarget::Function::kAvg;
-      } else {
-        return false;
-      }
+      target.function = *function;
+      const std::string_view name = StringOf(v->func_call->funcname[0]);
       any_aggregate = true;
       target.name = alias.empty() ? std::string(name) : alias;
       out.push_back(std::move(target));
     }
     if (distinct) {
       if (any_aggregate || s.n_group_clause > 0) return false;
-    } else if (!any_aggregate) {
+    } else if (!any_aggregate && s.n_group_clause == 0) {
       return false;
     }
     // Every GROUP BY item is a selected column (by name or position), and
@@ -710,6 +693,34 @@ class Analyzer {
           !grouped[k] && !distinct) {
         return false;  // PostgreSQL will say why
       }
+    }
+    // HAVING: its aggregates become hidden partials, its columns must be
+    // grouped outputs.
+    if (s.having_clause != nullptr) {
+      bool ok = true;
+      const bool walked = VisitHaving(
+          s.having_clause,
+          [&](PgQuery__Node* call) {
+            std::optional<AggregateTarget::Function> f =
+                SimpleAggregateOf(*call->func_call);
+            if (!f) {
+              ok = false;
+              return;
+            }
+            out.push_back({*f, "", /*hidden=*/true});
+          },
+          [&](PgQuery__Node* column) {
+            const PgQuery__ColumnRef& ref = *column->column_ref;
+            const std::string_view name =
+                ref.n_fields > 0 ? StringOf(ref.fields[ref.n_fields - 1]) : "";
+            bool found = false;
+            for (size_t k = 0; k < plain_columns.size(); ++k) {
+              found |= !name.empty() && plain_columns[k] == name &&
+                       out[k].function == AggregateTarget::Function::kGroupKey;
+            }
+            ok &= found;
+          });
+      if (!walked || !ok) return false;
     }
     if (!OrderAndLimit(s).empty()) return false;
     // ORDER BY must name outputs: they are all the combined rows have.
@@ -1056,6 +1067,61 @@ std::vector<ShardId> AllShards(const ShardMap& map) {
 }
 
 }  // namespace
+
+std::optional<AggregateTarget::Function> SimpleAggregateOf(
+    const PgQuery__FuncCall& call) {
+  if (call.agg_distinct || call.agg_filter != nullptr || call.n_agg_order > 0 ||
+      call.over != nullptr || call.agg_within_group || call.n_funcname != 1) {
+    return std::nullopt;
+  }
+  const std::string_view name = StringOf(call.funcname[0]);
+  if (name == "count" && (call.agg_star || call.n_args == 1)) {
+    return AggregateTarget::Function::kCount;
+  }
+  if (call.n_args != 1) return std::nullopt;
+  if (name == "sum") return AggregateTarget::Function::kSum;
+  if (name == "min") return AggregateTarget::Function::kMin;
+  if (name == "max") return AggregateTarget::Function::kMax;
+  if (name == "avg") return AggregateTarget::Function::kAvg;
+  return std::nullopt;
+}
+
+bool VisitHaving(PgQuery__Node* expr,
+                 const std::function<void(PgQuery__Node*)>& on_aggregate,
+                 const std::function<void(PgQuery__Node*)>& on_column) {
+  bool ok = true;
+  std::function<void(ProtobufCMessage*)> walk = [&](ProtobufCMessage* m) {
+    if (!ok) return;
+    if (IsMessage(m, pg_query__select_stmt__descriptor)) {
+      ok = false;
+      return;
+    }
+    if (IsMessage(m, pg_query__node__descriptor)) {
+      auto* node = reinterpret_cast<PgQuery__Node*>(m);
+      if (node->node_case == PG_QUERY__NODE__NODE_FUNC_CALL) {
+        const PgQuery__FuncCall& call = *node->func_call;
+        const std::string_view name =
+            call.n_funcname > 0 ? StringOf(call.funcname[call.n_funcname - 1])
+                                : "";
+        if (call.over != nullptr) {
+          ok = false;
+          return;
+        }
+        if (call.agg_star || call.agg_distinct ||
+            IsAggregateName(name)) {
+          on_aggregate(node);
+          return;
+        }
+      } else if (node->node_case == PG_QUERY__NODE__NODE_COLUMN_REF) {
+        on_column(node);
+        return;
+      }
+    }
+    ForEachChild(m, walk);
+  };
+  walk(&expr->base);
+  return ok;
+}
 
 absl::StatusOr<RoutingPlan> AnalyzeStatement(const PgQuery__Node& statement,
                                              const ShardMap& map) {

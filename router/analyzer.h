@@ -20,6 +20,7 @@
 #ifndef SHARDKIT_ROUTER_ANALYZER_H_
 #define SHARDKIT_ROUTER_ANALYZER_H_
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "shardkit/shard_map.h"
 
 struct PgQuery__Node;
+struct PgQuery__FuncCall;
 
 namespace shardkit::internal {
 
@@ -69,7 +71,23 @@ struct AggregateTarget {
   enum class Function { kGroupKey, kCount, kSum, kMin, kMax, kAvg };
   Function function = Function::kCount;
   std::string name;  // the output column's name
+  // An aggregate only HAVING uses: computed, combined, never output. They
+  // follow the outputs, in the order VisitHaving meets them.
+  bool hidden = false;
 };
+
+// Walks HAVING expression `expr` in a fixed order, calling on_aggregate for
+// each aggregate call (not descending into it) and on_column for each
+// column reference outside them. Returns false if it meets a subquery or a
+// window function (then HAVING is not assembled across shards).
+bool VisitHaving(PgQuery__Node* expr,
+                 const std::function<void(PgQuery__Node*)>& on_aggregate,
+                 const std::function<void(PgQuery__Node*)>& on_column);
+
+// Which simple aggregate `call` is (count, sum, min, max, avg without
+// DISTINCT, FILTER, ORDER BY or OVER); nullopt otherwise.
+std::optional<AggregateTarget::Function> SimpleAggregateOf(
+    const PgQuery__FuncCall& call);
 
 // One ORDER BY item of a SELECT, to merge the shards' sorted rows. It names
 // a result column: by name (`ORDER BY name`, `ORDER BY u.name`) or by

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "router/merge.h"
@@ -35,6 +36,10 @@ struct Router::Plan {
   std::string sql_across_shards;
   // Its parameters: params[n - 1] for each n here, in order.
   std::vector<int> params_across_shards;
+  // An aggregating SELECT's HAVING, for the combining query (see
+  // HavingTemplate); empty without HAVING.
+  std::string having_template;
+  std::vector<int> having_params;  // $n of the template, in order
 };
 
 namespace {
@@ -158,6 +163,105 @@ absl::StatusOr<std::string> PushDownOffset(ParsedSql& tree,
   return sql;
 }
 
+// HAVING as SQL text over placeholders: the j-th aggregate call (in
+// VisitHaving order) as shardkit_h<j>_, a grouped column as shardkit_g<k>_
+// (k-th grouped output), parameter $n as shardkit_p<n>_ (`params` gets each
+// n, in order of appearance). The combining query substitutes the combined
+// aggregates and the partial columns. The tree is restored after.
+absl::StatusOr<std::string> HavingTemplate(ParsedSql& tree,
+                                           const RoutingPlan& routing,
+                                           std::vector<int>* params) {
+  PgQuery__Node* stmt = tree.mutable_statement(0);
+  PgQuery__SelectStmt* select = stmt->select_stmt;
+  // Grouped outputs by the column name they select.
+  std::map<std::string, size_t> group_index;
+  size_t g = 0;
+  for (size_t i = 0; i < select->n_target_list; ++i) {
+    if (routing.aggregates[i].function != AggregateTarget::Function::kGroupKey) continue;
+    const PgQuery__ColumnRef& ref = *select->target_list[i]->res_target->val->column_ref;
+    const PgQuery__Node* last = ref.fields[ref.n_fields - 1];
+    group_index.emplace(last->string->sval, g++);
+  }
+  std::vector<PgQuery__Node*> nodes;
+  std::vector<std::string> placeholders;
+  size_t h = 0;
+  VisitHaving(
+      select->having_clause,
+      [&](PgQuery__Node* call) {
+        nodes.push_back(call);
+        placeholders.push_back(StrCat("shardkit_h", h++, "_"));
+      },
+      [&](PgQuery__Node* column) {
+        const PgQuery__ColumnRef& ref = *column->column_ref;
+        nodes.push_back(column);
+        placeholders.push_back(StrCat(
+            "shardkit_g", group_index[ref.fields[ref.n_fields - 1]->string->sval],
+            "_"));
+      });
+  // Parameters outside the aggregates (those inside go with the partial
+  // aggregates to the shards): the combining query numbers its own.
+  std::function<void(ProtobufCMessage*)> find_params = [&](ProtobufCMessage* m) {
+    if (IsMessage(m, pg_query__node__descriptor)) {
+      auto* node = reinterpret_cast<PgQuery__Node*>(m);
+      if (std::find(nodes.begin(), nodes.end(), node) != nodes.end()) return;
+      if (node->node_case == PG_QUERY__NODE__NODE_PARAM_REF) {
+        nodes.push_back(node);
+        placeholders.push_back(StrCat("shardkit_p", node->param_ref->number, "_"));
+        if (std::find(params->begin(), params->end(),
+                      node->param_ref->number) == params->end()) {
+          params->push_back(node->param_ref->number);
+        }
+        return;
+      }
+    }
+    ForEachChild(m, find_params);
+  };
+  find_params(&select->having_clause->base);
+  const size_t m = nodes.size();
+  std::vector<PgQuery__Node> saved(m);
+  std::vector<PgQuery__String> strings(m, PgQuery__String(PG_QUERY__STRING__INIT));
+  std::vector<PgQuery__Node> string_nodes(m, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__Node*> fields(m);
+  std::vector<PgQuery__ColumnRef> refs(m, PgQuery__ColumnRef(PG_QUERY__COLUMN_REF__INIT));
+  for (size_t i = 0; i < m; ++i) {
+    saved[i] = *nodes[i];
+    strings[i].sval = placeholders[i].data();
+    string_nodes[i].node_case = PG_QUERY__NODE__NODE_STRING;
+    string_nodes[i].string = &strings[i];
+    fields[i] = &string_nodes[i];
+    refs[i].n_fields = 1;
+    refs[i].fields = &fields[i];
+    refs[i].location = -1;
+    nodes[i]->node_case = PG_QUERY__NODE__NODE_COLUMN_REF;
+    nodes[i]->column_ref = &refs[i];
+  }
+  // Deparse `SELECT <having>` in place of the statement.
+  PgQuery__ResTarget target = PG_QUERY__RES_TARGET__INIT;
+  target.name = const_cast<char*>("");
+  target.val = select->having_clause;
+  target.location = -1;
+  PgQuery__Node target_node = PG_QUERY__NODE__INIT;
+  target_node.node_case = PG_QUERY__NODE__NODE_RES_TARGET;
+  target_node.res_target = &target;
+  PgQuery__Node* target_list[] = {&target_node};
+  PgQuery__SelectStmt probe = PG_QUERY__SELECT_STMT__INIT;
+  probe.n_target_list = 1;
+  probe.target_list = target_list;
+  probe.limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
+  probe.op = PG_QUERY__SET_OPERATION__SETOP_NONE;
+  const PgQuery__Node statement = *stmt;
+  stmt->select_stmt = &probe;
+  absl::StatusOr<std::string> sql = tree.Deparse();
+  *stmt = statement;
+  for (size_t i = 0; i < m; ++i) *nodes[i] = saved[i];
+  if (!sql.ok()) return sql.status();
+  constexpr std::string_view kSelect = "SELECT ";
+  if (sql->rfind(kSelect, 0) != 0) {
+    return absl::InternalError(StrCat("unexpected deparse of HAVING: ", *sql));
+  }
+  return sql->substr(kSelect.size());
+}
+
 // The aggregating SELECT as each shard runs it: the grouped columns
 // first, then the aggregates, avg(x) as sum(x), count(x); grouped by the
 // leading columns' positions; no ORDER BY, LIMIT or OFFSET (they apply to
@@ -167,20 +271,39 @@ absl::StatusOr<std::string> PartialAggregates(ParsedSql& tree,
                                               std::vector<int>* used) {
   PgQuery__SelectStmt* select = tree.mutable_statement(0)->select_stmt;
   PgQuery__SelectStmt saved = *select;
-  const size_t n = select->n_target_list;
+  const size_t n = saved.n_target_list;
+  // HAVING's aggregates (hidden outputs), in the order the analyzer met them.
+  std::vector<PgQuery__Node*> having_calls;
+  if (saved.having_clause != nullptr) {
+    VisitHaving(saved.having_clause,
+                [&](PgQuery__Node* call) { having_calls.push_back(call); },
+                [](PgQuery__Node*) {});
+  }
+  const size_t total = routing.aggregates.size();
   // Nodes on the stack, as in PushDownOffset; sized up front so nothing
   // moves once pointed to.
-  std::vector<PgQuery__String> names(2 * n, PgQuery__String(PG_QUERY__STRING__INIT));
-  std::vector<PgQuery__Node> name_nodes(2 * n, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__Node*> name_ptrs(2 * n);
-  std::vector<PgQuery__FuncCall> calls(2 * n, PgQuery__FuncCall(PG_QUERY__FUNC_CALL__INIT));
-  std::vector<PgQuery__Node> call_nodes(2 * n, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__ResTarget> targets(2 * n, PgQuery__ResTarget(PG_QUERY__RES_TARGET__INIT));
-  std::vector<PgQuery__Node> target_nodes(2 * n, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__Integer> positions(n, PgQuery__Integer(PG_QUERY__INTEGER__INIT));
-  std::vector<PgQuery__AConst> position_consts(n, PgQuery__AConst(PG_QUERY__A__CONST__INIT));
-  std::vector<PgQuery__Node> position_nodes(n, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__String> names(2 * total, PgQuery__String(PG_QUERY__STRING__INIT));
+  std::vector<PgQuery__Node> name_nodes(2 * total, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__Node*> name_ptrs(2 * total);
+  std::vector<PgQuery__FuncCall> calls(2 * total, PgQuery__FuncCall(PG_QUERY__FUNC_CALL__INIT));
+  std::vector<PgQuery__Node> call_nodes(2 * total, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__ResTarget> targets(2 * total, PgQuery__ResTarget(PG_QUERY__RES_TARGET__INIT));
+  std::vector<PgQuery__Node> target_nodes(2 * total, PgQuery__Node(PG_QUERY__NODE__INIT));
+  std::vector<PgQuery__Integer> positions(total, PgQuery__Integer(PG_QUERY__INTEGER__INIT));
+  std::vector<PgQuery__AConst> position_consts(total, PgQuery__AConst(PG_QUERY__A__CONST__INIT));
+  std::vector<PgQuery__Node> position_nodes(total, PgQuery__Node(PG_QUERY__NODE__INIT));
   std::vector<PgQuery__Node*> list, group_by;
+  size_t k = 0;
+  // A ResTarget (on the stack) computing `call`.
+  auto add_target = [&](PgQuery__Node* call) {
+    targets[k].name = const_cast<char*>("");
+    targets[k].val = call;
+    targets[k].location = -1;
+    target_nodes[k].node_case = PG_QUERY__NODE__NODE_RES_TARGET;
+    target_nodes[k].res_target = &targets[k];
+    list.push_back(&target_nodes[k]);
+    ++k;
+  };
   for (size_t i = 0; i < n; ++i) {
     if (routing.aggregates[i].function != AggregateTarget::Function::kGroupKey) continue;
     list.push_back(saved.target_list[i]);
@@ -193,15 +316,20 @@ absl::StatusOr<std::string> PartialAggregates(ParsedSql& tree,
     position_nodes[g].a_const = &position_consts[g];
     group_by.push_back(&position_nodes[g]);
   }
-  size_t k = 0;
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < total; ++i) {
     const AggregateTarget::Function f = routing.aggregates[i].function;
     if (f == AggregateTarget::Function::kGroupKey) continue;
+    PgQuery__Node* call =
+        i < n ? saved.target_list[i]->res_target->val : having_calls[i - n];
     if (f != AggregateTarget::Function::kAvg) {
-      list.push_back(saved.target_list[i]);
+      if (i < n) {
+        list.push_back(saved.target_list[i]);
+      } else {
+        add_target(call);
+      }
       continue;
     }
-    const PgQuery__FuncCall& avg = *saved.target_list[i]->res_target->val->func_call;
+    const PgQuery__FuncCall& avg = *call->func_call;
     for (const char* fn : {"sum", "count"}) {
       names[k].sval = const_cast<char*>(fn);
       name_nodes[k].node_case = PG_QUERY__NODE__NODE_STRING;
@@ -215,15 +343,10 @@ absl::StatusOr<std::string> PartialAggregates(ParsedSql& tree,
       calls[k].location = -1;
       call_nodes[k].node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
       call_nodes[k].func_call = &calls[k];
-      targets[k].name = const_cast<char*>("");
-      targets[k].val = &call_nodes[k];
-      targets[k].location = -1;
-      target_nodes[k].node_case = PG_QUERY__NODE__NODE_RES_TARGET;
-      target_nodes[k].res_target = &targets[k];
-      list.push_back(&target_nodes[k]);
-      ++k;
+      add_target(&call_nodes[k]);
     }
   }
+  select->having_clause = nullptr;
   select->target_list = list.data();
   select->n_target_list = list.size();
   select->group_clause = group_by.data();
@@ -304,9 +427,11 @@ std::vector<ShardId> ShardsOf(const std::vector<ShardTask>& tasks) {
 }
 
 // Runs `tasks` concurrently; the first failure, in task order, fails the
-// statement.
+// statement, and the other shards' work is cancelled.
 absl::StatusOr<std::vector<TaskOutcome>> RunAll(
-    const std::vector<ShardTask>& tasks, const ExecOptions& options) {
+    const std::vector<ShardTask>& tasks, ExecOptions options) {
+  // One shard's failure fails the statement: stop the others' work.
+  options.cancel_others_on_failure = true;
   std::vector<TaskOutcome> done = RunOnShards(tasks, options);
   for (TaskOutcome& outcome : done) {
     if (!outcome.status.ok()) return outcome.status;
@@ -389,6 +514,15 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
         return;
       }
       plan->sql_across_shards = *std::move(partial);
+      if (plan->tree->statement(0)->select_stmt->having_clause != nullptr) {
+        absl::StatusOr<std::string> having =
+            HavingTemplate(*plan->tree, plan->routing, &plan->having_params);
+        if (!having.ok()) {
+          status = having.status();
+          return;
+        }
+        plan->having_template = *std::move(having);
+      }
     }
     if (plan->routing.kind == StatementKind::kSelect && plan->routing.offset &&
         plan->routing.aggregates.empty()) {
@@ -499,7 +633,10 @@ absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& ma
       }
       tasks.push_back(std::move(task));
     }
-    if (aggregated) return ExecuteAggregated(routing, tasks, params, options);
+    if (aggregated) {
+      return ExecuteAggregated(routing, plan->having_template,
+                               plan->having_params, tasks, params, options);
+    }
     if (merged) return ExecuteMerged(routing, tasks, params, options);
   }
   ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(tasks, options));
@@ -596,7 +733,8 @@ absl::StatusOr<std::vector<std::string>> Router::TypeNames(
 }
 
 absl::StatusOr<Result> Router::ExecuteAggregated(
-    const RoutingPlan& routing, const std::vector<ShardTask>& tasks,
+    const RoutingPlan& routing, const std::string& having_template,
+    const std::vector<int>& having_params, const std::vector<ShardTask>& tasks,
     const Params& params, const ExecOptions& options) {
   ASSIGN_OR_RETURN(std::optional<int64_t> limit,
                    CountOf(routing.limit, params, "LIMIT"));
@@ -625,7 +763,7 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
   for (const AggregateTarget& a : routing.aggregates) {
     keys += a.function == AggregateTarget::Function::kGroupKey;
   }
-  std::vector<std::string> outputs, group_by;
+  std::vector<std::string> outputs, group_by, hidden;
   size_t key = 0;
   size_t c = keys;  // partial aggregates follow the grouped columns
   for (const AggregateTarget& a : routing.aggregates) {
@@ -667,12 +805,38 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
         break;
       }
     }
-    outputs.push_back(StrCat(expr, " AS ", QuoteIdentifier(a.name)));
+    if (a.hidden) {
+      hidden.push_back(std::move(expr));
+    } else {
+      outputs.push_back(StrCat(expr, " AS ", QuoteIdentifier(a.name)));
+    }
   }
   std::string sql = StrCat("SELECT ", absl::StrJoin(outputs, ", "), " FROM unnest(",
                            absl::StrJoin(unnest_args, ", "), ") AS partial(",
                            absl::StrJoin(aliases, ", "), ")");
   if (!group_by.empty()) StrAppend(&sql, " GROUP BY ", absl::StrJoin(group_by, ", "));
+  if (!having_template.empty()) {
+    std::string having = having_template;
+    for (size_t j = 0; j < hidden.size(); ++j) {
+      absl::StrReplaceAll({{StrCat("shardkit_h", j, "_"), StrCat("(", hidden[j], ")")}},
+                          &having);
+    }
+    for (size_t k = 0; k < group_by.size(); ++k) {
+      absl::StrReplaceAll({{StrCat("shardkit_g", k, "_"), group_by[k]}}, &having);
+    }
+    for (int n : having_params) {
+      if (static_cast<size_t>(n) > params.size()) {
+        return absl::InvalidArgumentError(StrCat(
+            "the statement uses $", n, " but ", params.size(),
+            " parameters were given"));
+      }
+      final_task.params.push_back(params[n - 1]);
+      absl::StrReplaceAll({{StrCat("shardkit_p", n, "_"),
+                            StrCat("$", final_task.params.size())}},
+                          &having);
+    }
+    StrAppend(&sql, " HAVING ", having);
+  }
   std::vector<std::string> order;
   for (const SortSpec& spec : routing.order_by) {
     std::string item = std::to_string(spec.position);

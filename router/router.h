@@ -68,6 +68,8 @@ class Router {
   // and combines them (grouping, ordering, LIMIT / OFFSET), in SQL, on the
   // first.
   absl::StatusOr<Result> ExecuteAggregated(const RoutingPlan& routing,
+                                           const std::string& having_template,
+                                           const std::vector<int>& having_params,
                                            const std::vector<ShardTask>& tasks,
                                            const Params& params,
                                            const ExecOptions& options);

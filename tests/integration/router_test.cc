@@ -255,6 +255,20 @@ TEST_F(RouterTest, AnswersAsOneDatabaseWould) {
        "o.user_id = u.id GROUP BY u.country, o.note ORDER BY 1, 2, 3",
        {}, true},
       {"SELECT country, avg(id) FROM users WHERE id < 0 GROUP BY country"},
+      // HAVING: its aggregates computed as hidden partials, applied when the
+      // partials are combined.
+      {"SELECT country, count(*) FROM users GROUP BY country HAVING "
+       "count(*) > 14"},
+      {"SELECT country, count(*) AS n FROM users GROUP BY country HAVING "
+       "avg(score) > 7.5 AND country <> 'jp' ORDER BY n DESC",
+       {}, true},
+      {"SELECT score FROM users GROUP BY score HAVING sum(id) > $1 AND "
+       "max(name) IS NOT NULL ORDER BY 1 NULLS FIRST",
+       {"100"}, true},
+      {"SELECT count(*) FROM users HAVING count(*) > 1000"},
+      {"SELECT country FROM users WHERE id > $1 GROUP BY country HAVING "
+       "min(score) < $2 AND max(score) > $2",
+       {"3", "10"}},
       // DISTINCT: a GROUP BY of the selected columns.
       {"SELECT DISTINCT country FROM users"},
       {"SELECT DISTINCT score, country FROM users ORDER BY score DESC NULLS "
@@ -346,7 +360,7 @@ TEST_F(RouterTest, RefusalsSayWhy) {
             "merge the shards' rows by it; add it to the SELECT",
             "0A000"},
            {"SELECT country, count(*) FROM users GROUP BY country HAVING "
-            "count(*) > 3",
+            "count(DISTINCT name) > 3",
             "GROUP BY over 3 shards", "0A000"},
            {"SELECT lower(country), count(*) FROM users GROUP BY 1",
             "GROUP BY over 3 shards", "0A000"},
@@ -442,7 +456,8 @@ TEST_F(RouterTest, ShardctlSqlErrorExitsNonZero) {
   const std::string config = shards_->WriteConfig("router_err.toml", kMapBody);
   testing::CommandOutput r = testing::RunCommand(
       {SHARDCTL_PATH, "sql", "-c", config, "-e",
-       "SELECT country, count(*) FROM users GROUP BY 1 HAVING count(*) > 1"});
+       "SELECT country, count(*) FROM users GROUP BY 1 HAVING "
+       "count(DISTINCT id) > 1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "");
   EXPECT_THAT(r.err, HasSubstr("shardctl: ERROR 0A000: GROUP BY over 3 shards"));

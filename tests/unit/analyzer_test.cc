@@ -335,6 +335,9 @@ TEST(AnalyzerTest, WhatAMultiShardSelectNeeds) {
            {"SELECT country, count(*) FROM users GROUP BY country", ""},
            {"SELECT country, count(*) FROM users GROUP BY country HAVING "
             "count(*) > 1",
+            ""},
+           {"SELECT country, count(*) FROM users GROUP BY country HAVING "
+            "name = 'x'",
             "GROUP BY"},
            {"SELECT name, count(*) FROM users GROUP BY country", "GROUP BY"},
            {"SELECT DISTINCT country FROM users", ""},
