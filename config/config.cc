@@ -59,6 +59,27 @@ constexpr std::string_view kPoolKeys[] = {"max_connections_per_shard",
                                           "idle_timeout"};
 constexpr std::string_view kTimeoutKeys[] = {"connect", "statement"};
 
+// toml++ makes, and frees, one table per part of a dotted key or table
+// name, by recursion: "[a.a.a...]" of 100,000 parts (200 KB) overflows the
+// stack. A key cannot span lines, so a bound on the dots of each line
+// bounds that nesting (with toml++'s own bound on nested inline values).
+constexpr size_t kMaxDotsPerLine = 4096;
+
+// The first line (1-based) with more than kMaxDotsPerLine dots.
+std::optional<int> LineWithTooManyDots(std::string_view text) {
+  int line = 1;
+  size_t dots = 0;
+  for (char c : text) {
+    if (c == '\n') {
+      ++line;
+      dots = 0;
+    } else if (c == '.' && ++dots > kMaxDotsPerLine) {
+      return line;
+    }
+  }
+  return std::nullopt;
+}
+
 size_t EditDistance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
@@ -102,6 +123,13 @@ class Reader {
       : file_(std::move(file)), env_(env), problems_(problems) {}
 
   std::optional<Config> Read(std::string_view text) {
+    if (std::optional<int> line = LineWithTooManyDots(text)) {
+      Report(SourcePos{*line, 1},
+             StrCat("more than ", kMaxDotsPerLine,
+                    " dots in one line: a key or table name of that many "
+                    "parts nests too deeply"));
+      return std::nullopt;
+    }
     toml::table root;
     try {
       root = toml::parse(text, std::string_view(file_));

@@ -35,13 +35,28 @@ inline constexpr size_t kMaxStatementBytes = size_t{1} << 20;
 // square of the depth (80,000 levels: 3 s). Longer chains are refused.
 inline constexpr int kMaxOperatorChain = 1000;
 
+// The deepest parse tree parsed, as estimated from the statement's tokens
+// (an upper bound): operators and postfix forms in a row ("a IS NULL IS
+// NULL ...", "a COLLATE x COLLATE y ...", "1+(1)+(1)+..."), parentheses,
+// CASE, joins and set operations. libpg_query converts and unpacks the tree
+// by recursion, one stack frame per level and without a depth guard (at
+// 40,000 levels it overflows the parser thread's stack). Deeper statements
+// are refused.
+inline constexpr int kMaxNestingDepth = 2000;
+
+// The longest run of + and - signs parsed (in a string constant too, as
+// the check does not lex): PostgreSQL's scanner takes time quadratic in it
+// (100 KB of "+": 37 s). Longer runs are refused.
+inline constexpr size_t kMaxSignRun = 256;
+
 class ParsedSql {
  public:
   // Parses `sql`. Fails with kInvalidArgument carrying SQLSTATE 42601 and
   // PostgreSQL's message with its position ("syntax error at or near
   // \"FORM\" at position 10"), 54000 for a statement over
   // kMaxStatementBytes, or 54001 for an operator chain over
-  // kMaxOperatorChain. REQUIRES: on the parser thread.
+  // kMaxOperatorChain, a statement nested deeper than kMaxNestingDepth or
+  // a run of signs over kMaxSignRun. REQUIRES: on the parser thread.
   [[nodiscard]] static absl::StatusOr<ParsedSql> Parse(std::string_view sql);
 
   ParsedSql(ParsedSql&&) noexcept;

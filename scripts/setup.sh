@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  cmake ninja-build g++ pkg-config
+  cmake ninja-build g++ clang libclang-rt-14-dev pkg-config
   libpq-dev libabsl-dev libcli11-dev libtomlplusplus-dev libxxhash-dev
   libpg-query-dev libprotobuf-c-dev
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -1,0 +1,1 @@
+SELECT * FROM users u WHERE u.id = $1::int8 AND name = 'x' ORDER BY name DESC NULLS LAST LIMIT $2 OFFSET 5

@@ -1,0 +1,1 @@
+SELECT * FROM users WHERE (id = 1 OR id = 2) AND id IN (2, 3) OR id = ANY($2)

@@ -1,0 +1,1 @@
+SELECT * FROM events WHERE id >= $1 AND id < 200 OR id BETWEEN 120 AND 180

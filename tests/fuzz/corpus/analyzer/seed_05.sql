@@ -1,0 +1,1 @@
+SELECT u.name, count(*) FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = 42 GROUP BY u.name

@@ -1,0 +1,1 @@
+WITH one AS (SELECT * FROM users WHERE id = 8) SELECT * FROM one, users u WHERE u.id = 8 AND one.id = u.id

@@ -1,0 +1,1 @@
+INSERT INTO users (name, id) VALUES ('a', 1), ('b', $1), ('c', 3) ON CONFLICT (id) DO NOTHING RETURNING id

@@ -1,0 +1,1 @@
+DELETE FROM orders WHERE user_id IN (4, 5) AND EXISTS (SELECT 1 FROM countries c WHERE c.code = 'de')

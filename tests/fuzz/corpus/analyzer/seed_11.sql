@@ -1,0 +1,1 @@
+CREATE TABLE users (id int8 PRIMARY KEY); CREATE INDEX ON orders (user_id); DROP TABLE countries

@@ -1,0 +1,1 @@
+SELECT * FROM customers WHERE region = 'us' AND id = 7 ORDER BY 1 COLLATE "C"

@@ -1,0 +1,1 @@
+SELECT * FROM sessions s JOIN public.people p USING (name) WHERE s.id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'

@@ -1,0 +1,1 @@
+INSERT INTO counters (k, v) VALUES (32767, 1), (-32769, 2), (NULL, 3)

@@ -1,0 +1,1 @@
+SELECT DISTINCT name FROM people WHERE name > 'm' AND name <= $5 FETCH FIRST 3 ROWS WITH TIES
