@@ -81,6 +81,11 @@ show $shardctl sql -c "$cfg" -e "SELECT u.id, u.name, c.name AS country, o.id AS
   FROM users u JOIN orders o ON o.user_id = u.id JOIN countries c ON c.code = u.country
   WHERE u.id IN (7, 42, 99)"
 
+step "Aggregates across shards: each shard's partial groups, combined, sorted and limited as one database would"
+show $shardctl sql -c "$cfg" -e "SELECT u.country, count(*) AS orders, sum(o.amount) AS total, avg(o.amount) AS average
+  FROM users u JOIN orders o ON o.user_id = u.id
+  GROUP BY u.country HAVING count(*) > 100 ORDER BY total DESC LIMIT 3"
+
 step "A point query goes to the one shard that owns the key"
 show $shardctl sql -c "$cfg" -e 'SELECT * FROM users WHERE id = $1' -p 42 --format json
 
