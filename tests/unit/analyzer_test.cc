@@ -402,5 +402,20 @@ TEST(ParserTest, DeepAndOversizedStatementsAreRefused) {
   EXPECT_EQ(SqlStateOf(plan.status()), "54000");
 }
 
+// Found by fuzzing: a long run of signs makes PostgreSQL's scanner
+// quadratic; it is refused before scanning.
+TEST(ParserTest, LongRunsOfSignsAreRefused) {
+  absl::StatusOr<RoutingPlan> plan;
+  const std::string signs = "SELECT 1 " + std::string(300, '+') + " 1";
+  plan = Plan(signs);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_THAT(std::string(plan.status().message()),
+              HasSubstr("a run of 300 + and - signs (at most 256)"));
+
+  // Ordinary nesting stays fine.
+  EXPECT_EQ(Route("SELECT * FROM users WHERE ((id = 1) OR (id = 2))"),
+            Owners({1, 2}));
+}
+
 }  // namespace
 }  // namespace shardkit::internal

@@ -557,6 +557,17 @@ reference = true
             "s2");
 }
 
+// Found by fuzzing: toml++ recurses once per part of a dotted key.
+TEST(ConfigTest, ALineWithThousandsOfDotsIsRefused) {
+  std::string deep = "[shards.s1]\ndsn = \"host=h\"\n[tables.a";
+  for (int i = 0; i < 5000; ++i) deep += ".a";
+  deep += "]\nreference = true\n";
+  EXPECT_THAT(Problems(deep),
+              ElementsAre("t.toml:3:1: more than 4096 dots in one line: a key "
+                          "or table name of that many parts nests too "
+                          "deeply"));
+}
+
 TEST(ConfigTest, NoShards) {
   EXPECT_THAT(Problems("[tables.x]\nreference = true\n"),
               ElementsAre("t.toml: no shards: add at least one [shards.NAME] "
