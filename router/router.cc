@@ -40,9 +40,32 @@ struct Router::Plan {
   // HavingTemplate); empty without HAVING.
   std::string having_template;
   std::vector<int> having_params;  // $n of the template, in order
+  // The lowest and highest $n the statement uses (1 and 0 without any).
+  // Execute checks the parameters given against them before anything
+  // looks a parameter up.
+  int lowest_param = 1;
+  int highest_param = 0;
 };
 
 namespace {
+
+// The lowest and highest $n in `tree` (libpg_query gives $0 as 0, and a
+// number past INT_MAX as a negative), or {1, 0} if it has none.
+std::pair<int, int> ParamRange(const ParsedSql& tree) {
+  bool seen = false;
+  int lowest = 1, highest = 0;
+  std::function<void(ProtobufCMessage*)> walk = [&](ProtobufCMessage* m) {
+    if (IsMessage(m, pg_query__param_ref__descriptor)) {
+      const int n = reinterpret_cast<PgQuery__ParamRef*>(m)->number;
+      lowest = seen ? std::min(lowest, n) : n;
+      highest = seen ? std::max(highest, n) : n;
+      seen = true;
+    }
+    ForEachChild(m, walk);
+  };
+  walk(&const_cast<ParsedSql&>(tree).mutable_statement(0)->base);
+  return {lowest, highest};
+}
 
 // "INSERT 0 3" + "INSERT 0 4" -> "INSERT 0 7": the tag with its count
 // replaced by the total.
@@ -460,6 +483,25 @@ Result Combine(const RoutingPlan& plan, std::vector<TaskOutcome>& done,
   return out;
 }
 
+// PostgreSQL's own checks of a statement's $n against the parameters
+// given, made before anything looks a parameter up.
+absl::Status CheckParams(const Router::Plan& plan, const Params& params) {
+  absl::Status status;
+  if (plan.lowest_param < 1) {
+    status = absl::InvalidArgumentError(
+        StrCat("there is no parameter $", plan.lowest_param,
+               ": parameters are numbered from $1"));
+    status.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("42P02"));
+  } else if (static_cast<size_t>(plan.highest_param) > params.size()) {
+    status = absl::InvalidArgumentError(
+        StrCat("the statement uses $", plan.highest_param, " but ",
+               params.size(), params.size() == 1 ? " parameter was" :
+               " parameters were", " given"));
+    status.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("08P01"));
+  }
+  return status;
+}
+
 }  // namespace
 
 Router::Router() = default;
@@ -505,6 +547,8 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
     }
     plan->routing = *std::move(routing);
     plan->tree = std::make_unique<ParsedSql>(*std::move(parsed));
+    std::tie(plan->lowest_param, plan->highest_param) =
+        ParamRange(*plan->tree);
     if (!plan->routing.aggregates.empty()) {
       absl::StatusOr<std::string> partial =
           PartialAggregates(*plan->tree, plan->routing,
@@ -589,6 +633,7 @@ absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& ma
                                        const Params& params,
                                        const ExecOptions& options) {
   ASSIGN_OR_RETURN(std::shared_ptr<Plan> plan, PlanFor(map, sql));
+  RETURN_IF_ERROR(CheckParams(*plan, params));
   const RoutingPlan& routing = plan->routing;
   std::vector<ShardTask> tasks;
   if (routing.kind == StatementKind::kInsert && routing.distribution != nullptr) {

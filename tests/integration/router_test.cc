@@ -389,6 +389,40 @@ TEST_F(RouterTest, RefusalsSayWhy) {
   }
 }
 
+// Parameters that do not match the statement's $n are refused before
+// anything looks them up (each of these once crashed the router).
+TEST_F(RouterTest, ParametersMustMatchTheStatement) {
+  struct Case {
+    std::string sql;
+    std::vector<Param> params;
+    std::string message;
+    std::string sqlstate;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"INSERT INTO users (id, name) VALUES (1, $1), (2, $1), (3, $1), "
+            "(4, $1)",
+            {}, "the statement uses $1 but 0 parameters were given", "08P01"},
+           {"INSERT INTO users (id, name) VALUES (1, $2), (2, 'b'), (3, 'c'), "
+            "(4, 'd')",
+            {"a"}, "the statement uses $2 but 1 parameter was given", "08P01"},
+           {"SELECT * FROM users WHERE name <> $0 ORDER BY id LIMIT 2 OFFSET 1",
+            {"a"}, "there is no parameter $0", "42P02"},
+           {"SELECT * FROM users WHERE id = $0", {"1"},
+            "there is no parameter $0", "42P02"},
+           {"SELECT * FROM users LIMIT $4294967295", {"1"},
+            "there is no parameter $-1", "42P02"},
+           {"SELECT count(*) FROM users HAVING count(*) > $3", {"1"},
+            "the statement uses $3 but 1 parameter was given", "08P01"},
+           {"SELECT * FROM users ORDER BY id OFFSET $2", {"1"},
+            "the statement uses $2 but 1 parameter was given", "08P01"}}) {
+    SCOPED_TRACE(c.sql);
+    absl::StatusOr<Result> r = cluster_->Execute(c.sql, c.params);
+    ASSERT_FALSE(r.ok());
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.message));
+    EXPECT_EQ(SqlStateOf(r.status()), c.sqlstate);
+  }
+}
+
 TEST_F(RouterTest, ShardErrorsNameTheShard) {
   absl::StatusOr<Result> r = cluster_->Execute(
       "INSERT INTO users (id, name) VALUES (42, 'duplicate')");
