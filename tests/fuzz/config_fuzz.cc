@@ -31,10 +31,10 @@
 namespace shardkit {
 namespace {
 
-// Amplified configurations stop here: room for 100,000 parts of a dotted
-// table name ("[a.a.a...]", which overflowed toml++'s stack before such
-// lines were refused).
-constexpr size_t kAmplifiedBytes = size_t{256} << 10;
+// Amplified configurations stop here: room for a dotted table name of
+// 65,000 parts ("[a.a.a...]"; before lines of that many dots were refused,
+// toml++ overflowed the stack on them).
+constexpr size_t kAmplifiedBytes = size_t{128} << 10;
 
 std::optional<std::string> FakeEnv(std::string_view name) {
   if (name.substr(0, 2) == "V_") return std::string(name.substr(2));

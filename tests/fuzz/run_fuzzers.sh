@@ -60,7 +60,7 @@ for name in analyzer config; do
   set +e
   "$binary" "$corpus" "${dict[@]}" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=25 \
-    -max_len=8192 -print_final_stats=1 \
+    -max_len=8192 -len_control=10 -print_final_stats=1 \
     -artifact_prefix="$artifacts/$name-" >"$log" 2>&1
   rc=$?
   set -e
