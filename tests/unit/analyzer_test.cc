@@ -7,6 +7,8 @@
 
 #include <iostream>
 #include <set>
+#include <string>
+#include <string_view>
 
 #include "router/parser_thread.h"
 #include "router/sql_parser.h"
@@ -415,6 +417,73 @@ TEST(ParserTest, LongRunsOfSignsAreRefused) {
   // Ordinary nesting stays fine.
   EXPECT_EQ(Route("SELECT * FROM users WHERE ((id = 1) OR (id = 2))"),
             Owners({1, 2}));
+}
+
+std::string Repeat(std::string_view text, int times) {
+  std::string out;
+  for (int i = 0; i < times; ++i) out += text;
+  return out;
+}
+
+// "SELECT 1+(1)+(1)...": `times` operators, each with a bracketed operand.
+std::string ChainOfBracketed(int times) {
+  return "SELECT 1" + Repeat("+(1)", times);
+}
+
+// "SELECT (1 + (1 + (... 1)))": `levels` nested parentheses, an operator in
+// each.
+std::string NestedSums(int levels) {
+  return "SELECT " + Repeat("(1 + ", levels) + "1" + Repeat(")", levels);
+}
+
+// "SELECT (((1)))": `levels` bare parentheses.
+std::string NestedParentheses(int levels) {
+  return "SELECT " + Repeat("(", levels) + "1" + Repeat(")", levels);
+}
+
+// The depth estimated from the tokens (an operator and a bracketed operand
+// count a level each) is capped at kMaxNestingDepth before libpg_query
+// parses. That is stricter than PostgreSQL 15, which accepts 3000 levels of
+// each form below: its grammar's stack runs out ("memory exhausted") at
+// about 3,300 nested sums and 10,000 parentheses, and the chain exceeds the
+// default max_stack_depth of 2 MB at about 4,000 operands. The parser
+// thread's 64 MiB stack would hold these too; they are refused anyway, as
+// the estimate cannot tell them from statements that nest a level per token,
+// and the same tree is walked again by the analyzer and the deparser.
+TEST(ParserTest, DeeplyNestedStatementsAreRefused) {
+  static_assert(kMaxNestingDepth == 2000, "update the depths below");
+  struct Case {
+    std::string name;
+    std::string sql;
+    int estimated_depth;  // 0: accepted
+  };
+  const Case cases[] = {
+      {"1000 bracketed operands", ChainOfBracketed(1000), 0},
+      {"1001 bracketed operands", ChainOfBracketed(1001), 2002},
+      {"3000 bracketed operands", ChainOfBracketed(3000), 6000},
+      {"1000 nested sums", NestedSums(1000), 0},
+      {"1001 nested sums", NestedSums(1001), 2002},
+      {"3000 nested sums", NestedSums(3000), 6000},
+      {"2000 parentheses", NestedParentheses(2000), 0},
+      {"2001 parentheses", NestedParentheses(2001), 2001},
+      {"3000 parentheses", NestedParentheses(3000), 3000},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<RoutingPlan> plan = Plan(c.sql);
+    if (c.estimated_depth == 0) {
+      EXPECT_TRUE(plan.ok()) << c.name << ": " << plan.status();
+      continue;
+    }
+    ASSERT_FALSE(plan.ok()) << c.name;
+    EXPECT_EQ(plan.status().message(),
+              "statement too deeply nested: up to " +
+                  std::to_string(c.estimated_depth) +
+                  " levels of operators, parentheses, subqueries, joins and "
+                  "set operations (at most 2000); simplify it, or split it "
+                  "into several statements")
+        << c.name;
+    EXPECT_EQ(SqlStateOf(plan.status()), "54001") << c.name;
+  }
 }
 
 }  // namespace
