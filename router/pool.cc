@@ -149,14 +149,15 @@ void ConnectionPools::GrantQueuedLocked(Pool& pool, Deferred& deferred) {
 PoolLease ConnectionPools::Acquire(ShardId shard, std::string_view shard_name,
                                    std::string_view dsn) {
   auto request = std::make_unique<PoolLease::Request>();
+  // A whole Key, not a tuple of string_views, to find: clang 14 over
+  // libstdc++ 12 has no < between tuples of string_view and of string.
+  Key key(shard, std::string(shard_name), std::string(dsn));
   Deferred deferred;  // runs after `lock` is let go: destroyed after it
   absl::MutexLock lock(&mu_);
-  auto it = pools_.find(std::tuple<ShardId, std::string_view, std::string_view>(
-      shard, shard_name, dsn));
+  auto it = pools_.find(key);
   if (it == pools_.end()) {
     it = pools_
-             .emplace(Key(shard, std::string(shard_name), std::string(dsn)),
-                      std::make_unique<Pool>(shard, shard_name))
+             .emplace(std::move(key), std::make_unique<Pool>(shard, shard_name))
              .first;
   }
   Pool& pool = *it->second;
