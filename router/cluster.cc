@@ -9,6 +9,7 @@
 #include "router/executor.h"
 #include "router/pool.h"
 #include "router/router.h"
+#include "router/stream.h"
 
 namespace shardkit {
 namespace {
@@ -112,6 +113,13 @@ namespace shardkit {
 absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
                                         const std::vector<Param>& params) const {
   return router_->Execute(map(), sql, params, OptionsOf(config_, pools_.get()));
+}
+
+absl::StatusOr<RowStream> Cluster::Stream(
+    std::string_view sql, const std::vector<Param>& params) const {
+  internal::StreamOptions options;
+  options.exec = OptionsOf(config_, pools_.get());
+  return internal::OpenStream(*router_, map(), sql, params, options);
 }
 
 absl::StatusOr<Result> Cluster::ExecuteOnShardOf(

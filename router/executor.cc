@@ -23,6 +23,30 @@
 #include "router/shard_connection.h"
 
 namespace shardkit::internal {
+
+// The executor's access to a ShardSession's insides.
+struct SessionAccess {
+  static bool& started(ShardSession& s) { return s.started_; }
+  static absl::Status& lost(ShardSession& s) { return s.lost_; }
+  static PoolLease& lease(ShardSession& s) { return s.lease_; }
+  static std::unique_ptr<ShardConnection>& conn(ShardSession& s) {
+    return s.conn_;
+  }
+};
+
+bool ShardSession::InTransaction() const {
+  return conn_ != nullptr && conn_->InTransactionBlock();
+}
+
+void ShardSession::Release() {
+  if (!lease_.empty()) {
+    lease_.Release(std::move(conn_), /*statement_completed=*/true);
+  } else if (conn_ != nullptr) {
+    conn_->Close();
+  }
+  conn_.reset();
+}
+
 namespace {
 
 enum class Phase {
@@ -105,6 +129,27 @@ void Finish(TaskRun& run, absl::Status status, Result result = {}) {
     run.outcome.result.shards = {run.task->shard};
   }
   run.phase = Phase::kDone;
+  if (ShardSession* session = run.task->session; session != nullptr) {
+    if (run.completed && run.conn != nullptr &&
+        run.conn->state() == ShardConnection::State::kIdle) {
+      // The session keeps the connection (and its slot) for its next task.
+      SessionAccess::conn(*session) = std::move(run.conn);
+      SessionAccess::lease(*session) = std::move(run.lease);
+      return;
+    }
+    if (SessionAccess::started(*session) &&
+        SessionAccess::lost(*session).ok()) {
+      SessionAccess::lost(*session) = absl::Status(
+          run.outcome.status.ok() ? absl::StatusCode::kUnavailable
+                                  : run.outcome.status.code(),
+          absl::StrCat("shard ", run.task->shard_name,
+                       ": the session's connection was lost (",
+                       run.outcome.status.ok() ? "closed"
+                                               : run.outcome.status.message(),
+                       "), and with it what the session held there (its "
+                       "transaction, its cursors)"));
+    }
+  }
   // Free the server's backend (or hand the connection on) now rather than
   // when the slowest shard is done.
   if (!run.lease.empty()) {
@@ -213,6 +258,10 @@ void Progress(TaskRun& run, const ExecOptions& options) {
   if (conn.state() != ShardConnection::State::kIdle) return;
   switch (run.phase) {
     case Phase::kConnecting: {
+      // From here on the session may hold something on the server.
+      if (run.task->session != nullptr) {
+        SessionAccess::started(*run.task->session) = true;
+      }
       absl::Status sent = conn.SendStatement(run.task->sql, run.task->params);
       if (!sent.ok()) {
         if (run.reused && conn.failed_before_sending()) {
@@ -316,6 +365,24 @@ void StartCancel(TaskRun& run, const ExecOptions& options,
 // `waker`, created on first use, tells the loop when it is granted one.
 void StartTask(TaskRun& run, const ExecOptions& options,
                std::shared_ptr<Waker>& waker) {
+  if (ShardSession* session = run.task->session; session != nullptr) {
+    if (!SessionAccess::lost(*session).ok()) {
+      Finish(run, SessionAccess::lost(*session));
+      return;
+    }
+    if (SessionAccess::conn(*session) != nullptr) {
+      // The session's own connection: the statement goes out at once.
+      run.conn = std::move(SessionAccess::conn(*session));
+      run.lease = std::move(SessionAccess::lease(*session));
+      run.reused = false;  // what the session holds would not survive a retry
+      run.phase = Phase::kConnecting;
+      Progress(run, options);
+      return;
+    }
+    // Its first task: a connection the usual way. Until the statement
+    // completes, nothing is held on the server, so a failure to connect
+    // leaves the session free to try again.
+  }
   if (options.pools == nullptr) {
     ConnectFresh(run);
     return;

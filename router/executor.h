@@ -82,6 +82,7 @@
 #ifndef SHARDKIT_ROUTER_EXECUTOR_H_
 #define SHARDKIT_ROUTER_EXECUTOR_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -89,10 +90,56 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "router/pool.h"
+#include "router/shard_connection.h"
 #include "shardkit/result.h"
 #include "shardkit/shard_map.h"
 
 namespace shardkit::internal {
+
+// One connection to one shard kept across several RunOnShards calls, for
+// statements that must share a session: a cursor and its FETCHes, a
+// transaction. A task that names a session (ShardTask::session) runs on
+// its connection; the first such task takes one the usual way (from the
+// pool, or a fresh one) and leaves it in the session when it is done, as
+// long as its outcome was read in full (a server error included: the
+// session is then in a failed transaction, which ROLLBACK ends).
+//
+// A session whose connection is lost (it broke, or its statement timed
+// out or was cancelled, which closes it) never gets another: tasks that
+// name it later fail at once with lost(), because whatever the session
+// held on the server (an open transaction, a cursor) is gone, and running
+// on a new connection would silently drop it.
+//
+// Release() ends the session: the connection goes back to its pool if
+// the pool takes it (idle, outside any transaction block: end the
+// transaction first) or is closed. The destructor releases too.
+//
+// Thread-safety: a session is used by one RunOnShards call at a time, and
+// by one task of that call. REQUIRES: it does not outlive the pools it
+// took its connection from.
+class ShardSession {
+ public:
+  ShardSession() = default;
+  ~ShardSession() { Release(); }
+  ShardSession(const ShardSession&) = delete;
+  ShardSession& operator=(const ShardSession&) = delete;
+
+  // Whether a task has run on it (it holds, or held, a connection).
+  bool started() const { return started_; }
+  // OK, or why its connection is gone (see above).
+  const absl::Status& lost() const { return lost_; }
+  // Whether it holds a connection that is inside a transaction block
+  // (open or failed).
+  bool InTransaction() const;
+  void Release();
+
+ private:
+  friend struct SessionAccess;
+  bool started_ = false;
+  absl::Status lost_;
+  PoolLease lease_;  // with pools
+  std::unique_ptr<ShardConnection> conn_;
+};
 
 struct ShardTask {
   ShardId shard = 0;
@@ -101,6 +148,10 @@ struct ShardTask {
   std::string sql;
   // $1..$n, as text; nullopt is NULL. Always sent as parameters.
   std::vector<std::optional<std::string>> params;
+  // Run on this session's connection (see ShardSession); nullptr: a
+  // connection for this task alone. Borrowed: REQUIRES it outlives the
+  // RunOnShards call, and no two tasks of one call name the same session.
+  ShardSession* session = nullptr;
 };
 
 struct ExecOptions {

@@ -201,8 +201,6 @@ absl::StatusOr<std::vector<size_t>> ResolveSortColumns(
   return out;
 }
 
-namespace {
-
 int CompareRows(const Row& a, const Row& b, const std::vector<MergeKey>& keys) {
   for (const MergeKey& k : keys) {
     const auto& x = a[k.column];
@@ -217,8 +215,6 @@ int CompareRows(const Row& a, const Row& b, const std::vector<MergeKey>& keys) {
   }
   return 0;
 }
-
-}  // namespace
 
 std::vector<Row> MergeRows(std::vector<std::vector<Row>> parts,
                            const std::vector<MergeKey>& keys, int64_t offset,

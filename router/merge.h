@@ -65,6 +65,10 @@ struct MergeKey {
 [[nodiscard]] absl::StatusOr<std::vector<size_t>> ResolveSortColumns(
     const std::vector<SortSpec>& specs, const std::vector<Column>& columns);
 
+// <0, 0, >0: how rows `a` and `b` order by `keys` (NULLs placed as each
+// key says). REQUIRES: both have every column the keys name.
+int CompareRows(const Row& a, const Row& b, const std::vector<MergeKey>& keys);
+
 // Merges `parts` (each sorted by `keys`, as its shard sorted it) into one
 // sorted sequence, skips `offset` rows and keeps at most `limit`. With no
 // keys the parts are concatenated, then cut the same way.

@@ -628,64 +628,76 @@ absl::StatusOr<std::vector<ShardTask>> Router::InsertTasks(
   return tasks;
 }
 
+absl::StatusOr<Router::Prepared> Router::Prepare(
+    const std::shared_ptr<const ShardMap>& map, std::string_view sql,
+    const Params& params) {
+  Prepared out;
+  ASSIGN_OR_RETURN(out.plan, PlanFor(map, sql));
+  const Plan& plan = *out.plan;
+  RETURN_IF_ERROR(CheckParams(plan, params));
+  const RoutingPlan& routing = plan.routing;
+  out.routing = &routing;
+  if (routing.kind == StatementKind::kInsert && routing.distribution != nullptr) {
+    ASSIGN_OR_RETURN(out.tasks, InsertTasks(*out.plan, *map, sql, params));
+    return out;
+  }
+  ASSIGN_OR_RETURN(std::vector<ShardId> targets,
+                   TargetShards(routing, *map, params));
+  if (targets.size() > 1 && !routing.needs_merge.empty()) {
+    absl::Status refused = absl::InvalidArgumentError(StrCat(
+        routing.needs_merge, " over ", targets.size(),
+        " shards needs the shards' rows merged, which the router does not "
+        "do yet; narrow the statement to one shard with a condition on "
+        "the shard key (",
+        routing.distribution->name(), ")"));
+    refused.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("0A000"));
+    return refused;
+  }
+  if (targets.size() > 1 && !routing.aggregates.empty()) {
+    out.combine = Combining::kAggregate;
+  } else if (targets.size() > 1 && routing.kind == StatementKind::kSelect &&
+             (!routing.order_by.empty() || routing.limit || routing.offset)) {
+    out.combine = Combining::kMerge;
+    ASSIGN_OR_RETURN(out.limit, CountOf(routing.limit, params, "LIMIT"));
+    ASSIGN_OR_RETURN(std::optional<int64_t> offset,
+                     CountOf(routing.offset, params, "OFFSET"));
+    out.offset = offset.value_or(0);
+  }
+  for (ShardId id : targets) {
+    ShardTask task;
+    task.shard = id;
+    task.shard_name = map->shard(id).name;
+    task.dsn = map->shard(id).dsn;
+    if (out.combine != Combining::kConcat && !plan.sql_across_shards.empty()) {
+      task.sql = plan.sql_across_shards;
+      for (int n : plan.params_across_shards) task.params.push_back(params[n - 1]);
+    } else {
+      task.sql = std::string(sql);
+      task.params = params;
+    }
+    out.tasks.push_back(std::move(task));
+  }
+  return out;
+}
+
 absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& map,
                                        std::string_view sql,
                                        const Params& params,
                                        const ExecOptions& options) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Plan> plan, PlanFor(map, sql));
-  RETURN_IF_ERROR(CheckParams(*plan, params));
-  const RoutingPlan& routing = plan->routing;
-  std::vector<ShardTask> tasks;
-  if (routing.kind == StatementKind::kInsert && routing.distribution != nullptr) {
-    ASSIGN_OR_RETURN(tasks, InsertTasks(*plan, *map, sql, params));
-  } else {
-    ASSIGN_OR_RETURN(std::vector<ShardId> targets,
-                     TargetShards(routing, *map, params));
-    if (targets.size() > 1 && !routing.needs_merge.empty()) {
-      absl::Status refused = absl::InvalidArgumentError(StrCat(
-          routing.needs_merge, " over ", targets.size(),
-          " shards needs the shards' rows merged, which the router does not "
-          "do yet; narrow the statement to one shard with a condition on "
-          "the shard key (",
-          routing.distribution->name(), ")"));
-      refused.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("0A000"));
-      return refused;
-    }
-    const bool aggregated =
-        targets.size() > 1 && !routing.aggregates.empty();
-    const bool merged = targets.size() > 1 &&
-                        routing.kind == StatementKind::kSelect &&
-                        (!routing.order_by.empty() || routing.limit ||
-                         routing.offset);
-    for (ShardId id : targets) {
-      ShardTask task;
-      task.shard = id;
-      task.shard_name = map->shard(id).name;
-      task.dsn = map->shard(id).dsn;
-      if ((merged || aggregated) && !plan->sql_across_shards.empty()) {
-        task.sql = plan->sql_across_shards;
-        for (int n : plan->params_across_shards) {
-          if (static_cast<size_t>(n) > params.size()) {
-            return absl::InvalidArgumentError(StrCat(
-                "the statement uses $", n, " but ", params.size(),
-                " parameters were given"));
-          }
-          task.params.push_back(params[n - 1]);
-        }
-      } else {
-        task.sql = std::string(sql);
-        task.params = params;
-      }
-      tasks.push_back(std::move(task));
-    }
-    if (aggregated) {
-      return ExecuteAggregated(routing, plan->having_template,
-                               plan->having_params, tasks, params, options);
-    }
-    if (merged) return ExecuteMerged(routing, tasks, params, options);
+  ASSIGN_OR_RETURN(Prepared prepared, Prepare(map, sql, params));
+  switch (prepared.combine) {
+    case Combining::kAggregate:
+      return ExecuteAggregated(*prepared.routing, prepared.plan->having_template,
+                               prepared.plan->having_params, prepared.tasks,
+                               params, options);
+    case Combining::kMerge:
+      return ExecuteMerged(prepared, options);
+    case Combining::kConcat:
+      break;
   }
-  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(tasks, options));
-  return Combine(routing, done, tasks);
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done,
+                   RunAll(prepared.tasks, options));
+  return Combine(*prepared.routing, done, prepared.tasks);
 }
 
 absl::StatusOr<std::string> Router::DatabaseCollation(
@@ -901,16 +913,9 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
   return out;
 }
 
-absl::StatusOr<Result> Router::ExecuteMerged(const RoutingPlan& routing,
-                                             const std::vector<ShardTask>& tasks,
-                                             const Params& params,
-                                             const ExecOptions& options) {
-  ASSIGN_OR_RETURN(std::optional<int64_t> limit,
-                   CountOf(routing.limit, params, "LIMIT"));
-  ASSIGN_OR_RETURN(std::optional<int64_t> offset,
-                   CountOf(routing.offset, params, "OFFSET"));
-  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(tasks, options));
-  const std::vector<Column>& columns = done[0].result.columns;
+absl::StatusOr<std::vector<MergeKey>> Router::MergeKeys(
+    const RoutingPlan& routing, const std::vector<Column>& columns,
+    const ShardTask& shard, const ExecOptions& options) {
   ASSIGN_OR_RETURN(std::vector<size_t> sort_columns,
                    ResolveSortColumns(routing.order_by, columns));
   std::vector<MergeKey> keys;
@@ -919,20 +924,30 @@ absl::StatusOr<Result> Router::ExecuteMerged(const RoutingPlan& routing,
     std::string collation = spec.collation;
     if (collation.empty()) {
       ASSIGN_OR_RETURN(collation,
-                       ColumnCollation(tasks[0], columns[sort_columns[i]], options));
+                       ColumnCollation(shard, columns[sort_columns[i]], options));
     }
     if (collation == "default") {
-      ASSIGN_OR_RETURN(collation, DatabaseCollation(tasks[0], options));
+      ASSIGN_OR_RETURN(collation, DatabaseCollation(shard, options));
     }
     ASSIGN_OR_RETURN(std::shared_ptr<const ValueOrder> order,
                      ValueOrder::For(columns[sort_columns[i]].type_oid, collation));
     keys.push_back(MergeKey{sort_columns[i], spec.descending, spec.nulls_first,
                             std::move(order)});
   }
+  return keys;
+}
+
+absl::StatusOr<Result> Router::ExecuteMerged(const Prepared& prepared,
+                                             const ExecOptions& options) {
+  const std::vector<ShardTask>& tasks = prepared.tasks;
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(tasks, options));
+  ASSIGN_OR_RETURN(std::vector<MergeKey> keys,
+                   MergeKeys(*prepared.routing, done[0].result.columns,
+                             tasks[0], options));
   std::vector<std::vector<Row>> parts;
   for (TaskOutcome& outcome : done) parts.push_back(std::move(outcome.result.rows));
   Result out = std::move(done[0].result);
-  out.rows = MergeRows(std::move(parts), keys, offset.value_or(0), limit);
+  out.rows = MergeRows(std::move(parts), keys, prepared.offset, prepared.limit);
   out.rows_affected = static_cast<int64_t>(out.rows.size());
   out.command_tag = StrCat("SELECT ", out.rows.size());
   out.shards = ShardsOf(tasks);

@@ -27,6 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "router/analyzer.h"
 #include "router/executor.h"
+#include "router/merge.h"
 #include "shardkit/result.h"
 #include "shardkit/shard_map.h"
 
@@ -54,14 +55,45 @@ class Router {
       const std::shared_ptr<const ShardMap>& map, std::string_view sql)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // How the shards' results of a statement make its result.
+  enum class Combining {
+    kConcat,     // rows and counts add up (or, for copies, the first's)
+    kMerge,      // a SELECT's rows merged by ORDER BY, then OFFSET / LIMIT
+    kAggregate,  // partial aggregates combined (ExecuteAggregated)
+  };
+
+  // A statement ready to run: its plan, and what to send to which shard
+  // with the parameters given.
+  struct Prepared {
+    std::shared_ptr<Plan> plan;  // never null
+    const RoutingPlan* routing = nullptr;  // the plan's; never null
+    std::vector<ShardTask> tasks;  // at least one
+    Combining combine = Combining::kConcat;
+    // kMerge: the rows to skip and keep after merging.
+    int64_t offset = 0;
+    std::optional<int64_t> limit;
+  };
+
+  // Plans `sql` (PlanFor), checks `params` against it and builds the
+  // shards' tasks. Fails as Execute does before anything runs.
+  [[nodiscard]] absl::StatusOr<Prepared> Prepare(
+      const std::shared_ptr<const ShardMap>& map, std::string_view sql,
+      const Params& params) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The ORDER BY of a merged SELECT resolved against its result's
+  // `columns`: how each key compares (type, collation, looked up on
+  // `shard` once per connection string).
+  [[nodiscard]] absl::StatusOr<std::vector<MergeKey>> MergeKeys(
+      const RoutingPlan& routing, const std::vector<Column>& columns,
+      const ShardTask& shard, const ExecOptions& options)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   size_t CachedPlansForTest() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   // Runs a SELECT on several shards and merges their rows by ORDER BY,
   // then applies OFFSET and LIMIT.
-  absl::StatusOr<Result> ExecuteMerged(const RoutingPlan& routing,
-                                       const std::vector<ShardTask>& tasks,
-                                       const Params& params,
+  absl::StatusOr<Result> ExecuteMerged(const Prepared& prepared,
                                        const ExecOptions& options);
 
   // Runs the partial aggregates of an aggregating SELECT on every shard

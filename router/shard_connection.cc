@@ -508,6 +508,12 @@ bool ShardConnection::IsReusable() const {
          PQtransactionStatus(conn_) == PQTRANS_IDLE;
 }
 
+bool ShardConnection::InTransactionBlock() const {
+  if (conn_ == nullptr) return false;
+  const PGTransactionStatusType status = PQtransactionStatus(conn_);
+  return status == PQTRANS_INTRANS || status == PQTRANS_INERROR;
+}
+
 bool ShardConnection::CheckAliveWhileIdle() {
   if (!IsReusable()) return false;
   // Bounded, so that a server streaming notifications cannot hold the

@@ -190,6 +190,10 @@ class ShardConnection {
   // session advisory locks): that stays with the connection.
   bool IsReusable() const;
 
+  // Whether the session is inside a transaction block, open or failed
+  // (as of the last message read from the server).
+  bool InTransactionBlock() const;
+
   // Checks, without blocking, that a reusable connection that sat idle is
   // still alive: reads whatever the server sent meanwhile. A server that
   // ended the session (shut down, restarted, pg_terminate_backend) has sent

@@ -30,6 +30,7 @@
 #include "shardkit/config.h"
 #include "shardkit/key.h"
 #include "shardkit/result.h"
+#include "shardkit/row_stream.h"
 #include "shardkit/shard_map.h"
 
 namespace shardkit {
@@ -88,13 +89,19 @@ class Cluster {
 
   // Runs one SQL statement through the router: it goes to the shards that
   // own the keys its conditions name (every shard when they name none), runs
-  // there concurrently, and the shards' results are combined into one:
+  // there concurrently, and the shards' results are combined into exactly
+  // the result one PostgreSQL holding all the rows would give:
   //   - SELECT, UPDATE, DELETE: `key = v`, `key IN (...)`, `key = ANY($n)`,
   //     and for range distributions `<`, `<=`, `>`, `>=`, `BETWEEN`, under
   //     AND / OR, narrow the shards; rows and counts of several shards add
-  //     up. A SELECT whose answer is more than the concatenation of the
-  //     shards' (ORDER BY, LIMIT, OFFSET, aggregates, GROUP BY, DISTINCT)
-  //     runs on one shard and is refused across several.
+  //     up. Across shards, ORDER BY merges the shards' sorted rows (by type
+  //     and collation), LIMIT / OFFSET apply to the merged rows, and
+  //     count / sum / min / max / avg, GROUP BY, HAVING and DISTINCT are
+  //     computed from the shards' partial results. What cannot be answered
+  //     exactly across shards is refused (SQLSTATE 0A000), naming the
+  //     construct; it runs when its conditions narrow it to one shard.
+  //   - Joins of tables of one distribution on their shard keys, and with
+  //     reference tables, run on each shard; other joins are refused.
   //   - INSERT ... VALUES into a sharded table: each row goes to the shard
   //     that owns its key; every row needs one (a constant or parameter).
   //   - Reference tables: reads run on one shard, writes on every shard.
@@ -103,14 +110,33 @@ class Cluster {
   // A write that touches several shards is not atomic (yet): each shard
   // commits on its own. Statements run on pooled connections ([pool]), so
   // session state (SET without LOCAL, PREPARE, temporary tables, session
-  // advisory locks) must not be relied on across calls.
+  // advisory locks) must not be relied on across calls. The whole result
+  // is held in memory: use Stream for large results.
   // Fails with kInvalidArgument (SQLSTATE 42601) for SQL that does not
   // parse, kInvalidArgument (SQLSTATE 0A000) for a statement that cannot be
   // answered correctly across shards, naming the construct and what to do,
-  // 42P01 for a table not in the map, kUnavailable / kDeadlineExceeded for
-  // a shard that is down or too slow, or the shard's own error; each names
-  // the shard and carries the SQLSTATE (see SqlStateOf).
+  // 42P01 for a table not in the map, 42P02 / 08P01 for a $n without a
+  // parameter, kUnavailable / kDeadlineExceeded for a shard that is down or
+  // too slow, or the shard's own error; each names the shard and carries
+  // the SQLSTATE (see SqlStateOf).
   [[nodiscard]] absl::StatusOr<Result> Execute(
+      std::string_view sql, const std::vector<Param>& params = {}) const;
+
+  // Runs one statement as Execute does, and returns its rows as a stream
+  // read in bounded memory, however many there are. A SELECT answered by
+  // concatenating or merging the shards' rows (ORDER BY, LIMIT, OFFSET)
+  // reads them from a cursor on each target shard, 1000 rows at a time per
+  // shard, each in a transaction of its own that commits when the rows end
+  // (so each shard's rows come from one snapshot of that shard; there is no
+  // snapshot across shards). The statement timeout applies to each fetch.
+  // Other statements (writes with RETURNING, aggregates over several
+  // shards) run as Execute and are read from its result in memory.
+  // The stream holds one pooled connection per target shard until it ends
+  // or is destroyed: with [pool] max_connections_per_shard = 1, another
+  // statement on those shards waits until then (and fails after the
+  // connect timeout). REQUIRES: the Cluster outlives the stream.
+  // Fails as Execute does, before the first row.
+  [[nodiscard]] absl::StatusOr<RowStream> Stream(
       std::string_view sql, const std::vector<Param>& params = {}) const;
 
   // Runs `sql` unchanged on the shard that owns `key` of sharded table
