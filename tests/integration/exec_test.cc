@@ -28,7 +28,6 @@
 #include "cli/dev_cluster.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "libpq-fe.h"
 #include "router/executor.h"
 #include "router/shard_connection.h"
 #include "shardkit/cluster.h"
@@ -42,49 +41,10 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
+using testing::Eventually;
+using testing::Session;
 
 constexpr int kShards = 3;
-
-// Polls `condition` until it holds or `limit` passes. This bounds a wait for
-// something that must eventually happen; it asserts no duration.
-template <typename Condition>
-bool Eventually(Condition condition, absl::Duration limit = absl::Seconds(30)) {
-  const absl::Time give_up = absl::Now() + limit;
-  while (true) {
-    if (condition()) return true;
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-}
-
-// A libpq session the test holds open (e.g. to keep a lock).
-class Session {
- public:
-  explicit Session(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {}
-  ~Session() { PQfinish(conn_); }
-  Session(const Session&) = delete;
-  Session& operator=(const Session&) = delete;
-
-  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
-  std::string error() const { return PQerrorMessage(conn_); }
-
-  // Runs `sql`; returns the first value of the first row, or the error.
-  std::string Scalar(const std::string& sql) {
-    PGresult* res = PQexec(conn_, sql.c_str());
-    std::string out;
-    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0) {
-      out = PQgetvalue(res, 0, 0);
-    } else if (PQresultStatus(res) != PGRES_COMMAND_OK &&
-               PQresultStatus(res) != PGRES_TUPLES_OK) {
-      out = absl::StrCat("error: ", PQresultErrorMessage(res));
-    }
-    PQclear(res);
-    return out;
-  }
-
- private:
-  PGconn* conn_;
-};
 
 // A TCP port that accepts connections into its backlog but never answers:
 // what a hung server looks like to a client.

@@ -25,7 +25,6 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "libpq-fe.h"
 #include "router/executor.h"
 #include "shardkit/config.h"
 #include "tests/integration/test_cluster.h"
@@ -39,44 +38,10 @@ using internal::ShardPoolStats;
 using internal::ShardTask;
 using internal::TaskOutcome;
 using ::testing::HasSubstr;
+using testing::Eventually;
+using testing::Session;
 
 constexpr int kShards = 2;
-
-// Polls `condition` until it holds or `limit` passes. This bounds a wait for
-// something that must eventually happen; it asserts no duration.
-template <typename Condition>
-bool Eventually(Condition condition, absl::Duration limit = absl::Seconds(30)) {
-  const absl::Time give_up = absl::Now() + limit;
-  while (true) {
-    if (condition()) return true;
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-}
-
-// A libpq session the test holds open (to hold an advisory lock).
-class Session {
- public:
-  explicit Session(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {}
-  ~Session() { PQfinish(conn_); }
-  Session(const Session&) = delete;
-  Session& operator=(const Session&) = delete;
-
-  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
-  std::string error() const { return PQerrorMessage(conn_); }
-
-  // Runs `sql`; true if it succeeded.
-  bool Run(const std::string& sql) {
-    PGresult* res = PQexec(conn_, sql.c_str());
-    const bool ok = PQresultStatus(res) == PGRES_TUPLES_OK ||
-                    PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    return ok;
-  }
-
- private:
-  PGconn* conn_;
-};
 
 PoolSettings Settings(int max_connections,
                       absl::Duration idle_timeout = absl::Seconds(60)) {
@@ -286,7 +251,7 @@ TEST_F(PoolTest, LimitHoldsUnderConcurrentThreads) {
   ConnectionPools pools(Settings(kLimit));
   auto holder = std::make_unique<Session>(tc().dsn(0));
   ASSERT_TRUE(holder->ok()) << holder->error();
-  ASSERT_TRUE(holder->Run("SELECT pg_advisory_lock(4711)"));
+  ASSERT_EQ(holder->Scalar("SELECT pg_advisory_lock(4711)"), "");
 
   absl::Mutex mu;
   std::set<std::string> pids;
@@ -488,7 +453,7 @@ TEST_F(PoolTest, ExhaustedPoolFailsAfterTheConnectTimeout) {
   ConnectionPools pools(Settings(1));
   auto holder = std::make_unique<Session>(tc().dsn(0));
   ASSERT_TRUE(holder->ok()) << holder->error();
-  ASSERT_TRUE(holder->Run("SELECT pg_advisory_lock(4712)"));
+  ASSERT_EQ(holder->Scalar("SELECT pg_advisory_lock(4712)"), "");
   TaskOutcome held;
   std::thread runner([&] {
     held = RunOne(Task(0, app, "SELECT pg_advisory_xact_lock(4712)"),

@@ -23,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "common/status_macros.h"
 
 namespace shardkit::testing {
@@ -195,6 +196,33 @@ absl::Status TestCluster::StopShard(int index) {
 
 absl::Status TestCluster::StartShard(int index) {
   return dev::StartInstance(cluster_.instances.at(index));
+}
+
+bool Eventually(absl::FunctionRef<bool()> condition, absl::Duration limit) {
+  const absl::Time give_up = absl::Now() + limit;
+  while (true) {
+    if (condition()) return true;
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+Session::Session(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {}
+
+void Session::Closer::operator()(pg_conn* conn) const { PQfinish(conn); }
+
+bool Session::ok() const { return PQstatus(conn_.get()) == CONNECTION_OK; }
+
+std::string Session::error() const { return PQerrorMessage(conn_.get()); }
+
+std::string Session::Scalar(const std::string& sql) {
+  PgResultPtr result(PQexec(conn_.get(), sql.c_str()));
+  const ExecStatusType status = PQresultStatus(result.get());
+  if (status == PGRES_TUPLES_OK) {
+    return PQntuples(result.get()) > 0 ? PQgetvalue(result.get(), 0, 0) : "";
+  }
+  if (status == PGRES_COMMAND_OK) return "";
+  return absl::StrCat("error: ", PQresultErrorMessage(result.get()));
 }
 
 CommandOutput RunCommand(const std::vector<std::string>& argv,

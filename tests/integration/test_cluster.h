@@ -29,9 +29,13 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "cli/dev_cluster.h"
+
+struct pg_conn;  // libpq's PGconn
 
 namespace shardkit::testing {
 
@@ -85,6 +89,40 @@ class TestCluster {
       : cluster_(std::move(cluster)) {}
 
   dev::DevCluster cluster_;
+};
+
+// Calls `condition` every 20 ms until it returns true (then returns true)
+// or `limit` has passed (then returns false). It bounds a wait for something
+// that must eventually happen; it asserts no duration.
+bool Eventually(absl::FunctionRef<bool()> condition,
+                absl::Duration limit = absl::Seconds(30));
+
+// A plain libpq session that a test holds open, independently of shardkit:
+// e.g. to hold an advisory lock that the code under test then waits for.
+// Destroying it closes the connection, which releases the lock.
+// Thread-safety: not thread-safe; use one Session from one thread at a time.
+class Session {
+ public:
+  // Connects to `dsn`; ok() tells whether that succeeded.
+  explicit Session(const std::string& dsn);
+
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  bool ok() const;
+  // libpq's message for the last failure.
+  std::string error() const;
+
+  // Runs `sql` (simple query protocol). Returns the first value of its first
+  // row; "" if it returns no row (or a void value, as pg_advisory_lock
+  // does); "error: " and the server's message if it fails.
+  std::string Scalar(const std::string& sql);
+
+ private:
+  struct Closer {
+    void operator()(pg_conn* conn) const;
+  };
+  std::unique_ptr<pg_conn, Closer> conn_;
 };
 
 // What a child process did.
