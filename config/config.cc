@@ -45,7 +45,7 @@ namespace {
 
 constexpr std::string_view kRootKeys[] = {"catalog", "shards", "distributions",
                                           "tables", "router", "pool",
-                                          "timeouts"};
+                                          "timeouts", "transactions"};
 constexpr std::string_view kRouterKeys[] = {"default_shard"};
 constexpr std::string_view kCatalogKeys[] = {"dsn"};
 constexpr std::string_view kShardKeys[] = {"dsn"};
@@ -58,6 +58,8 @@ constexpr std::string_view kTableKeys[] = {"distribution", "key", "hash_key",
 constexpr std::string_view kPoolKeys[] = {"max_connections_per_shard",
                                           "idle_timeout"};
 constexpr std::string_view kTimeoutKeys[] = {"connect", "statement"};
+constexpr std::string_view kTransactionKeys[] = {"recovery_grace",
+                                                 "recovery_interval"};
 
 // toml++ makes, and frees, one table per part of a dotted key or table
 // name, by recursion: "[a.a.a...]" of 100,000 parts (200 KB) overflows the
@@ -147,6 +149,7 @@ class Reader {
     ReadTables(root);
     ReadPool(root, config.pool);
     ReadTimeouts(root, config.timeouts);
+    ReadTransactions(root, config.transactions);
     ReadRouter(root);
     // toml++ keeps a table's keys sorted; the map keeps the file's order.
     SortByPosition(spec_.shards);
@@ -806,6 +809,19 @@ class Reader {
     if (auto d = Duration(*table, "connect", "timeouts")) timeouts.connect = *d;
     if (auto d = Duration(*table, "statement", "timeouts")) {
       timeouts.statement = *d;
+    }
+  }
+
+  void ReadTransactions(const toml::table& root,
+                        TransactionSettings& transactions) {
+    const toml::table* table = SubTable(root, "transactions", "");
+    if (table == nullptr) return;
+    CheckKeys(*table, "transactions", kTransactionKeys);
+    if (auto d = Duration(*table, "recovery_grace", "transactions")) {
+      transactions.recovery_grace = *d;
+    }
+    if (auto d = Duration(*table, "recovery_interval", "transactions")) {
+      transactions.recovery_interval = *d;
     }
   }
 

@@ -1,5 +1,6 @@
 #include "shardkit/cluster.h"
 
+#include <thread>
 #include <utility>
 
 #include "absl/memory/memory.h"
@@ -10,6 +11,7 @@
 #include "router/pool.h"
 #include "router/router.h"
 #include "router/stream.h"
+#include "router/transaction.h"
 
 namespace shardkit {
 namespace {
@@ -23,7 +25,82 @@ internal::ExecOptions OptionsOf(const Config& config,
   return options;
 }
 
+// The decision log of two-phase commit: the catalog, else the first shard.
+std::shared_ptr<internal::DecisionLog> DecisionLogOf(const Config& config) {
+  if (config.catalog) {
+    return std::make_shared<internal::DecisionLog>("catalog", config.catalog->dsn);
+  }
+  const Shard& first = config.map.shard(0);
+  return std::make_shared<internal::DecisionLog>(StrCat("shard ", first.name),
+                                                 first.dsn);
+}
+
 }  // namespace
+
+namespace internal {
+
+// Recovery in the background: a pass at once, then one every interval,
+// on connections of its own. It shares nothing with the Cluster but what
+// it holds here, so that Stop need not wait for a pass under way (which
+// may be waiting for an unreachable shard): the thread is then left to
+// end on its own.
+class RecoveryLoop {
+ public:
+  static std::shared_ptr<RecoveryLoop> Start(
+      std::shared_ptr<const ShardMap> map, std::shared_ptr<DecisionLog> log,
+      ExecOptions options, TransactionSettings settings) {
+    auto loop = std::shared_ptr<RecoveryLoop>(new RecoveryLoop(
+        std::move(map), std::move(log), options, settings));
+    loop->thread_ = std::thread([loop] { loop->Run(); });
+    return loop;
+  }
+
+  void Stop() {
+    bool running;
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+      running = running_;
+    }
+    if (running) {
+      thread_.detach();
+    } else {
+      thread_.join();  // it wakes from its wait and ends
+    }
+  }
+
+ private:
+  RecoveryLoop(std::shared_ptr<const ShardMap> map,
+               std::shared_ptr<DecisionLog> log, ExecOptions options,
+               TransactionSettings settings)
+      : map_(std::move(map)),
+        log_(std::move(log)),
+        options_(options),
+        settings_(settings) {}
+
+  void Run() {
+    while (true) {
+      RecoverPrepared(*map_, *log_, options_, settings_.recovery_grace)
+          .IgnoreError();
+      absl::MutexLock lock(&mu_);
+      running_ = false;
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), settings_.recovery_interval);
+      if (stop_) return;
+      running_ = true;
+    }
+  }
+
+  const std::shared_ptr<const ShardMap> map_;
+  const std::shared_ptr<DecisionLog> log_;
+  const ExecOptions options_;
+  const TransactionSettings settings_;
+  std::thread thread_;
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool running_ ABSL_GUARDED_BY(mu_) = true;
+};
+
+}  // namespace internal
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(Config config) {
   if (config.map.shards().empty()) {
@@ -53,14 +130,18 @@ Cluster::Cluster(Config config)
     : config_(std::move(config)),
       router_(std::make_unique<internal::Router>()),
       pools_(std::make_unique<internal::ConnectionPools>(config_.pool)),
-      map_(std::make_shared<const ShardMap>(config_.map)) {}
+      decisions_(DecisionLogOf(config_)),
+      map_(std::make_shared<const ShardMap>(config_.map)) {
+  recovery_ = internal::RecoveryLoop::Start(
+      map_, decisions_, OptionsOf(config_, nullptr), config_.transactions);
+}
 
 std::shared_ptr<const ShardMap> Cluster::map() const {
   absl::MutexLock lock(&mu_);
   return map_;
 }
 
-Cluster::~Cluster() = default;
+Cluster::~Cluster() { recovery_->Stop(); }
 
 std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(
     std::string_view sql) const {
@@ -112,7 +193,40 @@ namespace shardkit {
 
 absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
                                         const std::vector<Param>& params) const {
-  return router_->Execute(map(), sql, params, OptionsOf(config_, pools_.get()));
+  const std::shared_ptr<const ShardMap> map = this->map();
+  const internal::ExecOptions options = OptionsOf(config_, pools_.get());
+  ASSIGN_OR_RETURN(internal::Router::Prepared prepared,
+                   router_->Prepare(map, sql, params));
+  if (!prepared.routing->writes || prepared.tasks.size() < 2) {
+    return router_->Run(prepared, params, options);
+  }
+  // A write to several shards: atomic, as a transaction of its own.
+  internal::DistributedTransaction txn(*router_, map, options, *decisions_);
+  absl::StatusOr<Result> result = txn.Execute(sql, params);
+  if (!result.ok()) {
+    txn.Rollback().IgnoreError();
+    if (SqlStateOf(result.status()) == "25001") {
+      // PostgreSQL runs it only outside a transaction block (CREATE INDEX
+      // CONCURRENTLY, ...): as PostgreSQL itself would, on each shard on
+      // its own.
+      return router_->Run(prepared, params, options);
+    }
+    return result;
+  }
+  RETURN_IF_ERROR(txn.Commit());
+  return result;
+}
+
+absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin() const {
+  return std::make_unique<Transaction>(
+      std::make_unique<internal::DistributedTransaction>(
+          *router_, map(), OptionsOf(config_, pools_.get()), *decisions_));
+}
+
+absl::StatusOr<RecoveryReport> Cluster::Recover() const {
+  return internal::RecoverPrepared(*map(), *decisions_,
+                                   OptionsOf(config_, nullptr),
+                                   config_.transactions.recovery_grace);
 }
 
 absl::StatusOr<RowStream> Cluster::Stream(

@@ -685,6 +685,12 @@ absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& ma
                                        const Params& params,
                                        const ExecOptions& options) {
   ASSIGN_OR_RETURN(Prepared prepared, Prepare(map, sql, params));
+  return Run(prepared, params, options);
+}
+
+absl::StatusOr<Result> Router::Run(const Prepared& prepared,
+                                   const Params& params,
+                                   const ExecOptions& options) {
   switch (prepared.combine) {
     case Combining::kAggregate:
       return ExecuteAggregated(*prepared.routing, prepared.plan->having_template,

@@ -80,6 +80,13 @@ class Router {
       const std::shared_ptr<const ShardMap>& map, std::string_view sql,
       const Params& params) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Runs a prepared statement's tasks (on the sessions they name, if any)
+  // and combines their results. Execute is Prepare, then Run.
+  [[nodiscard]] absl::StatusOr<Result> Run(const Prepared& prepared,
+                                           const Params& params,
+                                           const ExecOptions& options)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // The ORDER BY of a merged SELECT resolved against its result's
   // `columns`: how each key compares (type, collation, looked up on
   // `shard` once per connection string).

@@ -32,11 +32,14 @@
 #include "shardkit/result.h"
 #include "shardkit/row_stream.h"
 #include "shardkit/shard_map.h"
+#include "shardkit/transaction.h"
 
 namespace shardkit {
 
 namespace internal {
 class ConnectionPools;
+class DecisionLog;
+class RecoveryLoop;
 class Router;
 }  // namespace internal
 
@@ -107,8 +110,12 @@ class Cluster {
   //   - Reference tables: reads run on one shard, writes on every shard.
   //   - DDL on tables of the map (CREATE TABLE, CREATE INDEX, ALTER TABLE,
   //     DROP, TRUNCATE) runs on every shard.
-  // A write that touches several shards is not atomic (yet): each shard
-  // commits on its own. Statements run on pooled connections ([pool]), so
+  // A write that touches several shards (a multi-row INSERT spanning
+  // shards, an UPDATE or DELETE over several, a write to a reference
+  // table, DDL) runs as a transaction of its own and commits atomically
+  // with two-phase commit (see Transaction), except statements PostgreSQL
+  // runs only outside a transaction block (CREATE INDEX CONCURRENTLY...),
+  // which run on each shard on its own. Statements run on pooled connections ([pool]), so
   // session state (SET without LOCAL, PREPARE, temporary tables, session
   // advisory locks) must not be relied on across calls. The whole result
   // is held in memory: use Stream for large results.
@@ -139,6 +146,19 @@ class Cluster {
   [[nodiscard]] absl::StatusOr<RowStream> Stream(
       std::string_view sql, const std::vector<Param>& params = {}) const;
 
+  // Begins a transaction across shards (see transaction.h). Nothing is
+  // sent until its first statement. Never fails today; the status is for
+  // future limits.
+  [[nodiscard]] absl::StatusOr<std::unique_ptr<Transaction>> Begin() const;
+
+  // Resolves the prepared transactions of two-phase commit left in doubt
+  // on the shards by a process that died mid-commit (see transaction.h),
+  // and reports what it did. Also runs on its own when the cluster opens
+  // and every [transactions] recovery_interval. Fails only when the
+  // decision log (the [catalog], or the first shard) cannot be reached; a
+  // shard that cannot be is listed in the report.
+  [[nodiscard]] absl::StatusOr<RecoveryReport> Recover() const;
+
   // Runs `sql` unchanged on the shard that owns `key` of sharded table
   // `table`, without analysing it: for callers who know better.
   // Fails as ShardMap::Place does for the table and key, and otherwise as
@@ -167,6 +187,11 @@ class Cluster {
   // Connections of Execute and ExecuteOnShardOf; ExecuteOnAllShards uses its
   // own, so that a script's session settings never leak into the pool.
   const std::unique_ptr<internal::ConnectionPools> pools_;
+
+  // Where two-phase commit records its decisions.
+  const std::shared_ptr<internal::DecisionLog> decisions_;
+  // Runs recovery in the background; stopped by the destructor.
+  std::shared_ptr<internal::RecoveryLoop> recovery_;
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const ShardMap> map_ ABSL_GUARDED_BY(mu_);

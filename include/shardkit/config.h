@@ -62,6 +62,17 @@ struct TimeoutSettings {
   absl::Duration statement = absl::Seconds(30);
 };
 
+// Transactions across shards ([transactions]).
+struct TransactionSettings {
+  // A prepared transaction of two-phase commit with no recorded decision
+  // is rolled back by recovery only once it is this old: younger ones may
+  // belong to a commit still in progress in some process.
+  absl::Duration recovery_grace = absl::Seconds(30);
+  // How often an open Cluster looks for prepared transactions left in
+  // doubt (by a process that died mid-commit) and resolves them.
+  absl::Duration recovery_interval = absl::Seconds(60);
+};
+
 struct Config {
   // The path or name the configuration was read from.
   std::string source;
@@ -69,6 +80,7 @@ struct Config {
   std::optional<CatalogSettings> catalog;
   PoolSettings pool;
   TimeoutSettings timeouts;
+  TransactionSettings transactions;
 };
 
 // One thing wrong with a configuration, at a position in its source.

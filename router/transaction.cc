@@ -1,0 +1,593 @@
+#include "router/transaction.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <random>
+#include <set>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "common/strings.h"
+#include "router/failpoint.h"
+#include "router/shard_connection.h"
+#include "shardkit/cluster.h"
+
+namespace shardkit::internal {
+namespace {
+
+constexpr char kGidPrefix[] = "shardkit_";
+
+// 128 random bits as 32 hex digits: a transaction's id.
+std::string NewTxid() {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  char text[33];
+  std::snprintf(text, sizeof(text), "%016" PRIx64 "%016" PRIx64, random(),
+                random());
+  return text;
+}
+
+std::string GidOf(const std::string& txid, ShardId shard) {
+  return StrCat(kGidPrefix, txid, "_", shard);
+}
+
+// The txid in a gid made by GidOf, or nullopt for another name.
+std::optional<std::string> TxidOf(std::string_view gid) {
+  const std::string_view prefix = kGidPrefix;
+  if (gid.substr(0, prefix.size()) != prefix) return std::nullopt;
+  gid.remove_prefix(prefix.size());
+  const size_t underscore = gid.find('_');
+  if (underscore != 32) return std::nullopt;
+  return std::string(gid.substr(0, underscore));
+}
+
+// `name` as a SQL string literal (names made here hold no quote, but a
+// prepared transaction found on a shard might).
+std::string Quoted(std::string_view name) {
+  std::string out = "'";
+  for (char c : name) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  return out + "'";
+}
+
+absl::Status WithSqlState(absl::Status status, std::string_view sqlstate) {
+  status.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord(ToAbsl(sqlstate)));
+  return status;
+}
+
+// A failed PREPARE TRANSACTION, with what to do when the shard does not
+// allow prepared transactions.
+absl::Status PrepareFailure(const absl::Status& status) {
+  if (SqlStateOf(status) == "55000" &&
+      status.message().find("prepared transactions are disabled") !=
+          std::string_view::npos) {
+    return WithSqlState(
+        absl::FailedPreconditionError(StrCat(
+            status.message(),
+            "; the transaction wrote to several shards and was rolled back: "
+            "atomic commit across shards needs two-phase commit, so set "
+            "max_prepared_transactions in that shard's postgresql.conf (at "
+            "least its max_connections) and restart it")),
+        "55000");
+  }
+  return absl::Status(status.code(),
+                      StrCat(status.message(),
+                             "; the transaction was rolled back on every "
+                             "shard"));
+}
+
+}  // namespace
+
+// --- DecisionLog -----------------------------------------------------------
+
+DecisionLog::DecisionLog(std::string where, std::string dsn)
+    : where_(std::move(where)), dsn_(std::move(dsn)) {}
+
+ShardTask DecisionLog::Task(std::string sql, Params params) const {
+  ShardTask task;
+  task.shard_name = where_;
+  task.dsn = dsn_;
+  task.sql = std::move(sql);
+  task.params = std::move(params);
+  return task;
+}
+
+absl::StatusOr<Result> DecisionLog::Run(ShardTask task,
+                                        const ExecOptions& options) {
+  std::vector<TaskOutcome> done = RunOnShards({task}, options);
+  RETURN_IF_ERROR(done[0].status);
+  return std::move(done[0].result);
+}
+
+absl::Status DecisionLog::EnsureTable(const ExecOptions& options) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (table_ready_) return absl::OkStatus();
+  }
+  // The advisory lock serializes processes creating it at once (IF NOT
+  // EXISTS alone can still collide on the catalog's unique indexes).
+  absl::Status created =
+      Run(Task("BEGIN; SELECT pg_advisory_xact_lock(7105846953277306880); "
+               "CREATE SCHEMA IF NOT EXISTS shardkit; "
+               "CREATE TABLE IF NOT EXISTS shardkit.commit_decisions ("
+               "txid text PRIMARY KEY, "
+               "outcome text NOT NULL CHECK (outcome IN ('commit', 'abort')), "
+               "decided_at timestamptz NOT NULL DEFAULT now()); COMMIT",
+               {}),
+          options)
+          .status();
+  if (!created.ok()) {
+    return absl::Status(
+        created.code(),
+        StrCat("cannot create the decision log of two-phase commit "
+               "(shardkit.commit_decisions) in ",
+               where_, ": ", created.message()));
+  }
+  absl::MutexLock lock(&mu_);
+  table_ready_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> DecisionLog::Decide(const std::string& txid,
+                                                std::string_view outcome,
+                                                const ExecOptions& options) {
+  RETURN_IF_ERROR(EnsureTable(options));
+  ASSIGN_OR_RETURN(
+      Result inserted,
+      Run(Task("INSERT INTO shardkit.commit_decisions (txid, outcome) "
+               "VALUES ($1, $2) ON CONFLICT (txid) DO NOTHING RETURNING outcome",
+               {txid, std::string(outcome)}),
+          options));
+  if (!inserted.rows.empty()) return std::string(outcome);
+  // Recorded before ours: ON CONFLICT waited for it to commit, so a new
+  // statement sees it.
+  ASSIGN_OR_RETURN(Result found,
+                   Run(Task("SELECT outcome FROM shardkit.commit_decisions "
+                            "WHERE txid = $1",
+                            {txid}),
+                       options));
+  if (found.rows.empty() || !found.rows[0][0]) {
+    return absl::InternalError(StrCat("the decision of transaction ", txid,
+                                      " in ", where_,
+                                      " was recorded and then vanished"));
+  }
+  return *found.rows[0][0];
+}
+
+absl::StatusOr<absl::flat_hash_map<std::string, std::string>>
+DecisionLog::Lookup(const std::vector<std::string>& txids,
+                    const ExecOptions& options) {
+  absl::flat_hash_map<std::string, std::string> out;
+  if (txids.empty()) return out;
+  RETURN_IF_ERROR(EnsureTable(options));
+  ASSIGN_OR_RETURN(
+      Result found,
+      Run(Task("SELECT txid, outcome FROM shardkit.commit_decisions "
+               "WHERE txid = ANY(string_to_array($1, ','))",
+               {absl::StrJoin(txids, ",")}),
+          options));
+  for (const Row& row : found.rows) {
+    if (row[0] && row[1]) out[*row[0]] = *row[1];
+  }
+  return out;
+}
+
+absl::Status DecisionLog::Forget(const std::string& txid,
+                                 const ExecOptions& options) {
+  return Run(Task("DELETE FROM shardkit.commit_decisions WHERE txid = $1",
+                  {txid}),
+             options)
+      .status();
+}
+
+absl::Status DecisionLog::Purge(const std::vector<std::string>& still_prepared,
+                                const ExecOptions& options) {
+  RETURN_IF_ERROR(EnsureTable(options));
+  return Run(Task("DELETE FROM shardkit.commit_decisions WHERE "
+                  "(outcome = 'commit' AND decided_at < now() - interval '1 "
+                  "hour' AND txid <> ALL(string_to_array($1, ','))) OR "
+                  "(outcome = 'abort' AND decided_at < now() - interval '7 "
+                  "days')",
+                  {absl::StrJoin(still_prepared, ",")}),
+             options)
+      .status();
+}
+
+// --- DistributedTransaction -----------------------------------------------
+
+DistributedTransaction::DistributedTransaction(
+    Router& router, std::shared_ptr<const ShardMap> map, ExecOptions options,
+    DecisionLog& log)
+    : router_(router), map_(std::move(map)), options_(options), log_(log) {}
+
+DistributedTransaction::~DistributedTransaction() = default;
+
+ShardTask DistributedTransaction::On(const Participant& p, std::string sql) {
+  ShardTask task = p.base;
+  task.sql = std::move(sql);
+  return task;
+}
+
+std::vector<TaskOutcome> DistributedTransaction::RunOn(
+    const std::vector<Participant*>& parts,
+    const std::vector<std::string>& sql) {
+  std::vector<ShardTask> tasks;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    tasks.push_back(On(*parts[i], sql[i]));
+  }
+  return RunOnShards(tasks, options_);
+}
+
+std::vector<ShardId> DistributedTransaction::participants() const {
+  std::vector<ShardId> out;
+  for (const auto& [id, p] : participants_) out.push_back(id);
+  return out;
+}
+
+absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
+                                                       const Params& params) {
+  if (state_ == State::kEnded) {
+    return absl::FailedPreconditionError(
+        "the transaction has ended (committed or rolled back); begin a new "
+        "one");
+  }
+  if (state_ == State::kAborted) {
+    return WithSqlState(
+        absl::FailedPreconditionError(StrCat(
+            "current transaction is aborted, commands ignored until end of "
+            "transaction block (it failed with: ",
+            abort_reason_.message(), "); roll it back")),
+        "25P02");
+  }
+  auto fail = [&](absl::Status status) {
+    state_ = State::kAborted;
+    abort_reason_ = status;
+    return status;
+  };
+  absl::StatusOr<Router::Prepared> prepared = router_.Prepare(map_, sql, params);
+  if (!prepared.ok()) return fail(prepared.status());
+  // Shards touched for the first time begin the transaction there: in the
+  // same round trip when the statements go without parameters (simple
+  // protocol, several statements in one string), else in one round first.
+  std::vector<Participant*> joining;
+  for (ShardTask& task : prepared->tasks) {
+    auto [it, inserted] = participants_.try_emplace(task.shard);
+    Participant& p = it->second;
+    if (inserted) {
+      p.session = std::make_unique<ShardSession>();
+      p.base.shard = task.shard;
+      p.base.shard_name = task.shard_name;
+      p.base.dsn = task.dsn;
+      p.base.session = p.session.get();
+      joining.push_back(&p);
+    }
+    task.session = p.session.get();
+  }
+  if (!joining.empty()) {
+    const bool without_params =
+        std::all_of(prepared->tasks.begin(), prepared->tasks.end(),
+                    [](const ShardTask& t) { return t.params.empty(); });
+    if (without_params) {
+      for (ShardTask& task : prepared->tasks) {
+        if (std::find_if(joining.begin(), joining.end(), [&](Participant* p) {
+              return p->base.shard == task.shard;
+            }) != joining.end()) {
+          task.sql = StrCat("BEGIN; ", task.sql);
+        }
+      }
+    } else {
+      std::vector<TaskOutcome> begun =
+          RunOn(joining, std::vector<std::string>(joining.size(), "BEGIN"));
+      for (TaskOutcome& outcome : begun) {
+        if (!outcome.status.ok()) return fail(outcome.status);
+      }
+    }
+  }
+  absl::StatusOr<Result> result = router_.Run(*prepared, params, options_);
+  if (!result.ok()) return fail(result.status());
+  if (prepared->routing->writes) {
+    for (const ShardTask& task : prepared->tasks) {
+      participants_[task.shard].wrote = true;
+    }
+  }
+  return result;
+}
+
+void DistributedTransaction::End() {
+  state_ = State::kEnded;
+  for (auto& [id, p] : participants_) p.session->Release();
+  participants_.clear();
+}
+
+absl::Status DistributedTransaction::Rollback() {
+  if (state_ == State::kEnded) return absl::OkStatus();
+  std::vector<Participant*> parts;
+  for (auto& [id, p] : participants_) {
+    if (p.session->InTransaction()) parts.push_back(&p);
+  }
+  std::vector<TaskOutcome> done =
+      RunOn(parts, std::vector<std::string>(parts.size(), "ROLLBACK"));
+  End();
+  for (TaskOutcome& outcome : done) {
+    if (!outcome.status.ok()) {
+      return absl::Status(outcome.status.code(),
+                          StrCat(outcome.status.message(),
+                                 "; the shard rolls back when the connection "
+                                 "closes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DistributedTransaction::Commit() {
+  if (state_ == State::kEnded) {
+    return absl::FailedPreconditionError(
+        "the transaction has ended (committed or rolled back); begin a new "
+        "one");
+  }
+  if (state_ == State::kAborted) {
+    const absl::Status reason = abort_reason_;
+    Rollback().IgnoreError();
+    return absl::AbortedError(StrCat(
+        "the transaction was rolled back, as an earlier statement in it "
+        "failed: ",
+        reason.message()));
+  }
+  std::vector<Participant*> parts;
+  for (auto& [id, p] : participants_) {
+    if (p.session->InTransaction()) parts.push_back(&p);
+  }
+  if (parts.size() <= 1) {
+    std::vector<TaskOutcome> done =
+        RunOn(parts, std::vector<std::string>(parts.size(), "COMMIT"));
+    End();
+    return done.empty() ? absl::OkStatus() : done[0].status;
+  }
+  // Which participants wrote: those a writing statement ran on, and any
+  // other whose transaction has an id (a SELECT may call a function that
+  // writes).
+  std::vector<Participant*> unsure;
+  for (Participant* p : parts) {
+    if (!p->wrote) unsure.push_back(p);
+  }
+  if (!unsure.empty()) {
+    std::vector<TaskOutcome> asked = RunOn(
+        unsure,
+        std::vector<std::string>(
+            unsure.size(), "SELECT pg_current_xact_id_if_assigned() IS NOT NULL"));
+    for (size_t i = 0; i < unsure.size(); ++i) {
+      if (!asked[i].status.ok()) {
+        const absl::Status failed = asked[i].status;
+        Rollback().IgnoreError();
+        return absl::Status(failed.code(),
+                            StrCat(failed.message(),
+                                   "; the transaction was rolled back"));
+      }
+      const Result& r = asked[i].result;
+      unsure[i]->wrote = !r.rows.empty() && r.rows[0][0] == "t";
+    }
+  }
+  std::vector<Participant*> writers, readers;
+  for (Participant* p : parts) (p->wrote ? writers : readers).push_back(p);
+  if (writers.size() <= 1) {
+    // One writer: its COMMIT decides alone; the readers have nothing to
+    // commit.
+    std::vector<TaskOutcome> done =
+        RunOn(parts, std::vector<std::string>(parts.size(), "COMMIT"));
+    End();
+    for (size_t i = 0; i < parts.size(); ++i) {
+      if (!done[i].status.ok() && parts[i]->wrote) return done[i].status;
+    }
+    return absl::OkStatus();
+  }
+  absl::Status committed = CommitTwoPhase(writers, readers);
+  End();
+  return committed;
+}
+
+absl::Status DistributedTransaction::CommitTwoPhase(
+    const std::vector<Participant*>& writers,
+    const std::vector<Participant*>& readers) {
+  const std::string txid = NewTxid();
+  Failpoint("2pc-before-prepare");
+  // Phase one: every writer prepares; the readers just end.
+  std::vector<Participant*> first = readers;
+  std::vector<std::string> sql(readers.size(), "COMMIT");
+  for (Participant* w : writers) {
+    first.push_back(w);
+    sql.push_back(StrCat("PREPARE TRANSACTION ",
+                         Quoted(GidOf(txid, w->base.shard))));
+  }
+  std::vector<TaskOutcome> done;
+  if (FailpointOn("2pc-between-prepares")) {
+    // One writer prepared, the others not yet.
+    RunOn({writers[0]}, {sql[readers.size()]});
+    Failpoint("2pc-between-prepares");
+  }
+  done = RunOn(first, sql);
+  absl::Status failed;
+  std::vector<Participant*> prepared;
+  for (size_t i = readers.size(); i < first.size(); ++i) {
+    if (done[i].status.ok()) {
+      prepared.push_back(first[i]);
+    } else if (failed.ok()) {
+      failed = PrepareFailure(done[i].status);
+    }
+  }
+  auto finish = [&](const std::vector<Participant*>& which,
+                    std::string_view verb) {
+    std::vector<std::string> statements;
+    for (Participant* p : which) {
+      statements.push_back(
+          StrCat(verb, " PREPARED ", Quoted(GidOf(txid, p->base.shard))));
+    }
+    return RunOn(which, statements);
+  };
+  if (!failed.ok()) {
+    // A failed PREPARE rolled that shard back; undo the prepared ones.
+    // One that cannot be told now is rolled back by recovery (no decision).
+    finish(prepared, "ROLLBACK");
+    return failed;
+  }
+  Failpoint("2pc-after-prepare");
+  absl::StatusOr<std::string> decided = log_.Decide(txid, "commit", options_);
+  if (!decided.ok()) {
+    // Whether our decision was recorded is unknown if the connection broke
+    // mid-way: ask again, proposing to abort; the log answers with the one
+    // outcome recorded.
+    decided = log_.Decide(txid, "abort", options_);
+    if (!decided.ok()) {
+      return absl::UnavailableError(StrCat(
+          "the decision of a two-phase commit could not be recorded in ",
+          log_.where(), " (", decided.status().message(),
+          "); every shard has prepared it, and its outcome is in doubt until "
+          "recovery resolves it (run shardctl recover once ",
+          log_.where(), " is back): transaction ", txid));
+    }
+  }
+  if (*decided != "commit") {
+    finish(prepared, "ROLLBACK");
+    return absl::AbortedError(StrCat(
+        "the transaction was rolled back: recovery decided to abort it while "
+        "its commit was under way (it took longer than [transactions] "
+        "recovery_grace); transaction ",
+        txid));
+  }
+  Failpoint("2pc-after-decision");
+  std::vector<Participant*> to_commit = prepared;
+  if (FailpointOn("2pc-between-commits")) {
+    finish({to_commit[0]}, "COMMIT");
+    Failpoint("2pc-between-commits");
+  }
+  std::vector<TaskOutcome> commits = finish(to_commit, "COMMIT");
+  bool all = true;
+  for (const TaskOutcome& c : commits) {
+    // 42704: recovery committed it first.
+    if (!c.status.ok() && SqlStateOf(c.status) != "42704") all = false;
+  }
+  // Committed: a shard that could not be told now is told by recovery,
+  // which then finds the decision.
+  if (all) log_.Forget(txid, options_).IgnoreError();
+  return absl::OkStatus();
+}
+
+// --- Recovery --------------------------------------------------------------
+
+absl::StatusOr<RecoveryReport> RecoverPrepared(const ShardMap& map,
+                                               DecisionLog& log,
+                                               const ExecOptions& options,
+                                               absl::Duration grace) {
+  RecoveryReport report;
+  std::vector<ShardTask> scans;
+  for (ShardId id = 0; id < map.shards().size(); ++id) {
+    ShardTask task;
+    task.shard = id;
+    task.shard_name = map.shard(id).name;
+    task.dsn = map.shard(id).dsn;
+    task.sql =
+        "SELECT gid, now() - prepared > make_interval(secs => $1::float8) "
+        "FROM pg_prepared_xacts WHERE database = current_database() AND "
+        "gid LIKE 'shardkit\\_%' ORDER BY prepared";
+    task.params = {StrCat(absl::ToDoubleSeconds(grace))};
+    scans.push_back(std::move(task));
+  }
+  std::vector<TaskOutcome> scanned = RunOnShards(scans, options);
+  struct Found {
+    ShardTask shard;
+    std::string gid;
+  };
+  std::map<std::string, std::vector<Found>> by_txid;
+  std::set<std::string> young;  // some part is younger than the grace
+  for (size_t i = 0; i < scans.size(); ++i) {
+    if (!scanned[i].status.ok()) {
+      report.unreachable.push_back(std::string(scanned[i].status.message()));
+      continue;
+    }
+    for (const Row& row : scanned[i].result.rows) {
+      if (!row[0]) continue;
+      std::optional<std::string> txid = TxidOf(*row[0]);
+      if (!txid) continue;
+      by_txid[*txid].push_back(Found{scans[i], *row[0]});
+      if (row[1] != "t") young.insert(*txid);
+    }
+  }
+  std::vector<std::string> txids;
+  for (const auto& [txid, parts] : by_txid) txids.push_back(txid);
+  if (txids.empty()) {
+    if (report.unreachable.empty()) {
+      // Nothing prepared anywhere: finished decisions may go. The table
+      // exists only where two-phase commit ran.
+      log.Purge({}, options).IgnoreError();
+    }
+    return report;
+  }
+  ASSIGN_OR_RETURN(auto decisions, log.Lookup(txids, options));
+  std::vector<ShardTask> resolutions;
+  std::vector<const Found*> resolving;
+  std::vector<bool> commits;
+  for (const auto& [txid, parts] : by_txid) {
+    auto it = decisions.find(txid);
+    std::string outcome;
+    if (it != decisions.end()) {
+      outcome = it->second;
+    } else if (young.contains(txid)) {
+      report.left_in_progress += static_cast<int>(parts.size());
+      continue;
+    } else {
+      ASSIGN_OR_RETURN(outcome, log.Decide(txid, "abort", options));
+    }
+    for (const Found& found : parts) {
+      ShardTask task = found.shard;
+      task.params.clear();
+      task.sql = StrCat(outcome == "commit" ? "COMMIT" : "ROLLBACK",
+                        " PREPARED ", Quoted(found.gid));
+      resolutions.push_back(std::move(task));
+      resolving.push_back(&found);
+      commits.push_back(outcome == "commit");
+    }
+  }
+  std::vector<TaskOutcome> resolved = RunOnShards(resolutions, options);
+  for (size_t i = 0; i < resolved.size(); ++i) {
+    if (resolved[i].status.ok()) {
+      report.resolved.push_back(RecoveryReport::Resolved{
+          resolving[i]->shard.shard_name, resolving[i]->gid, commits[i]});
+    } else if (SqlStateOf(resolved[i].status) != "42704") {  // done already
+      report.unreachable.push_back(std::string(resolved[i].status.message()));
+    }
+  }
+  if (report.unreachable.empty()) {
+    // Every shard was seen: the decisions of transactions prepared
+    // nowhere any more are finished with.
+    std::vector<std::string> still;
+    for (const auto& [txid, parts] : by_txid) {
+      if (young.contains(txid) && !decisions.contains(txid)) still.push_back(txid);
+    }
+    log.Purge(still, options).IgnoreError();
+  }
+  return report;
+}
+
+}  // namespace shardkit::internal
+
+namespace shardkit {
+
+Transaction::Transaction(std::unique_ptr<internal::DistributedTransaction> impl)
+    : impl_(std::move(impl)) {}
+Transaction::~Transaction() = default;
+
+absl::StatusOr<Result> Transaction::Execute(
+    std::string_view sql, const std::vector<std::optional<std::string>>& params) {
+  return impl_->Execute(sql, params);
+}
+
+absl::Status Transaction::Commit() { return impl_->Commit(); }
+absl::Status Transaction::Rollback() { return impl_->Rollback(); }
+std::vector<ShardId> Transaction::participants() const {
+  return impl_->participants();
+}
+
+}  // namespace shardkit

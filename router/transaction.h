@@ -1,0 +1,142 @@
+// Internal: transactions across shards, two-phase commit, and the recovery
+// of prepared transactions left in doubt. The protocol and its guarantees
+// are described in include/shardkit/transaction.h; this is how it is kept.
+//
+// The decision log is one table, in the [catalog] database or else in the
+// map's first shard, created on first need:
+//
+//   shardkit.commit_decisions (txid text PRIMARY KEY,
+//                              outcome text ('commit' | 'abort'),
+//                              decided_at timestamptz)
+//
+// A coordinator records 'commit' for its transaction once every writer has
+// prepared; recovery records 'abort' for a prepared transaction without a
+// decision that is older than the grace. Both insert with ON CONFLICT DO
+// NOTHING, so the first to record wins and the other learns the outcome:
+// a coordinator that finds 'abort' rolls back, recovery that finds
+// 'commit' commits. A coordinator deletes its decision once every writer
+// has committed; recovery deletes 'commit' decisions older than an hour
+// with nothing prepared left for them, and 'abort' decisions after a week
+// (long past any coordinator that could still try to commit).
+//
+// Each participant's prepared transaction is named
+// "shardkit_<txid>_<shard id>": unique on a server whose databases are
+// several shards (prepared transaction names are per server).
+
+#ifndef SHARDKIT_ROUTER_TRANSACTION_H_
+#define SHARDKIT_ROUTER_TRANSACTION_H_
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "router/executor.h"
+#include "router/router.h"
+#include "shardkit/transaction.h"
+
+namespace shardkit::internal {
+
+// The table of commit decisions (see the file comment).
+//
+// Thread-safety: thread-safe.
+class DecisionLog {
+ public:
+  // `where` names the database in messages ("catalog", "shard s1").
+  DecisionLog(std::string where, std::string dsn);
+
+  // Records `outcome` ("commit" or "abort") for `txid` unless an outcome is
+  // recorded already; returns the outcome recorded, ours or the earlier
+  // one. Creates the table on first use.
+  [[nodiscard]] absl::StatusOr<std::string> Decide(const std::string& txid,
+                                                   std::string_view outcome,
+                                                   const ExecOptions& options);
+
+  // The recorded outcomes of `txids` (those without one are absent).
+  [[nodiscard]] absl::StatusOr<absl::flat_hash_map<std::string, std::string>>
+  Lookup(const std::vector<std::string>& txids, const ExecOptions& options);
+
+  // Deletes the decision of `txid`.
+  absl::Status Forget(const std::string& txid, const ExecOptions& options);
+
+  // Deletes 'commit' decisions older than an hour whose transaction is not
+  // in `still_prepared`, and 'abort' decisions older than a week.
+  absl::Status Purge(const std::vector<std::string>& still_prepared,
+                     const ExecOptions& options);
+
+  const std::string& where() const { return where_; }
+
+ private:
+  absl::Status EnsureTable(const ExecOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
+  ShardTask Task(std::string sql, Params params) const;
+  absl::StatusOr<Result> Run(ShardTask task, const ExecOptions& options);
+
+  const std::string where_;
+  const std::string dsn_;
+  absl::Mutex mu_;
+  bool table_ready_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// The engine of shardkit::Transaction (see there for the contract).
+//
+// Thread-safety: one thread at a time.
+class DistributedTransaction {
+ public:
+  // All borrowed: REQUIRES they outlive the transaction.
+  DistributedTransaction(Router& router, std::shared_ptr<const ShardMap> map,
+                         ExecOptions options, DecisionLog& log);
+  ~DistributedTransaction();
+
+  absl::StatusOr<Result> Execute(std::string_view sql, const Params& params);
+  absl::Status Commit();
+  absl::Status Rollback();
+  std::vector<ShardId> participants() const;
+
+ private:
+  struct Participant {
+    ShardTask base;  // shard, name, dsn and session; no SQL
+    std::unique_ptr<ShardSession> session;
+    bool wrote = false;  // a statement that writes ran there
+  };
+  enum class State { kOpen, kAborted, kEnded };
+
+  // The task of `sql` on participant `p`'s session.
+  static ShardTask On(const Participant& p, std::string sql);
+  // Runs one statement on each of `parts` (in parallel); outcomes in order.
+  std::vector<TaskOutcome> RunOn(const std::vector<Participant*>& parts,
+                                 const std::vector<std::string>& sql);
+  absl::Status CommitTwoPhase(const std::vector<Participant*>& writers,
+                              const std::vector<Participant*>& readers);
+  // Ends the transaction: every session goes back to the pool (or is
+  // closed, if still inside a transaction).
+  void End();
+
+  Router& router_;
+  const std::shared_ptr<const ShardMap> map_;
+  const ExecOptions options_;
+  DecisionLog& log_;
+  std::map<ShardId, Participant> participants_;
+  State state_ = State::kOpen;
+  absl::Status abort_reason_;
+};
+
+// One pass of recovery over every shard of `map` (see the file comment):
+// commits prepared transactions whose decision is 'commit', rolls back
+// those whose decision is 'abort', and records 'abort' for those without
+// a decision older than `grace` first. Fails only when the decision log
+// cannot be reached; a shard that cannot be is listed in the report.
+[[nodiscard]] absl::StatusOr<RecoveryReport> RecoverPrepared(
+    const ShardMap& map, DecisionLog& log, const ExecOptions& options,
+    absl::Duration grace);
+
+}  // namespace shardkit::internal
+
+#endif  // SHARDKIT_ROUTER_TRANSACTION_H_

@@ -1,0 +1,320 @@
+// Transactions across real PostgreSQL shards: commit everywhere or nowhere,
+// plain COMMIT when one shard suffices, two-phase commit when several wrote,
+// and recovery of prepared transactions left in doubt.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "shardkit/cluster.h"
+#include "tests/integration/test_cluster.h"
+
+namespace shardkit {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kMapBody[] = R"(
+[distributions.accounts]
+strategy = "range"
+key_type = "int8"
+slices = [ { to = 100, shard = "s1" }, { from = 100, to = 200, shard = "s2" },
+           { from = 200, shard = "s3" } ]
+[tables.accounts]
+distribution = "accounts"
+key = "id"
+[tables.currencies]
+reference = true
+[timeouts]
+connect = "2s"
+statement = "10s"
+[transactions]
+recovery_grace = "1ms"
+recovery_interval = "1h"
+)";
+
+class TransactionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto shards = testing::TestCluster::Start(3);
+    ASSERT_TRUE(shards.ok()) << shards.status();
+    shards_ = shards->release();
+    config_ = shards_->WriteConfig("txn.toml", kMapBody);
+    auto cluster = Cluster::OpenFile(config_);
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = cluster->release();
+    for (const char* ddl :
+         {"CREATE TABLE accounts (id int8 PRIMARY KEY, balance int8 NOT NULL "
+          "CHECK (balance >= 0))",
+          "CREATE TABLE currencies (code text PRIMARY KEY)"}) {
+      absl::StatusOr<Result> r = cluster_->Execute(ddl);
+      ASSERT_TRUE(r.ok()) << r.status();
+    }
+  }
+
+  static void TearDownTestSuite() {
+    delete cluster_;
+    delete shards_;
+  }
+
+  void SetUp() override {
+    absl::StatusOr<Result> r = cluster_->Execute("DELETE FROM accounts");
+    ASSERT_TRUE(r.ok()) << r.status();
+    r = cluster_->Execute(
+        "INSERT INTO accounts (id, balance) VALUES (1, 100), (2, 100), "
+        "(150, 100), (250, 100)");
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+
+  static std::string Scalar(int shard, const std::string& sql) {
+    auto rows = shards_->Query(shard, sql);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    return rows.ok() && !rows->empty() ? (*rows)[0][0] : "";
+  }
+
+  static std::string Balance(int64_t id) {
+    const int shard = id < 100 ? 0 : id < 200 ? 1 : 2;
+    return Scalar(shard, absl::StrCat("SELECT coalesce((SELECT balance FROM "
+                                      "accounts WHERE id = ",
+                                      id, ")::text, 'none')"));
+  }
+
+  static int Prepared() {
+    int total = 0;
+    for (int s = 0; s < 3; ++s) {
+      total += std::stoi(Scalar(s, "SELECT count(*) FROM pg_prepared_xacts"));
+    }
+    return total;
+  }
+
+  // Rows in the decision log (on s1: there is no [catalog]).
+  static std::string Decisions() {
+    return Scalar(0,
+                  "SELECT CASE WHEN to_regclass('shardkit.commit_decisions') "
+                  "IS NULL THEN 0 ELSE (SELECT count(*) FROM "
+                  "shardkit.commit_decisions) END");
+  }
+
+  static testing::TestCluster* shards_;
+  static Cluster* cluster_;
+  static std::string config_;
+};
+
+testing::TestCluster* TransactionTest::shards_ = nullptr;
+Cluster* TransactionTest::cluster_ = nullptr;
+std::string TransactionTest::config_;
+
+absl::Status Transfer(Transaction& txn, int64_t from, int64_t to, int64_t amount) {
+  absl::StatusOr<Result> r = txn.Execute(
+      "UPDATE accounts SET balance = balance - $2 WHERE id = $1",
+      {std::to_string(from), std::to_string(amount)});
+  if (!r.ok()) return r.status();
+  r = txn.Execute("UPDATE accounts SET balance = balance + $2 WHERE id = $1",
+                  {std::to_string(to), std::to_string(amount)});
+  return r.status();
+}
+
+TEST_F(TransactionTest, OneShardCommitsPlainly) {
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+  ASSERT_TRUE(txn.ok());
+  ASSERT_TRUE(Transfer(**txn, 1, 2, 30).ok());
+  EXPECT_EQ((*txn)->participants(), std::vector<ShardId>{0});
+  // Not visible outside before the commit.
+  EXPECT_EQ(Balance(1), "100");
+  ASSERT_TRUE((*txn)->Commit().ok());
+  EXPECT_EQ(Balance(1), "70");
+  EXPECT_EQ(Balance(2), "130");
+  EXPECT_EQ(Prepared(), 0);
+}
+
+TEST_F(TransactionTest, SeveralShardsCommitTogether) {
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+  ASSERT_TRUE(txn.ok());
+  ASSERT_TRUE(Transfer(**txn, 1, 150, 40).ok());
+  absl::Status moved = Transfer(**txn, 250, 2, 5);
+  ASSERT_TRUE(moved.ok()) << moved;
+  EXPECT_EQ((*txn)->participants(), (std::vector<ShardId>{0, 1, 2}));
+  absl::Status committed = (*txn)->Commit();
+  ASSERT_TRUE(committed.ok()) << committed;
+  EXPECT_EQ(Balance(1), "60");
+  EXPECT_EQ(Balance(2), "105");
+  EXPECT_EQ(Balance(150), "140");
+  EXPECT_EQ(Balance(250), "95");
+  EXPECT_EQ(Prepared(), 0);
+  EXPECT_EQ(Decisions(), "0");  // forgotten once every shard committed
+  // It has ended.
+  EXPECT_EQ((*txn)->Execute("SELECT 1").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(TransactionTest, ReadsOnOtherShardsNeedNoPrepare) {
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+  ASSERT_TRUE(txn.ok());
+  ASSERT_TRUE((*txn)->Execute("SELECT * FROM accounts").ok());  // every shard
+  ASSERT_TRUE(Transfer(**txn, 1, 2, 1).ok());
+  ASSERT_TRUE((*txn)->Commit().ok());
+  EXPECT_EQ(Balance(1), "99");
+  // A single writer committed plainly: no decision was ever needed.
+  EXPECT_EQ(Prepared(), 0);
+}
+
+TEST_F(TransactionTest, RollbackLeavesNothing) {
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+  ASSERT_TRUE(txn.ok());
+  ASSERT_TRUE(Transfer(**txn, 1, 250, 10).ok());
+  ASSERT_TRUE((*txn)->Rollback().ok());
+  EXPECT_EQ(Balance(1), "100");
+  EXPECT_EQ(Balance(250), "100");
+}
+
+TEST_F(TransactionTest, DroppedTransactionRollsBack) {
+  {
+    absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE(Transfer(**txn, 1, 250, 10).ok());
+  }
+  EXPECT_EQ(Balance(1), "100");
+  EXPECT_EQ(Balance(250), "100");
+}
+
+TEST_F(TransactionTest, AFailedStatementAbortsTheTransaction) {
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+  ASSERT_TRUE(txn.ok());
+  ASSERT_TRUE(Transfer(**txn, 1, 150, 10).ok());
+  // Overdraws account 250: the CHECK fails on s3.
+  absl::Status overdrawn = Transfer(**txn, 250, 2, 1000);
+  ASSERT_FALSE(overdrawn.ok());
+  EXPECT_EQ(SqlStateOf(overdrawn), "23514");
+  absl::StatusOr<Result> after = (*txn)->Execute("SELECT 1");
+  ASSERT_FALSE(after.ok());
+  EXPECT_EQ(SqlStateOf(after.status()), "25P02");
+  absl::Status committed = (*txn)->Commit();
+  EXPECT_EQ(committed.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(std::string(committed.message()), HasSubstr("rolled back"));
+  EXPECT_EQ(Balance(1), "100");
+  EXPECT_EQ(Balance(150), "100");
+  EXPECT_EQ(Prepared(), 0);
+}
+
+TEST_F(TransactionTest, MultiShardWritesOutsideATransactionAreAtomic) {
+  // Row 250 exists on s3: the whole INSERT fails, and s1, s2 keep nothing.
+  absl::StatusOr<Result> r = cluster_->Execute(
+      "INSERT INTO accounts (id, balance) VALUES (3, 1), (160, 1), (250, 1)");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(SqlStateOf(r.status()), "23505");
+  EXPECT_EQ(Balance(3), "none");
+  EXPECT_EQ(Balance(160), "none");
+  // And when every shard accepts, every shard has its rows.
+  r = cluster_->Execute(
+      "INSERT INTO accounts (id, balance) VALUES (3, 1), (160, 1), (260, 1)");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rows_affected, 3);
+  EXPECT_EQ(Balance(160), "1");
+  // A multi-shard UPDATE that fails on one shard changes none.
+  r = cluster_->Execute("UPDATE accounts SET balance = balance - 100");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(Balance(1), "100");
+  EXPECT_EQ(Balance(150), "100");
+  // Reference tables: every copy or none.
+  ASSERT_TRUE(shards_->Query(2, "INSERT INTO currencies VALUES ('eur')").ok());
+  r = cluster_->Execute("INSERT INTO currencies VALUES ('eur')");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(Scalar(0, "SELECT count(*) FROM currencies"), "0");
+  ASSERT_TRUE(shards_->Query(2, "DELETE FROM currencies").ok());
+  // DDL too: s2 already has the table, so no shard gets it.
+  ASSERT_TRUE(shards_->Query(1, "CREATE TABLE only_s2 (x int)").ok());
+  r = cluster_->Execute("CREATE TABLE only_s2 (x int)");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(Scalar(0, "SELECT to_regclass('only_s2') IS NULL"), "t");
+  ASSERT_TRUE(shards_->Query(1, "DROP TABLE only_s2").ok());
+  EXPECT_EQ(Prepared(), 0);
+}
+
+TEST_F(TransactionTest, StatementsThatRefuseTransactionBlocksStillRun) {
+  absl::StatusOr<Result> r = cluster_->Execute(
+      "CREATE INDEX CONCURRENTLY accounts_balance ON accounts (balance)");
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_EQ(Scalar(s, "SELECT to_regclass('accounts_balance') IS NOT NULL"), "t");
+  }
+  ASSERT_TRUE(cluster_->Execute("DROP INDEX accounts_balance").ok());
+}
+
+// A prepared transaction left by a coordinator that died: recovery follows
+// the recorded decision, or rolls back when there is none.
+TEST_F(TransactionTest, RecoveryResolvesWhatACrashLeft) {
+  const std::string undecided = "shardkit_" + std::string(32, 'a') + "_0";
+  const std::string decided = "shardkit_" + std::string(32, 'b') + "_1";
+  ASSERT_TRUE(shards_->Query(0, "BEGIN; UPDATE accounts SET balance = 0 WHERE "
+                                "id = 1; PREPARE TRANSACTION '" + undecided + "'")
+                  .ok());
+  ASSERT_TRUE(shards_->Query(1, "BEGIN; UPDATE accounts SET balance = 7 WHERE "
+                                "id = 150; PREPARE TRANSACTION '" + decided + "'")
+                  .ok());
+  // Make sure the log exists, then record 'commit' for the second.
+  absl::StatusOr<RecoveryReport> first = cluster_->Recover();
+  ASSERT_TRUE(first.ok()) << first.status();
+  // The undecided one was older than the 1 ms grace: rolled back already;
+  // the other had no decision either.
+  EXPECT_EQ(first->resolved.size(), 2u);
+  EXPECT_EQ(Balance(1), "100");
+  EXPECT_EQ(Balance(150), "100");
+
+  ASSERT_TRUE(shards_->Query(1, "BEGIN; UPDATE accounts SET balance = 7 WHERE "
+                                "id = 150; PREPARE TRANSACTION '" + decided + "'")
+                  .ok());
+  ASSERT_TRUE(shards_->Query(0, "DELETE FROM shardkit.commit_decisions; "
+                                "INSERT INTO shardkit.commit_decisions (txid, "
+                                "outcome) VALUES ('" + std::string(32, 'b') +
+                                "', 'commit')")
+                  .ok());
+  absl::StatusOr<RecoveryReport> second = cluster_->Recover();
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(second->resolved.size(), 1u);
+  EXPECT_TRUE(second->resolved[0].committed);
+  EXPECT_EQ(second->resolved[0].gid, decided);
+  EXPECT_EQ(second->resolved[0].shard_name, "s2");
+  EXPECT_EQ(Balance(150), "7");
+  EXPECT_EQ(Prepared(), 0);
+  // Prepared transactions of others are not shardkit's to resolve.
+  ASSERT_TRUE(shards_->Query(2, "BEGIN; PREPARE TRANSACTION 'someone_else'").ok());
+  absl::StatusOr<RecoveryReport> third = cluster_->Recover();
+  ASSERT_TRUE(third.ok());
+  EXPECT_TRUE(third->resolved.empty());
+  ASSERT_TRUE(shards_->Query(2, "ROLLBACK PREPARED 'someone_else'").ok());
+}
+
+TEST(TransactionSetupTest, ShardsWithoutPreparedTransactionsSaySo) {
+  auto shards = testing::TestCluster::Start(2, {"max_prepared_transactions = 0"});
+  ASSERT_TRUE(shards.ok()) << shards.status();
+  auto cluster = Cluster::OpenFile((*shards)->WriteConfig("no2pc.toml", R"(
+[distributions.accounts]
+strategy = "range"
+key_type = "int8"
+slices = [ { to = 100, shard = "s1" }, { from = 100, shard = "s2" } ]
+[tables.accounts]
+distribution = "accounts"
+key = "id"
+)"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  for (int s = 0; s < 2; ++s) {
+    ASSERT_TRUE((*shards)->Query(s, "CREATE TABLE accounts (id int8 PRIMARY KEY)").ok());
+  }
+  absl::StatusOr<Result> r =
+      (*cluster)->Execute("INSERT INTO accounts (id) VALUES (1), (101)");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("set max_prepared_transactions"));
+  EXPECT_EQ(SqlStateOf(r.status()), "55000");
+  EXPECT_EQ((*shards)->Query(0, "SELECT count(*) FROM accounts")->at(0)[0], "0");
+  // One shard needs no two-phase commit.
+  r = (*cluster)->Execute("INSERT INTO accounts (id) VALUES (1), (2)");
+  ASSERT_TRUE(r.ok()) << r.status();
+}
+
+}  // namespace
+}  // namespace shardkit
