@@ -40,10 +40,10 @@ std::shared_ptr<internal::DecisionLog> DecisionLogOf(const Config& config) {
 namespace internal {
 
 // Recovery in the background: a pass at once, then one every interval,
-// on connections of its own. It shares nothing with the Cluster but what
-// it holds here, so that Stop need not wait for a pass under way (which
-// may be waiting for an unreachable shard): the thread is then left to
-// end on its own.
+// on connections of its own. Stop wakes it and waits for it to end: at
+// most the rest of a pass under way, which is quick unless a shard is
+// unreachable (then up to the connect timeout). A thread left running past
+// the Cluster could still be inside libpq when the process exits.
 class RecoveryLoop {
  public:
   static std::shared_ptr<RecoveryLoop> Start(
@@ -51,22 +51,16 @@ class RecoveryLoop {
       ExecOptions options, TransactionSettings settings) {
     auto loop = std::shared_ptr<RecoveryLoop>(new RecoveryLoop(
         std::move(map), std::move(log), options, settings));
-    loop->thread_ = std::thread([loop] { loop->Run(); });
+    loop->thread_ = std::thread([raw = loop.get()] { raw->Run(); });
     return loop;
   }
 
   void Stop() {
-    bool running;
     {
       absl::MutexLock lock(&mu_);
       stop_ = true;
-      running = running_;
     }
-    if (running) {
-      thread_.detach();
-    } else {
-      thread_.join();  // it wakes from its wait and ends
-    }
+    thread_.join();
   }
 
  private:
@@ -83,10 +77,8 @@ class RecoveryLoop {
       RecoverPrepared(*map_, *log_, options_, settings_.recovery_grace)
           .IgnoreError();
       absl::MutexLock lock(&mu_);
-      running_ = false;
       mu_.AwaitWithTimeout(absl::Condition(&stop_), settings_.recovery_interval);
       if (stop_) return;
-      running_ = true;
     }
   }
 
@@ -97,7 +89,6 @@ class RecoveryLoop {
   std::thread thread_;
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  bool running_ ABSL_GUARDED_BY(mu_) = true;
 };
 
 }  // namespace internal

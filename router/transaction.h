@@ -68,7 +68,8 @@ class DecisionLog {
   absl::Status Forget(const std::string& txid, const ExecOptions& options);
 
   // Deletes 'commit' decisions older than an hour whose transaction is not
-  // in `still_prepared`, and 'abort' decisions older than a week.
+  // in `still_prepared`, and 'abort' decisions older than a week. Fails
+  // (42P01) where the table was never created.
   absl::Status Purge(const std::vector<std::string>& still_prepared,
                      const ExecOptions& options);
 
