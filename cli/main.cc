@@ -69,6 +69,7 @@ int Run(int argc, char** argv) {
   RegisterRoute(app, ctx);
   RegisterSql(app, ctx);
   RegisterExec(app, ctx);
+  RegisterLoad(app, ctx);
   RegisterDev(app, ctx);
 
   if (argc > 1 && argv[1][0] != '-') {

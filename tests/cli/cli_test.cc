@@ -186,7 +186,7 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   ExpectOneLineError(Shardctl({}), 2, "shardctl: A subcommand is required");
   ExpectOneLineError(Shardctl({"frobnicate"}), 2,
                      "shardctl: unknown command 'frobnicate' (commands: "
-                     "validate, map, route, sql, exec, dev; see 'shardctl "
+                     "validate, map, route, sql, exec, load, dev; see 'shardctl "
                      "--help')");
   ExpectOneLineError(Shardctl({"route", "users", "1"}), 2,
                      "--config is required (see 'shardctl route --help')");
@@ -206,6 +206,62 @@ TEST_F(CliTest, SqlNeedsAStatementOrStdin) {
   ExpectOneLineError(Shardctl({"sql", "-c", kExample, "-e", "SELEC 1"}), 1,
                      "shardctl: ERROR 42601: syntax error at or near \"SELEC\" "
                      "at position 1");
+}
+
+TEST_F(CliTest, LoadHelpAndUsageErrors) {
+  CommandOutput help = Shardctl({"load", "--help"});
+  EXPECT_EQ(help.exit_code, 0) << help.err;
+  EXPECT_THAT(help.out, HasSubstr("Usage: shardctl load [OPTIONS] TABLE"));
+  EXPECT_THAT(help.out, HasSubstr("nothing is loaded"));
+  EXPECT_THAT(help.out, HasSubstr("--no-header"));
+  EXPECT_THAT(help.out, HasSubstr("--columns a,b,c"));
+  EXPECT_THAT(help.out, HasSubstr("shardctl load -c shards.toml users --csv "
+                                  "users.csv"));
+
+  ExpectOneLineError(Shardctl({"load", "-c", kExample}), 2,
+                     "shardctl: TABLE is required (see 'shardctl load --help')");
+  ExpectOneLineError(Shardctl({"load", "users"}), 2, "--config is required");
+  ExpectOneLineError(
+      Shardctl({"load", "-c", kExample, "users", "--header", "--no-header"}),
+      2, "--no-header excludes --header");
+  ExpectOneLineError(
+      Shardctl({"load", "-c", kExample, "users", "--delimiter", "ab"}), 2,
+      "shardctl: --delimiter: must be one character, or 'tab', not 'ab'");
+  ExpectOneLineError(
+      Shardctl({"load", "-c", kExample, "users", "--format", "csv"}), 2,
+      "--format");
+}
+
+// Failures that need no running server: exit 1, one line.
+TEST_F(CliTest, LoadFailsBeforeConnecting) {
+  ExpectOneLineError(
+      Shardctl({"load", "-c", kExample, "users", "--csv", "/nonexistent.csv"}),
+      1, "shardctl: cannot read /nonexistent.csv: No such file or directory");
+  const std::string path = Write("load.toml", R"([shards.s1]
+dsn = "host=127.0.0.1 port=1 dbname=a"
+[distributions.d]
+strategy = "hash"
+key_type = "int8"
+shards = ["s1"]
+[tables.t]
+distribution = "d"
+key = "id"
+)");
+  ExpectOneLineError(
+      Shardctl({"load", "-c", path, "nope", "--csv", kExample}), 1,
+      "shardctl: table \"nope\" is not in the shard map (its tables: t); "
+      "add it to [tables] in the configuration, or set [router] "
+      "default_shard");
+  ExpectOneLineError(Shardctl({"load", "-c", path, "t", "--csv", kExample}), 1,
+                     "shardctl: shard s1 (host=127.0.0.1 port=1 dbname=a) is "
+                     "unreachable");
+  ExpectOneLineError(
+      Shardctl({"load", "-c", "/nonexistent.toml", "users"}), 1,
+      "shardctl: ");
+  ExpectOneLineError(Shardctl({"load", "-c", kExample, "users", "--null", ","}),
+                     1,
+                     "shardctl: the NULL string \",\" cannot hold the "
+                     "delimiter ','");
 }
 
 TEST_F(CliTest, HelpExplainsEachCommand) {
