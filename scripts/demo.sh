@@ -41,12 +41,10 @@ show $shardctl exec -c "$cfg" --all "
   CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text NOT NULL);
   TRUNCATE users, orders, countries"
 
-step "Load $users users and $orders orders through the router"
+step "Load $users users through the router, $orders orders with shardctl load"
 # shardctl sql --stdin runs one statement per line through one open cluster;
 # each INSERT's rows are split by key and every row lands on the shard that
-# owns it. orders are colocated with users (same distribution): order k
-# belongs to user (k*7 mod users)+1 and lands on that user's shard. The
-# reference table countries gets the same rows on every shard.
+# owns it. The reference table countries gets the same rows on every shard.
 codes=(de fr us jp br)
 {
   for ((start = 1; start <= users; start += 250)); do
@@ -56,15 +54,18 @@ codes=(de fr us jp br)
     done
     (IFS=,; echo "INSERT INTO users (id, name, country) VALUES ${rows[*]}")
   done
-  for ((start = 1; start <= orders; start += 500)); do
-    rows=()
-    for ((k = start; k < start + 500 && k <= orders; k++)); do
-      rows+=("($k,$(((k * 7) % users + 1)),$((k % 97)).$((k % 100)))")
-    done
-    (IFS=,; echo "INSERT INTO orders (id, user_id, amount) VALUES ${rows[*]}")
-  done
   echo "INSERT INTO countries (code, name) VALUES ('de','Germany'),('fr','France'),('us','United States'),('jp','Japan'),('br','Brazil')"
 } | $shardctl sql -c "$cfg" --stdin
+# shardctl load streams CSV rows with COPY to the shards that own their keys.
+# orders are colocated with users (same distribution): order k belongs to
+# user (k*7 mod users)+1 and lands on that user's shard.
+printf '$ ... | %s load -c %s orders\n' "$shardctl" "$cfg"
+{
+  echo "id,user_id,amount"
+  for ((k = 1; k <= orders; k++)); do
+    echo "$k,$(((k * 7) % users + 1)),$((k % 97)).$((k % 100))"
+  done
+} | $shardctl load -c "$cfg" orders
 
 step "How the rows spread over the shards"
 show $shardctl exec -c "$cfg" --all \
