@@ -51,6 +51,15 @@ void PrintJson(const Config& config, std::ostream& out) {
   for (const Shard& s : map.shards()) {
     json.BeginObject().Key("name").String(s.name).Key("dsn").String(
         s.MaskedDsn());
+    json.Key("replicas").BeginArray();
+    for (const Backend& r : s.replicas) {
+      json.BeginObject()
+          .Key("name").String(r.name)
+          .Key("dsn").String(r.MaskedDsn())
+          .Key("weight").Int(r.weight)
+          .EndObject();
+    }
+    json.EndArray();
     json.EndObject();
   }
   json.EndArray().Key("distributions").BeginArray();
@@ -169,8 +178,20 @@ void PrintText(const Config& config, std::ostream& out) {
                          : "none (this file is the map)")
       << "\n\nShards\n";
   std::vector<std::vector<std::string>> rows;
-  for (const Shard& s : map.shards()) rows.push_back({s.name, s.MaskedDsn()});
-  PrintTable(out, {"name", "dsn"}, rows);
+  bool any_replica = false;
+  for (const Shard& s : map.shards()) any_replica |= !s.replicas.empty();
+  if (!any_replica) {
+    for (const Shard& s : map.shards()) rows.push_back({s.name, s.MaskedDsn()});
+    PrintTable(out, {"name", "dsn"}, rows);
+  } else {
+    for (const Shard& s : map.shards()) {
+      rows.push_back({s.name, "primary", "", s.MaskedDsn()});
+      for (const Backend& r : s.replicas) {
+        rows.push_back({"", r.name, std::to_string(r.weight), r.MaskedDsn()});
+      }
+    }
+    PrintTable(out, {"name", "backend", "weight", "dsn"}, rows);
+  }
   for (const Distribution& d : map.distributions()) {
     PrintDistribution(map, d, out);
   }
@@ -195,7 +216,8 @@ void RegisterMap(CLI::App& app, CommandContext& ctx) {
   auto args = std::make_shared<MapArgs>();
   CLI::App* show = map->add_subcommand(
       "show",
-      "Print the shards (passwords masked), each distribution's slices and "
+      "Print the shards and their replicas (passwords masked), each "
+      "distribution's slices and "
       "their owners, and the tables with their distribution and key column.");
   AddConfigOption(show, &args->config);
   AddFormatOption(show, &args->format);

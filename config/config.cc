@@ -19,6 +19,7 @@
 
 namespace shardkit {
 
+using internal::BackendSpec;
 using internal::DistributionSpec;
 using internal::HashSliceSpec;
 using internal::RangeSliceSpec;
@@ -43,12 +44,18 @@ EnvLookup ProcessEnvironment() {
 
 namespace {
 
-constexpr std::string_view kRootKeys[] = {"catalog", "shards", "distributions",
-                                          "tables", "router", "pool",
-                                          "timeouts", "transactions"};
+constexpr std::string_view kRootKeys[] = {
+    "catalog", "shards",   "distributions", "tables",  "router",
+    "pool",    "timeouts", "transactions",  "replicas"};
 constexpr std::string_view kRouterKeys[] = {"default_shard"};
 constexpr std::string_view kCatalogKeys[] = {"dsn"};
-constexpr std::string_view kShardKeys[] = {"dsn"};
+constexpr std::string_view kShardKeys[] = {
+    "dsn", "replicas", "max_lag", "heartbeat_interval", "failure_threshold"};
+constexpr std::string_view kReplicaKeys[] = {"dsn", "weight", "name"};
+constexpr std::string_view kReplicaSettingKeys[] = {
+    "max_lag", "heartbeat_interval", "failure_threshold"};
+constexpr int kMaxWeight = 10000;
+constexpr int kMaxFailureThreshold = 1000;
 constexpr std::string_view kDistributionKeys[] = {
     "strategy", "key_type", "shards", "slices", "regions", "default",
     "hash_key_type"};
@@ -144,7 +151,8 @@ class Reader {
     config.source = file_;
     CheckKeys(root, "", kRootKeys);
     ReadCatalog(root, config);
-    ReadShards(root);
+    ReadReplicaDefaults(root, config.replicas);
+    ReadShards(root, config.replicas);
     ReadDistributions(root);
     ReadTables(root);
     ReadPool(root, config.pool);
@@ -347,7 +355,7 @@ class Reader {
     }
   }
 
-  void ReadShards(const toml::table& root) {
+  void ReadShards(const toml::table& root, const ReplicaSettings& defaults) {
     const toml::table* shards = SubTable(root, "shards", "");
     if (shards == nullptr || shards->empty()) {
       if (!root.contains("shards") || shards != nullptr) {
@@ -370,8 +378,100 @@ class Reader {
       // it are not also reported as naming an unknown shard.
       std::optional<std::string> dsn = Dsn(shard, path, &spec.pos);
       spec.dsn = dsn.value_or("");
+      spec.replica_settings = defaults;
+      ReadReplicaSettings(shard, path, spec.replica_settings);
+      ReadReplicas(shard, path, spec);
       spec_.shards.push_back(std::move(spec));
     }
+  }
+
+  // [replicas]: the defaults of every shard's ReplicaSettings.
+  void ReadReplicaDefaults(const toml::table& root, ReplicaSettings& settings) {
+    const toml::table* table = SubTable(root, "replicas", "");
+    if (table == nullptr) return;
+    CheckKeys(*table, "replicas", kReplicaSettingKeys);
+    ReadReplicaSettings(*table, "replicas", settings);
+  }
+
+  // max_lag, heartbeat_interval and failure_threshold of `table`, where set.
+  void ReadReplicaSettings(const toml::table& table, std::string_view path,
+                           ReplicaSettings& settings) {
+    if (auto d = Duration(table, "max_lag", path)) settings.max_lag = *d;
+    if (auto d = Duration(table, "heartbeat_interval", path)) {
+      settings.heartbeat_interval = *d;
+    }
+    if (auto n =
+            Integer(table, "failure_threshold", path, 1, kMaxFailureThreshold,
+                    " (consecutive failed heartbeats)")) {
+      settings.failure_threshold = *n;
+    }
+  }
+
+  // `replicas = [ { dsn = "...", weight = 1, name = "r1" }, ... ]`.
+  void ReadReplicas(const toml::table& shard, const std::string& path,
+                    ShardSpec& spec) {
+    const toml::node* replicas = shard.get("replicas");
+    if (replicas == nullptr) return;
+    if (!replicas->is_array()) {
+      WrongType(*replicas, path + ".replicas",
+                "an array of replicas [ { dsn = \"...\", weight = 1 } ]");
+      return;
+    }
+    size_t i = 0;
+    for (const toml::node& n : *replicas->as_array()) {
+      const std::string replica_path = StrCat(path, ".replicas[", i++, "]");
+      if (!n.is_table()) {
+        WrongType(n, replica_path, "a replica table { dsn, weight, name }");
+        continue;
+      }
+      const toml::table& replica = *n.as_table();
+      CheckKeys(replica, replica_path, kReplicaKeys);
+      BackendSpec backend;
+      backend.name = StrCat("r", i);
+      backend.pos = PosOf(replica.source());
+      backend.dsn = Dsn(replica, replica_path, &backend.pos).value_or("");
+      if (auto w = Integer(replica, "weight", replica_path, 1, kMaxWeight,
+                           " (a replica's share of its shard's reads)")) {
+        backend.weight = *w;
+      }
+      if (std::optional<std::string> name =
+              String(replica, "name", replica_path, false, &backend.name_pos)) {
+        if (IsBackendName(*name)) {
+          backend.name = *name;
+        } else {
+          Report(backend.name_pos,
+                 StrCat(replica_path, ".name: '", *name,
+                        "' is not a replica name: use letters, digits, '_' "
+                        "and '-' (at most 63), and not \"primary\""));
+        }
+      }
+      spec.replicas.push_back(std::move(backend));
+    }
+  }
+
+  static bool IsBackendName(std::string_view name) {
+    if (name.empty() || name.size() > 63 || name == "primary") return false;
+    return std::all_of(name.begin(), name.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+             (c >= '0' && c <= '9') || c == '_' || c == '-';
+    });
+  }
+
+  // An integer setting in [min, max]; nullopt when absent or wrong
+  // (reported, saying what `what` is for).
+  std::optional<int> Integer(const toml::table& table, std::string_view key,
+                             std::string_view path, int64_t min, int64_t max,
+                             std::string_view what) {
+    const toml::node* node = table.get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_integer() || node->as_integer()->get() < min ||
+        node->as_integer()->get() > max) {
+      Report(PosOf(node->source()),
+             StrCat(Join(path, key), ": expected an integer from ", min, " to ",
+                    max, what));
+      return std::nullopt;
+    }
+    return static_cast<int>(node->as_integer()->get());
   }
 
   std::optional<KeyType> ReadKeyType(const toml::table& table,

@@ -84,20 +84,69 @@ class ShardMapBuilder::Impl {
     report_(pos, std::move(message));
   }
 
+  // Which backend first claimed a database (host:port/dbname).
+  struct IdentityOwner {
+    std::string shard;
+    std::string replica;  // empty for the shard's primary
+  };
+
+  static std::string Describe(const IdentityOwner& owner) {
+    if (owner.replica.empty()) {
+      return StrCat("the primary of shard '", owner.shard, "'");
+    }
+    return StrCat("replica '", owner.replica, "' of shard '", owner.shard, "'");
+  }
+
   void BuildShards() {
-    std::map<std::string, std::string> identity_owner;
+    std::map<std::string, IdentityOwner> identity_owner;
+    // Primaries first, so that a replica that repeats a primary listed
+    // after it is reported at the replica, whose mistake it most likely is.
     for (const ShardSpec& s : spec_.shards) {
       const ShardId id = static_cast<ShardId>(map_.shards_.size());
-      map_.shards_.push_back(Shard{s.name, s.dsn});
+      map_.shards_.push_back(Shard{s.name, s.dsn, {}, s.replica_settings});
       map_.shard_index_[s.name] = id;
       const std::string identity = DatabaseIdentity(s.dsn);
       if (identity.empty()) continue;
-      auto [it, inserted] = identity_owner.emplace(identity, s.name);
+      auto [it, inserted] =
+          identity_owner.emplace(identity, IdentityOwner{s.name, ""});
       if (!inserted) {
-        Report(s.pos, StrCat("shards.", s.name, ".dsn: shards '",
-                                   it->second, "' and '", s.name,
-                                   "' are the same database (", identity,
-                                   "); each shard needs its own database"));
+        Report(s.pos,
+               StrCat("shards.", s.name, ".dsn: shards '", it->second.shard,
+                      "' and '", s.name, "' are the same database (", identity,
+                      "); each shard needs its own database"));
+      }
+    }
+    for (size_t id = 0; id < spec_.shards.size(); ++id) {
+      const ShardSpec& s = spec_.shards[id];
+      std::map<std::string, SourcePos> names;
+      for (size_t i = 0; i < s.replicas.size(); ++i) {
+        const BackendSpec& r = s.replicas[i];
+        const std::string path =
+            StrCat("shards.", s.name, ".replicas[", i, "]");
+        if (auto [it, inserted] = names.emplace(r.name, r.name_pos);
+            !inserted) {
+          Report(r.name_pos.line > 0 ? r.name_pos : r.pos,
+                 StrCat(path, ".name: shard '", s.name,
+                        "' already has a replica named '", r.name, "' (line ",
+                        it->second.line, "); give each replica its own name"));
+        }
+        map_.shards_[id].replicas.push_back(Backend{r.name, r.dsn, r.weight});
+        const std::string identity = DatabaseIdentity(r.dsn);
+        if (identity.empty()) continue;
+        auto [it, inserted] =
+            identity_owner.emplace(identity, IdentityOwner{s.name, r.name});
+        if (inserted) continue;
+        if (it->second.shard == s.name && it->second.replica.empty()) {
+          Report(r.pos,
+                 StrCat(path, ".dsn: the replica is the shard's own primary (",
+                        identity,
+                        "); a replica is another server, streaming "
+                        "from the primary"));
+        } else {
+          Report(r.pos, StrCat(path, ".dsn: the same database (", identity,
+                               ") as ", Describe(it->second),
+                               "; each backend needs its own server"));
+        }
       }
     }
   }

@@ -4,7 +4,9 @@
 // fills a ShardMapSpec whose every element remembers where it came from;
 // ShardMapBuilder checks what a map must satisfy (names resolve, slices
 // cover the keyspace exactly once, key types suit strategies) and reports
-// each violation at its element's position. The catalog will build maps
+// each violation at its element's position (among them: two backends,
+// primaries or replicas, that are one database; two replicas of a shard
+// with one name). The catalog will build maps
 // through the same builder.
 
 #ifndef SHARDKIT_CONFIG_MAP_BUILDER_H_
@@ -29,10 +31,20 @@ struct SourcePos {
 // dotted path (e.g. "distributions.users.slices[2]: ...").
 using ProblemReporter = std::function<void(SourcePos, std::string)>;
 
+struct BackendSpec {
+  std::string name;  // "r<i>" when the configuration names none
+  SourcePos name_pos;
+  std::string dsn;  // ${ENV} already substituted; "" if it was invalid
+  SourcePos pos;    // of the dsn value
+  int weight = 1;
+};
+
 struct ShardSpec {
   std::string name;
   std::string dsn;  // ${ENV} already substituted
   SourcePos pos;    // of the dsn value
+  std::vector<BackendSpec> replicas;
+  ReplicaSettings replica_settings;  // overrides already applied
 };
 
 // A reference to a shard by name, as written.

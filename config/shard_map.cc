@@ -57,6 +57,7 @@ std::string_view StrategyName(Strategy strategy) {
 }
 
 std::string Shard::MaskedDsn() const { return MaskDsnPassword(dsn); }
+std::string Backend::MaskedDsn() const { return MaskDsnPassword(dsn); }
 
 absl::Status Distribution::CheckKey(const Key& key, KeyType type) const {
   if (key.FitsType(type)) return absl::OkStatus();

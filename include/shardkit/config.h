@@ -17,8 +17,21 @@
 // Validation collects every problem it finds, not only the first: TOML
 // syntax, unknown settings (typos), wrong value types, malformed bounds,
 // unknown shards or distributions, duplicate names, key types a strategy
-// cannot use, and slices that overlap or leave a gap. Each problem carries
+// cannot use, slices that overlap or leave a gap, and two backends
+// (primaries or replicas) that are the same database. Each problem carries
 // the file, line and column of the value it is about.
+//
+// A shard may list streaming replicas; the [replicas] section sets how
+// stale a replica may be (max_lag) and how backends are watched
+// (heartbeat_interval, failure_threshold), and a shard may override each:
+//
+//   [replicas]
+//   max_lag = "500ms"
+//   [shards.s1]
+//   dsn = "host=10.0.0.1 dbname=app"                      # the primary
+//   replicas = [ { dsn = "host=10.0.0.2 dbname=app", weight = 2 },
+//                { dsn = "host=10.0.0.3 dbname=app", name = "east" } ]
+//   max_lag = "2s"                                        # s1 only
 //
 // `${NAME}` in a connection string is replaced by the environment variable
 // NAME (an unset variable is a problem); `$$` stands for a literal `$`.
@@ -76,7 +89,13 @@ struct TransactionSettings {
 struct Config {
   // The path or name the configuration was read from.
   std::string source;
+  // The shards (each with its primary, replicas and ReplicaSettings),
+  // distributions and tables.
   ShardMap map;
+  // The [replicas] section as written, defaults filled in: what a shard
+  // that overrides nothing gets. Each shard's effective settings are
+  // map.shard(id).replica_settings.
+  ReplicaSettings replicas;
   std::optional<CatalogSettings> catalog;
   PoolSettings pool;
   TimeoutSettings timeouts;

@@ -1,7 +1,8 @@
 // The shard map: which shard owns which keys of which table.
 //
 // A `ShardMap` holds
-//   * shards: PostgreSQL databases, each reached by a libpq connection string;
+//   * shards: PostgreSQL databases, each reached by a libpq connection string
+//     (its primary), with optional streaming replicas (`Backend`s);
 //   * distributions: a strategy (hash, range or region), a key type, and the
 //     slices of the keyspace, each owned by one shard (Citus calls a
 //     distribution a colocation group, Vitess a keyspace);
@@ -52,6 +53,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "shardkit/key.h"
 
 namespace shardkit {
@@ -63,11 +65,51 @@ class ShardMapBuilder;
 // Index of a shard in ShardMap::shards().
 using ShardId = uint32_t;
 
-struct Shard {
+// One streaming replica of a shard: a read-only PostgreSQL server that
+// replays the primary's WAL (see Shard::replicas).
+struct Backend {
+  // Unique within its shard: the replica's `name` in the configuration, or
+  // "r<i>" for the i-th replica listed (1-based). Never "primary".
   std::string name;
   // The libpq connection string, with ${ENV} references substituted. It may
   // hold a password: print MaskedDsn(), never this.
   std::string dsn;
+  // Its share of the reads sent to the shard's replicas, relative to the
+  // other replicas' weights; >= 1.
+  int weight = 1;
+
+  // `dsn` with any password replaced by "********".
+  std::string MaskedDsn() const;
+};
+
+// How a shard's backends are watched and when a replica is too stale to
+// read from: the [replicas] section of the configuration, which a shard may
+// override for itself. Kept per shard because one shard's replicas may sit
+// farther away than another's.
+struct ReplicaSettings {
+  // A replica whose replay lag exceeds this takes no reads until it catches
+  // up. Positive.
+  absl::Duration max_lag = absl::Seconds(1);
+  // How often the health monitor checks each backend. Positive.
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  // Consecutive failed heartbeats after which a backend counts as down
+  // (for a primary: after which failover may begin). >= 1.
+  int failure_threshold = 3;
+};
+
+struct Shard {
+  std::string name;
+  // The primary's libpq connection string, with ${ENV} references
+  // substituted: every write, and every read inside a transaction, goes
+  // here. It may hold a password: print MaskedDsn(), never this.
+  std::string dsn;
+  // The primary's streaming replicas, in configuration order; empty when
+  // the shard is its primary alone. No two backends of a map (primaries and
+  // replicas) are the same database.
+  std::vector<Backend> replicas;
+  // This shard's settings for watching its backends ([replicas], with the
+  // shard's own overrides applied).
+  ReplicaSettings replica_settings;
 
   // `dsn` with any password replaced by "********".
   std::string MaskedDsn() const;

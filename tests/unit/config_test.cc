@@ -462,7 +462,8 @@ dsn = "host=h dbname=${}"
 )",
              {"t.toml:5:1: shards.s3: missing required setting 'dsn'",
               "t.toml:6:1: shards.s3.port: unknown setting (allowed here: "
-              "dsn)",
+              "dsn, replicas, max_lag, heartbeat_interval, "
+              "failure_threshold)",
               "t.toml:8:7: shards.s4.dsn: empty ${}; write ${NAME}"}},
         Case{"RouterSettings", R"([router]
 default_shard = "s9"
@@ -472,6 +473,77 @@ fallback = true
               "shards: s1, s2)",
               "t.toml:7:1: router.fallback: unknown setting (allowed here: "
               "default_shard)"}},
+        Case{"ReplicaShapes", R"([shards.s3]
+dsn = "host=127.0.0.1 port=6003 dbname=app"
+replicas = [ { dsn = "host=127.0.0.1 port=6103 dbname=app", weigth = 2 },
+             { weight = 0, dsn = "host=127.0.0.1 port=6104 dbname=app" },
+             { dsn = "host=127.0.0.1 port=6105 dbname=app", weight = "1" },
+             { name = "primary", dsn = "host=127.0.0.1 port=6106 dbname=app" },
+             "host=127.0.0.1 port=6107",
+             { weight = 1 } ]
+[shards.s4]
+dsn = "host=127.0.0.1 port=6004 dbname=app"
+replicas = { dsn = "host=127.0.0.1 port=6108 dbname=app" }
+)",
+             {"t.toml:7:61: shards.s3.replicas[0].weigth: unknown setting "
+              "(did you mean 'weight'?)",
+              "t.toml:8:25: shards.s3.replicas[1].weight: expected an "
+              "integer from 1 to 10000 (a replica's share of its shard's "
+              "reads)",
+              "t.toml:9:70: shards.s3.replicas[2].weight: expected an "
+              "integer from 1 to 10000 (a replica's share of its shard's "
+              "reads)",
+              "t.toml:10:23: shards.s3.replicas[3].name: 'primary' is not a "
+              "replica name: use letters, digits, '_' and '-' (at most 63), "
+              "and not \"primary\"",
+              "t.toml:11:14: shards.s3.replicas[4]: expected a replica table "
+              "{ dsn, weight, name }, found a string",
+              "t.toml:12:14: shards.s3.replicas[5]: missing required setting "
+              "'dsn'",
+              "t.toml:15:12: shards.s4.replicas: expected an array of "
+              "replicas [ { dsn = \"...\", weight = 1 } ], found a table"}},
+        Case{"ReplicaIsTheSameDatabase", R"([shards.s3]
+dsn = "host=127.0.0.1 port=6003 dbname=app"
+replicas = [ { dsn = "host=localhost port=6003 dbname=app" },
+             { dsn = "host=127.0.0.1 port=6001 dbname=app" },
+             { dsn = "host=127.0.0.1 port=6103 dbname=app", name = "a" },
+             { dsn = "host=127.0.0.1 port=6103 dbname=app" },
+             { dsn = "host=127.0.0.1 port=6104 dbname=app", name = "a" } ]
+)",
+             {"t.toml:7:22: shards.s3.replicas[0].dsn: the replica is the "
+              "shard's own primary (127.0.0.1:6003/app); a replica is another "
+              "server, streaming from the primary",
+              "t.toml:8:22: shards.s3.replicas[1].dsn: the same database "
+              "(127.0.0.1:6001/app) as the primary of shard 's1'; each backend "
+              "needs its own server",
+              "t.toml:10:22: shards.s3.replicas[3].dsn: the same database "
+              "(127.0.0.1:6103/app) as replica 'a' of shard 's3'; each backend "
+              "needs its own server",
+              "t.toml:11:68: shards.s3.replicas[4].name: shard 's3' already "
+              "has a replica named 'a' (line 9); give each replica its own "
+              "name"}},
+        Case{"ReplicaSettingValues", R"([replicas]
+max_lag = "0s"
+heartbeat_interval = 5
+failure_threshold = 0
+max_lagg = "1s"
+[shards.s3]
+dsn = "host=127.0.0.1 port=6003 dbname=app"
+max_lag = "soon"
+failure_threshold = 1001
+)",
+             {"t.toml:6:11: replicas.max_lag: expected a positive duration "
+              "string such as \"5s\", \"250ms\" or \"1m30s\"",
+              "t.toml:7:22: replicas.heartbeat_interval: expected a positive "
+              "duration string such as \"5s\", \"250ms\" or \"1m30s\"",
+              "t.toml:8:21: replicas.failure_threshold: expected an integer "
+              "from 1 to 1000 (consecutive failed heartbeats)",
+              "t.toml:9:1: replicas.max_lagg: unknown setting (did you mean "
+              "'max_lag'?)",
+              "t.toml:12:11: shards.s3.max_lag: expected a positive duration "
+              "string such as \"5s\", \"250ms\" or \"1m30s\"",
+              "t.toml:13:21: shards.s3.failure_threshold: expected an integer "
+              "from 1 to 1000 (consecutive failed heartbeats)"}},
         Case{"TomlSyntax", "[distributions.d\nstrategy = \"hash\"\n",
              {"t.toml:5:17: TOML syntax error: Error while parsing table "
               "header: expected ']', saw '\\n'"}},
@@ -479,6 +551,78 @@ fallback = true
              {"t.toml:5:1: TOML syntax error: Error while parsing table "
               "header: cannot redefine existing table 'shards.s1'"}}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+TEST(ConfigTest, ReplicasAndTheirSettings) {
+  absl::StatusOr<Config> config = ParseConfig(R"([replicas]
+max_lag = "500ms"
+failure_threshold = 5
+
+[shards.s1]
+dsn = "host=127.0.0.1 port=6001 dbname=app"
+replicas = [ { dsn = "host=127.0.0.1 port=6101 dbname=app password=${PW}" },
+             { dsn = "host=127.0.0.1 port=6102 dbname=app", weight = 3, name = "east-1" },
+             { dsn = "host=127.0.0.1 port=6103 dbname=app" } ]
+[shards.s2]
+dsn = "host=127.0.0.1 port=6002 dbname=app"
+max_lag = "2s"
+heartbeat_interval = "250ms"
+[[shards.s2.replicas]]
+dsn = "host=127.0.0.1 port=6201 dbname=app"
+)", "t.toml", nullptr, FakeEnv({{"PW", "s3cret"}}));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->replicas.max_lag, absl::Milliseconds(500));
+  EXPECT_EQ(config->replicas.heartbeat_interval, absl::Seconds(1));
+  EXPECT_EQ(config->replicas.failure_threshold, 5);
+
+  const Shard& s1 = config->map.shard(0);
+  EXPECT_EQ(s1.dsn, "host=127.0.0.1 port=6001 dbname=app");
+  ASSERT_EQ(s1.replicas.size(), 3u);
+  EXPECT_EQ(s1.replicas[0].name, "r1");
+  EXPECT_EQ(s1.replicas[0].weight, 1);
+  EXPECT_EQ(s1.replicas[0].dsn,
+            "host=127.0.0.1 port=6101 dbname=app password=s3cret");
+  EXPECT_THAT(s1.replicas[0].MaskedDsn(), HasSubstr("password=********"));
+  EXPECT_THAT(s1.replicas[0].MaskedDsn(), Not(HasSubstr("s3cret")));
+  EXPECT_EQ(s1.replicas[1].name, "east-1");
+  EXPECT_EQ(s1.replicas[1].weight, 3);
+  // Default names count every replica listed, named or not.
+  EXPECT_EQ(s1.replicas[2].name, "r3");
+  EXPECT_EQ(s1.replica_settings.max_lag, absl::Milliseconds(500));
+  EXPECT_EQ(s1.replica_settings.heartbeat_interval, absl::Seconds(1));
+  EXPECT_EQ(s1.replica_settings.failure_threshold, 5);
+
+  // A shard's own settings override [replicas], one by one.
+  const Shard& s2 = config->map.shard(1);
+  ASSERT_EQ(s2.replicas.size(), 1u);
+  EXPECT_EQ(s2.replicas[0].dsn, "host=127.0.0.1 port=6201 dbname=app");
+  EXPECT_EQ(s2.replica_settings.max_lag, absl::Seconds(2));
+  EXPECT_EQ(s2.replica_settings.heartbeat_interval, absl::Milliseconds(250));
+  EXPECT_EQ(s2.replica_settings.failure_threshold, 5);
+}
+
+TEST(ConfigTest, ReplicaDefaults) {
+  absl::StatusOr<Config> config = ParseConfig(
+      "[shards.a]\ndsn = \"host=127.0.0.1 dbname=x\"\n", "t.toml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->map.shard(0).replicas.empty());
+  for (const ReplicaSettings& settings :
+       {config->replicas, config->map.shard(0).replica_settings}) {
+    EXPECT_EQ(settings.max_lag, absl::Seconds(1));
+    EXPECT_EQ(settings.heartbeat_interval, absl::Seconds(1));
+    EXPECT_EQ(settings.failure_threshold, 3);
+  }
+}
+
+// A replica's password stays out of every problem, as a primary's does.
+TEST(ConfigTest, InvalidReplicaDsnNeverShowsThePassword) {
+  const std::vector<std::string> problems = Problems(
+      "[shards.a]\ndsn = \"host=h dbname=x\"\n"
+      "replicas = [ { dsn = \"host=r password=Sup3rSecret nonsense\" } ]\n");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_THAT(problems[0], HasSubstr("t.toml:3:22: shards.a.replicas[0].dsn: "
+                                     "not a valid libpq connection string"));
+  EXPECT_THAT(problems[0], Not(HasSubstr("Sup3rSecret")));
+}
 
 TEST(ConfigTest, ShardThatIsNotATable) {
   EXPECT_THAT(Problems("shards = { s1 = \"host=h\" }\n"),
