@@ -4,12 +4,16 @@
 #include <pg_query/pg_query.pb-c.h>
 
 #include <algorithm>
+#include <cstring>
+#include <deque>
 #include <functional>
 #include <iterator>
 #include <map>
 #include <numeric>
 #include <set>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -65,6 +69,1100 @@ bool IsAggregateName(std::string_view name) {
   return kAggregates.count(name) > 0;
 }
 
+// --- Aggregating SELECTs across shards ---------------------------------------
+
+bool SameTree(const ProtobufCMessage* a, const ProtobufCMessage* b);
+
+size_t ElementSize(ProtobufCType type) {
+  switch (type) {
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+      return 8;
+    case PROTOBUF_C_TYPE_FLOAT:
+      return sizeof(float);
+    case PROTOBUF_C_TYPE_DOUBLE:
+      return sizeof(double);
+    case PROTOBUF_C_TYPE_BOOL:
+      return sizeof(protobuf_c_boolean);
+    case PROTOBUF_C_TYPE_BYTES:
+      return sizeof(ProtobufCBinaryData);
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_MESSAGE:
+      return sizeof(void*);
+    default:  // 32-bit integers and enums
+      return 4;
+  }
+}
+
+bool SameValue(ProtobufCType type, const char* a, const char* b) {
+  switch (type) {
+    case PROTOBUF_C_TYPE_STRING: {
+      const char* x = *reinterpret_cast<char* const*>(a);
+      const char* y = *reinterpret_cast<char* const*>(b);
+      return std::strcmp(x != nullptr ? x : "", y != nullptr ? y : "") == 0;
+    }
+    case PROTOBUF_C_TYPE_MESSAGE:
+      return SameTree(*reinterpret_cast<const ProtobufCMessage* const*>(a),
+                      *reinterpret_cast<const ProtobufCMessage* const*>(b));
+    case PROTOBUF_C_TYPE_BYTES: {
+      const auto& x = *reinterpret_cast<const ProtobufCBinaryData*>(a);
+      const auto& y = *reinterpret_cast<const ProtobufCBinaryData*>(b);
+      return x.len == y.len &&
+             (x.len == 0 || std::memcmp(x.data, y.data, x.len) == 0);
+    }
+    default:
+      return std::memcmp(a, b, ElementSize(type)) == 0;
+  }
+}
+
+// Whether two parse trees are the same expression: equal in every field
+// but where in the statement they were written.
+bool SameTree(const ProtobufCMessage* a, const ProtobufCMessage* b) {
+  if (a == b) return true;
+  if (a == nullptr || b == nullptr || a->descriptor != b->descriptor) {
+    return false;
+  }
+  const ProtobufCMessageDescriptor& d = *a->descriptor;
+  const char* x = reinterpret_cast<const char*>(a);
+  const char* y = reinterpret_cast<const char*>(b);
+  for (unsigned i = 0; i < d.n_fields; ++i) {
+    const ProtobufCFieldDescriptor& f = d.fields[i];
+    if (std::strcmp(f.name, "location") == 0) continue;
+    if (f.label == PROTOBUF_C_LABEL_REPEATED) {
+      const size_t n = *reinterpret_cast<const size_t*>(x + f.quantifier_offset);
+      if (n != *reinterpret_cast<const size_t*>(y + f.quantifier_offset)) {
+        return false;
+      }
+      const char* xs = *reinterpret_cast<char* const*>(x + f.offset);
+      const char* ys = *reinterpret_cast<char* const*>(y + f.offset);
+      const size_t size = ElementSize(f.type);
+      for (size_t k = 0; k < n; ++k) {
+        if (!SameValue(f.type, xs + k * size, ys + k * size)) return false;
+      }
+      continue;
+    }
+    if (f.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+      const uint32_t active =
+          *reinterpret_cast<const uint32_t*>(x + f.quantifier_offset);
+      if (active != *reinterpret_cast<const uint32_t*>(y + f.quantifier_offset)) {
+        return false;
+      }
+      if (active != f.id) continue;
+    }
+    if (!SameValue(f.type, x + f.offset, y + f.offset)) return false;
+  }
+  return true;
+}
+
+bool SameTree(const PgQuery__Node* a, const PgQuery__Node* b) {
+  return SameTree(a != nullptr ? &a->base : nullptr,
+                  b != nullptr ? &b->base : nullptr);
+}
+
+// Hashes of parse trees, equal for trees SameTree finds the same;
+// memoized by node, so that hashing every node of a tree costs its size.
+class TreeHasher {
+ public:
+  size_t operator()(const ProtobufCMessage* m) {
+    if (m == nullptr) return 0x9e3779b9;
+    if (auto it = memo_.find(m); it != memo_.end()) return it->second;
+    const ProtobufCMessageDescriptor& d = *m->descriptor;
+    size_t h = std::hash<const void*>()(&d);
+    auto mix = [&h](size_t v) { h ^= v + 0x9e3779b9 + (h << 6) + (h >> 2); };
+    const char* x = reinterpret_cast<const char*>(m);
+    for (unsigned i = 0; i < d.n_fields; ++i) {
+      const ProtobufCFieldDescriptor& f = d.fields[i];
+      if (std::strcmp(f.name, "location") == 0) continue;
+      if (f.label == PROTOBUF_C_LABEL_REPEATED) {
+        const size_t n = *reinterpret_cast<const size_t*>(x + f.quantifier_offset);
+        const char* items = *reinterpret_cast<char* const*>(x + f.offset);
+        mix(n);
+        for (size_t k = 0; k < n; ++k) {
+          mix(Value(f.type, items + k * ElementSize(f.type)));
+        }
+        continue;
+      }
+      if ((f.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+          *reinterpret_cast<const uint32_t*>(x + f.quantifier_offset) != f.id) {
+        continue;
+      }
+      mix(f.id);
+      mix(Value(f.type, x + f.offset));
+    }
+    memo_[m] = h;
+    return h;
+  }
+
+  size_t operator()(const PgQuery__Node* node) {
+    return (*this)(node != nullptr ? &node->base : nullptr);
+  }
+
+ private:
+  size_t Value(ProtobufCType type, const char* p) {
+    switch (type) {
+      case PROTOBUF_C_TYPE_STRING: {
+        const char* s = *reinterpret_cast<char* const*>(p);
+        return std::hash<std::string_view>()(s != nullptr ? s : "");
+      }
+      case PROTOBUF_C_TYPE_MESSAGE:
+        return (*this)(*reinterpret_cast<const ProtobufCMessage* const*>(p));
+      case PROTOBUF_C_TYPE_BYTES: {
+        const auto& b = *reinterpret_cast<const ProtobufCBinaryData*>(p);
+        return std::hash<std::string_view>()(std::string_view(
+            reinterpret_cast<const char*>(b.data), b.len));
+      }
+      default: {
+        uint64_t v = 0;
+        std::memcpy(&v, p, ElementSize(type));
+        return std::hash<uint64_t>()(v);
+      }
+    }
+  }
+
+  absl::flat_hash_map<const ProtobufCMessage*, size_t> memo_;
+};
+
+// Expressions, each kept once with a value, found by SameTree in about
+// constant time.
+class TreeIndex {
+ public:
+  explicit TreeIndex(TreeHasher& hash) : hash_(hash) {}
+
+  // The value of the expression SameTree as `node`, or -1.
+  int Find(const PgQuery__Node* node) {
+    auto it = by_hash_.find(hash_(node));
+    if (it == by_hash_.end()) return -1;
+    for (const auto& [tree, value] : it->second) {
+      if (SameTree(tree, node)) return value;
+    }
+    return -1;
+  }
+
+  // REQUIRES: Find(node) < 0.
+  void Add(const PgQuery__Node* node, int value) {
+    by_hash_[hash_(node)].emplace_back(node, value);
+  }
+
+ private:
+  TreeHasher& hash_;
+  absl::flat_hash_map<size_t, std::vector<std::pair<const PgQuery__Node*, int>>>
+      by_hash_;
+};
+
+// The name PostgreSQL gives an output column written without AS, as
+// FigureColnameInternal (parse_target.c) finds it in the raw tree; returns
+// 2 for a name, 1 for a fallback (a type name, "case"), 0 for none.
+int FigureName(const PgQuery__Node* node, std::string* name) {
+  if (node == nullptr) return 0;
+  auto last_string = [](PgQuery__Node** items, size_t n) -> const char* {
+    const char* last = nullptr;
+    for (size_t i = 0; i < n; ++i) {
+      if (items[i]->node_case == PG_QUERY__NODE__NODE_STRING) {
+        last = items[i]->string->sval;
+      }
+    }
+    return last;
+  };
+  auto named = [name](std::string_view s) {
+    *name = std::string(s);
+    return 2;
+  };
+  switch (node->node_case) {
+    case PG_QUERY__NODE__NODE_COLUMN_REF: {
+      const PgQuery__ColumnRef& ref = *node->column_ref;
+      const char* last = last_string(ref.fields, ref.n_fields);
+      return last != nullptr ? named(last) : 0;
+    }
+    case PG_QUERY__NODE__NODE_A_INDIRECTION: {
+      const PgQuery__AIndirection& ind = *node->a_indirection;
+      const char* last = last_string(ind.indirection, ind.n_indirection);
+      return last != nullptr ? named(last) : FigureName(ind.arg, name);
+    }
+    case PG_QUERY__NODE__NODE_FUNC_CALL: {
+      const PgQuery__FuncCall& call = *node->func_call;
+      return call.n_funcname > 0 ? named(StringOf(call.funcname[call.n_funcname - 1]))
+                                 : 0;
+    }
+    case PG_QUERY__NODE__NODE_A_EXPR:
+      return node->a_expr->kind == PG_QUERY__A__EXPR__KIND__AEXPR_NULLIF
+                 ? named("nullif")
+                 : 0;
+    case PG_QUERY__NODE__NODE_TYPE_CAST: {
+      const PgQuery__TypeCast& cast = *node->type_cast;
+      const int strength = FigureName(cast.arg, name);
+      if (strength <= 1 && cast.type_name != nullptr &&
+          cast.type_name->n_names > 0) {
+        *name = std::string(
+            StringOf(cast.type_name->names[cast.type_name->n_names - 1]));
+        return 1;
+      }
+      return strength;
+    }
+    case PG_QUERY__NODE__NODE_COLLATE_CLAUSE:
+      return FigureName(node->collate_clause->arg, name);
+    case PG_QUERY__NODE__NODE_GROUPING_FUNC:
+      return named("grouping");
+    case PG_QUERY__NODE__NODE_SUB_LINK: {
+      const PgQuery__SubLink& link = *node->sub_link;
+      switch (link.sub_link_type) {
+        case PG_QUERY__SUB_LINK_TYPE__EXISTS_SUBLINK:
+          return named("exists");
+        case PG_QUERY__SUB_LINK_TYPE__ARRAY_SUBLINK:
+          return named("array");
+        case PG_QUERY__SUB_LINK_TYPE__EXPR_SUBLINK: {
+          // The name of the subquery's one output column.
+          const PgQuery__Node* sub = link.subselect;
+          if (sub == nullptr || sub->node_case != PG_QUERY__NODE__NODE_SELECT_STMT) {
+            return 0;
+          }
+          const PgQuery__SelectStmt* s = sub->select_stmt;
+          while (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE && s->larg != nullptr) {
+            s = s->larg;
+          }
+          if (s->n_target_list == 0 ||
+              s->target_list[0]->node_case != PG_QUERY__NODE__NODE_RES_TARGET) {
+            return 0;
+          }
+          const PgQuery__ResTarget& t = *s->target_list[0]->res_target;
+          if (t.name != nullptr && t.name[0] != '\0') return named(t.name);
+          std::string inner;
+          return named(FigureName(t.val, &inner) > 0 ? inner : "?column?");
+        }
+        default:
+          return 0;
+      }
+    }
+    case PG_QUERY__NODE__NODE_CASE_EXPR: {
+      const int strength = FigureName(node->case_expr->defresult, name);
+      if (strength <= 1) {
+        *name = "case";
+        return 1;
+      }
+      return strength;
+    }
+    case PG_QUERY__NODE__NODE_A_ARRAY_EXPR:
+      return named("array");
+    case PG_QUERY__NODE__NODE_ROW_EXPR:
+      return named("row");
+    case PG_QUERY__NODE__NODE_COALESCE_EXPR:
+      return named("coalesce");
+    case PG_QUERY__NODE__NODE_MIN_MAX_EXPR:
+      switch (node->min_max_expr->op) {
+        case PG_QUERY__MIN_MAX_OP__IS_GREATEST:
+          return named("greatest");
+        case PG_QUERY__MIN_MAX_OP__IS_LEAST:
+          return named("least");
+        default:
+          return 0;
+      }
+    case PG_QUERY__NODE__NODE_SQLVALUE_FUNCTION:
+      switch (node->sqlvalue_function->op) {
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_DATE:
+          return named("current_date");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_TIME:
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_TIME_N:
+          return named("current_time");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_TIMESTAMP:
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_TIMESTAMP_N:
+          return named("current_timestamp");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_LOCALTIME:
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_LOCALTIME_N:
+          return named("localtime");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_LOCALTIMESTAMP:
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_LOCALTIMESTAMP_N:
+          return named("localtimestamp");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_ROLE:
+          return named("current_role");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_USER:
+          return named("current_user");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_USER:
+          return named("user");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_SESSION_USER:
+          return named("session_user");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_CATALOG:
+          return named("current_catalog");
+        case PG_QUERY__SQLVALUE_FUNCTION_OP__SVFOP_CURRENT_SCHEMA:
+          return named("current_schema");
+        default:
+          return 0;
+      }
+    case PG_QUERY__NODE__NODE_XML_EXPR:
+      switch (node->xml_expr->op) {
+        case PG_QUERY__XML_EXPR_OP__IS_XMLCONCAT:
+          return named("xmlconcat");
+        case PG_QUERY__XML_EXPR_OP__IS_XMLELEMENT:
+          return named("xmlelement");
+        case PG_QUERY__XML_EXPR_OP__IS_XMLFOREST:
+          return named("xmlforest");
+        case PG_QUERY__XML_EXPR_OP__IS_XMLPARSE:
+          return named("xmlparse");
+        case PG_QUERY__XML_EXPR_OP__IS_XMLPI:
+          return named("xmlpi");
+        case PG_QUERY__XML_EXPR_OP__IS_XMLROOT:
+          return named("xmlroot");
+        case PG_QUERY__XML_EXPR_OP__IS_XMLSERIALIZE:
+          return named("xmlserialize");
+        default:
+          return 0;
+      }
+    case PG_QUERY__NODE__NODE_XML_SERIALIZE:
+      return named("xmlserialize");
+    default:
+      return 0;
+  }
+}
+
+// The name of an output column of a SELECT: its alias, or the one
+// PostgreSQL makes up ("count", "lower", "?column?").
+std::string OutputName(const PgQuery__ResTarget& target) {
+  if (target.name != nullptr && target.name[0] != '\0') return target.name;
+  std::string name;
+  return FigureName(target.val, &name) > 0 ? name : "?column?";
+}
+
+// SQL for `select`, its parameters renumbered first, first + 1, ... in the
+// order of their numbers; `used` gets those numbers, so that the SQL's
+// parameter first + i is the statement's used[i]. The numbers are restored.
+absl::StatusOr<std::string> DeparseSelect(PgQuery__SelectStmt& select,
+                                          int first, std::vector<int>* used) {
+  std::vector<PgQuery__ParamRef*> refs;
+  std::function<void(ProtobufCMessage*)> collect = [&](ProtobufCMessage* m) {
+    if (IsMessage(m, pg_query__param_ref__descriptor)) {
+      refs.push_back(reinterpret_cast<PgQuery__ParamRef*>(m));
+    }
+    ForEachChild(m, collect);
+  };
+  collect(&select.base);
+  std::set<int> numbers;
+  for (const PgQuery__ParamRef* ref : refs) numbers.insert(ref->number);
+  used->assign(numbers.begin(), numbers.end());
+  std::vector<int> original(refs.size());
+  for (size_t i = 0; i < refs.size(); ++i) {
+    original[i] = refs[i]->number;
+    refs[i]->number = first + static_cast<int>(std::distance(
+                                  numbers.begin(), numbers.find(original[i])));
+  }
+  PgQuery__Node node = PG_QUERY__NODE__INIT;
+  node.node_case = PG_QUERY__NODE__NODE_SELECT_STMT;
+  node.select_stmt = &select;
+  PgQuery__RawStmt raw = PG_QUERY__RAW_STMT__INIT;
+  raw.stmt = &node;
+  PgQuery__RawStmt* stmts[] = {&raw};
+  PgQuery__ParseResult result = PG_QUERY__PARSE_RESULT__INIT;
+  result.version = PG_VERSION_NUM;
+  result.n_stmts = 1;
+  result.stmts = stmts;
+  std::vector<uint8_t> packed(pg_query__parse_result__get_packed_size(&result));
+  pg_query__parse_result__pack(&result, packed.data());
+  for (size_t i = 0; i < refs.size(); ++i) refs[i]->number = original[i];
+  PgQueryProtobuf buffer{packed.size(), reinterpret_cast<char*>(packed.data())};
+  PgQueryDeparseResult deparsed = pg_query_deparse_protobuf(buffer);
+  if (deparsed.error != nullptr) {
+    const std::string message = deparsed.error->message;
+    pg_query_free_deparse_result(deparsed);
+    return absl::InternalError(
+        StrCat("cannot turn the rewritten statement back into SQL: ", message));
+  }
+  std::string sql = deparsed.query;
+  pg_query_free_deparse_result(deparsed);
+  return sql;
+}
+
+// Whether `call` is an aggregate (rather than a plain function), as far as
+// its name and form tell: the built-in aggregates, and anything written
+// with *, DISTINCT, FILTER, ORDER BY or WITHIN GROUP.
+bool IsAggregateCall(const PgQuery__FuncCall& call) {
+  const std::string_view name =
+      call.n_funcname > 0 ? StringOf(call.funcname[call.n_funcname - 1]) : "";
+  return call.agg_star || call.agg_distinct || call.agg_filter != nullptr ||
+         call.n_agg_order > 0 || call.agg_within_group || IsAggregateName(name);
+}
+
+// Whether `m` holds an aggregate call outside subqueries and window calls.
+bool HasAggregate(const ProtobufCMessage* m) {
+  if (Is(m, pg_query__select_stmt__descriptor)) return false;
+  if (Is(m, pg_query__func_call__descriptor)) {
+    const auto* call = reinterpret_cast<const PgQuery__FuncCall*>(m);
+    if (call->over == nullptr && IsAggregateCall(*call)) return true;
+  }
+  bool found = false;
+  ForEachChild(m, [&](const ProtobufCMessage* c) {
+    if (!found) found = HasAggregate(c);
+  });
+  return found;
+}
+
+// Aggregates whose partial results combine with the same function:
+// min(min(x)) is min(x).
+bool CombinesWithItself(std::string_view name) {
+  static const std::set<std::string_view> kSelf = {
+      "min",    "max",     "bool_and", "bool_or",
+      "every",  "bit_and", "bit_or",   "bit_xor"};
+  return kSelf.count(name) > 0;
+}
+
+constexpr std::string_view kCombinedAggregates =
+    "across shards the router combines count, sum, avg, min, max, bool_and, "
+    "bool_or, every, bit_and, bit_or and bit_xor, also with DISTINCT or "
+    "FILTER";
+
+// Plans an aggregating SELECT across shards (see AggregatePlan). The tree
+// is changed while deparsing and restored before Plan returns.
+class AggregatePlanner {
+ public:
+  explicit AggregatePlanner(PgQuery__SelectStmt& select) : select_(select) {}
+
+  // "" with `outputs` and `plan` filled, or the construct that stops it,
+  // with what to do (RoutingPlan::needs_merge).
+  std::string Plan(std::vector<AggregateTarget>* outputs, AggregatePlan* plan) {
+    FindKeys();
+    if (refusal_.empty()) RewriteAll();
+    if (refusal_.empty() && has_distinct_ && !extra_names_.empty()) {
+      refusal_ = StrCat(
+          "column ", extra_names_.front(),
+          ", neither in GROUP BY nor inside an aggregate, with an aggregate "
+          "(DISTINCT ...) (add it to GROUP BY)");
+    }
+    if (!refusal_.empty()) return refusal_;
+    if (columns_.empty()) {  // e.g. SELECT 1 FROM t HAVING true: one group
+      AddColumn(Column::kAggregate, NewCall("count", nullptr, 0, nullptr, true),
+                false);
+    }
+    absl::Status status = PartialSql(plan);
+    if (status.ok()) status = CombineSql(plan);
+    if (!status.ok()) {
+      return StrCat("this aggregating SELECT (", status.message(), ")");
+    }
+    for (size_t i = 0; i < select_.n_target_list; ++i) {
+      outputs->push_back({output_functions_[i], output_names_[i]});
+    }
+    plan->aggregates = aggregates_;
+    return "";
+  }
+
+ private:
+  struct Column {
+    enum Kind { kKey, kExtra, kDistinct, kAggregate };
+    Kind kind;
+    PgQuery__Node* expr;  // what the shards select
+    bool collated;        // whether its values keep their collation
+  };
+
+  bool PlainDistinct() const {
+    return select_.n_distinct_clause == 1 &&
+           select_.distinct_clause[0]->node_case == PG_QUERY__NODE__NODE__NOT_SET;
+  }
+
+  bool Grouped() const {
+    return select_.n_group_clause > 0 || (PlainDistinct() && no_aggregates_);
+  }
+
+  size_t AddColumn(Column::Kind kind, PgQuery__Node* expr, bool collated) {
+    columns_.push_back({kind, expr, collated});
+    return columns_.size() - 1;
+  }
+
+  // A column for a value the shards group by (a GROUP BY expression, the
+  // argument or FILTER of a DISTINCT aggregate), shared with an equal one.
+  size_t AddGrouped(Column::Kind kind, PgQuery__Node* expr) {
+    if (const int found = grouped_.Find(expr); found >= 0) return found;
+    const size_t column = AddColumn(kind, expr, true);
+    grouped_.Add(expr, static_cast<int>(column));
+    const PgQuery__Node* only = SingleName(expr);
+    if (kind == Column::kKey && only != nullptr) {
+      keys_by_name_.emplace(std::string(StringOf(only)), column);
+    }
+    return column;
+  }
+
+  // The name of a column reference written without its table, or nullptr.
+  static const PgQuery__Node* SingleName(const PgQuery__Node* node) {
+    if (node == nullptr || node->node_case != PG_QUERY__NODE__NODE_COLUMN_REF ||
+        node->column_ref->n_fields != 1 ||
+        node->column_ref->fields[0]->node_case != PG_QUERY__NODE__NODE_STRING) {
+      return nullptr;
+    }
+    return node->column_ref->fields[0];
+  }
+
+  // --- Nodes on the side (the tree points to them while it is deparsed) -----
+
+  PgQuery__Node* NewString(std::string text) {
+    PgQuery__String& s = strings_.emplace_back(PgQuery__String(PG_QUERY__STRING__INIT));
+    s.sval = texts_.emplace_back(std::move(text)).data();
+    PgQuery__Node& n = nodes_.emplace_back(PgQuery__Node(PG_QUERY__NODE__INIT));
+    n.node_case = PG_QUERY__NODE__NODE_STRING;
+    n.string = &s;
+    return &n;
+  }
+
+  PgQuery__Node* NewColumnRef(std::string name) {
+    PgQuery__Node** field = &pointers_.emplace_back(NewString(std::move(name)));
+    PgQuery__ColumnRef& ref =
+        column_refs_.emplace_back(PgQuery__ColumnRef(PG_QUERY__COLUMN_REF__INIT));
+    ref.n_fields = 1;
+    ref.fields = field;
+    ref.location = -1;
+    PgQuery__Node& n = nodes_.emplace_back(PgQuery__Node(PG_QUERY__NODE__INIT));
+    n.node_case = PG_QUERY__NODE__NODE_COLUMN_REF;
+    n.column_ref = &ref;
+    return &n;
+  }
+
+  PgQuery__Node* NewCall(const char* name, PgQuery__Node** args, size_t n_args,
+                         PgQuery__Node* filter, bool star = false) {
+    PgQuery__Node** funcname = &pointers_.emplace_back(NewString(name));
+    PgQuery__FuncCall& call =
+        calls_.emplace_back(PgQuery__FuncCall(PG_QUERY__FUNC_CALL__INIT));
+    call.n_funcname = 1;
+    call.funcname = funcname;
+    call.n_args = n_args;
+    call.args = args;
+    call.agg_filter = filter;
+    call.agg_star = star;
+    call.funcformat = PG_QUERY__COERCION_FORM__COERCE_EXPLICIT_CALL;
+    call.location = -1;
+    PgQuery__Node& n = nodes_.emplace_back(PgQuery__Node(PG_QUERY__NODE__INIT));
+    n.node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
+    n.func_call = &call;
+    return &n;
+  }
+
+  PgQuery__Node* NewTarget(PgQuery__Node* val, const std::string* name) {
+    PgQuery__ResTarget& t =
+        res_targets_.emplace_back(PgQuery__ResTarget(PG_QUERY__RES_TARGET__INIT));
+    t.name = const_cast<char*>(name != nullptr ? name->c_str() : "");
+    t.val = val;
+    t.location = -1;
+    PgQuery__Node& n = nodes_.emplace_back(PgQuery__Node(PG_QUERY__NODE__INIT));
+    n.node_case = PG_QUERY__NODE__NODE_RES_TARGET;
+    n.res_target = &t;
+    return &n;
+  }
+
+  PgQuery__Node* NewPosition(size_t position) {
+    PgQuery__Integer& i = integers_.emplace_back(PgQuery__Integer(PG_QUERY__INTEGER__INIT));
+    i.ival = static_cast<int32_t>(position);
+    PgQuery__AConst& c = consts_.emplace_back(PgQuery__AConst(PG_QUERY__A__CONST__INIT));
+    c.val_case = PG_QUERY__A__CONST__VAL_IVAL;
+    c.ival = &i;
+    c.location = -1;
+    PgQuery__Node& n = nodes_.emplace_back(PgQuery__Node(PG_QUERY__NODE__INIT));
+    n.node_case = PG_QUERY__NODE__NODE_A_CONST;
+    n.a_const = &c;
+    return &n;
+  }
+
+  // A placeholder for hole `hole` of the combining statement, named when
+  // it is deparsed (see CombineSql).
+  PgQuery__Node* NewHole(int hole) {
+    PgQuery__Node* n = NewColumnRef("");
+    holes_.push_back({n->column_ref->fields[0]->string, hole});
+    return n;
+  }
+
+  static std::string ColumnName(size_t column) { return StrCat("p", column + 1); }
+
+  // --- GROUP BY ---------------------------------------------------------------
+
+  // The shards group by the GROUP BY expressions (for plain DISTINCT, the
+  // select list), as the statement writes them.
+  void FindKeys() {
+    no_aggregates_ = true;
+    for (size_t i = 0; i < select_.n_target_list; ++i) {
+      if (select_.target_list[i]->node_case != PG_QUERY__NODE__NODE_RES_TARGET ||
+          select_.target_list[i]->res_target->val == nullptr) {
+        refusal_ = "this select list";
+        return;
+      }
+      output_names_.push_back(OutputName(*select_.target_list[i]->res_target));
+      outputs_by_name_[output_names_.back()].push_back(i);
+      const PgQuery__Node* val = select_.target_list[i]->res_target->val;
+      if (val != nullptr && val->node_case == PG_QUERY__NODE__NODE_COLUMN_REF) {
+        const PgQuery__ColumnRef& ref = *val->column_ref;
+        if (ref.n_fields > 0 &&
+            ref.fields[ref.n_fields - 1]->node_case == PG_QUERY__NODE__NODE_A_STAR) {
+          refusal_ =
+              "* in the select list of an aggregating SELECT (name the "
+              "columns)";
+          return;
+        }
+      }
+      no_aggregates_ &= !HasAggregate(&select_.target_list[i]->base);
+    }
+    if (select_.n_target_list == 0) {
+      refusal_ = "an aggregating SELECT without a select list";
+      return;
+    }
+    no_aggregates_ &= select_.having_clause == nullptr;
+    for (size_t i = 0; i < select_.n_sort_clause; ++i) {
+      no_aggregates_ &= !HasAggregate(&select_.sort_clause[i]->base);
+    }
+    if (select_.into_clause != nullptr) {
+      refusal_ = "SELECT ... INTO (create the table, then INSERT the rows)";
+      return;
+    }
+    if (select_.n_window_clause > 0) {
+      refusal_ = "a WINDOW clause in an aggregating SELECT";
+      return;
+    }
+    if (select_.n_group_clause == 0 && PlainDistinct() && no_aggregates_) {
+      for (size_t i = 0; i < select_.n_target_list; ++i) {
+        AddGrouped(Column::kKey, select_.target_list[i]->res_target->val);
+      }
+      return;
+    }
+    for (size_t i = 0; i < select_.n_group_clause; ++i) {
+      PgQuery__Node* key = GroupKey(select_.group_clause[i]);
+      if (key == nullptr) return;
+      AddGrouped(Column::kKey, key);
+    }
+  }
+
+  // The expression GROUP BY item `g` groups by, or nullptr (refused).
+  PgQuery__Node* GroupKey(PgQuery__Node* g) {
+    if (g->node_case == PG_QUERY__NODE__NODE_GROUPING_SET) {
+      refusal_ = "GROUP BY ROLLUP, CUBE or GROUPING SETS";
+      return nullptr;
+    }
+    if (g->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+        g->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL) {
+      const int32_t position = g->a_const->ival->ival;
+      if (position < 1 || static_cast<size_t>(position) > select_.n_target_list) {
+        refusal_ = StrCat("GROUP BY ", position,
+                          ", which is not a position in the select list");
+        return nullptr;
+      }
+      return select_.target_list[position - 1]->res_target->val;
+    }
+    // A bare name is a column of the FROM items if there is one, else an
+    // output column (PostgreSQL's rule for GROUP BY); the router cannot
+    // tell without the tables' columns, unless the output's expression
+    // uses a column of that name (then there is one).
+    if (g->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+        g->column_ref->n_fields == 1 &&
+        g->column_ref->fields[0]->node_case == PG_QUERY__NODE__NODE_STRING) {
+      const std::string name(StringOf(g->column_ref->fields[0]));
+      auto outputs = outputs_by_name_.find(name);
+      for (size_t i : outputs != outputs_by_name_.end() ? outputs->second
+                                                         : std::vector<size_t>{}) {
+        const PgQuery__ResTarget& t = *select_.target_list[i]->res_target;
+        if (!UsesColumn(&t.val->base, name)) {
+          refusal_ = StrCat(
+              "GROUP BY ", name, ", the name of an output column (it may also "
+              "name a table's column, which PostgreSQL would group by; group "
+              "by the expression itself, or by its position: GROUP BY ",
+              i + 1, ")");
+          return nullptr;
+        }
+      }
+    }
+    return g;
+  }
+
+  // Whether `m` refers to a column named `name` (outside subqueries).
+  static bool UsesColumn(const ProtobufCMessage* m, std::string_view name) {
+    if (Is(m, pg_query__select_stmt__descriptor)) return false;
+    if (Is(m, pg_query__column_ref__descriptor)) {
+      const auto* ref = reinterpret_cast<const PgQuery__ColumnRef*>(m);
+      return ref->n_fields > 0 &&
+             ref->fields[ref->n_fields - 1]->node_case ==
+                 PG_QUERY__NODE__NODE_STRING &&
+             StringOf(ref->fields[ref->n_fields - 1]) == name;
+    }
+    bool found = false;
+    ForEachChild(m, [&](const ProtobufCMessage* c) {
+      found = found || UsesColumn(c, name);
+    });
+    return found;
+  }
+
+  // The column of the GROUP BY expression `node` is, or -1. A column
+  // written with its table (u.country) is the one GROUP BY names without
+  // (country): the shards evaluate the latter, so that PostgreSQL still
+  // says when it is ambiguous.
+  int KeyOf(const PgQuery__Node* node) {
+    const int found = grouped_.Find(node);
+    if (found >= 0 && columns_[found].kind == Column::kKey) return found;
+    if (node->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+        node->column_ref->n_fields > 1) {
+      const PgQuery__ColumnRef& ref = *node->column_ref;
+      const PgQuery__Node* last = ref.fields[ref.n_fields - 1];
+      if (last->node_case == PG_QUERY__NODE__NODE_STRING) {
+        auto it = keys_by_name_.find(std::string(StringOf(last)));
+        if (it != keys_by_name_.end()) return static_cast<int>(it->second);
+      }
+    }
+    return -1;
+  }
+
+  // --- The combining statement's expressions ----------------------------------
+
+  // Rewrites, for the combining statement, every expression it evaluates:
+  // the select list, HAVING, ORDER BY, DISTINCT ON, LIMIT and OFFSET.
+  void RewriteAll() {
+    output_functions_.assign(select_.n_target_list,
+                             AggregateTarget::Function::kExpression);
+    for (size_t i = 0; i < select_.n_target_list && refusal_.empty(); ++i) {
+      PgQuery__Node* val = select_.target_list[i]->res_target->val;
+      if (KeyOf(val) >= 0) {
+        output_functions_[i] = AggregateTarget::Function::kGroupKey;
+      } else if (val->node_case == PG_QUERY__NODE__NODE_FUNC_CALL &&
+                 val->func_call->over == nullptr) {
+        PgQuery__FuncCall call = *val->func_call;
+        call.agg_distinct = false;  // count(DISTINCT x) is a count too
+        if (std::optional<AggregateTarget::Function> f = SimpleAggregateOf(call)) {
+          output_functions_[i] = *f;
+        }
+      }
+      Rewrite(val, "");
+    }
+    if (select_.having_clause != nullptr) Rewrite(select_.having_clause, "");
+    for (size_t i = 0; i < select_.n_sort_clause && refusal_.empty(); ++i) {
+      if (select_.sort_clause[i]->node_case != PG_QUERY__NODE__NODE_SORT_BY) continue;
+      PgQuery__Node* item = select_.sort_clause[i]->sort_by->node;
+      if (!NamesOutput(item)) Rewrite(item, "");
+    }
+    if (!PlainDistinct()) {
+      for (size_t i = 0; i < select_.n_distinct_clause && refusal_.empty(); ++i) {
+        PgQuery__Node* item = select_.distinct_clause[i];
+        if (!NamesOutput(item)) Rewrite(item, "");
+      }
+    }
+    if (select_.limit_count != nullptr) Rewrite(select_.limit_count, "");
+    if (select_.limit_offset != nullptr) Rewrite(select_.limit_offset, "");
+  }
+
+  // ORDER BY and DISTINCT ON items that name an output column, by position
+  // or by a bare name, are left to the combining statement, whose output
+  // columns have the same names and order.
+  bool NamesOutput(const PgQuery__Node* item) {
+    if (item == nullptr) return true;
+    if (item->node_case == PG_QUERY__NODE__NODE_A_CONST) {
+      return item->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL;
+    }
+    if (item->node_case != PG_QUERY__NODE__NODE_COLUMN_REF ||
+        item->column_ref->n_fields != 1 ||
+        item->column_ref->fields[0]->node_case != PG_QUERY__NODE__NODE_STRING) {
+      return false;
+    }
+    return outputs_by_name_.contains(
+        std::string(StringOf(item->column_ref->fields[0])));
+  }
+
+  // Records, for the combining statement, `node` replaced by what computes
+  // it from the partial rows: a GROUP BY expression by its column, an
+  // aggregate by its combination, a column that depends on the grouped ones
+  // by its own column; anything else is rewritten inside. `function` is the
+  // innermost plain function call `node` is an argument of.
+  void Rewrite(PgQuery__Node* node, std::string_view function) {
+    if (!refusal_.empty() || node == nullptr) return;
+    if (const int key = KeyOf(node); key >= 0) {
+      Replace(node, NewColumnRef(ColumnName(key)));
+      return;
+    }
+    switch (node->node_case) {
+      case PG_QUERY__NODE__NODE_FUNC_CALL: {
+        const PgQuery__FuncCall& call = *node->func_call;
+        const std::string_view name =
+            call.n_funcname > 0 ? StringOf(call.funcname[call.n_funcname - 1]) : "";
+        if (call.over != nullptr) {
+          refusal_ = StrCat("window function ", name, "()");
+          return;
+        }
+        if (IsAggregateCall(call)) {
+          const int hole = AddAggregate(node);
+          if (hole >= 0) Replace(node, NewHole(hole));
+          return;
+        }
+        function = name;
+        break;
+      }
+      case PG_QUERY__NODE__NODE_SUB_LINK:
+        refusal_ =
+            "a subquery in the select list, HAVING or ORDER BY of an "
+            "aggregating SELECT";
+        return;
+      case PG_QUERY__NODE__NODE_COLUMN_REF:
+        AddExtra(node, function);
+        return;
+      default:
+        break;
+    }
+    std::function<void(ProtobufCMessage*)> children = [&](ProtobufCMessage* m) {
+      if (IsMessage(m, pg_query__type_name__descriptor)) return;  // not values
+      if (IsMessage(m, pg_query__node__descriptor)) {
+        Rewrite(reinterpret_cast<PgQuery__Node*>(m), function);
+      } else {
+        ForEachChild(m, children);
+      }
+    };
+    ForEachChild(&node->base, children);
+  }
+
+  // A column outside aggregates and GROUP BY: PostgreSQL allows it when it
+  // depends on the grouped columns (the table's primary key is grouped).
+  // The shards select it without grouping by it, so PostgreSQL still
+  // checks that, and the combining statement groups by it too, which
+  // changes no group. Inside a function call the router cannot tell from
+  // an aggregate it does not know, it is refused.
+  void AddExtra(PgQuery__Node* node, std::string_view function) {
+    const PgQuery__ColumnRef& ref = *node->column_ref;
+    std::vector<std::string> parts;
+    for (size_t i = 0; i < ref.n_fields; ++i) {
+      if (ref.fields[i]->node_case == PG_QUERY__NODE__NODE_A_STAR) {
+        refusal_ = "* in an aggregating SELECT (name the columns)";
+        return;
+      }
+      parts.push_back(std::string(StringOf(ref.fields[i])));
+    }
+    const std::string name = absl::StrJoin(parts, ".");
+    if (!function.empty()) {
+      refusal_ = StrCat(
+          function, "() of ", name, ", a column not in GROUP BY (if ",
+          function, " is an aggregate, the router cannot combine it: ",
+          kCombinedAggregates, "; else add ", name, " to GROUP BY)");
+      return;
+    }
+    int column = extras_.Find(node);
+    if (column < 0) {
+      column = static_cast<int>(AddColumn(Column::kExtra, node, true));
+      extras_.Add(node, column);
+      extra_names_.push_back(name);
+    }
+    Replace(node, NewColumnRef(ColumnName(column)));
+  }
+
+  // The hole of aggregate call `node` in the combining statement (one per
+  // distinct call), adding the partial columns it needs; -1 if refused.
+  int AddAggregate(PgQuery__Node* node) {
+    if (const int hole = aggregate_calls_.Find(node); hole >= 0) return hole;
+    const PgQuery__FuncCall& call = *node->func_call;
+    const bool qualified =
+        call.n_funcname == 2 && StringOf(call.funcname[0]) == "pg_catalog";
+    const std::string name(
+        call.n_funcname > 0 ? StringOf(call.funcname[call.n_funcname - 1]) : "");
+    const bool known = name == "count" || name == "sum" || name == "avg" ||
+                       CombinesWithItself(name);
+    const bool arity = call.agg_star ? name == "count" : call.n_args == 1;
+    if (call.n_funcname > 2 || (call.n_funcname == 2 && !qualified) || !known ||
+        !arity || call.n_agg_order > 0 || call.agg_within_group ||
+        call.func_variadic) {
+      std::string form = call.agg_distinct ? "DISTINCT ..." : "";
+      if (call.n_agg_order > 0) {
+        form = call.agg_distinct ? "DISTINCT ... ORDER BY ..." : "... ORDER BY ...";
+      }
+      refusal_ = StrCat("aggregate ", name, "(", form, ")",
+                        call.agg_within_group ? " WITHIN GROUP (...)" : "",
+                        " (", kCombinedAggregates, ")");
+      return -1;
+    }
+    CombinedAggregate combined;
+    combined.function = name;
+    if (call.agg_distinct) {
+      has_distinct_ = true;
+      combined.distinct = true;
+      combined.columns.push_back(AddGrouped(Column::kDistinct, call.args[0]));
+      if (call.agg_filter != nullptr) {
+        combined.filter = AddGrouped(Column::kDistinct, call.agg_filter);
+      }
+    } else if (name == "avg") {
+      for (const char* part : {"sum", "count"}) {
+        combined.columns.push_back(
+            AddColumn(Column::kAggregate,
+                      NewCall(part, call.args, call.n_args, call.agg_filter),
+                      false));
+      }
+    } else {
+      combined.columns.push_back(AddColumn(Column::kAggregate, node,
+                                           name == "min" || name == "max"));
+    }
+    aggregate_calls_.Add(node, static_cast<int>(aggregates_.size()));
+    aggregates_.push_back(std::move(combined));
+    return static_cast<int>(aggregates_.size() - 1);
+  }
+
+  void Replace(PgQuery__Node* node, PgQuery__Node* with) {
+    replacements_.push_back({node, with});
+  }
+
+  // --- SQL ---------------------------------------------------------------------
+
+  absl::Status PartialSql(AggregatePlan* plan) {
+    PgQuery__SelectStmt partial = select_;
+    std::vector<PgQuery__Node*>& targets = lists_.emplace_back();
+    std::vector<PgQuery__Node*>& group_by = lists_.emplace_back();
+    for (size_t i = 0; i < columns_.size(); ++i) {
+      targets.push_back(NewTarget(columns_[i].expr, nullptr));
+      if (columns_[i].kind == Column::kKey ||
+          columns_[i].kind == Column::kDistinct) {
+        group_by.push_back(NewPosition(i + 1));
+      }
+    }
+    partial.target_list = targets.data();
+    partial.n_target_list = targets.size();
+    partial.group_clause = group_by.data();
+    partial.n_group_clause = group_by.size();
+    partial.group_distinct = false;
+    partial.having_clause = nullptr;
+    partial.sort_clause = nullptr;
+    partial.n_sort_clause = 0;
+    partial.limit_count = nullptr;
+    partial.limit_offset = nullptr;
+    partial.limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
+    partial.distinct_clause = nullptr;
+    partial.n_distinct_clause = 0;
+    ASSIGN_OR_RETURN(plan->partial_sql,
+                     DeparseSelect(partial, 1, &plan->partial_params));
+    plan->columns = columns_.size();
+    std::vector<std::string> names, collations;
+    for (size_t i = 0; i < columns_.size(); ++i) {
+      names.push_back(StrCat("c", i + 1));
+      if (!columns_[i].collated) continue;
+      plan->collated.push_back(i);
+      collations.push_back(
+          StrCat("pg_collation_for(shardkit_s.c", i + 1, "::text)"));
+    }
+    // The partial statement's columns have their expressions' collations,
+    // which PostgreSQL reports without running it (LIMIT 0), from one row
+    // of NULLs. pg_collation_for refuses a type without collations: cast
+    // to text, a value keeps its collation, others get "default".
+    if (!collations.empty()) {
+      plan->collation_sql = StrCat(
+          "SELECT ", absl::StrJoin(collations, ", "),
+          " FROM (SELECT) AS shardkit_one LEFT JOIN (", plan->partial_sql,
+          " LIMIT 0) AS shardkit_s(", absl::StrJoin(names, ", "), ") ON true");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CombineSql(AggregatePlan* plan) {
+    PgQuery__SelectStmt combine = select_;
+    std::vector<PgQuery__Node*>& targets = lists_.emplace_back();
+    for (size_t i = 0; i < select_.n_target_list; ++i) {
+      targets.push_back(
+          NewTarget(select_.target_list[i]->res_target->val, &output_names_[i]));
+    }
+    PgQuery__RangeVar from = PG_QUERY__RANGE_VAR__INIT;
+    from.inh = true;
+    from.relpersistence = const_cast<char*>("p");
+    from.location = -1;
+    PgQuery__Node from_node = PG_QUERY__NODE__INIT;
+    from_node.node_case = PG_QUERY__NODE__NODE_RANGE_VAR;
+    from_node.range_var = &from;
+    PgQuery__Node* from_list[] = {&from_node};
+    std::vector<PgQuery__Node*>& group_by = lists_.emplace_back();
+    if (Grouped()) {
+      for (size_t i = 0; i < columns_.size(); ++i) {
+        if (columns_[i].kind == Column::kKey || columns_[i].kind == Column::kExtra) {
+          group_by.push_back(NewColumnRef(ColumnName(i)));
+        }
+      }
+    }
+    combine.target_list = targets.data();
+    combine.n_target_list = targets.size();
+    combine.from_clause = from_list;
+    combine.n_from_clause = 1;
+    combine.where_clause = nullptr;
+    combine.group_clause = group_by.data();
+    combine.n_group_clause = group_by.size();
+    combine.group_distinct = false;
+    combine.with_clause = nullptr;
+    combine.n_locking_clause = 0;
+    combine.locking_clause = nullptr;
+
+    std::vector<PgQuery__Node> saved;
+    saved.reserve(replacements_.size());
+    for (const auto& [node, with] : replacements_) {
+      saved.push_back(*node);
+      *node = *with;
+    }
+    // Placeholders must not occur in the statement otherwise (in a string
+    // constant): try prefixes until the deparsed text holds each once.
+    absl::StatusOr<std::string> sql;
+    std::string prefix;
+    std::vector<std::string> hole_names(holes_.size());
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      prefix = attempt == 0 ? "shardkit_" : StrCat("shardkit", attempt, "_");
+      std::string from_name = StrCat(prefix, "from_");
+      from.relname = from_name.data();
+      for (size_t i = 0; i < holes_.size(); ++i) {
+        hole_names[i] = StrCat(prefix, "a", holes_[i].second, "_");
+        holes_[i].first->sval = hole_names[i].data();
+      }
+      sql = DeparseSelect(combine, static_cast<int>(columns_.size()) + 1,
+                          &plan->combine_params);
+      from.relname = nullptr;
+      if (!sql.ok()) break;
+      size_t count = 0;
+      for (size_t at = sql->find(prefix); at != std::string::npos;
+           at = sql->find(prefix, at + 1)) {
+        ++count;
+      }
+      if (count == holes_.size() + 1) break;
+      sql = absl::InternalError("no placeholder name fits");
+    }
+    for (size_t i = replacements_.size(); i-- > 0;) *replacements_[i].first = saved[i];
+    RETURN_IF_ERROR(sql.status());
+    // Cut the text at the placeholders.
+    plan->text.clear();
+    plan->holes.clear();
+    size_t begin = 0;
+    for (size_t at = sql->find(prefix); at != std::string::npos;
+         at = sql->find(prefix, begin)) {
+      plan->text.push_back(sql->substr(begin, at - begin));
+      const size_t name_start = at + prefix.size();
+      const size_t end = sql->find('_', name_start);
+      const std::string_view name =
+          std::string_view(*sql).substr(name_start, end - name_start);
+      int hole = AggregatePlan::kFrom;
+      if (name != "from" &&
+          (name.empty() || name[0] != 'a' ||
+           !absl::SimpleAtoi(ToAbsl(name.substr(1)), &hole))) {
+        return absl::InternalError(StrCat("unexpected placeholder in ", *sql));
+      }
+      plan->holes.push_back(hole);
+      begin = end + 1;
+    }
+    plan->text.push_back(sql->substr(begin));
+    return absl::OkStatus();
+  }
+
+  PgQuery__SelectStmt& select_;
+  std::string refusal_;
+  bool no_aggregates_ = true;
+  bool has_distinct_ = false;
+  std::vector<std::string> output_names_;
+  absl::flat_hash_map<std::string, std::vector<size_t>> outputs_by_name_;
+  std::vector<Column> columns_;
+  TreeHasher hash_;
+  TreeIndex grouped_{hash_};  // kKey and kDistinct columns
+  absl::flat_hash_map<std::string, size_t> keys_by_name_;  // `GROUP BY name`
+  TreeIndex extras_{hash_};
+  std::vector<std::string> extra_names_;
+  TreeIndex aggregate_calls_{hash_};          // hole by call
+  std::vector<CombinedAggregate> aggregates_;  // by hole
+  std::vector<AggregateTarget::Function> output_functions_;
+  // Nodes of the combining statement to replace, and with what.
+  std::vector<std::pair<PgQuery__Node*, PgQuery__Node*>> replacements_;
+  // Placeholder names to set, and their hole.
+  std::vector<std::pair<PgQuery__String*, int>> holes_;
+  // Storage for the nodes made here (a deque never moves its elements).
+  std::deque<PgQuery__Node> nodes_;
+  std::deque<PgQuery__String> strings_;
+  std::deque<std::string> texts_;
+  std::deque<PgQuery__Node*> pointers_;
+  std::deque<PgQuery__ColumnRef> column_refs_;
+  std::deque<PgQuery__FuncCall> calls_;
+  std::deque<PgQuery__ResTarget> res_targets_;
+  std::deque<PgQuery__Integer> integers_;
+  std::deque<PgQuery__AConst> consts_;
+  std::deque<std::vector<PgQuery__Node*>> lists_;
+};
+
 class Analyzer {
  public:
   explicit Analyzer(const ShardMap& map) : map_(map) {}
@@ -82,12 +1180,19 @@ class Analyzer {
               "every part selects one shard by its key";
         } else {
           plan_.key = TopLevelCondition(*stmt.select_stmt);
-          plan_.needs_merge = MergeNeed(*stmt.select_stmt);
-          if (!plan_.needs_merge.empty() &&
-              SimpleAggregates(*stmt.select_stmt)) {
-            plan_.needs_merge.clear();
-          } else if (plan_.needs_merge.empty()) {
-            plan_.needs_merge = OrderAndLimit(*stmt.select_stmt);
+          // The planner changes the tree while it deparses, and restores it.
+          PgQuery__SelectStmt& select =
+              const_cast<PgQuery__SelectStmt&>(*stmt.select_stmt);
+          if (IsAggregating(select)) {
+            plan_.needs_merge = AggregatePlanner(select).Plan(
+                &plan_.aggregates, &plan_.aggregate);
+            if (!plan_.needs_merge.empty()) {
+              plan_.aggregates.clear();
+              plan_.aggregate = AggregatePlan();
+            }
+          } else {
+            plan_.needs_merge = MergeNeed(select);
+            if (plan_.needs_merge.empty()) plan_.needs_merge = OrderAndLimit(select);
           }
         }
         break;
@@ -595,10 +1700,29 @@ class Analyzer {
     return found;
   }
 
+  // Whether the SELECT groups its rows: GROUP BY, HAVING, plain DISTINCT,
+  // or an aggregate in its select list or ORDER BY.
+  static bool IsAggregating(const PgQuery__SelectStmt& s) {
+    if (s.n_group_clause > 0 || s.having_clause != nullptr) return true;
+    if (s.n_distinct_clause == 1 &&
+        s.distinct_clause[0]->node_case == PG_QUERY__NODE__NODE__NOT_SET) {
+      return true;
+    }
+    for (size_t i = 0; i < s.n_target_list; ++i) {
+      if (HasAggregate(&s.target_list[i]->base)) return true;
+    }
+    for (size_t i = 0; i < s.n_sort_clause; ++i) {
+      if (HasAggregate(&s.sort_clause[i]->base)) return true;
+    }
+    return false;
+  }
+
+  // What a SELECT that does not group needs beyond a merge of its rows.
   static std::string MergeNeed(const PgQuery__SelectStmt& s) {
-    if (s.n_distinct_clause > 0) return "DISTINCT";
-    if (s.n_group_clause > 0) return "GROUP BY";
-    if (s.having_clause != nullptr) return "HAVING";
+    if (s.n_distinct_clause > 0) {
+      return "DISTINCT ON without GROUP BY or aggregates (the row it keeps "
+             "of each value depends on the rows of every shard)";
+    }
     for (size_t i = 0; i < s.n_target_list; ++i) {
       std::string agg = AggregateIn(&s.target_list[i]->base);
       if (!agg.empty()) return agg;
@@ -607,138 +1731,6 @@ class Analyzer {
       return "FETCH FIRST ... WITH TIES";
     }
     return "";
-  }
-
-  // An aggregating SELECT whose outputs are grouped columns and count, sum,
-  // min, max or avg (no DISTINCT, FILTER or ORDER BY inside them), grouped
-  // by selected columns only, without HAVING or DISTINCT; ORDER BY (of
-  // outputs), LIMIT and OFFSET are fine. Fills plan_.aggregates.
-  bool SimpleAggregates(const PgQuery__SelectStmt& s) {
-    // Plain DISTINCT (not DISTINCT ON) of selected columns is a GROUP BY of
-    // all of them.
-    const bool distinct =
-        s.n_distinct_clause == 1 && s.distinct_clause[0]->node_case ==
-                                        PG_QUERY__NODE__NODE__NOT_SET;
-    if ((s.n_distinct_clause > 0 && !distinct) || s.n_target_list == 0 ||
-        (distinct && s.having_clause != nullptr)) {
-      return false;
-    }
-    std::vector<AggregateTarget> out;
-    std::vector<std::string> plain_columns;  // selected ColumnRef names
-    bool any_aggregate = false;
-    for (size_t i = 0; i < s.n_target_list; ++i) {
-      const PgQuery__Node* t = s.target_list[i];
-      if (t->node_case != PG_QUERY__NODE__NODE_RES_TARGET) return false;
-      const PgQuery__Node* v = t->res_target->val;
-      const std::string alias = t->res_target->name;
-      if (v != nullptr && v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
-          v->column_ref->n_fields > 0) {
-        const std::string column(
-            StringOf(v->column_ref->fields[v->column_ref->n_fields - 1]));
-        if (column.empty()) return false;  // t.*
-        out.push_back({AggregateTarget::Function::kGroupKey,
-                       alias.empty() ? column : alias});
-        plain_columns.push_back(column);
-        continue;
-      }
-      plain_columns.push_back("");
-      if (v == nullptr || v->node_case != PG_QUERY__NODE__NODE_FUNC_CALL) {
-        return false;
-      }
-      std::optional<AggregateTarget::Function> function =
-          SimpleAggregateOf(*v->func_call);
-      if (!function) return false;
-      AggregateTarget target;
-      target.function = *function;
-      const std::string_view name = StringOf(v->func_call->funcname[0]);
-      any_aggregate = true;
-      target.name = alias.empty() ? std::string(name) : alias;
-      out.push_back(std::move(target));
-    }
-    if (distinct) {
-      if (any_aggregate || s.n_group_clause > 0) return false;
-    } else if (!any_aggregate && s.n_group_clause == 0) {
-      return false;
-    }
-    // Every GROUP BY item is a selected column (by name or position), and
-    // every selected column is grouped.
-    std::vector<bool> grouped(out.size(), false);
-    for (size_t i = 0; i < s.n_group_clause; ++i) {
-      const PgQuery__Node* g = s.group_clause[i];
-      int index = -1;
-      if (g->node_case == PG_QUERY__NODE__NODE_A_CONST &&
-          g->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL) {
-        index = g->a_const->ival->ival - 1;
-      } else if (g->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
-                 g->column_ref->n_fields > 0) {
-        const std::string_view column =
-            StringOf(g->column_ref->fields[g->column_ref->n_fields - 1]);
-        for (size_t k = 0; k < out.size(); ++k) {
-          if (plain_columns[k] == column || (!column.empty() && out[k].name == column &&
-                                             out[k].function ==
-                                                 AggregateTarget::Function::kGroupKey)) {
-            index = static_cast<int>(k);
-            break;
-          }
-        }
-      }
-      if (index < 0 || static_cast<size_t>(index) >= out.size() ||
-          out[index].function != AggregateTarget::Function::kGroupKey) {
-        return false;
-      }
-      grouped[index] = true;
-    }
-    for (size_t k = 0; k < out.size(); ++k) {
-      if (out[k].function == AggregateTarget::Function::kGroupKey &&
-          !grouped[k] && !distinct) {
-        return false;  // PostgreSQL will say why
-      }
-    }
-    // HAVING: its aggregates become hidden partials, its columns must be
-    // grouped outputs.
-    if (s.having_clause != nullptr) {
-      bool ok = true;
-      const bool walked = VisitHaving(
-          s.having_clause,
-          [&](PgQuery__Node* call) {
-            std::optional<AggregateTarget::Function> f =
-                SimpleAggregateOf(*call->func_call);
-            if (!f) {
-              ok = false;
-              return;
-            }
-            out.push_back({*f, "", /*hidden=*/true});
-          },
-          [&](PgQuery__Node* column) {
-            const PgQuery__ColumnRef& ref = *column->column_ref;
-            const std::string_view name =
-                ref.n_fields > 0 ? StringOf(ref.fields[ref.n_fields - 1]) : "";
-            bool found = false;
-            for (size_t k = 0; k < plain_columns.size(); ++k) {
-              found |= !name.empty() && plain_columns[k] == name &&
-                       out[k].function == AggregateTarget::Function::kGroupKey;
-            }
-            ok &= found;
-          });
-      if (!walked || !ok) return false;
-    }
-    if (!OrderAndLimit(s).empty()) return false;
-    // ORDER BY must name outputs: they are all the combined rows have.
-    for (SortSpec& spec : plan_.order_by) {
-      if (spec.column.empty()) continue;
-      int found = -1;
-      for (size_t k = 0; k < out.size(); ++k) {
-        if (out[k].name == spec.column) {
-          if (found >= 0) return false;
-          found = static_cast<int>(k);
-        }
-      }
-      if (found < 0) return false;
-      spec.position = found + 1;
-      spec.column.clear();
-    }
-    plan_.aggregates = std::move(out);
-    return true;
   }
 
   // ORDER BY items, LIMIT and OFFSET of a SELECT; "" or the construct that

@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -186,214 +187,66 @@ absl::StatusOr<std::string> PushDownOffset(ParsedSql& tree,
   return sql;
 }
 
-// HAVING as SQL text over placeholders: the j-th aggregate call (in
-// VisitHaving order) as shardkit_h<j>_, a grouped column as shardkit_g<k>_
-// (k-th grouped output), parameter $n as shardkit_p<n>_ (`params` gets each
-// n, in order of appearance). The combining query substitutes the combined
-// aggregates and the partial columns. The tree is restored after.
-absl::StatusOr<std::string> HavingTemplate(ParsedSql& tree,
-                                           const RoutingPlan& routing,
+// HAVING needs no template of its own: the analyzer's combining statement
+// (AggregatePlan) applies it with the rest of the statement.
+absl::StatusOr<std::string> HavingTemplate(ParsedSql& /*tree*/,
+                                           const RoutingPlan& /*routing*/,
                                            std::vector<int>* params) {
-  PgQuery__Node* stmt = tree.mutable_statement(0);
-  PgQuery__SelectStmt* select = stmt->select_stmt;
-  // Grouped outputs by the column name they select.
-  std::map<std::string, size_t> group_index;
-  size_t g = 0;
-  for (size_t i = 0; i < select->n_target_list; ++i) {
-    if (routing.aggregates[i].function != AggregateTarget::Function::kGroupKey) continue;
-    const PgQuery__ColumnRef& ref = *select->target_list[i]->res_target->val->column_ref;
-    const PgQuery__Node* last = ref.fields[ref.n_fields - 1];
-    group_index.emplace(last->string->sval, g++);
-  }
-  std::vector<PgQuery__Node*> nodes;
-  std::vector<std::string> placeholders;
-  size_t h = 0;
-  VisitHaving(
-      select->having_clause,
-      [&](PgQuery__Node* call) {
-        nodes.push_back(call);
-        placeholders.push_back(StrCat("shardkit_h", h++, "_"));
-      },
-      [&](PgQuery__Node* column) {
-        const PgQuery__ColumnRef& ref = *column->column_ref;
-        nodes.push_back(column);
-        placeholders.push_back(StrCat(
-            "shardkit_g", group_index[ref.fields[ref.n_fields - 1]->string->sval],
-            "_"));
-      });
-  // Parameters outside the aggregates (those inside go with the partial
-  // aggregates to the shards): the combining query numbers its own.
-  std::function<void(ProtobufCMessage*)> find_params = [&](ProtobufCMessage* m) {
-    if (IsMessage(m, pg_query__node__descriptor)) {
-      auto* node = reinterpret_cast<PgQuery__Node*>(m);
-      if (std::find(nodes.begin(), nodes.end(), node) != nodes.end()) return;
-      if (node->node_case == PG_QUERY__NODE__NODE_PARAM_REF) {
-        nodes.push_back(node);
-        placeholders.push_back(StrCat("shardkit_p", node->param_ref->number, "_"));
-        if (std::find(params->begin(), params->end(),
-                      node->param_ref->number) == params->end()) {
-          params->push_back(node->param_ref->number);
-        }
-        return;
-      }
-    }
-    ForEachChild(m, find_params);
-  };
-  find_params(&select->having_clause->base);
-  const size_t m = nodes.size();
-  std::vector<PgQuery__Node> saved(m);
-  std::vector<PgQuery__String> strings(m, PgQuery__String(PG_QUERY__STRING__INIT));
-  std::vector<PgQuery__Node> string_nodes(m, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__Node*> fields(m);
-  std::vector<PgQuery__ColumnRef> refs(m, PgQuery__ColumnRef(PG_QUERY__COLUMN_REF__INIT));
-  for (size_t i = 0; i < m; ++i) {
-    saved[i] = *nodes[i];
-    strings[i].sval = placeholders[i].data();
-    string_nodes[i].node_case = PG_QUERY__NODE__NODE_STRING;
-    string_nodes[i].string = &strings[i];
-    fields[i] = &string_nodes[i];
-    refs[i].n_fields = 1;
-    refs[i].fields = &fields[i];
-    refs[i].location = -1;
-    nodes[i]->node_case = PG_QUERY__NODE__NODE_COLUMN_REF;
-    nodes[i]->column_ref = &refs[i];
-  }
-  // Deparse `SELECT <having>` in place of the statement.
-  PgQuery__ResTarget target = PG_QUERY__RES_TARGET__INIT;
-  target.name = const_cast<char*>("");
-  target.val = select->having_clause;
-  target.location = -1;
-  PgQuery__Node target_node = PG_QUERY__NODE__INIT;
-  target_node.node_case = PG_QUERY__NODE__NODE_RES_TARGET;
-  target_node.res_target = &target;
-  PgQuery__Node* target_list[] = {&target_node};
-  PgQuery__SelectStmt probe = PG_QUERY__SELECT_STMT__INIT;
-  probe.n_target_list = 1;
-  probe.target_list = target_list;
-  probe.limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
-  probe.op = PG_QUERY__SET_OPERATION__SETOP_NONE;
-  const PgQuery__Node statement = *stmt;
-  stmt->select_stmt = &probe;
-  absl::StatusOr<std::string> sql = tree.Deparse();
-  *stmt = statement;
-  for (size_t i = 0; i < m; ++i) *nodes[i] = saved[i];
-  if (!sql.ok()) return sql.status();
-  constexpr std::string_view kSelect = "SELECT ";
-  if (sql->rfind(kSelect, 0) != 0) {
-    return absl::InternalError(StrCat("unexpected deparse of HAVING: ", *sql));
-  }
-  return sql->substr(kSelect.size());
+  params->clear();
+  return std::string();
 }
 
-// The aggregating SELECT as each shard runs it: the grouped columns
-// first, then the aggregates, avg(x) as sum(x), count(x); grouped by the
-// leading columns' positions; no ORDER BY, LIMIT or OFFSET (they apply to
-// the combined rows). The tree is restored after.
-absl::StatusOr<std::string> PartialAggregates(ParsedSql& tree,
+// The aggregating SELECT as each shard runs it, as the analyzer planned it
+// (AggregatePlan::partial_sql): no rewriting left for run time.
+absl::StatusOr<std::string> PartialAggregates(ParsedSql& /*tree*/,
                                               const RoutingPlan& routing,
                                               std::vector<int>* used) {
-  PgQuery__SelectStmt* select = tree.mutable_statement(0)->select_stmt;
-  PgQuery__SelectStmt saved = *select;
-  const size_t n = saved.n_target_list;
-  // HAVING's aggregates (hidden outputs), in the order the analyzer met them.
-  std::vector<PgQuery__Node*> having_calls;
-  if (saved.having_clause != nullptr) {
-    VisitHaving(saved.having_clause,
-                [&](PgQuery__Node* call) { having_calls.push_back(call); },
-                [](PgQuery__Node*) {});
-  }
-  const size_t total = routing.aggregates.size();
-  // Nodes on the stack, as in PushDownOffset; sized up front so nothing
-  // moves once pointed to.
-  std::vector<PgQuery__String> names(2 * total, PgQuery__String(PG_QUERY__STRING__INIT));
-  std::vector<PgQuery__Node> name_nodes(2 * total, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__Node*> name_ptrs(2 * total);
-  std::vector<PgQuery__FuncCall> calls(2 * total, PgQuery__FuncCall(PG_QUERY__FUNC_CALL__INIT));
-  std::vector<PgQuery__Node> call_nodes(2 * total, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__ResTarget> targets(2 * total, PgQuery__ResTarget(PG_QUERY__RES_TARGET__INIT));
-  std::vector<PgQuery__Node> target_nodes(2 * total, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__Integer> positions(total, PgQuery__Integer(PG_QUERY__INTEGER__INIT));
-  std::vector<PgQuery__AConst> position_consts(total, PgQuery__AConst(PG_QUERY__A__CONST__INIT));
-  std::vector<PgQuery__Node> position_nodes(total, PgQuery__Node(PG_QUERY__NODE__INIT));
-  std::vector<PgQuery__Node*> list, group_by;
-  size_t k = 0;
-  // A ResTarget (on the stack) computing `call`.
-  auto add_target = [&](PgQuery__Node* call) {
-    targets[k].name = const_cast<char*>("");
-    targets[k].val = call;
-    targets[k].location = -1;
-    target_nodes[k].node_case = PG_QUERY__NODE__NODE_RES_TARGET;
-    target_nodes[k].res_target = &targets[k];
-    list.push_back(&target_nodes[k]);
-    ++k;
-  };
-  for (size_t i = 0; i < n; ++i) {
-    if (routing.aggregates[i].function != AggregateTarget::Function::kGroupKey) continue;
-    list.push_back(saved.target_list[i]);
-    const size_t g = group_by.size();
-    positions[g].ival = static_cast<int32_t>(g + 1);
-    position_consts[g].val_case = PG_QUERY__A__CONST__VAL_IVAL;
-    position_consts[g].ival = &positions[g];
-    position_consts[g].location = -1;
-    position_nodes[g].node_case = PG_QUERY__NODE__NODE_A_CONST;
-    position_nodes[g].a_const = &position_consts[g];
-    group_by.push_back(&position_nodes[g]);
-  }
-  for (size_t i = 0; i < total; ++i) {
-    const AggregateTarget::Function f = routing.aggregates[i].function;
-    if (f == AggregateTarget::Function::kGroupKey) continue;
-    PgQuery__Node* call =
-        i < n ? saved.target_list[i]->res_target->val : having_calls[i - n];
-    if (f != AggregateTarget::Function::kAvg) {
-      if (i < n) {
-        list.push_back(saved.target_list[i]);
-      } else {
-        add_target(call);
-      }
-      continue;
-    }
-    const PgQuery__FuncCall& avg = *call->func_call;
-    for (const char* fn : {"sum", "count"}) {
-      names[k].sval = const_cast<char*>(fn);
-      name_nodes[k].node_case = PG_QUERY__NODE__NODE_STRING;
-      name_nodes[k].string = &names[k];
-      name_ptrs[k] = &name_nodes[k];
-      calls[k].n_funcname = 1;
-      calls[k].funcname = &name_ptrs[k];
-      calls[k].n_args = avg.n_args;
-      calls[k].args = avg.args;
-      calls[k].funcformat = PG_QUERY__COERCION_FORM__COERCE_EXPLICIT_CALL;
-      calls[k].location = -1;
-      call_nodes[k].node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
-      call_nodes[k].func_call = &calls[k];
-      add_target(&call_nodes[k]);
-    }
-  }
-  select->having_clause = nullptr;
-  select->target_list = list.data();
-  select->n_target_list = list.size();
-  select->group_clause = group_by.data();
-  select->n_group_clause = group_by.size();
-  select->sort_clause = nullptr;
-  select->n_sort_clause = 0;
-  select->limit_count = nullptr;
-  select->limit_offset = nullptr;
-  select->limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
-  select->distinct_clause = nullptr;  // a GROUP BY of the columns now
-  select->n_distinct_clause = 0;
-  absl::StatusOr<std::string> sql = DeparseRenumbered(tree, used);
-  *select = saved;
-  return sql;
+  *used = routing.aggregate.partial_params;
+  return routing.aggregate.partial_sql;
 }
 
-// "name" quoted as a SQL identifier.
-std::string QuoteIdentifier(std::string_view name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"') out += '"';
-    out += c;
+// An aggregating SELECT the router cannot combine across shards after all,
+// as the shards' answers show (SQLSTATE 0A000).
+absl::Status CannotCombine(std::string message) {
+  absl::Status status = absl::InvalidArgumentError(std::move(message));
+  status.SetPayload(ToAbsl(kSqlStatePayloadUrl), absl::Cord("0A000"));
+  return status;
+}
+
+// SQL computing aggregate `a` from the partial columns p1, p2, ... of
+// `types` (SQL type names), with the result type PostgreSQL gives the
+// aggregate over the original rows.
+absl::StatusOr<std::string> CombinedAggregateSql(
+    const CombinedAggregate& a, const std::vector<std::string>& types) {
+  auto column = [](size_t c) { return StrCat("p", c + 1); };
+  const std::string x = column(a.columns[0]);
+  if (a.distinct) {
+    std::string sql = StrCat(a.function, "(DISTINCT ", x, ")");
+    if (a.filter) StrAppend(&sql, " FILTER (WHERE ", column(*a.filter), ")");
+    return StrCat("(", sql, ")");
   }
-  return out + "\"";
+  const std::string& type = types[a.columns[0]];
+  if (a.function == "count") return StrCat("(coalesce(sum(", x, "), 0)::bigint)");
+  // sum(int4) is int8, whose sum is numeric: cast back.
+  if (a.function == "sum") return StrCat("(sum(", x, ")::", type, ")");
+  if (a.function == "avg") {
+    const std::string n = StrCat("sum(", column(a.columns[1]), ")");
+    if (type == "interval") {
+      return StrCat("(sum(", x, ") / nullif(", n, ", 0)::float8)");
+    }
+    if (type == "real") {
+      return CannotCombine(
+          "avg() of a real value across shards: PostgreSQL adds up real "
+          "values as double precision, which the shards' sums in real would "
+          "not match; write avg(x::float8), which PostgreSQL computes the "
+          "same way");
+    }
+    // As PostgreSQL divides: numeric by numeric (integers, numeric), or
+    // double precision.
+    const std::string as = type == "double precision" ? "float8" : "numeric";
+    return StrCat("(sum(", x, ")::", as, " / nullif(", n, ", 0)::", as, ")");
+  }
+  return StrCat("(", a.function, "(", x, "))");
 }
 
 // A PostgreSQL array literal of text values (NULL for nullopt).
@@ -796,121 +649,101 @@ absl::StatusOr<std::vector<std::string>> Router::TypeNames(
 }
 
 absl::StatusOr<Result> Router::ExecuteAggregated(
-    const RoutingPlan& routing, const std::string& having_template,
-    const std::vector<int>& having_params, const std::vector<ShardTask>& tasks,
-    const Params& params, const ExecOptions& options) {
-  ASSIGN_OR_RETURN(std::optional<int64_t> limit,
-                   CountOf(routing.limit, params, "LIMIT"));
-  ASSIGN_OR_RETURN(std::optional<int64_t> offset,
-                   CountOf(routing.offset, params, "OFFSET"));
-  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(tasks, options));
+    const RoutingPlan& routing, const std::string& /*having_template*/,
+    const std::vector<int>& /*having_params*/,
+    const std::vector<ShardTask>& tasks, const Params& params,
+    const ExecOptions& options) {
+  // HAVING is part of the combining statement (AggregatePlan).
+  const AggregatePlan& plan = routing.aggregate;
+  std::vector<ShardTask> all = tasks;
+  if (!plan.collation_sql.empty()) {  // alongside, on the combining shard
+    ShardTask probe = tasks[0];
+    probe.sql = plan.collation_sql;
+    all.push_back(std::move(probe));
+  }
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(all, options));
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (done[i].result.columns.size() != plan.columns) {
+      return absl::InternalError(StrCat(
+          "shard ", tasks[i].shard_name, " returned ",
+          done[i].result.columns.size(), " partial columns, not ",
+          plan.columns));
+    }
+  }
+  std::vector<std::optional<std::string>> collations(plan.columns);
+  if (!plan.collation_sql.empty()) {
+    const Result& reported = done.back().result;
+    if (reported.rows.size() != 1 ||
+        reported.rows[0].size() != plan.collated.size()) {
+      return absl::InternalError(StrCat("shard ", tasks[0].shard_name,
+                                        " did not report the collations"));
+    }
+    for (size_t k = 0; k < plan.collated.size(); ++k) {
+      collations[plan.collated[k]] = reported.rows[0][k];
+    }
+  }
   // The shards' partial rows, one array parameter per column, are combined
   // by PostgreSQL itself on one shard: grouping, result types, numeric
-  // scale, NULLs and the final order are exactly its own.
+  // scale, NULLs, collations and the final order are exactly its own.
   const std::vector<Column>& columns = done[0].result.columns;
   ASSIGN_OR_RETURN(std::vector<std::string> types,
                    TypeNames(tasks[0], columns, options));
   ShardTask final_task = tasks[0];
   final_task.params.clear();
-  std::vector<std::string> unnest_args, aliases;
+  std::vector<std::string> unnest_args, aliases, items;
+  bool collated = false;
   for (size_t c = 0; c < columns.size(); ++c) {
+    if (types[c] == "record" || absl::EndsWith(types[c], "[]")) {
+      return CannotCombine(StrCat(
+          "a value of type ", types[c], " across shards, grouped by, "
+          "DISTINCT, or compared by min or max: the router passes the "
+          "shards' values to one shard as arrays, which cannot hold ",
+          types[c] == "record" ? "anonymous records" : "arrays",
+          "; narrow the statement to one shard with a condition on the "
+          "shard key"));
+    }
     std::vector<std::optional<std::string>> values;
-    for (const TaskOutcome& outcome : done) {
-      for (const Row& row : outcome.result.rows) values.push_back(row[c]);
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      for (const Row& row : done[i].result.rows) values.push_back(row[c]);
     }
     final_task.params.push_back(ArrayLiteral(values));
-    unnest_args.push_back(StrCat("$", c + 1, "::", types[c], "[]"));
-    aliases.push_back(StrCat("p", c + 1));
-  }
-  size_t keys = 0;
-  for (const AggregateTarget& a : routing.aggregates) {
-    keys += a.function == AggregateTarget::Function::kGroupKey;
-  }
-  std::vector<std::string> outputs, group_by, hidden;
-  size_t key = 0;
-  size_t c = keys;  // partial aggregates follow the grouped columns
-  for (const AggregateTarget& a : routing.aggregates) {
-    std::string expr;
     const std::string p = StrCat("p", c + 1);
-    switch (a.function) {
-      case AggregateTarget::Function::kGroupKey:
-        expr = StrCat("p", key + 1);
-        group_by.push_back(expr);
-        ++key;
-        break;
-      case AggregateTarget::Function::kCount:
-        expr = StrCat("coalesce(sum(", p, "), 0)::int8");
-        ++c;
-        break;
-      case AggregateTarget::Function::kSum:
-        expr = StrCat("sum(", p, ")::", types[c]);
-        ++c;
-        break;
-      case AggregateTarget::Function::kMin:
-        expr = StrCat("min(", p, ")");
-        ++c;
-        break;
-      case AggregateTarget::Function::kMax:
-        expr = StrCat("max(", p, ")");
-        ++c;
-        break;
-      case AggregateTarget::Function::kAvg: {
-        const std::string q = StrCat("p", c + 2);
-        if (types[c] == "interval") {
-          expr = StrCat("sum(", p, ") / nullif(sum(", q, "), 0)");
-        } else {
-          const bool floating =
-              types[c] == "real" || types[c] == "double precision";
-          const std::string as = floating ? "float8" : "numeric";
-          expr = StrCat("sum(", p, ")::", as, " / nullif(sum(", q, "), 0)::", as);
-        }
-        c += 2;
-        break;
-      }
-    }
-    if (a.hidden) {
-      hidden.push_back(std::move(expr));
+    unnest_args.push_back(StrCat("$", c + 1, "::", types[c], "[]"));
+    aliases.push_back(p);
+    if (collations[c] && *collations[c] != "\"default\"") {
+      items.push_back(StrCat(p, " COLLATE ", *collations[c], " AS ", p));
+      collated = true;
     } else {
-      outputs.push_back(StrCat(expr, " AS ", QuoteIdentifier(a.name)));
+      items.push_back(p);
     }
   }
-  std::string sql = StrCat("SELECT ", absl::StrJoin(outputs, ", "), " FROM unnest(",
-                           absl::StrJoin(unnest_args, ", "), ") AS partial(",
-                           absl::StrJoin(aliases, ", "), ")");
-  if (!group_by.empty()) StrAppend(&sql, " GROUP BY ", absl::StrJoin(group_by, ", "));
-  if (!having_template.empty()) {
-    std::string having = having_template;
-    for (size_t j = 0; j < hidden.size(); ++j) {
-      absl::StrReplaceAll({{StrCat("shardkit_h", j, "_"), StrCat("(", hidden[j], ")")}},
-                          &having);
+  // Values keep the collation they had on the shards.
+  const std::string from =
+      collated
+          ? StrCat("(SELECT ", absl::StrJoin(items, ", "), " FROM unnest(",
+                   absl::StrJoin(unnest_args, ", "), ") AS shardkit_u(",
+                   absl::StrJoin(aliases, ", "), ")) AS shardkit_partial")
+          : StrCat("unnest(", absl::StrJoin(unnest_args, ", "),
+                   ") AS shardkit_partial(", absl::StrJoin(aliases, ", "), ")");
+  for (int n : plan.combine_params) {
+    if (n < 1 || static_cast<size_t>(n) > params.size()) {
+      return absl::InvalidArgumentError(StrCat(
+          "the statement uses $", n, " but ", params.size(),
+          " parameters were given"));
     }
-    for (size_t k = 0; k < group_by.size(); ++k) {
-      absl::StrReplaceAll({{StrCat("shardkit_g", k, "_"), group_by[k]}}, &having);
-    }
-    for (int n : having_params) {
-      if (static_cast<size_t>(n) > params.size()) {
-        return absl::InvalidArgumentError(StrCat(
-            "the statement uses $", n, " but ", params.size(),
-            " parameters were given"));
-      }
-      final_task.params.push_back(params[n - 1]);
-      absl::StrReplaceAll({{StrCat("shardkit_p", n, "_"),
-                            StrCat("$", final_task.params.size())}},
-                          &having);
-    }
-    StrAppend(&sql, " HAVING ", having);
+    final_task.params.push_back(params[n - 1]);
   }
-  std::vector<std::string> order;
-  for (const SortSpec& spec : routing.order_by) {
-    std::string item = std::to_string(spec.position);
-    if (!spec.collation.empty()) StrAppend(&item, " COLLATE ", QuoteIdentifier(spec.collation));
-    StrAppend(&item, spec.descending ? " DESC" : " ASC",
-              spec.nulls_first ? " NULLS FIRST" : " NULLS LAST");
-    order.push_back(std::move(item));
+  std::string sql = plan.text[0];
+  for (size_t h = 0; h < plan.holes.size(); ++h) {
+    if (plan.holes[h] == AggregatePlan::kFrom) {
+      StrAppend(&sql, from);
+    } else {
+      ASSIGN_OR_RETURN(std::string aggregate,
+                       CombinedAggregateSql(plan.aggregates[plan.holes[h]], types));
+      StrAppend(&sql, aggregate);
+    }
+    StrAppend(&sql, plan.text[h + 1]);
   }
-  if (!order.empty()) StrAppend(&sql, " ORDER BY ", absl::StrJoin(order, ", "));
-  if (limit) StrAppend(&sql, " LIMIT ", *limit);
-  if (offset) StrAppend(&sql, " OFFSET ", *offset);
   final_task.sql = std::move(sql);
   ASSIGN_OR_RETURN(std::vector<TaskOutcome> combined,
                    RunAll({final_task}, options));

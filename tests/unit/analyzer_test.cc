@@ -338,15 +338,20 @@ TEST(AnalyzerTest, WhatAMultiShardSelectNeeds) {
            {"SELECT country, count(*) FROM users GROUP BY country HAVING "
             "count(*) > 1",
             ""},
+           // Ungrouped columns go to the shards, whose PostgreSQL says
+           // whether they depend on the grouped ones.
            {"SELECT country, count(*) FROM users GROUP BY country HAVING "
             "name = 'x'",
-            "GROUP BY"},
-           {"SELECT name, count(*) FROM users GROUP BY country", "GROUP BY"},
+            ""},
+           {"SELECT name, count(*) FROM users GROUP BY country", ""},
            {"SELECT DISTINCT country FROM users", ""},
-           {"SELECT DISTINCT ON (country) country, id FROM users", "DISTINCT"},
-           {"SELECT DISTINCT country, count(*) FROM users GROUP BY 1", "DISTINCT"},
-           {"SELECT count(*) + 1 FROM users", "aggregate count()"},
-           {"SELECT sum(id) FILTER (WHERE id > 1) FROM users", "aggregate sum()"},
+           {"SELECT DISTINCT ON (country) country, id FROM users",
+            "DISTINCT ON without GROUP BY or aggregates (the row it keeps of "
+            "each value depends on the rows of every shard)"},
+           {"SELECT DISTINCT country, count(*) FROM users GROUP BY 1", ""},
+           {"SELECT count(*) + 1 FROM users", ""},
+           {"SELECT sum(id) FILTER (WHERE id > 1) FROM users", ""},
+           {"SELECT count(DISTINCT name) FROM users", ""},
            {"SELECT rank() OVER (ORDER BY id) FROM users", "window function rank()"},
            {"SELECT id FROM users ORDER BY id + 1",
             "ORDER BY an expression (select it as a column and order by that "
@@ -356,6 +361,229 @@ TEST(AnalyzerTest, WhatAMultiShardSelectNeeds) {
     absl::StatusOr<RoutingPlan> plan = Plan(sql);
     ASSERT_TRUE(plan.ok()) << sql << ": " << plan.status();
     EXPECT_EQ(plan->needs_merge, need) << sql;
+  }
+}
+
+// An aggregating SELECT as data: what each shard runs, and the combining
+// statement with its holes shown as <from> and {aggregate over columns}.
+struct AggregateCase {
+  std::string sql;
+  std::string partial;
+  std::string combine;
+};
+
+std::string CombineText(const AggregatePlan& plan) {
+  std::string out = plan.text[0];
+  for (size_t i = 0; i < plan.holes.size(); ++i) {
+    if (plan.holes[i] == AggregatePlan::kFrom) {
+      out += "<from>";
+    } else {
+      const CombinedAggregate& a = plan.aggregates[plan.holes[i]];
+      out += "{" + a.function + (a.distinct ? " DISTINCT" : "");
+      for (size_t c : a.columns) out += " p" + std::to_string(c + 1);
+      if (a.filter) out += " FILTER p" + std::to_string(*a.filter + 1);
+      out += "}";
+    }
+    out += plan.text[i + 1];
+  }
+  return out;
+}
+
+TEST(AnalyzerTest, AggregatingSelectsArePlannedForShards) {
+  for (const AggregateCase& c : std::vector<AggregateCase>{
+           {"SELECT count(*) FROM users", "SELECT count(*) FROM users",
+            "SELECT {count p1} AS count FROM <from>"},
+           // DISTINCT arguments are grouped by on the shards; plain
+           // aggregates are partial per finer group, summed again.
+           {"SELECT country, count(*), count(DISTINCT name) FROM users "
+            "GROUP BY country",
+            "SELECT country, count(*), name FROM users GROUP BY 1, 3",
+            "SELECT p1 AS country, {count p2} AS count, {count DISTINCT p3} "
+            "AS count FROM <from> GROUP BY p1"},
+           {"SELECT sum(DISTINCT score) FILTER (WHERE id > 3), avg(DISTINCT "
+            "score) FROM users",
+            "SELECT score, id > 3 FROM users GROUP BY 1, 2",
+            "SELECT {sum DISTINCT p1 FILTER p2} AS sum, {avg DISTINCT p1} AS "
+            "avg FROM <from>"},
+           // GROUP BY expressions, by position or written out; expressions
+           // of them and of aggregates; ORDER BY an aggregate not selected.
+           {"SELECT lower(country) AS c, count(*) FROM users WHERE id > $2 "
+            "GROUP BY 1 HAVING avg(score) > $1 ORDER BY count(*) DESC, 1 "
+            "LIMIT $3",
+            "SELECT lower(country), count(*), sum(score), count(score) FROM "
+            "users WHERE id > $1 GROUP BY 1",
+            "SELECT p1 AS c, {count p2} AS count FROM <from> GROUP BY p1 "
+            "HAVING {avg p3 p4} > $5 ORDER BY {count p2} DESC, 1 LIMIT $6"},
+           {"SELECT id % 3 + 1, sum(score) / count(*) FROM users GROUP BY id % 3",
+            "SELECT id % 3, sum(score), count(*) FROM users GROUP BY 1",
+            "SELECT p1 + 1 AS \"?column?\", {sum p2} / {count p3} AS "
+            "\"?column?\" FROM <from> GROUP BY p1"},
+           // An output named as a column its expression uses: that column.
+           {"SELECT upper(name) AS name, score::text FROM users GROUP BY "
+            "name, score",
+            "SELECT name, score FROM users GROUP BY 1, 2",
+            "SELECT upper(p1) AS name, p2::text AS score FROM <from> GROUP BY "
+            "p1, p2"},
+           {"SELECT count(*) FROM users GROUP BY score IS NULL",
+            "SELECT score IS NULL, count(*) FROM users GROUP BY 1",
+            "SELECT {count p2} AS count FROM <from> GROUP BY p1"},
+           // A column written with its table is the one GROUP BY names.
+           {"SELECT u.country, count(*) FROM users u GROUP BY country",
+            "SELECT country, count(*) FROM users u GROUP BY 1",
+            "SELECT p1 AS country, {count p2} AS count FROM <from> GROUP BY p1"},
+           // A column that depends on the grouped key (the primary key):
+           // selected, not grouped, by the shards.
+           {"SELECT u.id, u.name, count(o.id) FROM users u JOIN orders o ON "
+            "o.user_id = u.id GROUP BY u.id",
+            "SELECT u.id, u.name, count(o.id) FROM users u JOIN orders o ON "
+            "o.user_id = u.id GROUP BY 1",
+            "SELECT p1 AS id, p2 AS name, {count p3} AS count FROM <from> "
+            "GROUP BY p1, p2"},
+           {"SELECT DISTINCT country, score FROM users ORDER BY 1",
+            "SELECT country, score FROM users GROUP BY 1, 2",
+            "SELECT DISTINCT p1 AS country, p2 AS score FROM <from> GROUP BY "
+            "p1, p2 ORDER BY 1"},
+           {"SELECT country, bool_and(score > 1), max(name) FROM users GROUP "
+            "BY 1 ORDER BY country FETCH FIRST 2 ROWS WITH TIES",
+            "SELECT country, bool_and(score > 1), max(name) FROM users GROUP "
+            "BY 1",
+            "SELECT p1 AS country, {bool_and p2} AS bool_and, {max p3} AS max "
+            "FROM <from> GROUP BY p1 ORDER BY country FETCH FIRST 2 ROWS WITH "
+            "TIES"},
+           // HAVING alone makes one group.
+           {"SELECT 1 FROM users HAVING true", "SELECT count(*) FROM users",
+            "SELECT 1 AS \"?column?\" FROM <from> HAVING true"},
+           // A placeholder's name in a string constant: another name.
+           {"SELECT 'shardkit_a0_' AS x, count(*) FROM users",
+            "SELECT count(*) FROM users",
+            "SELECT 'shardkit_a0_' AS x, {count p1} AS count FROM <from>"}}) {
+    SCOPED_TRACE(c.sql);
+    absl::StatusOr<RoutingPlan> plan = Plan(c.sql);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_EQ(plan->needs_merge, "");
+    ASSERT_FALSE(plan->aggregates.empty());
+    EXPECT_EQ(plan->aggregate.partial_sql, c.partial);
+    EXPECT_EQ(CombineText(plan->aggregate), c.combine);
+  }
+}
+
+TEST(AnalyzerTest, AggregatePlanParameters) {
+  absl::StatusOr<RoutingPlan> plan = Plan(
+      "SELECT country, sum(score * $3) FROM users WHERE id > $1 GROUP BY 1 "
+      "HAVING count(*) > $2 ORDER BY 2 LIMIT $2");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const AggregatePlan& a = plan->aggregate;
+  EXPECT_EQ(a.partial_sql,
+            "SELECT country, sum(score * $2), count(*) FROM users WHERE id > "
+            "$1 GROUP BY 1");
+  EXPECT_EQ(a.partial_params, (std::vector<int>{1, 3}));
+  EXPECT_EQ(a.columns, 3u);
+  EXPECT_EQ(CombineText(a),
+            "SELECT p1 AS country, {sum p2} AS sum FROM <from> GROUP BY p1 "
+            "HAVING {count p3} > $4 ORDER BY 2 LIMIT $4");
+  EXPECT_EQ(a.combine_params, (std::vector<int>{2}));
+  // Values compared on the combining shard keep their collation, which
+  // the shard reports for the partial statement without running it.
+  EXPECT_EQ(a.collated, (std::vector<size_t>{0}));
+  EXPECT_EQ(a.collation_sql,
+            "SELECT pg_collation_for(shardkit_s.c1::text) FROM (SELECT) AS "
+            "shardkit_one LEFT JOIN (SELECT country, sum(score * $2), count(*) "
+            "FROM users WHERE id > $1 GROUP BY 1 LIMIT 0) AS shardkit_s(c1, "
+            "c2, c3) ON true");
+}
+
+TEST(AnalyzerTest, AggregateOutputsAreNamedAsPostgresNamesThem) {
+  absl::StatusOr<RoutingPlan> plan = Plan(
+      "SELECT count(*), lower(country), country::text, CASE WHEN true THEN "
+      "1 END, 1, coalesce(max(name), ''), max(name)::varchar, country "
+      "COLLATE \"C\", score + 1, 2::int8, avg(id) AS a, NULLIF(score, 1) "
+      "FROM users GROUP BY 2, 3, 8, score");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  std::vector<std::string> names;
+  for (const AggregateTarget& t : plan->aggregates) names.push_back(t.name);
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "count", "lower", "country", "case", "?column?",
+                       "coalesce", "max", "country", "?column?", "int8", "a",
+                       "nullif"}));
+  EXPECT_EQ(plan->aggregates[0].function, AggregateTarget::Function::kCount);
+  EXPECT_EQ(plan->aggregates[1].function, AggregateTarget::Function::kGroupKey);
+  EXPECT_EQ(plan->aggregates[5].function, AggregateTarget::Function::kExpression);
+  EXPECT_EQ(plan->aggregates[10].function, AggregateTarget::Function::kAvg);
+}
+
+TEST(AnalyzerTest, PlanningLeavesTheTreeAsItWas) {
+  ParserThread::Default().Run([] {
+    const std::string sql =
+        "SELECT lower(country) AS c, count(DISTINCT name), avg(score) FROM "
+        "users WHERE id > $1 GROUP BY 1 HAVING sum(id) > $2 ORDER BY "
+        "count(*) DESC, c LIMIT $3 OFFSET 1";
+    absl::StatusOr<ParsedSql> parsed = ParsedSql::Parse(sql);
+    ASSERT_TRUE(parsed.ok());
+    absl::StatusOr<std::string> before = parsed->Deparse();
+    ASSERT_TRUE(before.ok());
+    absl::StatusOr<RoutingPlan> plan =
+        AnalyzeStatement(*parsed->statement(0), Map());
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_FALSE(plan->aggregates.empty());
+    EXPECT_EQ(parsed->Deparse().value_or(""), *before);
+  });
+}
+
+TEST(AnalyzerTest, AggregatingSelectsThatCannotBeCombined) {
+  constexpr char kCombined[] =
+      " (across shards the router combines count, sum, avg, min, max, "
+      "bool_and, bool_or, every, bit_and, bit_or and bit_xor, also with "
+      "DISTINCT or FILTER)";
+  for (const auto& [sql, need] : std::vector<std::pair<std::string, std::string>>{
+           {"SELECT country, string_agg(name, ',') FROM users GROUP BY 1",
+            std::string("aggregate string_agg()") + kCombined},
+           {"SELECT stddev(score) FROM users",
+            std::string("aggregate stddev()") + kCombined},
+           {"SELECT count(DISTINCT name ORDER BY name) FROM users",
+            std::string("aggregate count(DISTINCT ... ORDER BY ...)") + kCombined},
+           {"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY score) FROM users",
+            std::string("aggregate percentile_cont(... ORDER BY ...) WITHIN "
+                        "GROUP (...)") +
+                kCombined},
+           {"SELECT myschema.count(*) FROM users",
+            std::string("aggregate count()") + kCombined},
+           {"SELECT country, my_total(score) FROM users GROUP BY 1",
+            std::string("my_total() of score, a column not in GROUP BY (if "
+                        "my_total is an aggregate, the router cannot combine "
+                        "it: across shards the router combines count, sum, "
+                        "avg, min, max, bool_and, bool_or, every, bit_and, "
+                        "bit_or and bit_xor, also with DISTINCT or FILTER; "
+                        "else add score to GROUP BY)")},
+           {"SELECT country, rank() OVER (ORDER BY count(*)) FROM users GROUP "
+            "BY 1",
+            "window function rank()"},
+           {"SELECT country, count(*) FROM users GROUP BY ROLLUP (country)",
+            "GROUP BY ROLLUP, CUBE or GROUPING SETS"},
+           {"SELECT lower(country) AS c, count(*) FROM users GROUP BY c",
+            "GROUP BY c, the name of an output column (it may also name a "
+            "table's column, which PostgreSQL would group by; group by the "
+            "expression itself, or by its position: GROUP BY 1)"},
+           {"SELECT country AS c, count(*) FROM users GROUP BY c",
+            "GROUP BY c, the name of an output column (it may also name a "
+            "table's column, which PostgreSQL would group by; group by the "
+            "expression itself, or by its position: GROUP BY 1)"},
+           {"SELECT country, count(*) FROM users GROUP BY 3",
+            "GROUP BY 3, which is not a position in the select list"},
+           {"SELECT u.*, count(o.id) FROM users u JOIN orders o ON o.user_id "
+            "= u.id GROUP BY u.id",
+            "* in the select list of an aggregating SELECT (name the columns)"},
+           {"SELECT country, (SELECT count(*) FROM countries) FROM users "
+            "GROUP BY 1",
+            "a subquery in the select list, HAVING or ORDER BY of an "
+            "aggregating SELECT"},
+           {"SELECT u.id, u.name, count(DISTINCT o.note) FROM users u JOIN "
+            "orders o ON o.user_id = u.id GROUP BY u.id",
+            "column u.name, neither in GROUP BY nor inside an aggregate, with "
+            "an aggregate (DISTINCT ...) (add it to GROUP BY)"}}) {
+    absl::StatusOr<RoutingPlan> plan = Plan(sql);
+    ASSERT_TRUE(plan.ok()) << sql << ": " << plan.status();
+    EXPECT_EQ(plan->needs_merge, need) << sql;
+    EXPECT_TRUE(plan->aggregates.empty()) << sql;
   }
 }
 
