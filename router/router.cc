@@ -655,13 +655,19 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
     const ExecOptions& options) {
   // HAVING is part of the combining statement (AggregatePlan).
   const AggregatePlan& plan = routing.aggregate;
+  // The collations of the partial columns, asked of the combining shard
+  // alongside the partial statements; after them when the shard's work
+  // runs in a session (a transaction), which serves one task at a time.
+  ShardTask probe = tasks[0];
+  probe.sql = plan.collation_sql;
+  const bool alongside = !plan.collation_sql.empty() && probe.session == nullptr;
   std::vector<ShardTask> all = tasks;
-  if (!plan.collation_sql.empty()) {  // alongside, on the combining shard
-    ShardTask probe = tasks[0];
-    probe.sql = plan.collation_sql;
-    all.push_back(std::move(probe));
-  }
+  if (alongside) all.push_back(probe);
   ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll(all, options));
+  if (!plan.collation_sql.empty() && !alongside) {
+    ASSIGN_OR_RETURN(std::vector<TaskOutcome> asked, RunAll({probe}, options));
+    done.push_back(std::move(asked[0]));
+  }
   for (size_t i = 0; i < tasks.size(); ++i) {
     if (done[i].result.columns.size() != plan.columns) {
       return absl::InternalError(StrCat(

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "shardkit/cluster.h"
+#include "shardkit/transaction.h"
 #include "tests/integration/test_cluster.h"
 
 namespace shardkit {
@@ -777,6 +778,39 @@ TEST_F(RouterTest, CombinedColumnsHaveTheirOwnNamesAndTypes) {
     EXPECT_EQ(routed->columns[i].type_oid, one->columns[i].type_oid) << i;
   }
   EXPECT_EQ(Routed(sql, {}, false), Oracle(sql, {}, false));
+}
+
+// Inside a transaction the shards' partial statements, the combining one
+// and the collations asked for run on the transaction's connections, and
+// see its writes.
+TEST_F(RouterTest, AggregatesInsideATransactionSeeItsWrites) {
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+  ASSERT_TRUE(txn.ok()) << txn.status();
+  ASSERT_TRUE((*txn)->Execute("INSERT INTO users (id, name, country) VALUES "
+                              "(7001, 'tx a', 'zz'), (7002, 'tx b', 'zz'), "
+                              "(7003, 'tx a', 'zz'), (7004, NULL, 'zz')")
+                  .ok());
+  absl::StatusOr<Result> with_params = (*txn)->Execute(
+      "SELECT country, count(*), count(DISTINCT name), max(name) FROM users "
+      "WHERE country = $1 GROUP BY country",
+      {"zz"});
+  ASSERT_TRUE(with_params.ok()) << with_params.status();
+  EXPECT_EQ(with_params->shards.size(), 3u);
+  ASSERT_EQ(with_params->rows.size(), 1u);
+  EXPECT_EQ(with_params->rows[0],
+            (Row{"zz", "4", "2", "tx b"}));
+  absl::StatusOr<Result> without = (*txn)->Execute(
+      "SELECT lower(name), count(*) FROM users WHERE country = 'zz' GROUP BY "
+      "1 ORDER BY 1 NULLS FIRST");
+  ASSERT_TRUE(without.ok()) << without.status();
+  EXPECT_EQ(without->rows, (std::vector<Row>{{std::nullopt, "1"},
+                                             {"tx a", "2"},
+                                             {"tx b", "1"}}));
+  EXPECT_TRUE((*txn)->Rollback().ok());
+  absl::StatusOr<Result> after = cluster_->Execute(
+      "SELECT count(DISTINCT name) FROM users WHERE country = 'zz'");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->rows, (std::vector<Row>{{"0"}}));
 }
 
 // Values the combining shard groups, sorts and compares keep the collation
