@@ -91,6 +91,10 @@ class RecoveryLoop {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+DecisionLog& DecisionLogOf(const Cluster& cluster) {
+  return *cluster.decisions_;
+}
+
 }  // namespace internal
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(Config config) {
@@ -123,8 +127,10 @@ Cluster::Cluster(Config config)
       pools_(std::make_unique<internal::ConnectionPools>(config_.pool)),
       decisions_(DecisionLogOf(config_)),
       map_(std::make_shared<const ShardMap>(config_.map)) {
-  recovery_ = internal::RecoveryLoop::Start(
-      map_, decisions_, OptionsOf(config_, nullptr), config_.transactions);
+  if (config_.transactions.recover_in_background) {
+    recovery_ = internal::RecoveryLoop::Start(
+        map_, decisions_, OptionsOf(config_, nullptr), config_.transactions);
+  }
 }
 
 std::shared_ptr<const ShardMap> Cluster::map() const {
@@ -132,7 +138,9 @@ std::shared_ptr<const ShardMap> Cluster::map() const {
   return map_;
 }
 
-Cluster::~Cluster() { recovery_->Stop(); }
+Cluster::~Cluster() {
+  if (recovery_ != nullptr) recovery_->Stop();
+}
 
 std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(
     std::string_view sql) const {

@@ -10,6 +10,7 @@
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "router/copy_writer.h"
+#include "router/transaction.h"
 #include "router/csv.h"
 
 namespace shardkit {
@@ -242,12 +243,21 @@ std::string Names(const std::vector<std::unique_ptr<CopyWriter>>& writers,
   return absl::StrJoin(names, ", ");
 }
 
-// Commits every shard, one after another. The commits are not atomic
-// together (two-phase commit is issue 4): the error says which shards
-// committed before one failed.
-absl::Status CommitAll(std::vector<std::unique_ptr<CopyWriter>>& writers) {
+// The command tag a statement of the commit ends with.
+std::string_view TagOf(std::string_view sql) {
+  for (std::string_view tag : {"PREPARE TRANSACTION", "COMMIT PREPARED",
+                               "ROLLBACK PREPARED"}) {
+    if (sql.substr(0, tag.size()) == tag) return tag;
+  }
+  return sql;  // COMMIT
+}
+
+// Commits every shard: a plain COMMIT for one, two-phase commit for
+// several (the rows land on every shard or on none; see Transaction).
+absl::Status CommitAll(const Cluster& cluster, const std::vector<ShardId>& shards,
+                       std::vector<std::unique_ptr<CopyWriter>>& writers) {
   // Deferred constraints are checked now, on every shard, so that one
-  // failing at COMMIT cannot leave the shards before it committed.
+  // failing cannot fail the commit after others committed.
   for (size_t i = 0; i < writers.size(); ++i) {
     absl::Status checked =
         writers[i]->Run("SET CONSTRAINTS ALL IMMEDIATE", "SET CONSTRAINTS");
@@ -256,29 +266,32 @@ absl::Status CommitAll(std::vector<std::unique_ptr<CopyWriter>>& writers) {
       return WithMessageSuffix(checked, "; nothing was loaded");
     }
   }
-  for (size_t i = 0; i < writers.size(); ++i) {
-    absl::Status committed = writers[i]->Run("COMMIT", "COMMIT");
-    if (committed.ok()) continue;
-    for (size_t j = i + 1; j < writers.size(); ++j) writers[j]->Rollback();
-    const bool unknown = committed.code() == absl::StatusCode::kUnavailable;
-    std::string what;
-    if (i == 0 && !unknown) {
-      what = "; nothing was loaded";
-    } else {
-      what = StrCat("; the load is only partly applied: ",
-                    i == 0 ? "no shard"
-                           : StrCat("shards ", Names(writers, 0, i)),
-                    " committed their rows",
-                    unknown ? StrCat(", whether shard ",
-                                     writers[i]->shard_name(),
-                                     " did is unknown (its connection broke)")
-                            : "",
-                    ", and the other shards rolled back theirs (loads across "
-                    "shards become atomic with two-phase commit)");
-    }
-    return WithMessageSuffix(committed, what);
+  if (writers.size() == 1) {
+    absl::Status committed = writers[0]->Run("COMMIT", "COMMIT");
+    if (committed.ok()) return committed;
+    return WithMessageSuffix(
+        committed, committed.code() == absl::StatusCode::kUnavailable
+                       ? "; whether the rows were loaded is unknown (the "
+                         "connection broke during COMMIT): check the table"
+                       : "; nothing was loaded");
   }
-  return absl::OkStatus();
+  internal::ExecOptions options;
+  options.connect_timeout = cluster.config().timeouts.connect;
+  options.statement_timeout = cluster.config().timeouts.statement;
+  const internal::RunStatements run = [&](const std::vector<size_t>& which,
+                                          const std::vector<std::string>& sql) {
+    std::vector<absl::Status> out;
+    for (size_t k = 0; k < which.size(); ++k) {
+      out.push_back(writers[which[k]]->Run(sql[k].c_str(), TagOf(sql[k])));
+    }
+    return out;
+  };
+  absl::Status committed = internal::TwoPhaseCommit(
+      0, shards, run, internal::DecisionLogOf(cluster), options);
+  if (!committed.ok()) {
+    for (auto& w : writers) w->Rollback();
+  }
+  return committed;
 }
 
 }  // namespace
@@ -428,7 +441,7 @@ absl::StatusOr<LoadReport> LoadCsv(const Cluster& cluster,
     for (auto& w : writers) w->Rollback();
     return WithMessageSuffix(failure.status(), "; nothing was loaded");
   }
-  RETURN_IF_ERROR(CommitAll(writers));
+  RETURN_IF_ERROR(CommitAll(cluster, target.shards, writers));
 
   LoadReport report;
   report.table = target.table;

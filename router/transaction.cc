@@ -393,40 +393,59 @@ absl::Status DistributedTransaction::Commit() {
 absl::Status DistributedTransaction::CommitTwoPhase(
     const std::vector<Participant*>& writers,
     const std::vector<Participant*>& readers) {
+  std::vector<Participant*> all = readers;
+  all.insert(all.end(), writers.begin(), writers.end());
+  std::vector<ShardId> writer_shards;
+  for (Participant* w : writers) writer_shards.push_back(w->base.shard);
+  return TwoPhaseCommit(
+      readers.size(), writer_shards,
+      [&](const std::vector<size_t>& which, const std::vector<std::string>& sql) {
+        std::vector<Participant*> parts;
+        for (size_t i : which) parts.push_back(all[i]);
+        std::vector<absl::Status> out;
+        for (TaskOutcome& o : RunOn(parts, sql)) out.push_back(std::move(o.status));
+        return out;
+      },
+      log_, options_);
+}
+
+absl::Status TwoPhaseCommit(size_t readers,
+                            const std::vector<ShardId>& writer_shards,
+                            const RunStatements& run, DecisionLog& log,
+                            const ExecOptions& options) {
   const std::string txid = NewTxid();
+  const size_t n = readers + writer_shards.size();
+  auto gid = [&](size_t i) { return GidOf(txid, writer_shards[i - readers]); };
   Failpoint("2pc-before-prepare");
   // Phase one: every writer prepares; the readers just end.
-  std::vector<Participant*> first = readers;
-  std::vector<std::string> sql(readers.size(), "COMMIT");
-  for (Participant* w : writers) {
-    first.push_back(w);
-    sql.push_back(StrCat("PREPARE TRANSACTION ",
-                         Quoted(GidOf(txid, w->base.shard))));
+  std::vector<size_t> first;
+  std::vector<std::string> sql;
+  for (size_t i = 0; i < n; ++i) {
+    first.push_back(i);
+    sql.push_back(i < readers ? "COMMIT"
+                              : StrCat("PREPARE TRANSACTION ", Quoted(gid(i))));
   }
-  std::vector<TaskOutcome> done;
   if (FailpointOn("2pc-between-prepares")) {
     // One writer prepared, the others not yet.
-    RunOn({writers[0]}, {sql[readers.size()]});
+    run({readers}, {sql[readers]});
     Failpoint("2pc-between-prepares");
   }
-  done = RunOn(first, sql);
+  const std::vector<absl::Status> done = run(first, sql);
   absl::Status failed;
-  std::vector<Participant*> prepared;
-  for (size_t i = readers.size(); i < first.size(); ++i) {
-    if (done[i].status.ok()) {
-      prepared.push_back(first[i]);
+  std::vector<size_t> prepared;
+  for (size_t i = readers; i < n; ++i) {
+    if (done[i].ok()) {
+      prepared.push_back(i);
     } else if (failed.ok()) {
-      failed = PrepareFailure(done[i].status);
+      failed = PrepareFailure(done[i]);
     }
   }
-  auto finish = [&](const std::vector<Participant*>& which,
-                    std::string_view verb) {
+  auto finish = [&](const std::vector<size_t>& which, std::string_view verb) {
     std::vector<std::string> statements;
-    for (Participant* p : which) {
-      statements.push_back(
-          StrCat(verb, " PREPARED ", Quoted(GidOf(txid, p->base.shard))));
+    for (size_t i : which) {
+      statements.push_back(StrCat(verb, " PREPARED ", Quoted(gid(i))));
     }
-    return RunOn(which, statements);
+    return run(which, statements);
   };
   if (!failed.ok()) {
     // A failed PREPARE rolled that shard back; undo the prepared ones.
@@ -435,19 +454,19 @@ absl::Status DistributedTransaction::CommitTwoPhase(
     return failed;
   }
   Failpoint("2pc-after-prepare");
-  absl::StatusOr<std::string> decided = log_.Decide(txid, "commit", options_);
+  absl::StatusOr<std::string> decided = log.Decide(txid, "commit", options);
   if (!decided.ok()) {
     // Whether our decision was recorded is unknown if the connection broke
     // mid-way: ask again, proposing to abort; the log answers with the one
     // outcome recorded.
-    decided = log_.Decide(txid, "abort", options_);
+    decided = log.Decide(txid, "abort", options);
     if (!decided.ok()) {
       return absl::UnavailableError(StrCat(
           "the decision of a two-phase commit could not be recorded in ",
-          log_.where(), " (", decided.status().message(),
+          log.where(), " (", decided.status().message(),
           "); every shard has prepared it, and its outcome is in doubt until "
           "recovery resolves it (run shardctl recover once ",
-          log_.where(), " is back): transaction ", txid));
+          log.where(), " is back): transaction ", txid));
     }
   }
   if (*decided != "commit") {
@@ -459,20 +478,18 @@ absl::Status DistributedTransaction::CommitTwoPhase(
         txid));
   }
   Failpoint("2pc-after-decision");
-  std::vector<Participant*> to_commit = prepared;
   if (FailpointOn("2pc-between-commits")) {
-    finish({to_commit[0]}, "COMMIT");
+    finish({prepared[0]}, "COMMIT");
     Failpoint("2pc-between-commits");
   }
-  std::vector<TaskOutcome> commits = finish(to_commit, "COMMIT");
   bool all = true;
-  for (const TaskOutcome& c : commits) {
+  for (const absl::Status& c : finish(prepared, "COMMIT")) {
     // 42704: recovery committed it first.
-    if (!c.status.ok() && SqlStateOf(c.status) != "42704") all = false;
+    if (!c.ok() && SqlStateOf(c) != "42704") all = false;
   }
   // Committed: a shard that could not be told now is told by recovery,
   // which then finds the decision.
-  if (all) log_.Forget(txid, options_).IgnoreError();
+  if (all) log.Forget(txid, options).IgnoreError();
   return absl::OkStatus();
 }
 

@@ -26,6 +26,7 @@
 #ifndef SHARDKIT_ROUTER_TRANSACTION_H_
 #define SHARDKIT_ROUTER_TRANSACTION_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -41,6 +42,7 @@
 #include "absl/time/time.h"
 #include "router/executor.h"
 #include "router/router.h"
+#include "shardkit/cluster.h"
 #include "shardkit/transaction.h"
 
 namespace shardkit::internal {
@@ -128,6 +130,25 @@ class DistributedTransaction {
   State state_ = State::kOpen;
   absl::Status abort_reason_;
 };
+
+// Runs sql[i] on participant which[i], in parallel where it can; returns
+// one status per statement, in order.
+using RunStatements = std::function<std::vector<absl::Status>(
+    const std::vector<size_t>& which, const std::vector<std::string>& sql)>;
+
+// Commits by two-phase commit participants 0..readers-1, which only read
+// (a plain COMMIT), and readers.. on the shards `writer_shards`, which
+// wrote (PREPARE TRANSACTION, the decision in `log`, COMMIT PREPARED), each
+// inside an open transaction on a connection `run` drives. The outcomes
+// are those of Transaction::Commit. The failpoints are on its path.
+[[nodiscard]] absl::Status TwoPhaseCommit(size_t readers,
+                                          const std::vector<ShardId>& writer_shards,
+                                          const RunStatements& run,
+                                          DecisionLog& log,
+                                          const ExecOptions& options);
+
+// The decision log of `cluster`'s two-phase commits.
+DecisionLog& DecisionLogOf(const Cluster& cluster);
 
 // One pass of recovery over every shard of `map` (see the file comment):
 // commits prepared transactions whose decision is 'commit', rolls back

@@ -36,9 +36,12 @@
 
 namespace shardkit {
 
+class Cluster;
+
 namespace internal {
 class ConnectionPools;
 class DecisionLog;
+DecisionLog& DecisionLogOf(const Cluster& cluster);
 class RecoveryLoop;
 class Router;
 }  // namespace internal
@@ -154,7 +157,9 @@ class Cluster {
   // Resolves the prepared transactions of two-phase commit left in doubt
   // on the shards by a process that died mid-commit (see transaction.h),
   // and reports what it did. Also runs on its own when the cluster opens
-  // and every [transactions] recovery_interval. Fails only when the
+  // and every [transactions] recovery_interval, unless
+  // recover_in_background is off (config.h); what such a pass, or another
+  // process, resolved first is not in this report. Fails only when the
   // decision log (the [catalog], or the first shard) cannot be reached; a
   // shard that cannot be is listed in the report.
   [[nodiscard]] absl::StatusOr<RecoveryReport> Recover() const;
@@ -188,9 +193,11 @@ class Cluster {
   // own, so that a script's session settings never leak into the pool.
   const std::unique_ptr<internal::ConnectionPools> pools_;
 
+  friend internal::DecisionLog& internal::DecisionLogOf(const Cluster& cluster);
   // Where two-phase commit records its decisions.
   const std::shared_ptr<internal::DecisionLog> decisions_;
-  // Runs recovery in the background; stopped by the destructor.
+  // Runs recovery in the background; stopped by the destructor. Null
+  // without [transactions] recover_in_background.
   std::shared_ptr<internal::RecoveryLoop> recovery_;
 
   mutable absl::Mutex mu_;

@@ -84,6 +84,11 @@ struct TransactionSettings {
   // How often an open Cluster looks for prepared transactions left in
   // doubt (by a process that died mid-commit) and resolves them.
   absl::Duration recovery_interval = absl::Seconds(60);
+  // Whether an open Cluster runs recovery on its own (a pass when it opens,
+  // then every recovery_interval). Not read from the file: a program that
+  // runs Cluster::Recover itself and must see everything it resolved in
+  // its report (shardctl recover) turns it off.
+  bool recover_in_background = true;
 };
 
 struct Config {

@@ -38,20 +38,19 @@
 // one connection per shard, so that the shards load in parallel and memory
 // stays bounded (a few batches per shard), whatever the size of the input.
 //
-// ## All or nothing, up to the commit
+// ## All or nothing
 //
 // Every shard loads inside one transaction. Only when every shard has
 // copied every row sent to it, and its deferred constraints hold
-// (SET CONSTRAINTS ALL IMMEDIATE), are the shards committed, one after the
-// other. Any failure before that (a row the CSV reader refuses, a key that
-// is missing or does not parse, a shard that is down, a row a shard
-// refuses: duplicate key, bad value, ...) rolls every shard back: nothing
-// was loaded anywhere.
-//
-// The commits of several shards are NOT yet atomic: if a shard fails to
-// commit (its server crashes or its connection breaks in that instant),
-// the shards committed before it keep their rows and the error says which
-// ones did. Two-phase commit (issue 4) will close this window. Loading
+// (SET CONSTRAINTS ALL IMMEDIATE), are the shards committed: with a plain
+// COMMIT when the table lives on one shard, else with two-phase commit, as
+// a Transaction commits (include/shardkit/transaction.h): every shard
+// keeps its rows or none does, even if this process dies mid-commit
+// (recovery then finishes or undoes it). Any failure before that (a row
+// the CSV reader refuses, a key that is missing or does not parse, a shard
+// that is down, a row a shard refuses: duplicate key, bad value, ...)
+// rolls every shard back: nothing was loaded anywhere. The shards need
+// max_prepared_transactions > 0 when the table lives on several. Loading
 // while a move of the table's slices is under way is not fenced yet
 // (moves come with issue 5).
 //
