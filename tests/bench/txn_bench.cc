@@ -19,11 +19,12 @@
 // first three is one pair of writes (a debit on s1 and a credit on s2); of
 // BM_Execute, one write.
 //
-//   ninja -C build txn_bench && build/tests/bench/txn_bench
+//   ninja -C build txn_bench && build/tests/bench/txn_bench [--durable]
 //
 // The program starts 2 PostgreSQL servers (TestCluster: initdb on free
 // loopback ports under /tmp, as the postgres user when run as root, with
-// the settings of `shardctl dev up`: fsync and synchronous_commit off) the
+// the settings of `shardctl dev up`: fsync, synchronous_commit and
+// full_page_writes off; with --durable, all three on, as in production) the
 // first time a benchmark needs them, and stops them before it exits; if
 // they cannot start, the benchmarks are skipped with the reason. After the
 // usual table it prints the ratios, then checks that the money added up:
@@ -65,6 +66,11 @@ constexpr int64_t kRowsPerShard = 4000;
 constexpr int64_t kBalance = 1000000;
 // s1 owns ids below it, s2 the others.
 constexpr int64_t kSplit = 1000000;
+// --durable: the servers flush their WAL to disk as production servers do
+// (later lines of postgresql.conf win over dev::Up's).
+bool durable = false;
+const std::vector<std::string> kDurableSettings = {
+    "fsync = on", "synchronous_commit = on", "full_page_writes = on"};
 
 constexpr char kMap[] = R"(
 [distributions.accounts]
@@ -121,13 +127,22 @@ absl::Status InsertRows(const Cluster& cluster, int64_t first_id) {
 absl::StatusOr<std::unique_ptr<Servers>> StartServers() {
   auto env = std::make_unique<Servers>();
   absl::StatusOr<std::unique_ptr<testing::TestCluster>> started =
-      testing::TestCluster::Start(2);
+      testing::TestCluster::Start(
+          2, durable ? kDurableSettings : std::vector<std::string>{});
   if (!started.ok()) {
     return absl::Status(started.status().code(),
                         absl::StrCat("starting 2 PostgreSQL servers: ",
                                      started.status().message()));
   }
   env->servers = *std::move(started);
+  if (durable) {
+    absl::StatusOr<std::vector<std::vector<std::string>>> fsync =
+        env->servers->Query(0, "SHOW fsync");
+    if (!fsync.ok()) return fsync.status();
+    if ((*fsync)[0][0] != "on") {
+      return absl::InternalError("--durable: the servers run with fsync off");
+    }
+  }
   std::fprintf(stderr,
                "txn_bench: 2 servers under %s (if this run is killed, stop "
                "them with `shardctl dev down --dir %s`)\n",
@@ -444,7 +459,10 @@ class RatioReporter : public benchmark::ConsoleReporter {
            "Execute. Throughput: calls/s, all threads together (and client "
            "CPU per call). Turns: both sides alternating call by call in one "
            "benchmark, wall time per call; the ratio is of the throughputs "
-           "this gives (singles time / 2PC time).\n";
+           "this gives (singles time / 2PC time). Servers: "
+        << (durable ? "fsync and synchronous_commit on (--durable)"
+                    : "fsync and synchronous_commit off (dev settings)")
+        << ".\n";
     out << absl::StrFormat("%-50s %14s %14s %8s\n", "", "value", "baseline",
                            "ratio");
     for (int threads : {1, 4}) {
@@ -562,7 +580,13 @@ int main(int argc, char** argv) {
   char interleave[] = "--benchmark_enable_random_interleaving=true";
   char aggregates[] = "--benchmark_display_aggregates_only=true";
   args.insert(args.end(), {repetitions, min_time, interleave, aggregates});
-  args.insert(args.end(), argv + 1, argv + argc);
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--durable") {
+      shardkit::durable = true;
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
   int args_count = static_cast<int>(args.size());
   args.push_back(nullptr);
   benchmark::Initialize(&args_count, args.data());
