@@ -17,19 +17,27 @@ namespace shardkit::cli {
 namespace {
 
 using dev::kMaxPort;
+using dev::kMaxReplicas;
 using dev::kMaxShards;
 using dev::kMinPort;
 
-// --port must leave room for all the shards' ports. CLI11 runs an app's
-// option callbacks in the order the options were added, so `*shards` holds
-// the parsed --shards when this runs.
-CLI::Validator PortRangeValidator(const int* shards) {
+// --port must leave room for all the shards' and replicas' ports. CLI11
+// runs an app's option callbacks in the order the options were added, so
+// `*shards` and `*replicas` hold the parsed --shards and --replicas when
+// this runs.
+CLI::Validator PortRangeValidator(const int* shards, const int* replicas) {
   return CLI::Validator(
-      [shards](std::string& value) -> std::string {
+      [shards, replicas](std::string& value) -> std::string {
         int port = 0;
-        int highest = kMaxPort - (*shards - 1);
+        int highest = kMaxPort - (*shards * (1 + *replicas) - 1);
         if (!absl::SimpleAtoi(value, &port) || port < kMinPort ||
             port > highest) {
+          if (*replicas > 0) {
+            return absl::StrFormat(
+                "%s is not a usable first port for %d shards with %d "
+                "replicas each: it must be between %d and %d",
+                value, *shards, *replicas, kMinPort, highest);
+          }
           return absl::StrFormat(
               "%s is not a usable first port for %d shards: it must be "
               "between %d and %d",
@@ -58,14 +66,26 @@ void PrintUpJson(const dev::DevCluster& cluster, std::ostream& out) {
       .Key("dir").String(cluster.dir)
       .Key("config").String(cluster.config_path)
       .Key("shards").BeginArray();
-  for (const dev::DevInstance& instance : cluster.instances) {
-    json.BeginObject()
-        .Key("name").String(instance.name)
+  auto instance_members = [&json](const dev::DevInstance& instance) {
+    json.Key("name").String(instance.name)
         .Key("port").Int(instance.port)
         .Key("state").String(StateOf(instance))
         .Key("dsn").String(instance.dsn)
-        .Key("data_dir").String(instance.data_dir)
-        .EndObject();
+        .Key("data_dir").String(instance.data_dir);
+  };
+  for (const dev::DevInstance& instance : cluster.instances) {
+    json.BeginObject();
+    instance_members(instance);
+    if (!instance.replicas.empty()) {
+      json.Key("replicas").BeginArray();
+      for (const dev::DevInstance& replica : instance.replicas) {
+        json.BeginObject();
+        instance_members(replica);
+        json.EndObject();
+      }
+      json.EndArray();
+    }
+    json.EndObject();
   }
   json.EndArray().EndObject();
   out << json.str() << "\n";
@@ -85,6 +105,10 @@ void RunUp(const UpArgs& args, CommandContext& ctx) {
   for (const dev::DevInstance& instance : cluster->instances) {
     rows.push_back({instance.name, std::to_string(instance.port),
                     StateOf(instance), instance.dsn});
+    for (const dev::DevInstance& replica : instance.replicas) {
+      rows.push_back({replica.name, std::to_string(replica.port),
+                      StateOf(replica), replica.dsn});
+    }
   }
   PrintTable(*ctx.out, {"SHARD", "PORT", "STATE", "DSN"}, rows);
   *ctx.out << "\nWrote " << cluster->config_path << "\n"
@@ -133,8 +157,9 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
   dev::DevClusterOptions* options = &args->options;
   CLI::App* up = dev->add_subcommand(
       "up",
-      "Start N throwaway PostgreSQL servers on 127.0.0.1 and write "
-      "DIR/shards.toml describing them (development only)");
+      "Start N throwaway PostgreSQL servers on 127.0.0.1 (with --replicas, "
+      "each with R streaming replicas) and write DIR/shards.toml describing "
+      "them (development only)");
   const std::string shards_help =
       absl::StrFormat("Number of shards, 1..%d (required)", kMaxShards);
   up->add_option("--shards", options->shards, shards_help)
@@ -146,9 +171,17 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
                  "(created if missing), e.g. /tmp/shardkit-dev (required)")
       ->required()
       ->option_text("DIR");
+  const std::string replicas_help = absl::StrFormat(
+      "Streaming replicas per shard, 0..%d (default 0): each made with "
+      "pg_basebackup from its shard's primary",
+      kMaxReplicas);
+  up->add_option("--replicas", options->replicas, replicas_help)
+      ->check(CLI::Range(0, kMaxReplicas))
+      ->option_text("R");
   up->add_option("--port", options->base_port,
-                 "Port of shard s1 (default 6001); shard i listens on PORT+i-1")
-      ->check(PortRangeValidator(&options->shards))
+                 "Port of shard s1 (default 6001); shard i listens on "
+                 "PORT+i-1, replicas on the ports after the shards'")
+      ->check(PortRangeValidator(&options->shards, &options->replicas))
       ->option_text("PORT");
   up->add_option("--database", options->database,
                  "Database created on every instance and named in the "
@@ -165,6 +198,14 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "PORT..PORT+N-1, creates the database on each, and writes "
       "DIR/shards.toml: the shards, a hash distribution 'users' with tables "
       "users (id) and orders (user_id), and a reference table countries.\n"
+      "With --replicas R, each shard's primary also gets R streaming "
+      "replicas (hot standbys made with pg_basebackup -R, replaying the "
+      "primary's WAL; data in DIR/sI-rJ, log in DIR/sI-rJ.log), listening "
+      "on the ports after the shards', first replicas first: replica J of "
+      "shard I on PORT+J*N+(I-1). shards.toml lists them under each shard's "
+      "`replicas`; `shardctl health -c DIR/shards.toml` shows their lag. "
+      "Without --replicas, replicas that exist are left alone (and "
+      "unlisted).\n"
       "Idempotent: existing instances are reused and running ones left "
       "alone, so running it again is harmless.\n"
       "Development only: anyone on this machine can connect without a "
@@ -174,6 +215,7 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "\n"
       "Example:\n"
       "  shardctl dev up --shards 3 --dir /tmp/shardkit-dev\n"
+      "  shardctl dev up --shards 2 --replicas 1 --dir /tmp/shardkit-rep\n"
       "  shardctl map show -c /tmp/shardkit-dev/shards.toml\n"
       "  shardctl dev down --dir /tmp/shardkit-dev");
   up->callback([args, &ctx] { RunUp(*args, ctx); });
@@ -183,8 +225,8 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "down", "Stop the dev PostgreSQL servers under DIR; their data stays");
   down->footer(
       "Stops (fast shutdown) every server that `shardctl dev up` runs under "
-      "DIR. The data stays: `shardctl dev up` with the same --dir starts "
-      "them again. Remove DIR to delete it.\n"
+      "DIR, replicas first. The data stays: `shardctl dev up` with the same "
+      "--dir starts them again. Remove DIR to delete it.\n"
       "Prints the shards it stopped; as JSON: "
       "{\"dir\":\"/tmp/shardkit-dev\",\"stopped\":[\"s1\",\"s2\"]} (DIR made "
       "absolute; the list is empty if none was running).");

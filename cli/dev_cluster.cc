@@ -219,11 +219,31 @@ DevInstance DescribeInstance(const fs::path& dir, int index, int port,
   return instance;
 }
 
+// Replica `replica` (1-based) of shard `index`.
+DevInstance DescribeReplica(const fs::path& dir, int index, int replica,
+                            int port, const std::string& database) {
+  DevInstance instance = DescribeInstance(dir, index, port, database);
+  instance.replica_of = instance.name;
+  instance.name = absl::StrCat(instance.name, "-r", replica);
+  instance.data_dir = (dir / instance.name).string();
+  instance.log_file = (dir / absl::StrCat(instance.name, ".log")).string();
+  return instance;
+}
+
+// How messages name an instance: "shard s1", "replica s1-r1".
+std::string Label(const DevInstance& instance) {
+  return absl::StrCat(instance.replica_of.empty() ? "shard " : "replica ",
+                      instance.name);
+}
+
 std::string PortInUseMessage(const DevInstance& instance) {
   return absl::StrFormat(
-      "port %d (shard %s) is already in use by another program; choose "
-      "other ports with --port (shard i listens on port + i - 1)",
-      instance.port, instance.name);
+      "port %d (%s) is already in use by another program; choose "
+      "other ports with --port (shard i listens on port + i - 1%s)",
+      instance.port, Label(instance),
+      instance.replica_of.empty() ? ""
+                                  : ", the replicas on the ports after the "
+                                    "shards'");
 }
 
 // Whether a server could not listen on 127.0.0.1:port. SO_REUSEADDR as
@@ -266,7 +286,7 @@ absl::StatusOr<bool> IsRunningAs(const ServerUser& user,
       return false;
     default:
       return absl::FailedPreconditionError(ToolFailure(
-          absl::StrCat("pg_ctl status for shard ", instance.name), result));
+          absl::StrCat("pg_ctl status for ", Label(instance)), result));
   }
 }
 
@@ -278,7 +298,7 @@ absl::StatusOr<int> RunningPort(const DevInstance& instance) {
   int port = 0;
   if (lines.size() < 4 || !absl::SimpleAtoi(lines[3], &port)) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cannot tell which port shard ", instance.name,
+        absl::StrCat("cannot tell which port ", Label(instance),
                      " listens on from ", instance.data_dir,
                      "/postmaster.pid; stop it with `shardctl dev down`"));
   }
@@ -347,8 +367,19 @@ absl::Status WriteFileAtomically(const fs::path& path,
   return absl::OkStatus();
 }
 
+// With `replication`, a primary can serve streaming replicas and a replica
+// answers reads while it replays (PostgreSQL 15's defaults, made explicit
+// and kept should those change), and the primary keeps WAL for a replica
+// that was stopped a while.
+constexpr char kReplicationSettings[] =
+    "wal_level = replica\n"
+    "max_wal_senders = 10\n"
+    "wal_keep_size = '512MB'\n"
+    "hot_standby = on\n";
+
 std::string SettingsFileText(const DevInstance& instance,
-                             const std::vector<std::string>& extra_settings) {
+                             const std::vector<std::string>& extra_settings,
+                             bool replication) {
   std::string text = absl::StrFormat(
       "# Written by `shardctl dev up` on every run: edits here are lost.\n"
       "# A throwaway development instance: durability is off (fsync,\n"
@@ -364,6 +395,7 @@ std::string SettingsFileText(const DevInstance& instance,
       "full_page_writes = off\n"
       "logging_collector = off\n",
       instance.port);
+  if (replication) absl::StrAppend(&text, kReplicationSettings);
   for (const std::string& line : extra_settings) {
     absl::StrAppend(&text, line, "\n");
   }
@@ -373,11 +405,12 @@ std::string SettingsFileText(const DevInstance& instance,
 // Our settings live in their own file so that Up can rewrite them without
 // editing the rest of postgresql.conf; postgresql.conf includes it last.
 absl::Status WriteSettings(const ServerUser& user, const DevInstance& instance,
-                           const std::vector<std::string>& extra_settings) {
+                           const std::vector<std::string>& extra_settings,
+                           bool replication) {
   fs::path data_dir(instance.data_dir);
-  RETURN_IF_ERROR(
-      WriteFileAtomically(data_dir / kSettingsFile,
-                          SettingsFileText(instance, extra_settings), &user));
+  RETURN_IF_ERROR(WriteFileAtomically(
+      data_dir / kSettingsFile,
+      SettingsFileText(instance, extra_settings, replication), &user));
   fs::path conf = data_dir / "postgresql.conf";
   ASSIGN_OR_RETURN(std::string text, ReadFile(conf));
   if (absl::StrContains(text, kIncludeLine)) return absl::OkStatus();
@@ -423,7 +456,7 @@ absl::Status StartServer(const ServerUser& user, const DevInstance& instance) {
     return absl::FailedPreconditionError(PortInUseMessage(instance));
   }
   return absl::FailedPreconditionError(absl::StrCat(
-      ToolFailure(absl::StrCat("starting shard ", instance.name), result),
+      ToolFailure(absl::StrCat("starting ", Label(instance)), result),
       "; server log (", instance.log_file, "): ", Tail(log)));
 }
 
@@ -437,7 +470,7 @@ absl::Status StopServer(const ServerUser& user, const DevInstance& instance) {
   ASSIGN_OR_RETURN(bool running, IsRunningAs(user, instance));
   if (!running) return absl::OkStatus();
   return absl::FailedPreconditionError(
-      ToolFailure(absl::StrCat("stopping shard ", instance.name), result));
+      ToolFailure(absl::StrCat("stopping ", Label(instance)), result));
 }
 
 // Checks, before Up changes anything, that `instance` can be brought up: a
@@ -457,13 +490,84 @@ absl::StatusOr<bool> CheckInstance(const ServerUser& user,
   ASSIGN_OR_RETURN(int port, RunningPort(instance));
   if (port != instance.port) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "shard %s (%s) is already running on port %d, not %d as asked; "
+        "%s (%s) is already running on port %d, not %d as asked; "
         "pass --port %d, or stop the cluster first with `shardctl dev down "
         "--dir %s`",
-        instance.name, instance.data_dir, port, instance.port,
+        Label(instance), instance.data_dir, port, instance.port,
         port - (instance.port - options.base_port), options.dir));
   }
   return true;
+}
+
+// The pg_hba.conf line that lets the replicas stream from a primary.
+constexpr char kReplicationHbaLine[] =
+    "host    replication     all             127.0.0.1/32            trust";
+
+// initdb --auth=trust already allows replication from 127.0.0.1; a
+// pg_hba.conf edited since may not: adds the line then.
+absl::Status EnsureReplicationHba(const DevInstance& primary) {
+  fs::path hba = fs::path(primary.data_dir) / "pg_hba.conf";
+  ASSIGN_OR_RETURN(std::string text, ReadFile(hba));
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    std::vector<absl::string_view> fields =
+        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (fields.size() >= 5 && fields[0] == "host" &&
+        fields[1] == "replication" && fields[2] == "all" &&
+        fields[3] == "127.0.0.1/32" && fields[4] == "trust") {
+      return absl::OkStatus();
+    }
+  }
+  // Appending keeps the file's owner (the server's user).
+  std::ofstream out(hba, std::ios::app | std::ios::binary);
+  out << "\n# shardctl dev up --replicas: streaming replicas on loopback.\n"
+      << kReplicationHbaLine << "\n";
+  out.close();
+  if (!out) {
+    return ErrnoError(errno, absl::StrCat("cannot append to ", hba.string()));
+  }
+  return absl::OkStatus();
+}
+
+// Makes a running server re-read its configuration files.
+absl::Status ReloadServer(const ServerUser& user, const DevInstance& instance) {
+  ASSIGN_OR_RETURN(ProcessResult result,
+                   RunServerTool(user, {PgTool("pg_ctl"), "-D",
+                                        instance.data_dir, "reload"}));
+  if (result.exit_code == 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      ToolFailure(absl::StrCat("reloading ", Label(instance)), result));
+}
+
+// Copies the running `primary` into `replica`'s data directory with
+// pg_basebackup -R (standby.signal, primary_conninfo), over a streaming
+// replication connection on loopback.
+absl::Status BaseBackup(const ServerUser& user, const DevInstance& primary,
+                        const DevInstance& replica) {
+  std::error_code ec;
+  fs::create_directories(replica.data_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create ", replica.data_dir, ": ", ec.message(),
+                     "; choose a directory you can write with --dir"));
+  }
+  fs::permissions(replica.data_dir, fs::perms::owner_all, ec);
+  RETURN_IF_ERROR(ChownToServerUser(user, replica.data_dir));
+  // --no-sync as initdb's: throwaway dev data. --checkpoint=fast: do not
+  // wait for the primary's next checkpoint.
+  ASSIGN_OR_RETURN(
+      ProcessResult result,
+      RunServerTool(user, {PgTool("pg_basebackup"), "-h", "127.0.0.1", "-p",
+                           absl::StrCat(primary.port), "-U", kServerUser, "-D",
+                           replica.data_dir, "-R", "-X", "stream",
+                           "--checkpoint=fast", "--no-sync"}));
+  if (result.exit_code != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        ToolFailure(absl::StrCat("pg_basebackup of ", Label(primary), " for ",
+                                 Label(replica)),
+                    result),
+        "; see ", primary.log_file));
+  }
+  return absl::OkStatus();
 }
 
 // Creates and starts one instance as far as needed; sets created/started.
@@ -473,11 +577,39 @@ absl::Status BringUp(const ServerUser& user, const DevClusterOptions& options,
     RETURN_IF_ERROR(InitDb(user, instance));
     instance.created = true;
   }
-  RETURN_IF_ERROR(WriteSettings(user, instance, options.extra_settings));
+  RETURN_IF_ERROR(WriteSettings(user, instance, options.extra_settings,
+                                options.replicas > 0));
   RETURN_IF_ERROR(EnsureLogFile(user, instance));
+  if (options.replicas > 0) {
+    RETURN_IF_ERROR(EnsureReplicationHba(instance));
+    // A server that ran already takes the new pg_hba.conf and
+    // wal_keep_size now; wal_level and max_wal_senders need a restart, and
+    // PostgreSQL 15's defaults already allow streaming.
+    if (running) RETURN_IF_ERROR(ReloadServer(user, instance));
+  }
   if (!running) {
     RETURN_IF_ERROR(StartServer(user, instance));
     instance.started = true;
+  }
+  return absl::OkStatus();
+}
+
+// Creates (from its running primary) and starts one replica as far as
+// needed; sets created/started.
+absl::Status BringUpReplica(const ServerUser& user,
+                            const DevClusterOptions& options,
+                            const DevInstance& primary, bool running,
+                            DevInstance& replica) {
+  if (!IsInitialized(replica)) {
+    RETURN_IF_ERROR(BaseBackup(user, primary, replica));
+    replica.created = true;
+  }
+  RETURN_IF_ERROR(WriteSettings(user, replica, options.extra_settings,
+                                /*replication=*/true));
+  RETURN_IF_ERROR(EnsureLogFile(user, replica));
+  if (!running) {
+    RETURN_IF_ERROR(StartServer(user, replica));
+    replica.started = true;
   }
   return absl::OkStatus();
 }
@@ -549,6 +681,13 @@ std::string ShardsToml(const std::vector<DevInstance>& instances) {
       "# Written by `shardctl dev up`: %d local PostgreSQL instances on "
       "loopback.\n",
       instances.size());
+  if (!instances.empty() && !instances.front().replicas.empty()) {
+    const size_t replicas = instances.front().replicas.size();
+    absl::StrAppendFormat(&text,
+                          "# Each shard has %d streaming replica%s "
+                          "(pg_basebackup -R), listed under `replicas`.\n",
+                          replicas, replicas == 1 ? "" : "s");
+  }
   absl::StrAppend(&text, ShardsTomlSection(instances));
   std::vector<std::string> names;
   for (const DevInstance& instance : instances) {
@@ -582,6 +721,18 @@ bool IsPlainIdentifier(absl::string_view name) {
                      [](char c) { return absl::ascii_isalnum(c) || c == '_'; });
 }
 
+// The ports the instances of `options` take: the shards', then the
+// replicas'.
+int PortCount(const DevClusterOptions& options) {
+  return options.shards * (1 + options.replicas);
+}
+
+// Replica j's of all shards follow replica j - 1's, so that a replica
+// keeps its port when --replicas grows.
+int ReplicaPort(const DevClusterOptions& options, int shard, int replica) {
+  return options.base_port + replica * options.shards + (shard - 1);
+}
+
 absl::Status ValidateOptions(const DevClusterOptions& options) {
   if (options.dir.empty()) {
     return absl::InvalidArgumentError(
@@ -592,7 +743,13 @@ absl::Status ValidateOptions(const DevClusterOptions& options) {
         "a dev cluster has 1 to %d shards, not %d; change --shards", kMaxShards,
         options.shards));
   }
-  int last_port = options.base_port + options.shards - 1;
+  if (options.replicas < 0 || options.replicas > kMaxReplicas) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "a dev cluster has 0 to %d replicas per shard, not %d; change "
+        "--replicas",
+        kMaxReplicas, options.replicas));
+  }
+  int last_port = options.base_port + PortCount(options) - 1;
   if (options.base_port < kMinPort || last_port > kMaxPort) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "ports %d..%d are outside %d..%d; choose another --port",
@@ -629,20 +786,29 @@ absl::StatusOr<fs::path> AbsoluteDir(const std::string& dir) {
   return path;
 }
 
-// The instances under `dir` (s1, s2, ... with a data directory), by number.
+// The instances under `dir` with a data directory: shards s1, s2, ... and
+// replicas s1-r1, ..., in shard order, each shard's replicas after it.
 std::vector<DevInstance> FindInstances(const fs::path& dir) {
-  std::vector<std::pair<int, DevInstance>> found;
+  std::vector<std::pair<std::pair<int, int>, DevInstance>> found;
   std::error_code ec;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
     std::string name = entry.path().filename().string();
+    std::vector<std::string> parts = absl::StrSplit(name, "-r");
     int index = 0;
-    if (name.size() < 2 || name[0] != 's' ||
-        !absl::SimpleAtoi(name.substr(1), &index) || index < 1 ||
-        absl::StrCat("s", index) != name) {
+    int replica = 0;
+    if (parts.size() > 2 || parts[0].size() < 2 || parts[0][0] != 's' ||
+        !absl::SimpleAtoi(parts[0].substr(1), &index) || index < 1 ||
+        (parts.size() == 2 &&
+         (!absl::SimpleAtoi(parts[1], &replica) || replica < 1))) {
       continue;
     }
-    DevInstance instance = DescribeInstance(dir, index, 0, "postgres");
-    if (IsInitialized(instance)) found.emplace_back(index, instance);
+    DevInstance instance =
+        replica == 0 ? DescribeInstance(dir, index, 0, "postgres")
+                     : DescribeReplica(dir, index, replica, 0, "postgres");
+    if (instance.name != name) continue;  // "s01", "s1-r+1", ...
+    if (IsInitialized(instance)) {
+      found.emplace_back(std::make_pair(index, replica), instance);
+    }
   }
   std::sort(found.begin(), found.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -680,7 +846,17 @@ std::string ShardsTomlSection(const std::vector<DevInstance>& instances) {
   std::string text;
   for (const DevInstance& instance : instances) {
     absl::StrAppend(&text, "[shards.", instance.name,
-                    "]\ndsn = ", TomlString(instance.dsn), "\n\n");
+                    "]\ndsn = ", TomlString(instance.dsn), "\n");
+    if (!instance.replicas.empty()) {
+      std::vector<std::string> entries;
+      for (const DevInstance& replica : instance.replicas) {
+        entries.push_back(
+            absl::StrCat("{ dsn = ", TomlString(replica.dsn), " }"));
+      }
+      absl::StrAppend(&text, "replicas = [ ",
+                      absl::StrJoin(entries, ",\n             "), " ]\n");
+    }
+    absl::StrAppend(&text, "\n");
   }
   return text;
 }
@@ -704,20 +880,45 @@ absl::StatusOr<DevCluster> Up(const DevClusterOptions& options) {
   cluster.dir = dir.string();
   cluster.config_path = (dir / "shards.toml").string();
   for (int i = 1; i <= options.shards; ++i) {
-    cluster.instances.push_back(
-        DescribeInstance(dir, i, options.base_port + i - 1, options.database));
+    DevInstance primary =
+        DescribeInstance(dir, i, options.base_port + i - 1, options.database);
+    for (int j = 1; j <= options.replicas; ++j) {
+      primary.replicas.push_back(DescribeReplica(
+          dir, i, j, ReplicaPort(options, i, j), options.database));
+    }
+    cluster.instances.push_back(std::move(primary));
   }
   size_t n = cluster.instances.size();
+  // Every replica, with the index of its primary in cluster.instances.
+  std::vector<std::pair<size_t, DevInstance*>> replicas;
+  for (size_t i = 0; i < n; ++i) {
+    for (DevInstance& replica : cluster.instances[i].replicas) {
+      replicas.emplace_back(i, &replica);
+    }
+  }
   std::vector<char> running(n, false);  // not vector<bool>: written in parallel
+  std::vector<char> replica_running(replicas.size(), false);
   RETURN_IF_ERROR(ForEachInParallel(n, [&](size_t i) -> absl::Status {
     ASSIGN_OR_RETURN(running[i],
                      CheckInstance(user, options, cluster.instances[i]));
     return absl::OkStatus();
   }));
+  RETURN_IF_ERROR(
+      ForEachInParallel(replicas.size(), [&](size_t k) -> absl::Status {
+        ASSIGN_OR_RETURN(replica_running[k],
+                         CheckInstance(user, options, *replicas[k].second));
+        return absl::OkStatus();
+      }));
   RETURN_IF_ERROR(ForEachInParallel(n, [&](size_t i) {
     return BringUp(user, options, running[i], cluster.instances[i]);
   }));
   RETURN_IF_ERROR(EnsureDatabases(cluster.instances, options.database));
+  // After the databases, so that the replicas' copies hold them.
+  RETURN_IF_ERROR(ForEachInParallel(replicas.size(), [&](size_t k) {
+    const auto& [primary, replica] = replicas[k];
+    return BringUpReplica(user, options, cluster.instances[primary],
+                          replica_running[k], *replica);
+  }));
   RETURN_IF_ERROR(
       WriteFileAtomically(cluster.config_path, ShardsToml(cluster.instances)));
   return cluster;
@@ -735,13 +936,18 @@ absl::StatusOr<DownResult> Down(const std::string& dir) {
   ASSIGN_OR_RETURN(ServerUser user, CurrentServerUser());
   std::vector<DevInstance> instances = FindInstances(path);
   std::vector<char> stopped(instances.size(), false);  // written in parallel
-  RETURN_IF_ERROR(ForEachInParallel(instances.size(), [&](size_t i) {
-    ASSIGN_OR_RETURN(bool running, IsRunningAs(user, instances[i]));
-    if (!running) return absl::OkStatus();
-    RETURN_IF_ERROR(StopServer(user, instances[i]));
-    stopped[i] = true;
-    return absl::OkStatus();
-  }));
+  // Replicas first: a primary stopped before its replicas leaves them
+  // retrying to connect, filling their logs.
+  for (bool replicas : {true, false}) {
+    RETURN_IF_ERROR(ForEachInParallel(instances.size(), [&](size_t i) {
+      if (instances[i].replica_of.empty() == replicas) return absl::OkStatus();
+      ASSIGN_OR_RETURN(bool running, IsRunningAs(user, instances[i]));
+      if (!running) return absl::OkStatus();
+      RETURN_IF_ERROR(StopServer(user, instances[i]));
+      stopped[i] = true;
+      return absl::OkStatus();
+    }));
+  }
   DownResult result;
   result.dir = path.string();
   for (size_t i = 0; i < instances.size(); ++i) {
@@ -763,7 +969,7 @@ absl::Status StartInstance(const DevInstance& instance) {
   ASSIGN_OR_RETURN(ServerUser user, CurrentServerUser());
   if (!IsInitialized(instance)) {
     return absl::FailedPreconditionError(
-        absl::StrCat("shard ", instance.name, " has no data directory at ",
+        absl::StrCat(Label(instance), " has no data directory at ",
                      instance.data_dir, "; create it with `shardctl dev up`"));
   }
   ASSIGN_OR_RETURN(bool running, IsRunningAs(user, instance));

@@ -7,6 +7,15 @@
 // running. As root, the servers run as the `postgres` user (PostgreSQL
 // refuses root). `Down` stops every instance under `dir`.
 //
+// With `replicas` = R > 0, each shard's primary also gets R streaming
+// replicas on loopback, made with pg_basebackup -R from the primary once it
+// runs (and reused, like the primaries, when they exist), and shards.toml
+// lists them under each shard's `replicas`. Ports: the primaries take
+// base_port .. base_port + shards - 1 as without replicas, the replicas the
+// ports after them, the shards' first replicas first: replica j (1-based)
+// of shard i listens on base_port + j * shards + (i - 1), so a replica
+// keeps its port when R grows.
+//
 //   shardkit::dev::DevClusterOptions options;
 //   options.dir = "/tmp/shardkit-dev";
 //   options.shards = 3;
@@ -23,12 +32,24 @@
 //                 the settings Up writes on every call, included from
 //                 postgresql.conf: listen_addresses='127.0.0.1', the port, no
 //                 Unix socket (TCP only, so long paths do not matter),
-//                 max_prepared_transactions=64, max_connections=100, then
-//                 the extra settings. For speed it also turns off fsync,
-//                 synchronous_commit and full_page_writes: a crash of the
-//                 machine can corrupt these instances, which is fine for
-//                 throwaway dev data and never for anything else;
+//                 max_prepared_transactions=64, max_connections=100, with
+//                 replicas also wal_level=replica, max_wal_senders=10,
+//                 wal_keep_size=512MB and hot_standby=on, then the extra
+//                 settings (applied to replicas too: a standby needs
+//                 max_connections and max_prepared_transactions at least
+//                 the primary's). pg_hba.conf allows replication
+//                 connections from 127.0.0.1 (trust), as initdb --auth=trust
+//                 writes it; Up adds the line if it is missing. For speed
+//                 it also turns off fsync, synchronous_commit and
+//                 full_page_writes: a crash of the machine can corrupt these
+//                 instances, which is fine for throwaway dev data and never
+//                 for anything else;
 //   s<i>.log      the server's log;
+//   s<i>-r<j>/, s<i>-r<j>.log
+//                 replica j of shard i: data directory (pg_basebackup, with
+//                 standby.signal and primary_conninfo in
+//                 postgresql.auto.conf) and log. Its shardkit.conf is the
+//                 primary's but for the port.
 //   shards.toml   the shard map (rewritten atomically by every Up).
 // A running instance keeps the settings it started with until it is
 // restarted (Down, then Up), except that Up refuses to report a running
@@ -53,6 +74,8 @@ namespace shardkit::dev {
 
 // The most shards a dev cluster has.
 inline constexpr int kMaxShards = 64;
+// The most streaming replicas per shard.
+inline constexpr int kMaxReplicas = 8;
 // The ports a dev cluster's instances may listen on, inclusive.
 inline constexpr int kMinPort = 1024;
 inline constexpr int kMaxPort = 65535;
@@ -60,8 +83,11 @@ inline constexpr int kMaxPort = 65535;
 struct DevClusterOptions {
   std::string dir;  // created if missing
   int shards = 2;   // 1..kMaxShards
-  // Shard i (1-based) listens on base_port + i - 1; every port within
-  // kMinPort..kMaxPort.
+  // Streaming replicas per shard, 0..kMaxReplicas (see the file comment
+  // for their ports). 0 leaves existing replicas alone and unlisted.
+  int replicas = 0;
+  // Shard i (1-based) listens on base_port + i - 1, replicas after them;
+  // every port within kMinPort..kMaxPort.
   int base_port = 6001;
   // Database created on every instance and named in the connection strings.
   std::string database = "app";
@@ -70,24 +96,32 @@ struct DevClusterOptions {
 };
 
 struct DevInstance {
-  std::string name;      // "s1", "s2", ...
+  std::string name;      // "s1", "s2", ...; a replica: "s1-r1", ...
   std::string data_dir;  // absolute
   int port = 0;
   std::string dsn;       // libpq connection string
   std::string log_file;  // absolute: dir/s<i>.log
   bool created = false;  // initdb ran in this call
   bool started = false;  // the server was started by this call
+  // A replica: the name of the shard whose primary it streams from; empty
+  // for a primary.
+  std::string replica_of;
+  // A primary: its streaming replicas, r1 first.
+  std::vector<DevInstance> replicas;
 };
 
 struct DevCluster {
   std::string dir;          // absolute
   std::string config_path;  // dir/shards.toml
+  // The shards' primaries, s1 first; each lists its replicas.
   std::vector<DevInstance> instances;
 };
 
 struct DownResult {
   std::string dir;                   // absolute
-  std::vector<std::string> stopped;  // names of the instances Down stopped
+  // Names of the instances Down stopped, in shard order, each shard's
+  // replicas after its primary ("s1", "s1-r1", "s2", ...).
+  std::vector<std::string> stopped;
 };
 
 // The libpq connection string of the dev instance on `port` for
@@ -102,7 +136,13 @@ std::string InstanceDsn(int port, const std::string& database);
 //   [shards.s1]
 //   dsn = "host=127.0.0.1 port=6001 dbname=app user=postgres"
 //
-// The dsn is a TOML basic string, escaped as needed. Up's shards.toml opens
+// and for an instance with replicas, after its dsn:
+//
+//   replicas = [ { dsn = "host=127.0.0.1 port=6003 dbname=app ..." },
+//                { dsn = "host=127.0.0.1 port=6005 dbname=app ..." } ]
+//
+// (one entry per replica: named r1, r2, ... by position). Each dsn is a TOML
+// basic string, escaped as needed. Up's shards.toml opens
 // with these sections, and so do the tests' configurations.
 std::string ShardsTomlSection(const std::vector<DevInstance>& instances);
 
@@ -111,15 +151,16 @@ std::string ShardsTomlSection(const std::vector<DevInstance>& instances);
 // postgres user cannot reach).
 [[nodiscard]] absl::StatusOr<DevCluster> Up(const DevClusterOptions& options);
 
-// Stops every instance under `dir` (fast shutdown). Instances already
-// stopped are fine. Returns `dir` made absolute and the names of the
-// instances it stopped, in shard order.
+// Stops every instance under `dir` (fast shutdown), replicas before
+// primaries. Instances already stopped are fine. Returns `dir` made absolute
+// and the names of the instances it stopped, in shard order.
 //
 // Fails with kNotFound if `dir` does not exist.
 [[nodiscard]] absl::StatusOr<DownResult> Down(const std::string& dir);
 
-// Stops one instance of a cluster Up made (fast shutdown), so that tests can
-// see a shard that is down. An instance already stopped is fine.
+// Stops one instance (a primary or a replica) of a cluster Up made (fast
+// shutdown), so that tests can see a backend that is down. An instance
+// already stopped is fine.
 [[nodiscard]] absl::Status StopInstance(const DevInstance& instance);
 
 // Starts one instance of a cluster Up made, with the settings Up last wrote.

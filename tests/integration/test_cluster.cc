@@ -97,13 +97,25 @@ absl::StatusOr<int> FindFreePortsForTest(int count) {
 
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(
     int shards, std::vector<std::string> extra_settings) {
+  return StartCluster(shards, 0, std::move(extra_settings));
+}
+
+absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::StartWithReplicas(
+    int shards, int replicas, std::vector<std::string> extra_settings) {
+  return StartCluster(shards, replicas, std::move(extra_settings));
+}
+
+absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::StartCluster(
+    int shards, int replicas, std::vector<std::string> extra_settings) {
   absl::Status last_error;
   for (int attempt = 0; attempt < kStartAttempts; ++attempt) {
     ASSIGN_OR_RETURN(std::string dir, MakeTempDirForTest());
-    ASSIGN_OR_RETURN(int base_port, FindFreePortsForTest(shards));
+    ASSIGN_OR_RETURN(int base_port,
+                     FindFreePortsForTest(shards * (1 + replicas)));
     dev::DevClusterOptions options;
     options.dir = dir;
     options.shards = shards;
+    options.replicas = replicas;
     options.base_port = base_port;
     options.database = kDatabase;
     options.extra_settings = extra_settings;
@@ -128,11 +140,16 @@ TestCluster::~TestCluster() {
                  std::string(stopped.status().message()).c_str());
   }
   if (getenv("SHARDKIT_KEEP_TEST_CLUSTER") != nullptr) {
-    std::fprintf(stderr,
-                 "TestCluster: kept %s (SHARDKIT_KEEP_TEST_CLUSTER); restart "
-                 "it with `shardctl dev up --dir %s --shards %d --port %d`\n",
-                 cluster_.dir.c_str(), cluster_.dir.c_str(), size(),
-                 cluster_.instances.front().port);
+    std::fprintf(
+        stderr,
+        "TestCluster: kept %s (SHARDKIT_KEEP_TEST_CLUSTER); restart "
+        "it with `shardctl dev up --dir %s --shards %d --port "
+        "%d%s`\n",
+        cluster_.dir.c_str(), cluster_.dir.c_str(), size(),
+        cluster_.instances.front().port,
+        replicas_per_shard() == 0
+            ? ""
+            : absl::StrCat(" --replicas ", replicas_per_shard()).c_str());
     return;
   }
   RemoveDirForTest(cluster_.dir);
@@ -160,7 +177,29 @@ std::string TestCluster::WriteConfig(std::string_view name,
 
 absl::StatusOr<std::vector<std::vector<std::string>>> TestCluster::Query(
     int index, const std::string& sql) const {
-  const dev::DevInstance& instance = cluster_.instances.at(index);
+  return QueryInstance(cluster_.instances.at(index), sql);
+}
+
+absl::StatusOr<std::vector<std::vector<std::string>>> TestCluster::QueryReplica(
+    int index, int replica, const std::string& sql) const {
+  return QueryInstance(cluster_.instances.at(index).replicas.at(replica), sql);
+}
+
+std::string TestCluster::replica_dsn(int index, int replica) const {
+  return cluster_.instances.at(index).replicas.at(replica).dsn;
+}
+
+absl::Status TestCluster::StopReplica(int index, int replica) {
+  return dev::StopInstance(cluster_.instances.at(index).replicas.at(replica));
+}
+
+absl::Status TestCluster::StartReplica(int index, int replica) {
+  return dev::StartInstance(cluster_.instances.at(index).replicas.at(replica));
+}
+
+absl::StatusOr<std::vector<std::vector<std::string>>>
+TestCluster::QueryInstance(const dev::DevInstance& instance,
+                           const std::string& sql) {
   PgConnPtr conn(
       PQconnectdb(absl::StrCat(instance.dsn, " connect_timeout=10").c_str()));
   if (PQstatus(conn.get()) != CONNECTION_OK) {

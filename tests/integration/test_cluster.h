@@ -48,6 +48,13 @@ class TestCluster {
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<TestCluster>> Start(
       int shards, std::vector<std::string> extra_settings = {});
 
+  // As Start, and each shard's primary gets `replicas` streaming replicas
+  // (dev::Up with DevClusterOptions::replicas; config_path() and
+  // WriteConfig list them). REQUIRES: 1 <= replicas <= dev::kMaxReplicas.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<TestCluster>>
+  StartWithReplicas(int shards, int replicas,
+                    std::vector<std::string> extra_settings = {});
+
   TestCluster(const TestCluster&) = delete;
   TestCluster& operator=(const TestCluster&) = delete;
   ~TestCluster();
@@ -84,9 +91,26 @@ class TestCluster {
   [[nodiscard]] absl::Status StopShard(int index);
   [[nodiscard]] absl::Status StartShard(int index);
 
+  // Replica `replica` (0-based: 0 is r1) of shard `index`: as dsn, Query,
+  // StopShard and StartShard for the shard's primary.
+  // REQUIRES: 0 <= index < size(), 0 <= replica < replicas_per_shard().
+  int replicas_per_shard() const {
+    return static_cast<int>(cluster_.instances.front().replicas.size());
+  }
+  std::string replica_dsn(int index, int replica) const;
+  [[nodiscard]] absl::StatusOr<std::vector<std::vector<std::string>>>
+  QueryReplica(int index, int replica, const std::string& sql) const;
+  [[nodiscard]] absl::Status StopReplica(int index, int replica);
+  [[nodiscard]] absl::Status StartReplica(int index, int replica);
+
  private:
   explicit TestCluster(dev::DevCluster cluster)
       : cluster_(std::move(cluster)) {}
+
+  static absl::StatusOr<std::unique_ptr<TestCluster>> StartCluster(
+      int shards, int replicas, std::vector<std::string> extra_settings);
+  static absl::StatusOr<std::vector<std::vector<std::string>>> QueryInstance(
+      const dev::DevInstance& instance, const std::string& sql);
 
   dev::DevCluster cluster_;
 };
