@@ -44,6 +44,7 @@ void RegisterMap(CLI::App& app, CommandContext& ctx);
 void RegisterRoute(CLI::App& app, CommandContext& ctx);
 void RegisterDev(CLI::App& app, CommandContext& ctx);
 void RegisterExec(CLI::App& app, CommandContext& ctx);
+void RegisterHealth(CLI::App& app, CommandContext& ctx);
 void RegisterLoad(CLI::App& app, CommandContext& ctx);
 void RegisterSql(CLI::App& app, CommandContext& ctx);
 

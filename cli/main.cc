@@ -70,6 +70,7 @@ int Run(int argc, char** argv) {
   RegisterSql(app, ctx);
   RegisterExec(app, ctx);
   RegisterLoad(app, ctx);
+  RegisterHealth(app, ctx);
   RegisterDev(app, ctx);
 
   if (argc > 1 && argv[1][0] != '-') {

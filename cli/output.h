@@ -45,6 +45,9 @@ class JsonWriter {
   JsonWriter& Key(std::string_view key);
   JsonWriter& String(std::string_view value);
   JsonWriter& Int(int64_t value);
+  // `value` with up to 6 significant digits ("0.412", "12.5", "1e+06");
+  // null when it is not finite (JSON has no NaN or infinity).
+  JsonWriter& Double(double value);
   JsonWriter& Bool(bool value);
   JsonWriter& Null();
 

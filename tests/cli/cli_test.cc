@@ -186,8 +186,8 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   ExpectOneLineError(Shardctl({}), 2, "shardctl: A subcommand is required");
   ExpectOneLineError(Shardctl({"frobnicate"}), 2,
                      "shardctl: unknown command 'frobnicate' (commands: "
-                     "validate, map, route, sql, exec, load, dev; see 'shardctl "
-                     "--help')");
+                     "validate, map, route, sql, exec, load, health, dev; see "
+                     "'shardctl --help')");
   ExpectOneLineError(Shardctl({"route", "users", "1"}), 2,
                      "--config is required (see 'shardctl route --help')");
   ExpectOneLineError(Shardctl({"map", "show", "-c", kExample, "--format", "xml"}),
