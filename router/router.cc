@@ -37,10 +37,6 @@ struct Router::Plan {
   std::string sql_across_shards;
   // Its parameters: params[n - 1] for each n here, in order.
   std::vector<int> params_across_shards;
-  // An aggregating SELECT's HAVING, for the combining query (see
-  // HavingTemplate); empty without HAVING.
-  std::string having_template;
-  std::vector<int> having_params;  // $n of the template, in order
   // The lowest and highest $n the statement uses (1 and 0 without any).
   // Execute checks the parameters given against them before anything
   // looks a parameter up.
@@ -185,15 +181,6 @@ absl::StatusOr<std::string> PushDownOffset(ParsedSql& tree,
   select->limit_count = count;
   select->limit_offset = offset;
   return sql;
-}
-
-// HAVING needs no template of its own: the analyzer's combining statement
-// (AggregatePlan) applies it with the rest of the statement.
-absl::StatusOr<std::string> HavingTemplate(ParsedSql& /*tree*/,
-                                           const RoutingPlan& /*routing*/,
-                                           std::vector<int>* params) {
-  params->clear();
-  return std::string();
 }
 
 // The aggregating SELECT as each shard runs it, as the analyzer planned it
@@ -411,15 +398,6 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
         return;
       }
       plan->sql_across_shards = *std::move(partial);
-      if (plan->tree->statement(0)->select_stmt->having_clause != nullptr) {
-        absl::StatusOr<std::string> having =
-            HavingTemplate(*plan->tree, plan->routing, &plan->having_params);
-        if (!having.ok()) {
-          status = having.status();
-          return;
-        }
-        plan->having_template = *std::move(having);
-      }
     }
     if (plan->routing.kind == StatementKind::kSelect && plan->routing.offset &&
         plan->routing.aggregates.empty()) {
@@ -546,8 +524,7 @@ absl::StatusOr<Result> Router::Run(const Prepared& prepared,
                                    const ExecOptions& options) {
   switch (prepared.combine) {
     case Combining::kAggregate:
-      return ExecuteAggregated(*prepared.routing, prepared.plan->having_template,
-                               prepared.plan->having_params, prepared.tasks,
+      return ExecuteAggregated(*prepared.routing, prepared.tasks,
                                params, options);
     case Combining::kMerge:
       return ExecuteMerged(prepared, options);
@@ -649,9 +626,7 @@ absl::StatusOr<std::vector<std::string>> Router::TypeNames(
 }
 
 absl::StatusOr<Result> Router::ExecuteAggregated(
-    const RoutingPlan& routing, const std::string& /*having_template*/,
-    const std::vector<int>& /*having_params*/,
-    const std::vector<ShardTask>& tasks, const Params& params,
+    const RoutingPlan& routing, const std::vector<ShardTask>& tasks, const Params& params,
     const ExecOptions& options) {
   // HAVING is part of the combining statement (AggregatePlan).
   const AggregatePlan& plan = routing.aggregate;

@@ -9,9 +9,12 @@
 // Combining is exact: rows of several shards are concatenated, or, for a
 // SELECT with ORDER BY, merged in the order PostgreSQL would give them
 // (merge.h); LIMIT n OFFSET m goes to each shard as LIMIT n + m and is
-// applied to the merged rows. A SELECT that needs more (aggregates, GROUP
-// BY, DISTINCT, ORDER BY an expression not selected) runs when it targets
-// one shard and is refused across shards, naming the construct.
+// applied to the merged rows. An aggregating SELECT (aggregates, GROUP BY,
+// DISTINCT) runs as the analyzer's AggregatePlan: a partial statement on
+// each shard, whose rows one shard then combines with the statement's own
+// select list, HAVING, ORDER BY and LIMIT. What cannot be answered exactly
+// across shards is refused, naming the construct, and runs when the key
+// condition selects one shard.
 //
 // Thread-safety: thread-safe.
 
@@ -107,8 +110,6 @@ class Router {
   // and combines them (grouping, ordering, LIMIT / OFFSET), in SQL, on the
   // first.
   absl::StatusOr<Result> ExecuteAggregated(const RoutingPlan& routing,
-                                           const std::string& having_template,
-                                           const std::vector<int>& having_params,
                                            const std::vector<ShardTask>& tasks,
                                            const Params& params,
                                            const ExecOptions& options);
