@@ -7,6 +7,7 @@ set -euo pipefail
 build=$1
 src=$2
 work=$(mktemp -d /tmp/shardkit-install-XXXXXX)
+chmod 755 "$work"  # the dev cluster's servers run as postgres when this runs as root
 trap 'rm -rf "$work"' EXIT
 prefix=$work/prefix
 
@@ -39,4 +40,25 @@ g++ -o "$work/where_is_pc" "$src/examples/where_is.cc" $flags \
 out=$("$work/where_is_pc" "$src/examples/shards.toml" users 42)
 [ "$out" = "$expected" ] || { echo "FAIL (pkg-config): got '$out'"; exit 1; }
 
-echo "installed package OK: shardctl, headers, CMake package, pkg-config"
+# quickstart: statements through the router, from a program built against
+# the installed package, on a dev cluster started by the installed shardctl.
+dev=$work/dev
+for attempt in 1 2 3 4 5; do
+  port=$(( 20000 + RANDOM % 30000 ))
+  if "$prefix/bin/shardctl" dev up --shards 3 --dir "$dev" --port "$port" \
+       >"$work/dev-up.log" 2>&1; then
+    break
+  fi
+  "$prefix/bin/shardctl" dev down --dir "$dev" >/dev/null 2>&1 || true
+  rm -rf "$dev"
+  [ "$attempt" = 5 ] && { echo "FAIL: shardctl dev up"; cat "$work/dev-up.log"; exit 1; }
+done
+trap '"$prefix/bin/shardctl" dev down --dir "$dev" >/dev/null 2>&1; rm -rf "$work"' EXIT
+out=$("$work/cmake-build/quickstart" "$dev/shards.toml") || {
+  echo "FAIL: quickstart"; echo "$out"; exit 1; }
+for line in "INSERT 0 5 (on 3 shards)" "  5 | 500" "  1 | ada | 70"; do
+  grep -qxF -- "$line" <<<"$out" || { echo "FAIL: quickstart printed no '$line':"; echo "$out"; exit 1; }
+done
+grep -q "a transaction on 2 shards" <<<"$out" || { echo "FAIL: quickstart's transfer:"; echo "$out"; exit 1; }
+
+echo "installed package OK: shardctl, headers, CMake package, pkg-config, quickstart on a dev cluster"
