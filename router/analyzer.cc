@@ -1163,6 +1163,27 @@ class AggregatePlanner {
   std::deque<std::vector<PgQuery__Node*>> lists_;
 };
 
+// See RoutingPlan::needs_primary.
+bool NeedsPrimary(const PgQuery__SelectStmt& select) {
+  if (select.n_locking_clause > 0 || select.into_clause != nullptr) {
+    return true;
+  }
+  if (select.larg != nullptr && NeedsPrimary(*select.larg)) return true;
+  if (select.rarg != nullptr && NeedsPrimary(*select.rarg)) return true;
+  if (select.with_clause == nullptr) return false;
+  for (size_t i = 0; i < select.with_clause->n_ctes; ++i) {
+    const PgQuery__Node* cte = select.with_clause->ctes[i];
+    if (cte->node_case != PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR) continue;
+    const PgQuery__Node* query = cte->common_table_expr->ctequery;
+    if (query == nullptr) continue;
+    if (query->node_case != PG_QUERY__NODE__NODE_SELECT_STMT ||
+        NeedsPrimary(*query->select_stmt)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 class Analyzer {
  public:
   explicit Analyzer(const ShardMap& map) : map_(map) {}
@@ -1172,6 +1193,7 @@ class Analyzer {
     switch (stmt.node_case) {
       case PG_QUERY__NODE__NODE_SELECT_STMT:
         plan_.kind = StatementKind::kSelect;
+        plan_.needs_primary = NeedsPrimary(*stmt.select_stmt);
         RETURN_IF_ERROR(CollectStatement(stmt));
         RETURN_IF_ERROR(CheckColocation());
         if (stmt.select_stmt->op != PG_QUERY__SET_OPERATION__SETOP_NONE) {

@@ -189,6 +189,10 @@ struct RoutingPlan {
   const Distribution* distribution = nullptr;
   // Whether the statement changes data (INSERT, UPDATE, DELETE, DDL).
   bool writes = false;
+  // A SELECT that must run on a primary even outside a transaction: it
+  // locks rows (FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE), creates a
+  // table (SELECT INTO), or its WITH holds an INSERT, UPDATE or DELETE.
+  bool needs_primary = false;
   // It names tables not in the map (with reference tables at most): it runs
   // on the map's default shard, where such tables live.
   bool on_default_shard = false;

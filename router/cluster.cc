@@ -9,6 +9,7 @@
 #include "common/strings.h"
 #include "router/executor.h"
 #include "router/pool.h"
+#include "router/read_balancer.h"
 #include "router/router.h"
 #include "router/stream.h"
 #include "router/transaction.h"
@@ -23,6 +24,33 @@ internal::ExecOptions OptionsOf(const Config& config,
   options.statement_timeout = config.timeouts.statement;
   options.pools = pools;
   return options;
+}
+
+constexpr std::string_view kPrimaryHint = "/* shardkit:primary */";
+
+// Whether the statement may read from replicas (see Cluster::Execute).
+bool MayReadReplicas(const internal::RoutingPlan& routing, std::string_view sql,
+                     const ExecuteOptions& execute) {
+  return !execute.primary && routing.kind == internal::StatementKind::kSelect &&
+         !routing.writes && !routing.needs_primary &&
+         sql.find(kPrimaryHint) == std::string_view::npos;
+}
+
+using ReplicaRef = std::pair<ShardId, size_t>;
+
+// Points each task without a session at a replica of its shard, where one
+// is usable; returns the replicas chosen.
+std::vector<ReplicaRef> PlaceReads(internal::ReadBalancer& reads,
+                                   std::vector<internal::ShardTask>& tasks) {
+  std::vector<ReplicaRef> used;
+  for (internal::ShardTask& task : tasks) {
+    if (task.session != nullptr) continue;
+    std::optional<size_t> replica = reads.PickReplica(task.shard);
+    if (!replica) continue;
+    task.dsn = reads.replica(task.shard, *replica).dsn;
+    used.emplace_back(task.shard, *replica);
+  }
+  return used;
 }
 
 // The decision log of two-phase commit: the catalog, else the first shard.
@@ -95,6 +123,10 @@ DecisionLog& DecisionLogOf(const Cluster& cluster) {
   return *cluster.decisions_;
 }
 
+ReadBalancer* ReadBalancerOf(const Cluster& cluster) {
+  return cluster.reads_.get();
+}
+
 }  // namespace internal
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(Config config) {
@@ -131,6 +163,10 @@ Cluster::Cluster(Config config)
     recovery_ = internal::RecoveryLoop::Start(
         map_, decisions_, OptionsOf(config_, nullptr), config_.transactions);
   }
+  internal::ProbeOptions probe;
+  probe.connect_timeout = config_.timeouts.connect;
+  probe.query_timeout = config_.timeouts.connect;
+  reads_ = internal::ReadBalancer::Start(map_, probe);
 }
 
 std::shared_ptr<const ShardMap> Cluster::map() const {
@@ -139,6 +175,7 @@ std::shared_ptr<const ShardMap> Cluster::map() const {
 }
 
 Cluster::~Cluster() {
+  reads_.reset();
   if (recovery_ != nullptr) recovery_->Stop();
 }
 
@@ -192,10 +229,34 @@ namespace shardkit {
 
 absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
                                         const std::vector<Param>& params) const {
+  return Execute(sql, params, ExecuteOptions{});
+}
+
+absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
+                                        const std::vector<Param>& params,
+                                        const ExecuteOptions& execute) const {
   const std::shared_ptr<const ShardMap> map = this->map();
   const internal::ExecOptions options = OptionsOf(config_, pools_.get());
   ASSIGN_OR_RETURN(internal::Router::Prepared prepared,
                    router_->Prepare(map, sql, params));
+  if (reads_ != nullptr && MayReadReplicas(*prepared.routing, sql, execute)) {
+    internal::Router::Prepared on_replicas = prepared;
+    const std::vector<ReplicaRef> used =
+        PlaceReads(*reads_, on_replicas.tasks);
+    if (!used.empty()) {
+      absl::StatusOr<Result> result =
+          router_->Run(on_replicas, params, options);
+      if (result.ok() ||
+          result.status().code() != absl::StatusCode::kUnavailable) {
+        return result;
+      }
+      // Which of them failed the status does not say: out with all, until
+      // the monitor, woken now, finds them up again.
+      for (const auto& [shard, replica] : used) {
+        reads_->MarkFailed(shard, replica);
+      }
+    }
+  }
   if (!prepared.routing->writes || prepared.tasks.size() < 2) {
     return router_->Run(prepared, params, options);
   }
@@ -230,9 +291,35 @@ absl::StatusOr<RecoveryReport> Cluster::Recover() const {
 
 absl::StatusOr<RowStream> Cluster::Stream(
     std::string_view sql, const std::vector<Param>& params) const {
+  return Stream(sql, params, ExecuteOptions{});
+}
+
+absl::StatusOr<RowStream> Cluster::Stream(
+    std::string_view sql, const std::vector<Param>& params,
+    const ExecuteOptions& execute) const {
   internal::StreamOptions options;
   options.exec = OptionsOf(config_, pools_.get());
-  return internal::OpenStream(*router_, map(), sql, params, options);
+  const std::shared_ptr<const ShardMap> map = this->map();
+  if (reads_ == nullptr || execute.primary ||
+      sql.find(kPrimaryHint) != std::string_view::npos) {
+    return internal::OpenStream(*router_, map, sql, params, options);
+  }
+  // The stream keeps its options: the callback must not outlive what it
+  // captures.
+  auto used = std::make_shared<std::vector<ReplicaRef>>();
+  options.place_reads = [reads = reads_.get(),
+                         used](std::vector<internal::ShardTask>& tasks) {
+    *used = PlaceReads(*reads, tasks);
+  };
+  absl::StatusOr<RowStream> stream =
+      internal::OpenStream(*router_, map, sql, params, options);
+  if (stream.ok() || used->empty() ||
+      stream.status().code() != absl::StatusCode::kUnavailable) {
+    return stream;
+  }
+  for (const auto& [shard, replica] : *used) reads_->MarkFailed(shard, replica);
+  options.place_reads = nullptr;
+  return internal::OpenStream(*router_, map, sql, params, options);
 }
 
 absl::StatusOr<Result> Cluster::ExecuteOnShardOf(

@@ -232,6 +232,13 @@ absl::StatusOr<RowStream> OpenStream(Router& router,
                                      const StreamOptions& options) {
   ASSIGN_OR_RETURN(Router::Prepared prepared, router.Prepare(map, sql, params));
   const RoutingPlan& routing = *prepared.routing;
+  const bool reads_only = routing.kind == StatementKind::kSelect &&
+                          !routing.writes && !routing.needs_primary;
+  if (reads_only && options.place_reads) options.place_reads(prepared.tasks);
+  if (reads_only && prepared.combine == Router::Combining::kAggregate) {
+    ASSIGN_OR_RETURN(Result result, router.Run(prepared, params, options.exec));
+    return RowStream(std::make_unique<ResultSource>(std::move(result)));
+  }
   if (routing.kind != StatementKind::kSelect || routing.writes ||
       prepared.combine == Router::Combining::kAggregate) {
     ASSIGN_OR_RETURN(Result result,

@@ -29,6 +29,7 @@
 #ifndef SHARDKIT_ROUTER_STREAM_H_
 #define SHARDKIT_ROUTER_STREAM_H_
 
+#include <functional>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -55,6 +56,10 @@ struct StreamOptions {
   ExecOptions exec;  // its pools must outlive the stream
   // Rows fetched from a shard at a time; below 1 is taken as 1.
   int batch_rows = 1000;
+  // When set, called once, before anything runs, with the tasks of a
+  // statement that only reads (a SELECT, not writes, not needs_primary),
+  // to point them at replicas (their dsn).
+  std::function<void(std::vector<ShardTask>&)> place_reads;
 };
 
 // Opens the stream of `sql` with `params` (see the file comment). Fails as

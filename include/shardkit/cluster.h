@@ -42,6 +42,8 @@ namespace internal {
 class ConnectionPools;
 class DecisionLog;
 DecisionLog& DecisionLogOf(const Cluster& cluster);
+class ReadBalancer;
+ReadBalancer* ReadBalancerOf(const Cluster& cluster);
 class RecoveryLoop;
 class Router;
 }  // namespace internal
@@ -61,6 +63,14 @@ struct ShardOutcome {
   absl::Status status;
   // Valid only when status is OK.
   Result result;
+};
+
+// How Execute and Stream run one statement.
+struct ExecuteOptions {
+  // Run on the shards' primaries even if the statement only reads (see
+  // "Reads and replicas" at Execute). Writing the comment
+  // /* shardkit:primary */ anywhere in the statement's text does the same.
+  bool primary = false;
 };
 
 // The SQLSTATE that a shard's error carried (e.g. "42P07"), or nullopt for
@@ -129,8 +139,29 @@ class Cluster {
   // parameter, kUnavailable / kDeadlineExceeded for a shard that is down or
   // too slow, or the shard's own error; each names the shard and carries
   // the SQLSTATE (see SqlStateOf).
+  //
+  // Reads and replicas. A statement that only reads (a SELECT without FOR
+  // UPDATE / SHARE, SELECT INTO, or a writing WITH) runs, on each target
+  // shard that lists streaming replicas (Shard::replicas), on one of its
+  // usable replicas, spread by weight (smooth weighted round-robin); on
+  // the primary when the shard has none usable. A replica is usable once
+  // the cluster's health monitor (a thread that probes every backend when
+  // the cluster opens and then every [replicas] heartbeat_interval) has
+  // found it up, in recovery, and with a replay lag of at most max_lag;
+  // until its first probe answers, reads go to the primaries. A replica
+  // that cannot be reached by a statement (kUnavailable) is taken out at
+  // once and the statement runs again on the primaries, so the caller sees
+  // no error; a replica the monitor found down first is never tried. A
+  // read from a replica may miss the latest writes (up to max_lag old,
+  // as last measured); to read them, pass ExecuteOptions{.primary = true},
+  // write /* shardkit:primary */ in the SQL, or read in a Transaction:
+  // writes, and everything in a Transaction, always run on primaries.
   [[nodiscard]] absl::StatusOr<Result> Execute(
       std::string_view sql, const std::vector<Param>& params = {}) const;
+  // As above, with `options`.
+  [[nodiscard]] absl::StatusOr<Result> Execute(
+      std::string_view sql, const std::vector<Param>& params,
+      const ExecuteOptions& options) const;
 
   // Runs one statement as Execute does, and returns its rows as a stream
   // read in bounded memory, however many there are. A SELECT answered by
@@ -145,9 +176,16 @@ class Cluster {
   // or is destroyed: with [pool] max_connections_per_shard = 1, another
   // statement on those shards waits until then (and fails after the
   // connect timeout). REQUIRES: the Cluster outlives the stream.
+  // Reads go to replicas as in Execute (and fall back to the primaries
+  // the same way when a replica cannot be reached while the stream opens;
+  // a replica lost after the first row fails the stream).
   // Fails as Execute does, before the first row.
   [[nodiscard]] absl::StatusOr<RowStream> Stream(
       std::string_view sql, const std::vector<Param>& params = {}) const;
+  // As above, with `options`.
+  [[nodiscard]] absl::StatusOr<RowStream> Stream(
+      std::string_view sql, const std::vector<Param>& params,
+      const ExecuteOptions& options) const;
 
   // Begins a transaction across shards (see transaction.h). Nothing is
   // sent until its first statement. Never fails today; the status is for
@@ -199,6 +237,11 @@ class Cluster {
   // Runs recovery in the background; stopped by the destructor. Null
   // without [transactions] recover_in_background.
   std::shared_ptr<internal::RecoveryLoop> recovery_;
+  friend internal::ReadBalancer* internal::ReadBalancerOf(
+      const Cluster& cluster);
+  // Where reads go among primaries and replicas, and the health monitor
+  // behind it; null when no shard has a replica. Stopped by the destructor.
+  std::unique_ptr<internal::ReadBalancer> reads_;
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const ShardMap> map_ ABSL_GUARDED_BY(mu_);

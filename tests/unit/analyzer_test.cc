@@ -714,5 +714,40 @@ TEST(ParserTest, DeeplyNestedStatementsAreRefused) {
   }
 }
 
+// Which SELECTs must run on a primary even outside a transaction (the
+// rest may read from a replica).
+TEST(AnalyzerTest, SelectsThatNeedThePrimary) {
+  const struct {
+    const char* sql;
+    bool needs_primary;
+  } kCases[] = {
+      {"SELECT * FROM users WHERE id = 1", false},
+      {"SELECT count(*) FROM orders", false},
+      {"WITH u AS (SELECT id FROM users) SELECT * FROM u", false},
+      {"SELECT * FROM users WHERE id = 1 FOR UPDATE", true},
+      {"SELECT * FROM users WHERE id = 1 FOR NO KEY UPDATE", true},
+      {"SELECT * FROM users WHERE id = 1 FOR SHARE", true},
+      {"SELECT * FROM users WHERE id = 1 FOR KEY SHARE SKIP LOCKED", true},
+      {"SELECT 1 FOR UPDATE", true},
+      {"WITH d AS (DELETE FROM users WHERE id = 1 RETURNING id) "
+       "SELECT * FROM d",
+       true},
+      {"WITH u AS (SELECT id FROM users WHERE id = 1 FOR UPDATE) "
+       "SELECT * FROM u",
+       true},
+      {"SELECT id FROM users WHERE id = 1 UNION ALL "
+       "(SELECT id FROM users WHERE id = 1 FOR UPDATE)",
+       true},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.sql);
+    absl::StatusOr<RoutingPlan> plan = Plan(c.sql);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_EQ(plan->kind, StatementKind::kSelect);
+    EXPECT_FALSE(plan->writes);
+    EXPECT_EQ(plan->needs_primary, c.needs_primary);
+  }
+}
+
 }  // namespace
 }  // namespace shardkit::internal

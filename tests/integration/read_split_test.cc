@@ -1,0 +1,231 @@
+// Read/write splitting against real streaming replication on loopback: 2
+// shards, each a primary with 2 replicas. Which server answered is told by
+// its port (current_setting('port')).
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "router/read_balancer.h"
+#include "shardkit/cluster.h"
+#include "shardkit/config.h"
+#include "tests/integration/test_cluster.h"
+
+namespace shardkit::testing {
+namespace {
+
+// Routed to shard s1 (index 0): a statement naming no table runs on the
+// first shard.
+constexpr char kPort[] = "SELECT current_setting('port')";
+
+class ReadSplitTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::unique_ptr<TestCluster>> started =
+        TestCluster::StartWithReplicas(2, 2);
+    ASSERT_TRUE(started.ok()) << started.status();
+    servers_ = started->release();
+    for (int shard = 0; shard < 2; ++shard) {
+      ASSERT_TRUE(servers_
+                      ->Query(shard,
+                              "CREATE TABLE users (id int8 PRIMARY KEY, "
+                              "name text)")
+                      .ok());
+    }
+  }
+
+  static void TearDownTestSuite() {
+    delete servers_;
+    servers_ = nullptr;
+  }
+
+  void SetUp() override {
+    if (servers_ == nullptr) GTEST_SKIP() << "the cluster did not start";
+    absl::StatusOr<std::unique_ptr<Cluster>> opened =
+        Cluster::OpenFile(servers_->config_path());
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    cluster_ = *std::move(opened);
+    for (int shard = 0; shard < 2; ++shard) {
+      for (key_on_[shard] = 1;; ++key_on_[shard]) {
+        absl::StatusOr<Result> r = cluster_->Execute(
+            absl::StrCat("SELECT 1 FROM users WHERE id = ", key_on_[shard]));
+        ASSERT_TRUE(r.ok()) << r.status();
+        if (r->shards == std::vector<ShardId>{static_cast<ShardId>(shard)}) {
+          break;
+        }
+      }
+      absl::Status inserted =
+          cluster_
+              ->Execute(absl::StrCat("INSERT INTO users (id, name) VALUES (",
+                                     key_on_[shard],
+                                     ", 'row') ON CONFLICT DO NOTHING"))
+              .status();
+      ASSERT_TRUE(inserted.ok()) << inserted;
+    }
+    ASSERT_TRUE(ReplicasServing(0));
+    ASSERT_TRUE(ReplicasServing(1));
+  }
+
+  static std::string PrimaryPort(int shard) {
+    return absl::StrCat(servers_->cluster().instances[shard].port);
+  }
+  static std::string ReplicaPort(int shard, int replica) {
+    return absl::StrCat(
+        servers_->cluster().instances[shard].replicas[replica].port);
+  }
+
+  // The first value of the result of `sql` through the cluster, "" for
+  // none, or the error.
+  std::string Scalar(const std::string& sql, ExecuteOptions options = {}) {
+    absl::StatusOr<Result> r = cluster_->Execute(sql, {}, options);
+    if (!r.ok()) return absl::StrCat("error: ", r.status().ToString());
+    if (r->rows.empty() || r->rows[0].empty() || !r->rows[0][0]) return "";
+    return *r->rows[0][0];
+  }
+
+  // A read of the row with key key_on_[shard], on shard `shard`, that
+  // returns the port of the server that answers it.
+  std::string PortQuery(int shard) const {
+    return absl::StrCat("SELECT current_setting('port') FROM users WHERE id = ",
+                        key_on_[shard]);
+  }
+
+  // Whether reads of `shard` soon reach its two replicas, and only them.
+  bool ReplicasServing(int shard) {
+    return Eventually([&] {
+      std::map<std::string, int> seen;
+      for (int i = 0; i < 4; ++i) ++seen[Scalar(PortQuery(shard))];
+      return seen.size() == 2 && seen.count(ReplicaPort(shard, 0)) == 1 &&
+             seen.count(ReplicaPort(shard, 1)) == 1;
+    });
+  }
+
+  static TestCluster* servers_;
+  std::unique_ptr<Cluster> cluster_;
+  int key_on_[2] = {0, 0};
+};
+
+TestCluster* ReadSplitTest::servers_ = nullptr;
+
+TEST_F(ReadSplitTest, ReadsAreSpreadOverTheReplicasByWeight) {
+  std::map<std::string, int> seen;
+  for (int i = 0; i < 20; ++i) ++seen[Scalar(kPort)];
+  // Equal weights: smooth weighted round-robin alternates exactly.
+  EXPECT_EQ(seen, (std::map<std::string, int>{{ReplicaPort(0, 0), 10},
+                                              {ReplicaPort(0, 1), 10}}));
+  EXPECT_EQ(Scalar("SELECT pg_is_in_recovery()"), "t");
+}
+
+TEST_F(ReadSplitTest, WritesLockingReadsAndTransactionsUseThePrimary) {
+  EXPECT_EQ(Scalar(absl::StrCat("UPDATE users SET name = 'w' WHERE id = ",
+                                key_on_[1],
+                                " RETURNING current_setting('port')")),
+            PrimaryPort(1));
+  EXPECT_EQ(Scalar(absl::StrCat(PortQuery(1), " FOR UPDATE")),
+            PrimaryPort(1));
+  EXPECT_EQ(Scalar(absl::StrCat(PortQuery(0), " FOR SHARE")), PrimaryPort(0));
+  EXPECT_EQ(Scalar("WITH w AS (DELETE FROM users WHERE id = -1 RETURNING id) "
+                   "SELECT pg_is_in_recovery() FROM (SELECT 1) x "
+                   "LEFT JOIN w ON true"),
+            "f");
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+  ASSERT_TRUE(txn.ok());
+  absl::StatusOr<Result> in_txn = (*txn)->Execute(kPort);
+  ASSERT_TRUE(in_txn.ok()) << in_txn.status();
+  EXPECT_EQ(in_txn->rows[0][0], PrimaryPort(0));
+  ASSERT_TRUE((*txn)->Commit().ok());
+}
+
+TEST_F(ReadSplitTest, ThePrimaryCanBeForced) {
+  EXPECT_EQ(Scalar(kPort, ExecuteOptions{.primary = true}), PrimaryPort(0));
+  EXPECT_EQ(Scalar(absl::StrCat("/* shardkit:primary */ ", kPort)),
+            PrimaryPort(0));
+  EXPECT_EQ(Scalar(absl::StrCat(kPort, " /* shardkit:primary */")),
+            PrimaryPort(0));
+  absl::StatusOr<RowStream> stream =
+      cluster_->Stream(kPort, {}, ExecuteOptions{.primary = true});
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  Row row;
+  ASSERT_TRUE(stream->Next(&row).value_or(false));
+  EXPECT_EQ(row[0], PrimaryPort(0));
+}
+
+TEST_F(ReadSplitTest, StreamsReadFromReplicas) {
+  std::map<std::string, int> seen;
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<RowStream> stream = cluster_->Stream(kPort);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    Row row;
+    ASSERT_TRUE(stream->Next(&row).value_or(false));
+    ++seen[row[0].value_or("NULL")];
+  }
+  EXPECT_EQ(seen, (std::map<std::string, int>{{ReplicaPort(0, 0), 2},
+                                              {ReplicaPort(0, 1), 2}}));
+  // An aggregate across shards, combined on a replica.
+  absl::StatusOr<Result> count =
+      cluster_->Execute("SELECT count(*), bool_and(pg_is_in_recovery()) "
+                        "FROM users");
+  ASSERT_TRUE(count.ok()) << count.status();
+}
+
+// Replicas stopped behind the monitor's back: no read fails; the first one
+// finds a replica down, takes it out and runs on what is left.
+TEST_F(ReadSplitTest, StoppedReplicasFallBackToThePrimaryWithoutErrors) {
+  ASSERT_TRUE(servers_->StopReplica(0, 0).ok());
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_THAT(Scalar(kPort), ::testing::AnyOf(ReplicaPort(0, 1),
+                                                PrimaryPort(0)));
+  }
+  ASSERT_TRUE(servers_->StopReplica(0, 1).ok());
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(Scalar(kPort), PrimaryPort(0));
+  // Reads of the other shard still go to its replicas.
+  EXPECT_TRUE(ReplicasServing(1));
+
+  ASSERT_TRUE(servers_->StartReplica(0, 0).ok());
+  ASSERT_TRUE(servers_->StartReplica(0, 1).ok());
+  EXPECT_TRUE(ReplicasServing(0));
+}
+
+// Replay paused on both replicas of s1 while the primary writes: once
+// their lag passes max_lag (1 s by default) the monitor takes them out,
+// and reads see the primary's latest rows.
+TEST_F(ReadSplitTest, ALaggingReplicaTakesNoReads) {
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(
+        servers_->QueryReplica(0, r, "SELECT pg_wal_replay_pause()").ok());
+  }
+  for (const char* name : {"late", "later"}) {
+    ASSERT_TRUE(servers_
+                    ->Query(0, absl::StrCat("UPDATE users SET name = '", name,
+                                            "' WHERE id = ", key_on_[0]))
+                    .ok());
+    absl::SleepFor(absl::Milliseconds(1200));
+  }
+  internal::ReadBalancer* reads = internal::ReadBalancerOf(*cluster_);
+  ASSERT_NE(reads, nullptr);
+  // A round that began before the writes may end first: wait for the next.
+  const int64_t round = reads->rounds();
+  ASSERT_TRUE(reads->WaitForRoundForTest(round + 1, absl::Seconds(10)));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(Scalar(PortQuery(0)), PrimaryPort(0));
+  EXPECT_EQ(Scalar(absl::StrCat("SELECT name FROM users WHERE id = ",
+                                key_on_[0])),
+            "later");
+  // The other shard's replicas are not affected.
+  EXPECT_TRUE(ReplicasServing(1));
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(
+        servers_->QueryReplica(0, r, "SELECT pg_wal_replay_resume()").ok());
+  }
+  EXPECT_TRUE(ReplicasServing(0));
+}
+
+}  // namespace
+}  // namespace shardkit::testing
