@@ -290,6 +290,20 @@ absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
   }
   absl::StatusOr<Result> result = router_.Run(*prepared, params, options_);
   if (!result.ok()) return fail(result.status());
+  // A statement can complete just as its timeout fires: it succeeded, but
+  // the cancel closes its connection, and the server rolls back that
+  // shard's part of the transaction with it.
+  for (const ShardTask& task : prepared->tasks) {
+    const absl::Status& lost = participants_[task.shard].session->lost();
+    if (!lost.ok()) {
+      return fail(absl::Status(
+          lost.code(), StrCat(lost.message(),
+                              "; the statement completed, but as its "
+                              "connection closed, that shard rolls back its "
+                              "part of the transaction: roll back and "
+                              "retry")));
+    }
+  }
   if (prepared->routing->writes) {
     for (const ShardTask& task : prepared->tasks) {
       participants_[task.shard].wrote = true;
@@ -338,9 +352,24 @@ absl::Status DistributedTransaction::Commit() {
         "failed: ",
         reason.message()));
   }
+  // Every participant must still hold its part (see Execute): committing
+  // the others would commit only some of the transaction.
   std::vector<Participant*> parts;
   for (auto& [id, p] : participants_) {
-    if (p.session->InTransaction()) parts.push_back(&p);
+    if (!p.session->InTransaction()) {
+      const absl::Status lost =
+          p.session->lost().ok()
+              ? absl::UnavailableError(StrCat(
+                    "shard ", p.base.shard_name,
+                    ": the transaction's connection there was closed"))
+              : p.session->lost();
+      Rollback().IgnoreError();
+      return absl::AbortedError(StrCat(
+          "the transaction was rolled back on every shard, as its part on "
+          "one of them was lost: ",
+          lost.message()));
+    }
+    parts.push_back(&p);
   }
   if (parts.size() <= 1) {
     std::vector<TaskOutcome> done =

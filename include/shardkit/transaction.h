@@ -78,7 +78,10 @@ class Transaction {
   // Runs one statement inside the transaction, routed as Cluster::Execute
   // routes it, on the shard map the transaction began with. Fails as
   // Cluster::Execute does, and then aborts the transaction; with SQLSTATE
-  // 25P02 once aborted, and with kFailedPrecondition after it ended.
+  // 25P02 once aborted, and with kFailedPrecondition after it ended. Also
+  // fails (kUnavailable) when the statement completed but its shard's
+  // connection was closed meanwhile (it completed just as its statement
+  // timeout cancelled it): that shard rolls back its part.
   [[nodiscard]] absl::StatusOr<Result> Execute(
       std::string_view sql,
       const std::vector<std::optional<std::string>>& params = {});
@@ -86,11 +89,13 @@ class Transaction {
   // Commits (see the file comment). OK: committed on every shard it wrote
   // to (a shard that could not be told yet is told by recovery; the commit
   // is decided). Otherwise rolled back everywhere, with the reason:
-  // kAborted after an earlier failed statement, the shard's error when a
-  // shard refused to prepare (e.g. max_prepared_transactions = 0: the
-  // message says what to set), or kUnavailable when a shard or the
-  // decision log was lost at a moment that leaves the outcome to recovery
-  // (the message says so). The transaction has ended either way.
+  // kAborted after an earlier failed statement or when a shard's part was
+  // lost (its connection closed, so the shard rolled it back), the
+  // shard's error when a shard refused to prepare (e.g.
+  // max_prepared_transactions = 0: the message says what to set), or
+  // kUnavailable when a shard or the decision log was lost at a moment
+  // that leaves the outcome to recovery (the message says so). The
+  // transaction has ended either way.
   [[nodiscard]] absl::Status Commit();
 
   // Rolls back on every shard touched. The transaction has ended
