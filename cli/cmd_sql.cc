@@ -3,12 +3,15 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "cli/commands.h"
+#include "router/transaction_control.h"
 #include "shardkit/cluster.h"
 
 namespace shardkit::cli {
@@ -90,6 +93,7 @@ std::string SqlStateFor(const absl::Status& status) {
     case absl::StatusCode::kDeadlineExceeded: return "57014";
     case absl::StatusCode::kInvalidArgument: return "22023";
     case absl::StatusCode::kResourceExhausted: return "53300";
+    case absl::StatusCode::kAborted: return "40000";
     default: return "XX000";
   }
 }
@@ -103,6 +107,17 @@ std::vector<Param> ParamsOf(const SqlArgs& args) {
 }
 
 void RunOne(const Cluster& cluster, const SqlArgs& args, CommandContext& ctx) {
+  absl::StatusOr<internal::TransactionControl> control =
+      internal::ClassifyTransactionControl(args.sql);
+  if (!control.ok() ||
+      control->kind != internal::TransactionControl::Kind::kOther) {
+    Fail(ctx, absl::StrCat("ERROR 0A000: ",
+                           control.ok() ? "BEGIN, COMMIT and ROLLBACK need "
+                                          "the statements around them: run "
+                                          "them with --stdin, one per line"
+                                        : OneLine(control.status().message())));
+    return;
+  }
   absl::StatusOr<Result> result = cluster.Execute(args.sql, ParamsOf(args));
   if (!result.ok()) {
     Fail(ctx, absl::StrCat("ERROR ", SqlStateFor(result.status()), ": ",
@@ -112,25 +127,210 @@ void RunOne(const Cluster& cluster, const SqlArgs& args, CommandContext& ctx) {
   PrintResult(*result, args.format, *ctx.out);
 }
 
+// The status line of a statement that ran: 'OK <rows>', after its rows.
+void PrintOk(const Result& result, const SqlArgs& args, CommandContext& ctx) {
+  if (!result.columns.empty()) PrintResult(result, args.format, *ctx.out);
+  *ctx.out << "OK "
+           << (result.columns.empty()
+                   ? result.rows_affected
+                   : static_cast<int64_t>(result.rows.size()))
+           << "\n";
+}
+
+// A failure's status line: 'ERROR <sqlstate> <message>'.
+struct Failure {
+  std::string sqlstate;
+  std::string message;
+};
+
+Failure FailureOf(const absl::Status& status) {
+  return Failure{SqlStateFor(status), OneLine(status.message())};
+}
+
+void PrintError(const Failure& failure, CommandContext& ctx) {
+  *ctx.out << "ERROR " << failure.sqlstate << " " << failure.message << "\n";
+}
+
+void PrintError(const absl::Status& status, CommandContext& ctx) {
+  PrintError(FailureOf(status), ctx);
+}
+
+// What PostgreSQL says as a WARNING, on stderr (psql prints them there too).
+void Warn(CommandContext& ctx, std::string_view sqlstate,
+          std::string_view message) {
+  *ctx.err << "shardctl: WARNING " << sqlstate << " " << message << "\n";
+}
+
+// The statements of --stdin, and the transaction block they may be in,
+// with PostgreSQL's rules: BEGIN opens a block whose statements run in one
+// shardkit::Transaction; COMMIT / ROLLBACK end it; an error inside it
+// aborts it (later statements fail with 25P02 until it ends); BEGIN inside
+// a block and COMMIT / ROLLBACK outside one are warnings.
+class StdinSession {
+ public:
+  StdinSession(const Cluster& cluster, const SqlArgs& args, CommandContext& ctx)
+      : cluster_(cluster), args_(args), ctx_(ctx) {}
+
+  void Line(const std::string& line) {
+    absl::StatusOr<internal::TransactionControl> control =
+        internal::ClassifyTransactionControl(line);
+    if (!control.ok()) {
+      Abort(control.status());
+      PrintError(control.status(), ctx_);
+      return;
+    }
+    switch (control->kind) {
+      case Kind::kBegin:
+        Begin();
+        return;
+      case Kind::kCommit:
+      case Kind::kRollback:
+        End(control->kind == Kind::kCommit, control->chain);
+        return;
+      case Kind::kOther:
+        Statement(line);
+        return;
+    }
+  }
+
+  // At the end of input: a block still open is rolled back, as PostgreSQL
+  // does when a session ends inside one.
+  void Finish() {
+    if (state_ == State::kNone) return;
+    if (txn_ != nullptr) txn_->Rollback().IgnoreError();
+    txn_.reset();
+    state_ = State::kNone;
+    *ctx_.err << "shardctl: input ended inside a transaction block (BEGIN "
+                 "without COMMIT): rolled it back\n";
+  }
+
+ private:
+  using Kind = internal::TransactionControl::Kind;
+  enum class State { kNone, kOpen, kAborted };
+
+  void Begin() {
+    if (state_ == State::kAborted) {
+      PrintError(Aborted(), ctx_);
+      return;
+    }
+    if (state_ == State::kOpen) {
+      Warn(ctx_, "25001", "there is already a transaction in progress");
+      *ctx_.out << "OK 0\n";
+      return;
+    }
+    absl::Status begun = Open();
+    if (!begun.ok()) {
+      PrintError(begun, ctx_);
+      return;
+    }
+    *ctx_.out << "OK 0\n";
+  }
+
+  void End(bool commit, bool chain) {
+    if (state_ == State::kNone) {
+      if (chain) {
+        PrintError(Failure{"25P01", absl::StrCat(commit ? "COMMIT" : "ROLLBACK",
+                                                 " AND CHAIN can only be used "
+                                                 "in transaction blocks")},
+                   ctx_);
+        return;
+      }
+      Warn(ctx_, "25P01", "there is no transaction in progress");
+      *ctx_.out << "OK 0\n";
+      return;
+    }
+    std::optional<Failure> failed;
+    if (state_ == State::kAborted) {
+      if (commit) {
+        failed = Failure{"40000",
+                         absl::StrCat("the transaction was rolled back, as an "
+                                      "earlier statement in it failed: ",
+                                      abort_reason_)};
+      }
+    } else if (commit) {
+      absl::Status committed = txn_->Commit();
+      if (!committed.ok()) failed = FailureOf(committed);
+    } else {
+      absl::Status rolled_back = txn_->Rollback();
+      if (!rolled_back.ok()) {
+        Warn(ctx_, "01000", OneLine(rolled_back.message()));
+      }
+    }
+    txn_.reset();
+    state_ = State::kNone;
+    if (chain) {
+      absl::Status begun = Open();
+      if (!begun.ok() && !failed) failed = FailureOf(begun);
+    }
+    if (failed) {
+      PrintError(*failed, ctx_);
+    } else {
+      *ctx_.out << "OK 0\n";
+    }
+  }
+
+  void Statement(const std::string& line) {
+    if (state_ == State::kAborted) {
+      PrintError(Aborted(), ctx_);
+      return;
+    }
+    absl::StatusOr<Result> result = state_ == State::kOpen
+                                        ? txn_->Execute(line)
+                                        : cluster_.Execute(line, {});
+    if (result.ok()) {
+      PrintOk(*result, args_, ctx_);
+    } else {
+      // The Transaction aborted itself; it stays open until COMMIT or
+      // ROLLBACK, and says 25P02 meanwhile.
+      PrintError(result.status(), ctx_);
+    }
+  }
+
+  absl::Status Open() {
+    absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_.Begin();
+    if (!txn.ok()) return txn.status();
+    txn_ = *std::move(txn);
+    state_ = State::kOpen;
+    return absl::OkStatus();
+  }
+
+  // A statement refused before it ran, inside a block: as in PostgreSQL,
+  // the block is aborted (its work is rolled back now).
+  void Abort(const absl::Status& reason) {
+    if (state_ != State::kOpen) return;
+    txn_->Rollback().IgnoreError();
+    txn_.reset();
+    state_ = State::kAborted;
+    abort_reason_ = OneLine(reason.message());
+  }
+
+  Failure Aborted() const {
+    return Failure{"25P02",
+                   absl::StrCat("current transaction is aborted, commands "
+                                "ignored until end of transaction block (it "
+                                "failed with: ",
+                                abort_reason_, "); roll it back")};
+  }
+
+  const Cluster& cluster_;
+  const SqlArgs& args_;
+  CommandContext& ctx_;
+  State state_ = State::kNone;
+  std::unique_ptr<Transaction> txn_;  // while kOpen
+  std::string abort_reason_;          // while kAborted
+};
+
 // One statement per line; after each, its rows and a status line, flushed.
-void RunStdin(const Cluster& cluster, const SqlArgs& args, CommandContext& ctx) {
+void RunStdin(const Cluster& cluster, const SqlArgs& args,
+              CommandContext& ctx) {
+  StdinSession session(cluster, args, ctx);
   std::string line;
   while (std::getline(std::cin, line)) {
     if (line.find_first_not_of(" \t\r;") == std::string::npos) continue;
-    absl::StatusOr<Result> result = cluster.Execute(line, {});
-    if (result.ok()) {
-      if (!result->columns.empty()) PrintResult(*result, args.format, *ctx.out);
-      *ctx.out << "OK "
-               << (result->columns.empty()
-                       ? result->rows_affected
-                       : static_cast<int64_t>(result->rows.size()))
-               << "\n";
-    } else {
-      *ctx.out << "ERROR " << SqlStateFor(result.status()) << " "
-               << OneLine(result.status().message()) << "\n";
-    }
+    session.Line(line);
     ctx.out->flush();
   }
+  session.Finish();
 }
 
 }  // namespace
@@ -150,7 +350,13 @@ void RegisterSql(CLI::App& app, CommandContext& ctx) {
       "Read statements from standard input, one per line; after each print "
       "its rows (for a query) and a status line 'OK <rows>' or 'ERROR "
       "<sqlstate> <message>', flushed at once, and go on. One cluster serves "
-      "the whole run");
+      "the whole run. BEGIN (or START TRANSACTION) ... COMMIT (or END) runs "
+      "the statements between in one transaction across shards, atomic "
+      "(two-phase commit when several shards wrote); ROLLBACK (or ABORT) "
+      "undoes it; each prints 'OK 0', a COMMIT that failed 'ERROR ...'. As "
+      "in PostgreSQL, an error inside it aborts it until ROLLBACK or COMMIT "
+      "(which then rolls back). Input that ends inside it rolls it back. "
+      "SAVEPOINT and PREPARE TRANSACTION are refused");
   e->excludes(in);
   cmd->add_option("-p,--param", args->params,
                   "Value of $1, $2, ... in order, with -e (sent as "
@@ -174,7 +380,10 @@ void RegisterSql(CLI::App& app, CommandContext& ctx) {
       "-p 42\n"
       "  shardctl sql -c shards.toml -e \"SELECT * FROM users\" --format csv\n"
       "  printf 'INSERT INTO users (id) VALUES (1)\\nSELECT count(*) FROM "
-      "users WHERE id = 1\\n' | shardctl sql -c shards.toml --stdin");
+      "users WHERE id = 1\\n' | shardctl sql -c shards.toml --stdin\n"
+      "  printf 'BEGIN\\nUPDATE accounts SET balance = balance - 10 WHERE id = "
+      "1\\nUPDATE accounts SET balance = balance + 10 WHERE id = 2\\nCOMMIT\\n'"
+      " | shardctl sql -c shards.toml --stdin");
   cmd->callback([args, &ctx] {
     if (args->sql.empty() && !args->stdin_mode) {
       Fail(ctx, "give a statement with -e SQL, or --stdin to read them");

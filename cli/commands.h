@@ -47,6 +47,7 @@ void RegisterExec(CLI::App& app, CommandContext& ctx);
 void RegisterHealth(CLI::App& app, CommandContext& ctx);
 void RegisterLoad(CLI::App& app, CommandContext& ctx);
 void RegisterSql(CLI::App& app, CommandContext& ctx);
+void RegisterRecover(CLI::App& app, CommandContext& ctx);
 
 }  // namespace shardkit::cli
 

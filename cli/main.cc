@@ -69,6 +69,7 @@ int Run(int argc, char** argv) {
   RegisterRoute(app, ctx);
   RegisterSql(app, ctx);
   RegisterExec(app, ctx);
+  RegisterRecover(app, ctx);
   RegisterLoad(app, ctx);
   RegisterHealth(app, ctx);
   RegisterDev(app, ctx);

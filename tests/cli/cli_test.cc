@@ -186,10 +186,12 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   ExpectOneLineError(Shardctl({}), 2, "shardctl: A subcommand is required");
   ExpectOneLineError(Shardctl({"frobnicate"}), 2,
                      "shardctl: unknown command 'frobnicate' (commands: "
-                     "validate, map, route, sql, exec, load, health, dev; see "
-                     "'shardctl --help')");
+                     "validate, map, route, sql, exec, recover, load, health, "
+                     "dev; see 'shardctl --help')");
   ExpectOneLineError(Shardctl({"route", "users", "1"}), 2,
                      "--config is required (see 'shardctl route --help')");
+  ExpectOneLineError(Shardctl({"recover"}), 2,
+                     "--config is required (see 'shardctl recover --help')");
   ExpectOneLineError(Shardctl({"map", "show", "-c", kExample, "--format", "xml"}),
                      2, "xml");
   ExpectOneLineError(Shardctl({"map", "-c", kExample}), 2,
@@ -268,13 +270,16 @@ TEST_F(CliTest, HelpExplainsEachCommand) {
   for (std::vector<std::string> cmd :
        {std::vector<std::string>{"--help"}, {"validate", "--help"},
         {"map", "show", "--help"}, {"route", "--help"}, {"exec", "--help"},
-        {"sql", "--help"},
+        {"sql", "--help"}, {"recover", "--help"},
         {"dev", "up", "--help"}, {"dev", "down", "--help"}}) {
     CommandOutput r = Shardctl(cmd);
     EXPECT_EQ(r.exit_code, 0) << cmd[0];
     EXPECT_THAT(r.out, HasSubstr("Usage:"));
   }
   EXPECT_THAT(Shardctl({"route", "--help"}).out, HasSubstr("--hash-key"));
+  EXPECT_THAT(Shardctl({"sql", "--help"}).out, HasSubstr("BEGIN"));
+  EXPECT_THAT(Shardctl({"recover", "--help"}).out,
+              HasSubstr("When to use it"));
 }
 
 }  // namespace
