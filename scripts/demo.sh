@@ -96,8 +96,32 @@ owner=$($shardctl route -c "$cfg" users 42)
 show $shardctl exec -c "$cfg" --all "SELECT id, name, country FROM users WHERE id = 42"
 echo "(only $owner has it)"
 
+step "A transfer across shards: both accounts change, or neither (two-phase commit)"
+# accounts is colocated with users (same distribution, key user_id): each
+# account lives on its user's shard. A config of its own adds it to the map.
+bank=$dir/bank.toml
+{ cat "$cfg"; printf '\n[tables.accounts]\ndistribution = "users"\nkey = "user_id"\n'; } >"$bank"
+show $shardctl sql -c "$bank" -e "CREATE TABLE IF NOT EXISTS accounts (user_id int8 PRIMARY KEY,
+  balance numeric(10,2) NOT NULL CHECK (balance >= 0))"
+show $shardctl sql -c "$bank" -e "INSERT INTO accounts (user_id, balance) VALUES (7, 100), (42, 100)
+  ON CONFLICT (user_id) DO UPDATE SET balance = excluded.balance"
+echo "(user 7's account is on $($shardctl route -c "$bank" accounts 7), user 42's on $($shardctl route -c "$bank" accounts 42))"
+# --stdin runs BEGIN ... COMMIT as one transaction through the router.
+transfer() {
+  local lines=$'BEGIN\n'"UPDATE accounts SET balance = balance + $3 WHERE user_id = $2"$'\n'
+  lines+="UPDATE accounts SET balance = balance - $3 WHERE user_id = $1"$'\nCOMMIT'
+  printf '$ %s sql -c %s --stdin <<EOF\n%s\nEOF\n' "$shardctl" "$bank" "$lines"
+  printf '%s\n' "$lines" | $shardctl sql -c "$bank" --stdin
+}
+transfer 7 42 30
+show $shardctl exec -c "$bank" --all "SELECT user_id, balance FROM accounts"
+echo "Now 500 from user 7, who has 70: the credit to 42 runs, the debit of 7 fails its CHECK, and COMMIT rolls both back"
+transfer 7 42 500 || true
+show $shardctl sql -c "$bank" -e "SELECT user_id, balance FROM accounts ORDER BY user_id"
+
 printf '\nThe shards keep running. Try:\n'
 printf '  %s sql -c %s -e "SELECT * FROM orders WHERE user_id = 42"\n' "$shardctl" "$cfg"
 printf '  %s route -c %s orders 42\n' "$shardctl" "$cfg"
 printf '  %s exec -c %s --all "SELECT count(*) FROM users"\n' "$shardctl" "$cfg"
+printf '  %s recover -c %s        # resolve transactions a crash left in doubt\n' "$shardctl" "$bank"
 printf '  %s dev down --dir %s\n' "$shardctl" "$dir"
