@@ -1252,6 +1252,13 @@ class Analyzer {
         RETURN_IF_ERROR(CollectDdlTables(stmt));
         RETURN_IF_ERROR(CheckDefaultShard(stmt));
         return std::move(plan_);
+      case PG_QUERY__NODE__NODE_TRANSACTION_STMT:
+        return Refuse(
+            "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...) "
+            "does not go through Cluster::Execute, which runs each statement "
+            "on its own: begin a transaction across shards with "
+            "Cluster::Begin() and end it with Transaction::Commit or "
+            "Rollback (shardctl sql --stdin takes BEGIN / COMMIT lines)");
       default:
         return Refuse(StrCat(
             "statements of type ", StatementTypeName(stmt),

@@ -425,6 +425,8 @@ TEST_F(RouterTest, RefusalsSayWhy) {
             "the join of users and orders is not on their shard keys", "0A000"},
            {"SELECT * FROM nope", "table nope is not in the shard map", "42P01"},
            {"SELEC 1", "syntax error at or near \"SELEC\" at position 1", "42601"},
+           {"BEGIN", "begin a transaction across shards with Cluster::Begin()",
+            "0A000"},
            {"SELECT 1; SELECT 2", "the router runs one statement at a time",
             ""},
            {"UPDATE users SET id = 1 WHERE id = 2",
