@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "router/executor.h"
+#include "router/health.h"
 #include "router/pool.h"
 #include "router/read_balancer.h"
 #include "router/router.h"
@@ -39,18 +40,48 @@ bool MayReadReplicas(const internal::RoutingPlan& routing, std::string_view sql,
 using ReplicaRef = std::pair<ShardId, size_t>;
 
 // Points each task without a session at a replica of its shard, where one
-// is usable; returns the replicas chosen.
+// is usable (and, with `written`, has replayed the session's writes);
+// returns the replicas chosen.
 std::vector<ReplicaRef> PlaceReads(internal::ReadBalancer& reads,
-                                   std::vector<internal::ShardTask>& tasks) {
+                                   std::vector<internal::ShardTask>& tasks,
+                                   const WritePositions* written) {
   std::vector<ReplicaRef> used;
   for (internal::ShardTask& task : tasks) {
     if (task.session != nullptr) continue;
-    std::optional<size_t> replica = reads.PickReplica(task.shard);
+    std::optional<size_t> replica = reads.PickReplica(
+        task.shard, written != nullptr ? written->Of(task.shard)
+                                       : std::nullopt);
     if (!replica) continue;
     task.dsn = reads.replica(task.shard, *replica).dsn;
     used.emplace_back(task.shard, *replica);
   }
   return used;
+}
+
+// Records in `written` the WAL position of the primaries of the shards
+// `tasks` wrote. A failure only costs freshness: the position stays the
+// older one, so reads may still go to replicas that lack this write.
+void RecordWrites(const std::vector<internal::ShardTask>& tasks,
+                  const internal::ExecOptions& options,
+                  WritePositions& written) {
+  std::vector<internal::ShardTask> asks;
+  for (const internal::ShardTask& task : tasks) {
+    internal::ShardTask ask;
+    ask.shard = task.shard;
+    ask.shard_name = task.shard_name;
+    ask.dsn = task.dsn;
+    ask.sql = "SELECT pg_current_wal_insert_lsn()::text";
+    asks.push_back(std::move(ask));
+  }
+  std::vector<internal::TaskOutcome> done = internal::RunOnShards(asks, options);
+  for (size_t i = 0; i < done.size(); ++i) {
+    if (!done[i].status.ok() || done[i].result.rows.empty() ||
+        done[i].result.rows[0].empty() || !done[i].result.rows[0][0]) {
+      continue;
+    }
+    std::optional<uint64_t> lsn = internal::ParseLsn(*done[i].result.rows[0][0]);
+    if (lsn) written.Advance(asks[i].shard, *lsn);
+  }
 }
 
 // The decision log of two-phase commit: the catalog, else the first shard.
@@ -242,7 +273,7 @@ absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
   if (reads_ != nullptr && MayReadReplicas(*prepared.routing, sql, execute)) {
     internal::Router::Prepared on_replicas = prepared;
     const std::vector<ReplicaRef> used =
-        PlaceReads(*reads_, on_replicas.tasks);
+        PlaceReads(*reads_, on_replicas.tasks, execute.read_your_writes);
     if (!used.empty()) {
       absl::StatusOr<Result> result =
           router_->Run(on_replicas, params, options);
@@ -258,7 +289,12 @@ absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
     }
   }
   if (!prepared.routing->writes || prepared.tasks.size() < 2) {
-    return router_->Run(prepared, params, options);
+    absl::StatusOr<Result> result = router_->Run(prepared, params, options);
+    if (result.ok() && prepared.routing->writes &&
+        execute.read_your_writes != nullptr) {
+      RecordWrites(prepared.tasks, options, *execute.read_your_writes);
+    }
+    return result;
   }
   // A write to several shards: atomic, as a transaction of its own.
   internal::DistributedTransaction txn(*router_, map, options, *decisions_);
@@ -274,7 +310,21 @@ absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
     return result;
   }
   RETURN_IF_ERROR(txn.Commit());
+  if (execute.read_your_writes != nullptr) {
+    RecordWrites(prepared.tasks, options, *execute.read_your_writes);
+  }
   return result;
+}
+
+std::optional<uint64_t> WritePositions::Of(ShardId shard) const {
+  absl::MutexLock lock(&mu_);
+  return shard < lsn_.size() ? lsn_[shard] : std::nullopt;
+}
+
+void WritePositions::Advance(ShardId shard, uint64_t lsn) {
+  absl::MutexLock lock(&mu_);
+  if (shard >= lsn_.size()) lsn_.resize(shard + 1);
+  if (!lsn_[shard] || *lsn_[shard] < lsn) lsn_[shard] = lsn;
 }
 
 absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin() const {
@@ -307,9 +357,10 @@ absl::StatusOr<RowStream> Cluster::Stream(
   // The stream keeps its options: the callback must not outlive what it
   // captures.
   auto used = std::make_shared<std::vector<ReplicaRef>>();
-  options.place_reads = [reads = reads_.get(),
-                         used](std::vector<internal::ShardTask>& tasks) {
-    *used = PlaceReads(*reads, tasks);
+  options.place_reads = [reads = reads_.get(), used,
+                         written = execute.read_your_writes](
+                            std::vector<internal::ShardTask>& tasks) {
+    *used = PlaceReads(*reads, tasks, written);
   };
   absl::StatusOr<RowStream> stream =
       internal::OpenStream(*router_, map, sql, params, options);

@@ -80,6 +80,7 @@ void ReadBalancer::ApplyRound(const std::vector<BackendHealth>& health) {
     const Shard& shard = map_->shard(b.target.shard);
     for (size_t i = 0; i < shard.replicas.size(); ++i) {
       if (shard.replicas[i].name != b.target.backend) continue;
+      replicas_[b.target.shard][i].replay_lsn = b.lsn;
       replicas_[b.target.shard][i].usable =
           b.up() && b.role == BackendRole::kReplica && b.lag.has_value() &&
           *b.lag <= shard.replica_settings.max_lag;
@@ -88,7 +89,8 @@ void ReadBalancer::ApplyRound(const std::vector<BackendHealth>& health) {
   ++rounds_;
 }
 
-std::optional<size_t> ReadBalancer::PickReplica(ShardId shard) {
+std::optional<size_t> ReadBalancer::PickReplica(
+    ShardId shard, std::optional<uint64_t> min_lsn) {
   absl::MutexLock lock(&mu_);
   if (shard >= replicas_.size()) return std::nullopt;
   std::vector<ReplicaState>& states = replicas_[shard];
@@ -97,6 +99,9 @@ std::optional<size_t> ReadBalancer::PickReplica(ShardId shard) {
   std::optional<size_t> best;
   for (size_t i = 0; i < states.size(); ++i) {
     if (!states[i].usable) continue;
+    if (min_lsn && !(states[i].replay_lsn && *states[i].replay_lsn >= *min_lsn)) {
+      continue;
+    }
     states[i].current_weight += backends[i].weight;
     total += backends[i].weight;
     if (!best || states[i].current_weight > states[*best].current_weight) {

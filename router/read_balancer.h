@@ -56,7 +56,11 @@ class ReadBalancer {
 
   // A replica chosen for the next read of shard `shard`: its index in the
   // shard's replicas; nullopt when it has none usable (read the primary).
-  std::optional<size_t> PickReplica(ShardId shard) ABSL_LOCKS_EXCLUDED(mu_);
+  // With `min_lsn`, only a replica whose replay position, as the monitor
+  // last saw it, is at least that.
+  std::optional<size_t> PickReplica(ShardId shard,
+                                    std::optional<uint64_t> min_lsn = {})
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // The connection string of replica `replica` of shard `shard`.
   // REQUIRES: both in range of the map given to Start.
@@ -84,6 +88,7 @@ class ReadBalancer {
  private:
   struct ReplicaState {
     bool usable = false;
+    std::optional<uint64_t> replay_lsn;  // as last probed
     int64_t current_weight = 0;  // smooth weighted round-robin
   };
 

@@ -18,6 +18,7 @@
 #ifndef SHARDKIT_CLUSTER_H_
 #define SHARDKIT_CLUSTER_H_
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -65,12 +66,38 @@ struct ShardOutcome {
   Result result;
 };
 
+// Read-your-writes for one logical session of an application (a user's
+// requests, a worker): give the same WritePositions to its writes and its
+// reads (ExecuteOptions::read_your_writes). After each write run with it,
+// Execute records the written shards' primary WAL position
+// (pg_current_wal_insert_lsn(), past the commit record even under
+// synchronous_commit = off: one more round trip per shard); a read run with
+// it goes to a replica of a shard only when the health monitor last saw
+// that replica's replay past the recorded position, else to the primary.
+// So such a read never sees data older than the session's writes, at the
+// cost of reading primaries until the next heartbeat after a write.
+// Writes made in a Transaction are not recorded. Thread-safety:
+// thread-safe; it must outlive the calls that use it.
+class WritePositions {
+ public:
+  // The recorded position on shard `shard`'s primary, if any.
+  std::optional<uint64_t> Of(ShardId shard) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Records `lsn` for shard `shard`, unless a later one is recorded.
+  void Advance(ShardId shard, uint64_t lsn) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<std::optional<uint64_t>> lsn_ ABSL_GUARDED_BY(mu_);
+};
+
 // How Execute and Stream run one statement.
 struct ExecuteOptions {
   // Run on the shards' primaries even if the statement only reads (see
   // "Reads and replicas" at Execute). Writing the comment
   // /* shardkit:primary */ anywhere in the statement's text does the same.
   bool primary = false;
+  // Read-your-writes (see WritePositions); nullptr: off. Borrowed.
+  WritePositions* read_your_writes = nullptr;
 };
 
 // The SQLSTATE that a shard's error carried (e.g. "42P07"), or nullopt for

@@ -227,5 +227,31 @@ TEST_F(ReadSplitTest, ALaggingReplicaTakesNoReads) {
   EXPECT_TRUE(ReplicasServing(0));
 }
 
+// Read-your-writes: each read after a write of the same session sees it,
+// however far the replicas are behind; once they have replayed it, the
+// session's reads go to them again.
+TEST_F(ReadSplitTest, ReadYourWrites) {
+  WritePositions session;
+  const ExecuteOptions options{.read_your_writes = &session};
+  for (int i = 0; i < 50; ++i) {
+    const std::string name = absl::StrCat("v", i);
+    absl::StatusOr<Result> wrote = cluster_->Execute(
+        absl::StrCat("UPDATE users SET name = '", name, "' WHERE id = ",
+                     key_on_[i % 2]),
+        {}, options);
+    ASSERT_TRUE(wrote.ok()) << wrote.status();
+    ASSERT_EQ(Scalar(absl::StrCat("SELECT name FROM users WHERE id = ",
+                                  key_on_[i % 2]),
+                     options),
+              name);
+  }
+  EXPECT_TRUE(session.Of(0).has_value());
+  EXPECT_TRUE(session.Of(1).has_value());
+  EXPECT_TRUE(Eventually([&] {
+    return Scalar(PortQuery(0), options) != PrimaryPort(0) &&
+           Scalar(PortQuery(1), options) != PrimaryPort(1);
+  }));
+}
+
 }  // namespace
 }  // namespace shardkit::testing
