@@ -298,7 +298,7 @@ absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
   }
   // A write to several shards: atomic, as a transaction of its own.
   internal::DistributedTransaction txn(*router_, map, options, *decisions_);
-  absl::StatusOr<Result> result = txn.Execute(sql, params);
+  absl::StatusOr<Result> result = txn.Execute(prepared, params);
   if (!result.ok()) {
     txn.Rollback().IgnoreError();
     if (SqlStateOf(result.status()) == "25001") {

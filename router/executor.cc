@@ -605,4 +605,14 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
   return outcomes;
 }
 
+absl::StatusOr<std::vector<TaskOutcome>> RunAll(
+    const std::vector<ShardTask>& tasks, ExecOptions options) {
+  options.cancel_others_on_failure = true;
+  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
+  for (TaskOutcome& outcome : done) {
+    if (!outcome.status.ok()) return outcome.status;
+  }
+  return done;
+}
+
 }  // namespace shardkit::internal

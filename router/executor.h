@@ -88,6 +88,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "router/pool.h"
 #include "router/shard_connection.h"
@@ -187,6 +188,12 @@ struct TaskOutcome {
 // SQLSTATE (see SqlStateOf in router/shard_connection.h).
 std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
                                      const ExecOptions& options);
+
+// Runs `tasks` as one statement's parts: with cancel_others_on_failure, so
+// that one shard's failure stops the others' work, and fails with the
+// first failure in task order; else every outcome, in task order.
+absl::StatusOr<std::vector<TaskOutcome>> RunAll(
+    const std::vector<ShardTask>& tasks, ExecOptions options);
 
 }  // namespace shardkit::internal
 

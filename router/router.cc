@@ -289,19 +289,6 @@ std::vector<ShardId> ShardsOf(const std::vector<ShardTask>& tasks) {
   return out;
 }
 
-// Runs `tasks` concurrently; the first failure, in task order, fails the
-// statement, and the other shards' work is cancelled.
-absl::StatusOr<std::vector<TaskOutcome>> RunAll(
-    const std::vector<ShardTask>& tasks, ExecOptions options) {
-  // One shard's failure fails the statement: stop the others' work.
-  options.cancel_others_on_failure = true;
-  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
-  for (TaskOutcome& outcome : done) {
-    if (!outcome.status.ok()) return outcome.status;
-  }
-  return done;
-}
-
 Result Combine(const RoutingPlan& plan, std::vector<TaskOutcome>& done,
                const std::vector<ShardTask>& tasks) {
   Result out = std::move(done[0].result);

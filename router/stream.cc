@@ -16,6 +16,12 @@ namespace {
 
 constexpr char kCursor[] = "shardkit_stream";
 
+// The cursor over a shard's statement. Its text ends on a line of its
+// own, so that a trailing comment in it ends there too.
+std::string Declare(const std::string& sql) {
+  return StrCat("DECLARE ", kCursor, " NO SCROLL CURSOR FOR ", sql, "\n");
+}
+
 // The rows of a result already in memory.
 class ResultSource : public RowSource {
  public:
@@ -50,17 +56,6 @@ struct ShardCursor {
 
   bool has_row() const { return next < rows.size(); }
 };
-
-// Fetch results, one outcome per task, in order; the first failure.
-absl::StatusOr<std::vector<TaskOutcome>> RunOrFail(
-    const std::vector<ShardTask>& tasks, ExecOptions options) {
-  options.cancel_others_on_failure = true;
-  std::vector<TaskOutcome> done = RunOnShards(tasks, options);
-  for (TaskOutcome& outcome : done) {
-    if (!outcome.status.ok()) return outcome.status;
-  }
-  return done;
-}
 
 class CursorSource : public RowSource {
  public:
@@ -167,7 +162,7 @@ class CursorSource : public RowSource {
                       kCursor);
     task.params.clear();
     ASSIGN_OR_RETURN(std::vector<TaskOutcome> done,
-                     RunOrFail({task}, options_.exec));
+                     RunAll({task}, options_.exec));
     cursor.rows = std::move(done[0].result.rows);
     cursor.next = 0;
     cursor.exhausted =
@@ -189,7 +184,7 @@ class CursorSource : public RowSource {
       commits.push_back(std::move(task));
     }
     absl::StatusOr<std::vector<TaskOutcome>> done =
-        RunOrFail(commits, options_.exec);
+        RunAll(commits, options_.exec);
     if (!done.ok()) return Fail(done.status());
     for (ShardCursor& cursor : cursors_) cursor.session->Release();
     return false;
@@ -256,33 +251,28 @@ absl::StatusOr<RowStream> OpenStream(Router& router,
     cursor.task = prepared.tasks[i];
     cursor.task.session = cursor.session.get();
     ShardTask task = cursor.task;
-    // The statement's own text ends on a line of its own, so that a
-    // trailing comment in it ends there too.
-    const std::string declare =
-        StrCat("DECLARE ", kCursor, " NO SCROLL CURSOR FOR ", task.sql, "\n");
     if (with_params) {
       task.sql = "BEGIN";
       task.params.clear();
     } else {
-      task.sql =
-          StrCat("BEGIN; ", declare, "; FETCH ", batch, " FROM ", kCursor);
+      task.sql = StrCat("BEGIN; ", Declare(task.sql), "; FETCH ", batch,
+                        " FROM ", kCursor);
     }
     opening.push_back(std::move(task));
   }
   ASSIGN_OR_RETURN(std::vector<TaskOutcome> done,
-                   RunOrFail(opening, options.exec));
+                   RunAll(opening, options.exec));
   if (with_params) {
     for (size_t i = 0; i < cursors.size(); ++i) {
-      opening[i].sql = StrCat("DECLARE ", kCursor, " NO SCROLL CURSOR FOR ",
-                              cursors[i].task.sql, "\n");
+      opening[i].sql = Declare(cursors[i].task.sql);
       opening[i].params = cursors[i].task.params;
     }
-    RETURN_IF_ERROR(RunOrFail(opening, options.exec).status());
+    RETURN_IF_ERROR(RunAll(opening, options.exec).status());
     for (ShardTask& task : opening) {
       task.sql = StrCat("FETCH ", batch, " FROM ", kCursor);
       task.params.clear();
     }
-    ASSIGN_OR_RETURN(done, RunOrFail(opening, options.exec));
+    ASSIGN_OR_RETURN(done, RunAll(opening, options.exec));
   }
   std::vector<Column> columns = done[0].result.columns;
   for (size_t i = 0; i < cursors.size(); ++i) {

@@ -229,8 +229,7 @@ std::vector<ShardId> DistributedTransaction::participants() const {
   return out;
 }
 
-absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
-                                                       const Params& params) {
+absl::Status DistributedTransaction::CheckOpen() const {
   if (state_ == State::kEnded) {
     return absl::FailedPreconditionError(
         "the transaction has ended (committed or rolled back); begin a new "
@@ -244,18 +243,31 @@ absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
             abort_reason_.message(), "); roll it back")),
         "25P02");
   }
-  auto fail = [&](absl::Status status) {
-    state_ = State::kAborted;
-    abort_reason_ = status;
-    return status;
-  };
+  return absl::OkStatus();
+}
+
+absl::Status DistributedTransaction::Fail(absl::Status status) {
+  state_ = State::kAborted;
+  abort_reason_ = status;
+  return status;
+}
+
+absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
+                                                       const Params& params) {
+  RETURN_IF_ERROR(CheckOpen());
   absl::StatusOr<Router::Prepared> prepared = router_.Prepare(map_, sql, params);
-  if (!prepared.ok()) return fail(prepared.status());
+  if (!prepared.ok()) return Fail(prepared.status());
+  return Execute(*std::move(prepared), params);
+}
+
+absl::StatusOr<Result> DistributedTransaction::Execute(
+    Router::Prepared prepared, const Params& params) {
+  RETURN_IF_ERROR(CheckOpen());
   // Shards touched for the first time begin the transaction there: in the
   // same round trip when the statements go without parameters (simple
   // protocol, several statements in one string), else in one round first.
   std::vector<Participant*> joining;
-  for (ShardTask& task : prepared->tasks) {
+  for (ShardTask& task : prepared.tasks) {
     auto [it, inserted] = participants_.try_emplace(task.shard);
     Participant& p = it->second;
     if (inserted) {
@@ -270,10 +282,10 @@ absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
   }
   if (!joining.empty()) {
     const bool without_params =
-        std::all_of(prepared->tasks.begin(), prepared->tasks.end(),
+        std::all_of(prepared.tasks.begin(), prepared.tasks.end(),
                     [](const ShardTask& t) { return t.params.empty(); });
     if (without_params) {
-      for (ShardTask& task : prepared->tasks) {
+      for (ShardTask& task : prepared.tasks) {
         if (std::find_if(joining.begin(), joining.end(), [&](Participant* p) {
               return p->base.shard == task.shard;
             }) != joining.end()) {
@@ -284,19 +296,19 @@ absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
       std::vector<TaskOutcome> begun =
           RunOn(joining, std::vector<std::string>(joining.size(), "BEGIN"));
       for (TaskOutcome& outcome : begun) {
-        if (!outcome.status.ok()) return fail(outcome.status);
+        if (!outcome.status.ok()) return Fail(outcome.status);
       }
     }
   }
-  absl::StatusOr<Result> result = router_.Run(*prepared, params, options_);
-  if (!result.ok()) return fail(result.status());
+  absl::StatusOr<Result> result = router_.Run(prepared, params, options_);
+  if (!result.ok()) return Fail(result.status());
   // A statement can complete just as its timeout fires: it succeeded, but
   // the cancel closes its connection, and the server rolls back that
   // shard's part of the transaction with it.
-  for (const ShardTask& task : prepared->tasks) {
+  for (const ShardTask& task : prepared.tasks) {
     const absl::Status& lost = participants_[task.shard].session->lost();
     if (!lost.ok()) {
-      return fail(absl::Status(
+      return Fail(absl::Status(
           lost.code(), StrCat(lost.message(),
                               "; the statement completed, but as its "
                               "connection closed, that shard rolls back its "
@@ -304,8 +316,8 @@ absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
                               "retry")));
     }
   }
-  if (prepared->routing->writes) {
-    for (const ShardTask& task : prepared->tasks) {
+  if (prepared.routing->writes) {
+    for (const ShardTask& task : prepared.tasks) {
       participants_[task.shard].wrote = true;
     }
   }

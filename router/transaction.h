@@ -99,6 +99,10 @@ class DistributedTransaction {
   ~DistributedTransaction();
 
   absl::StatusOr<Result> Execute(std::string_view sql, const Params& params);
+  // The same for a statement already prepared against this transaction's
+  // map (Router::Prepare): its tasks are run on the transaction's sessions.
+  absl::StatusOr<Result> Execute(Router::Prepared prepared,
+                                 const Params& params);
   absl::Status Commit();
   absl::Status Rollback();
   std::vector<ShardId> participants() const;
@@ -111,6 +115,10 @@ class DistributedTransaction {
   };
   enum class State { kOpen, kAborted, kEnded };
 
+  // FailedPrecondition once ended, 25P02 once aborted; else OK.
+  absl::Status CheckOpen() const;
+  // Aborts the transaction with `status`, and returns it.
+  absl::Status Fail(absl::Status status);
   // The task of `sql` on participant `p`'s session.
   static ShardTask On(const Participant& p, std::string sql);
   // Runs one statement on each of `parts` (in parallel); outcomes in order.
