@@ -56,10 +56,16 @@
 #include "shardkit/cluster.h"
 #include "shardkit/config.h"
 #include "shardkit/key.h"
+#include "tests/bench/turns.h"
 #include "tests/integration/test_cluster.h"
 
 namespace shardkit {
 namespace {
+
+using bench::Clock;
+using bench::Microseconds;
+using bench::Skip;
+using bench::TakeTurns;
 
 constexpr int kServers = 8;
 constexpr std::array<int, 4> kFanOuts = {1, 2, 4, 8};
@@ -240,14 +246,6 @@ absl::StatusOr<const Servers*> GetServers() {
   return started->env.get();
 }
 
-// Every thread must go through the loop even when it has nothing to
-// measure: its start and end are barriers across the benchmark's threads.
-void Skip(benchmark::State& state, std::string_view why) {
-  state.SkipWithError(std::string(why).c_str());
-  for (auto _ : state) {
-  }
-}
-
 // This thread's share of `n` keys: [first, last).
 std::pair<size_t, size_t> ThreadShare(const benchmark::State& state, size_t n) {
   const size_t per_thread = n / state.threads();
@@ -416,45 +414,6 @@ void BM_Direct(benchmark::State& state, Statement statement) {
     if (++i == last) i = first;
   }
   state.SetItemsProcessed(state.iterations());
-}
-
-using Clock = std::chrono::steady_clock;
-
-double Microseconds(Clock::duration d) {
-  return std::chrono::duration<double, std::micro>(d).count();
-}
-
-// Two ways of doing one thing take turns, call by call, on each thread, the
-// order swapping every time, so that whatever else the machine runs falls
-// on both alike. Counters `a_name` and `b_name`: each one's wall time per
-// call, in microseconds.
-template <typename A, typename B>
-void TakeTurns(benchmark::State& state, A a, B b, const char* a_name,
-               const char* b_name) {
-  Clock::duration a_time{};
-  Clock::duration b_time{};
-  bool a_first = true;
-  for (auto _ : state) {
-    const Clock::time_point t0 = Clock::now();
-    absl::Status status = a_first ? a() : b();
-    const Clock::time_point t1 = Clock::now();
-    if (status.ok()) status = a_first ? b() : a();
-    const Clock::time_point t2 = Clock::now();
-    if (!status.ok()) {
-      state.SkipWithError(status.ToString().c_str());
-      break;
-    }
-    (a_first ? a_time : b_time) += t1 - t0;
-    (a_first ? b_time : a_time) += t2 - t1;
-    a_first = !a_first;
-  }
-  const double calls = static_cast<double>(state.iterations());
-  if (calls == 0) return;
-  // Each thread's mean; averaged over the threads.
-  state.counters[a_name] = benchmark::Counter(Microseconds(a_time) / calls,
-                                              benchmark::Counter::kAvgThreads);
-  state.counters[b_name] = benchmark::Counter(Microseconds(b_time) / calls,
-                                              benchmark::Counter::kAvgThreads);
 }
 
 // BM_Router and BM_Direct at once, so that their ratio holds up when other

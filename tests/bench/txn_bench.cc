@@ -57,10 +57,16 @@
 #include "common/status_macros.h"
 #include "shardkit/cluster.h"
 #include "shardkit/transaction.h"
+#include "tests/bench/turns.h"
 #include "tests/integration/test_cluster.h"
 
 namespace shardkit {
 namespace {
+
+using bench::Clock;
+using bench::Microseconds;
+using bench::Skip;
+using bench::TakeTurns;
 
 constexpr int64_t kRowsPerShard = 4000;
 constexpr int64_t kBalance = 1000000;
@@ -192,14 +198,6 @@ absl::StatusOr<const Servers*> GetServers() {
   });
   if (started->env == nullptr) return started->status;
   return started->env.get();
-}
-
-// Every thread must go through the loop even when it has nothing to
-// measure: its start and end are barriers across the benchmark's threads.
-void Skip(benchmark::State& state, std::string_view why) {
-  state.SkipWithError(std::string(why).c_str());
-  for (auto _ : state) {
-  }
 }
 
 // Rows [first, last) of each shard: this thread's share of `n`.
@@ -346,45 +344,6 @@ void BM_Execute(benchmark::State& state) {
   if (!status.ok()) return Skip(state, status.ToString());
   RowCursor row(rows);
   Loop(state, [&] { return OneStatement(*e.cluster, e.s1_keys[row.Next()]); });
-}
-
-using Clock = std::chrono::steady_clock;
-
-double Microseconds(Clock::duration d) {
-  return std::chrono::duration<double, std::micro>(d).count();
-}
-
-// Two ways of doing one thing take turns, call by call, on each thread, the
-// order swapping every time, so that whatever else the machine runs falls
-// on both alike (as in router_bench). Counters `a_name` and `b_name`: each
-// one's wall time per call, in microseconds.
-template <typename A, typename B>
-void TakeTurns(benchmark::State& state, A a, B b, const char* a_name,
-               const char* b_name) {
-  Clock::duration a_time{};
-  Clock::duration b_time{};
-  bool a_first = true;
-  for (auto _ : state) {
-    const Clock::time_point t0 = Clock::now();
-    absl::Status status = a_first ? a() : b();
-    const Clock::time_point t1 = Clock::now();
-    if (status.ok()) status = a_first ? b() : a();
-    const Clock::time_point t2 = Clock::now();
-    if (!status.ok()) {
-      state.SkipWithError(status.ToString().c_str());
-      break;
-    }
-    (a_first ? a_time : b_time) += t1 - t0;
-    (a_first ? b_time : a_time) += t2 - t1;
-    a_first = !a_first;
-  }
-  const double calls = static_cast<double>(state.iterations());
-  if (calls == 0) return;
-  // Each thread's mean; averaged over the threads.
-  state.counters[a_name] = benchmark::Counter(Microseconds(a_time) / calls,
-                                              benchmark::Counter::kAvgThreads);
-  state.counters[b_name] = benchmark::Counter(Microseconds(b_time) / calls,
-                                              benchmark::Counter::kAvgThreads);
 }
 
 void BM_TwoPhaseSinglesTurns(benchmark::State& state) {
