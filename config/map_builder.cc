@@ -71,6 +71,7 @@ class ShardMapBuilder::Impl {
     BuildShards();
     for (const DistributionSpec& d : spec_.distributions) BuildDistribution(d);
     for (const TableSpec& t : spec_.tables) BuildTable(t);
+    for (const MoveSpec& m : spec_.moves) BuildMove(m);
     if (spec_.default_shard) {
       map_.default_shard_ = ResolveShard(*spec_.default_shard, "router.default_shard");
     }
@@ -431,6 +432,37 @@ class ShardMapBuilder::Impl {
     return ok;
   }
 
+  void BuildMove(const MoveSpec& spec) {
+    const std::string path = StrCat("moves[", spec.id, "]");
+    const Distribution* d = map_.FindDistribution(spec.distribution);
+    if (d == nullptr) {
+      Report({}, StrCat(path, ": unknown distribution '", spec.distribution,
+                        "'"));
+      return;
+    }
+    MovingSlice m;
+    m.move_id = spec.id;
+    m.distribution = map_.distribution_index_[spec.distribution];
+    m.hash_lo = spec.hash_lo;
+    m.hash_hi = spec.hash_hi;
+    m.from = spec.from;
+    m.to = spec.to;
+    m.region = spec.region;
+    m.phase = spec.phase;
+    std::optional<ShardId> source = ResolveShard(spec.source, path);
+    std::optional<ShardId> destination =
+        ResolveShard(spec.destination, path);
+    if (!source || !destination) return;
+    if (*source == *destination) {
+      Report({}, StrCat(path, ": source and destination are both shard '",
+                        spec.source.name, "'"));
+      return;
+    }
+    m.source = *source;
+    m.destination = *destination;
+    map_.moves_.push_back(std::move(m));
+  }
+
   void BuildTable(const TableSpec& spec) {
     const std::string path = StrCat("tables.", spec.name);
     Table t;
@@ -480,6 +512,70 @@ class ShardMapBuilder::Impl {
   ShardMap map_;
   bool failed_ = false;
 };
+
+ShardMapSpec ShardMapBuilder::SpecOf(const ShardMap& map) {
+  ShardMapSpec spec;
+  spec.epoch = map.epoch();
+  auto ref = [&](ShardId id) { return ShardRef{map.shard(id).name, {}}; };
+  for (const Shard& shard : map.shards()) {
+    ShardSpec s;
+    s.name = shard.name;
+    s.dsn = shard.dsn;
+    s.replica_settings = shard.replica_settings;
+    for (const Backend& b : shard.replicas) {
+      s.replicas.push_back(BackendSpec{b.name, {}, b.dsn, {}, b.weight});
+    }
+    spec.shards.push_back(std::move(s));
+  }
+  if (map.default_shard()) spec.default_shard = ref(*map.default_shard());
+  for (const Distribution& d : map.distributions()) {
+    DistributionSpec ds;
+    ds.name = d.name();
+    ds.strategy = d.strategy();
+    ds.key_type = d.key_type();
+    ds.hash_key_type = d.hash_key_type();
+    for (const HashSlice& h : d.hash_slices()) {
+      ds.hash_slices.push_back(HashSliceSpec{h.lo, h.hi, ref(h.shard), {}});
+    }
+    for (const RangeSlice& r : d.range_slices()) {
+      ds.range_slices.push_back(RangeSliceSpec{r.from, r.to, ref(r.shard), {}});
+    }
+    for (const Region& r : d.regions()) {
+      RegionSpec rs;
+      rs.name = r.name;
+      for (ShardId id : r.shards) rs.shards.push_back(ref(id));
+      ds.regions.push_back(std::move(rs));
+    }
+    if (d.default_shard()) ds.default_shard = ref(*d.default_shard());
+    spec.distributions.push_back(std::move(ds));
+  }
+  for (const Table& t : map.tables()) {
+    TableSpec ts;
+    ts.name = t.name;
+    ts.reference = t.reference;
+    if (!t.reference) {
+      ts.distribution = ShardRef{map.distributions()[t.distribution].name(), {}};
+      ts.key = t.key_column;
+      ts.hash_key = t.hash_key_column;
+    }
+    spec.tables.push_back(std::move(ts));
+  }
+  for (const MovingSlice& m : map.moves()) {
+    MoveSpec ms;
+    ms.id = m.move_id;
+    ms.distribution = map.distributions()[m.distribution].name();
+    ms.hash_lo = m.hash_lo;
+    ms.hash_hi = m.hash_hi;
+    ms.from = m.from;
+    ms.to = m.to;
+    ms.region = m.region;
+    ms.source = ref(m.source);
+    ms.destination = ref(m.destination);
+    ms.phase = m.phase;
+    spec.moves.push_back(std::move(ms));
+  }
+  return spec;
+}
 
 std::optional<ShardMap> ShardMapBuilder::Build(const ShardMapSpec& spec,
                                                const ProblemReporter& report) {

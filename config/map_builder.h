@@ -100,6 +100,20 @@ struct TableSpec {
   SourcePos hash_key_pos;
 };
 
+// A slice under move (catalog only: a configuration file has none).
+struct MoveSpec {
+  uint64_t id = 0;
+  std::string distribution;
+  uint64_t hash_lo = 0;
+  std::optional<uint64_t> hash_hi;
+  std::optional<Key> from;
+  std::optional<Key> to;
+  std::string region;
+  ShardRef source;
+  ShardRef destination;
+  MovePhase phase = MovePhase::kDualWrite;
+};
+
 struct ShardMapSpec {
   uint64_t epoch = 1;
   std::vector<ShardSpec> shards;
@@ -107,6 +121,7 @@ struct ShardMapSpec {
   std::optional<ShardRef> default_shard;
   std::vector<DistributionSpec> distributions;
   std::vector<TableSpec> tables;
+  std::vector<MoveSpec> moves;
 };
 
 class ShardMapBuilder {
@@ -115,6 +130,12 @@ class ShardMapBuilder {
   // map when there was none, nullopt otherwise.
   static std::optional<ShardMap> Build(const ShardMapSpec& spec,
                                        const ProblemReporter& report);
+
+  // The specification `map` was built from, less source positions, with
+  // hash distributions' even slices spelled out as slices: Build(SpecOf(m))
+  // rebuilds m. The live map of a catalog is the configuration's map with
+  // the catalog's changes applied to this.
+  static ShardMapSpec SpecOf(const ShardMap& map);
 
   // The lower bound of even slice i of n over [0, 2^64).
   static uint64_t EvenSliceLo(uint64_t i, uint64_t n);

@@ -56,6 +56,29 @@ std::string_view StrategyName(Strategy strategy) {
   return "?";
 }
 
+std::string_view MovePhaseName(MovePhase phase) {
+  switch (phase) {
+    case MovePhase::kDualWrite: return "dual-write";
+    case MovePhase::kCutOver: return "cut-over";
+  }
+  return "?";
+}
+
+bool MovingSlice::Contains(const Distribution& d, const Key& key,
+                           const Placement& placement) const {
+  switch (d.strategy()) {
+    case Strategy::kHash:
+      return placement.hash && *placement.hash >= hash_lo &&
+             (!hash_hi || *placement.hash < *hash_hi);
+    case Strategy::kRange:
+      return (!from || key.Compare(*from) >= 0) &&
+             (!to || key.Compare(*to) < 0);
+    case Strategy::kRegion:
+      return key.kind() == Key::Kind::kText && key.text() == region;
+  }
+  return false;
+}
+
 std::string Shard::MaskedDsn() const { return MaskDsnPassword(dsn); }
 std::string Backend::MaskedDsn() const { return MaskDsnPassword(dsn); }
 

@@ -9,6 +9,7 @@
 #include "common/strings.h"
 #include "router/executor.h"
 #include "router/health.h"
+#include "router/live_map.h"
 #include "router/pool.h"
 #include "router/read_balancer.h"
 #include "router/router.h"
@@ -106,10 +107,10 @@ namespace internal {
 class RecoveryLoop {
  public:
   static std::shared_ptr<RecoveryLoop> Start(
-      std::shared_ptr<const ShardMap> map, std::shared_ptr<DecisionLog> log,
+      const LiveMap* map, std::shared_ptr<DecisionLog> log,
       ExecOptions options, TransactionSettings settings) {
     auto loop = std::shared_ptr<RecoveryLoop>(new RecoveryLoop(
-        std::move(map), std::move(log), options, settings));
+        map, std::move(log), options, settings));
     loop->thread_ = std::thread([raw = loop.get()] { raw->Run(); });
     return loop;
   }
@@ -123,17 +124,17 @@ class RecoveryLoop {
   }
 
  private:
-  RecoveryLoop(std::shared_ptr<const ShardMap> map,
-               std::shared_ptr<DecisionLog> log, ExecOptions options,
-               TransactionSettings settings)
-      : map_(std::move(map)),
+  RecoveryLoop(const LiveMap* map, std::shared_ptr<DecisionLog> log,
+               ExecOptions options, TransactionSettings settings)
+      : map_(map),
         log_(std::move(log)),
         options_(options),
         settings_(settings) {}
 
   void Run() {
     while (true) {
-      RecoverPrepared(*map_, *log_, options_, settings_.recovery_grace)
+      RecoverPrepared(*map_->current(), *log_, options_,
+                      settings_.recovery_grace)
           .IgnoreError();
       absl::MutexLock lock(&mu_);
       mu_.AwaitWithTimeout(absl::Condition(&stop_), settings_.recovery_interval);
@@ -141,7 +142,7 @@ class RecoveryLoop {
     }
   }
 
-  const std::shared_ptr<const ShardMap> map_;
+  const LiveMap* const map_;  // outlives the loop
   const std::shared_ptr<DecisionLog> log_;
   const ExecOptions options_;
   const TransactionSettings settings_;
@@ -153,6 +154,8 @@ class RecoveryLoop {
 DecisionLog& DecisionLogOf(const Cluster& cluster) {
   return *cluster.decisions_;
 }
+
+LiveMap& LiveMapOf(const Cluster& cluster) { return *cluster.live_; }
 
 ReadBalancer* ReadBalancerOf(const Cluster& cluster) {
   return cluster.reads_.get();
@@ -174,8 +177,10 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(Config config) {
         ": [timeouts] connect and statement must be positive durations, "
         "e.g. \"5s\""));
   }
+  ASSIGN_OR_RETURN(std::unique_ptr<internal::LiveMap> live,
+                   internal::LiveMap::Open(config, OptionsOf(config, nullptr)));
   // The constructor is private, so make_unique cannot reach it.
-  return absl::WrapUnique(new Cluster(std::move(config)));
+  return absl::WrapUnique(new Cluster(std::move(config), std::move(live)));
 }
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::OpenFile(
@@ -184,25 +189,25 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::OpenFile(
   return Open(std::move(config));
 }
 
-Cluster::Cluster(Config config)
+Cluster::Cluster(Config config, std::unique_ptr<internal::LiveMap> live)
     : config_(std::move(config)),
       router_(std::make_unique<internal::Router>()),
       pools_(std::make_unique<internal::ConnectionPools>(config_.pool)),
       decisions_(DecisionLogOf(config_)),
-      map_(std::make_shared<const ShardMap>(config_.map)) {
+      live_(std::move(live)) {
   if (config_.transactions.recover_in_background) {
     recovery_ = internal::RecoveryLoop::Start(
-        map_, decisions_, OptionsOf(config_, nullptr), config_.transactions);
+        live_.get(), decisions_, OptionsOf(config_, nullptr),
+        config_.transactions);
   }
   internal::ProbeOptions probe;
   probe.connect_timeout = config_.timeouts.connect;
   probe.query_timeout = config_.timeouts.connect;
-  reads_ = internal::ReadBalancer::Start(map_, probe);
+  reads_ = internal::ReadBalancer::Start(live_->current(), probe);
 }
 
 std::shared_ptr<const ShardMap> Cluster::map() const {
-  absl::MutexLock lock(&mu_);
-  return map_;
+  return live_->current();
 }
 
 Cluster::~Cluster() {

@@ -43,6 +43,8 @@ namespace internal {
 class ConnectionPools;
 class DecisionLog;
 DecisionLog& DecisionLogOf(const Cluster& cluster);
+class LiveMap;
+LiveMap& LiveMapOf(const Cluster& cluster);
 class ReadBalancer;
 ReadBalancer* ReadBalancerOf(const Cluster& cluster);
 class RecoveryLoop;
@@ -249,7 +251,7 @@ class Cluster {
       std::string_view sql) const;
 
  private:
-  explicit Cluster(Config config);
+  Cluster(Config config, std::unique_ptr<internal::LiveMap> live);
 
   const Config config_;
 
@@ -270,8 +272,8 @@ class Cluster {
   // behind it; null when no shard has a replica. Stopped by the destructor.
   std::unique_ptr<internal::ReadBalancer> reads_;
 
-  mutable absl::Mutex mu_;
-  std::shared_ptr<const ShardMap> map_ ABSL_GUARDED_BY(mu_);
+  friend internal::LiveMap& internal::LiveMapOf(const Cluster& cluster);
+  std::unique_ptr<internal::LiveMap> live_;
 };
 
 }  // namespace shardkit

@@ -245,6 +245,44 @@ class Distribution {
   absl::flat_hash_map<std::string, size_t> region_index_;
 };
 
+// Where a slice on its way between shards stands (see rebalancer/README.md).
+enum class MovePhase {
+  // The source still owns the slice; every write to it is applied on the
+  // destination too, and the destination's copies are hidden from reads.
+  kDualWrite,
+  // The destination owns the slice; the source's leftover copies are hidden
+  // from reads until the move's cleanup has deleted them.
+  kCutOver,
+};
+
+// "dual-write", "cut-over".
+std::string_view MovePhaseName(MovePhase phase);
+
+// A slice of a distribution being moved by the online rebalancer.
+struct MovingSlice {
+  uint64_t move_id = 0;
+  // Index into ShardMap::distributions().
+  size_t distribution = 0;
+  // The keys moving: for a hash distribution [hash_lo, hash_hi) of the
+  // hash space (hash_hi nullopt: up to 2^64); for a range distribution
+  // [from, to) of the key (nullopt: open); for a region distribution the
+  // region `region`.
+  uint64_t hash_lo = 0;
+  std::optional<uint64_t> hash_hi;
+  std::optional<Key> from;
+  std::optional<Key> to;
+  std::string region;
+  ShardId source = 0;
+  ShardId destination = 0;
+  MovePhase phase = MovePhase::kDualWrite;
+
+  // Whether `placement` of a key of this slice's distribution (as
+  // Distribution::Place returned it, with `key` the key placed) is in the
+  // slice.
+  bool Contains(const Distribution& distribution, const Key& key,
+                const Placement& placement) const;
+};
+
 struct Table {
   std::string name;
   // True for a reference table: a full copy on every shard.
@@ -285,6 +323,11 @@ class ShardMap {
   // nullopt: such statements are refused.
   std::optional<ShardId> default_shard() const { return default_shard_; }
 
+  // Slices being moved between shards, by move id. Ownership in
+  // distributions() is as the phase says: the source's until the cutover,
+  // the destination's after it.
+  const std::vector<MovingSlice>& moves() const { return moves_; }
+
   // REQUIRES: !table.reference.
   const Distribution& DistributionOf(const Table& table) const {
     return distributions_[table.distribution];
@@ -305,6 +348,7 @@ class ShardMap {
   std::vector<Shard> shards_;
   std::vector<Distribution> distributions_;
   std::vector<Table> tables_;
+  std::vector<MovingSlice> moves_;
   absl::flat_hash_map<std::string, ShardId> shard_index_;
   absl::flat_hash_map<std::string, size_t> distribution_index_;
   absl::flat_hash_map<std::string, size_t> table_index_;

@@ -1,0 +1,147 @@
+#include "router/catalog.h"
+
+#include <unistd.h>
+
+#include <random>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "common/strings.h"
+
+namespace shardkit::internal {
+
+Catalog::Catalog(CatalogSettings settings, ExecOptions options)
+    : settings_(std::move(settings)), options_(options) {}
+
+absl::StatusOr<Result> Catalog::Run(
+    std::string sql, std::vector<std::optional<std::string>> params) {
+  ShardTask task;
+  task.shard_name = "catalog";
+  task.dsn = settings_.dsn;
+  task.sql = std::move(sql);
+  task.params = std::move(params);
+  ExecOptions options = options_;
+  options.pools = nullptr;
+  std::vector<TaskOutcome> done = RunOnShards({task}, options);
+  RETURN_IF_ERROR(done[0].status);
+  return std::move(done[0].result);
+}
+
+absl::Status Catalog::EnsureSchema() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (schema_ready_) return absl::OkStatus();
+  }
+  // The advisory lock serializes processes creating it at once (IF NOT
+  // EXISTS alone can still collide on PostgreSQL's unique indexes).
+  absl::Status created =
+      Run("BEGIN; SELECT pg_advisory_xact_lock(7105846953277306881); "
+          "CREATE SCHEMA IF NOT EXISTS shardkit; "
+          "CREATE TABLE IF NOT EXISTS shardkit.live_maps ("
+          "epoch int8 PRIMARY KEY CHECK (epoch > 0), "
+          "state text NOT NULL, reason text NOT NULL, "
+          "written_at timestamptz NOT NULL DEFAULT now()); "
+          "CREATE TABLE IF NOT EXISTS shardkit.leases ("
+          "name text PRIMARY KEY, holder text NOT NULL, "
+          "expires_at timestamptz NOT NULL); COMMIT")
+          .status();
+  if (!created.ok()) {
+    return absl::Status(
+        created.code(),
+        StrCat("cannot create shardkit's tables in the catalog: ",
+               created.message()));
+  }
+  absl::MutexLock lock(&mu_);
+  schema_ready_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<LiveState>> Catalog::Latest() {
+  RETURN_IF_ERROR(EnsureSchema());
+  ASSIGN_OR_RETURN(Result result,
+                   Run("SELECT state FROM shardkit.live_maps "
+                       "ORDER BY epoch DESC LIMIT 1"));
+  if (result.rows.empty() || !result.rows[0][0]) {
+    return std::optional<LiveState>();
+  }
+  ASSIGN_OR_RETURN(LiveState state, ParseLiveState(*result.rows[0][0]));
+  return std::optional<LiveState>(std::move(state));
+}
+
+absl::StatusOr<uint64_t> Catalog::LatestEpoch() {
+  RETURN_IF_ERROR(EnsureSchema());
+  ASSIGN_OR_RETURN(Result result,
+                   Run("SELECT coalesce(max(epoch), 0) FROM shardkit.live_maps"));
+  uint64_t epoch = 0;
+  if (result.rows.empty() || !result.rows[0][0] ||
+      !absl::SimpleAtoi(*result.rows[0][0], &epoch)) {
+    return absl::InternalError("catalog: unreadable epoch");
+  }
+  return epoch;
+}
+
+absl::Status Catalog::Publish(const LiveState& next, std::string_view reason) {
+  RETURN_IF_ERROR(EnsureSchema());
+  // The INSERT writes nothing unless the current epoch is next - 1 (or
+  // there is none yet); the primary key stops a concurrent writer of the
+  // same epoch.
+  const std::string epoch = StrCat(next.epoch);
+  absl::StatusOr<Result> result =
+      Run(StrCat("WITH written AS (INSERT INTO shardkit.live_maps "
+                 "(epoch, state, reason) SELECT $1::int8, $2, $3 "
+                 "WHERE coalesce((SELECT max(epoch) FROM shardkit.live_maps), "
+                 "$1::int8 - 1) = $1::int8 - 1 RETURNING epoch) "
+                 "SELECT pg_notify('", kLiveMapChannel,
+                 "', epoch::text) FROM written"),
+          {epoch, SerializeLiveState(next), std::string(reason)});
+  if (!result.ok()) {
+    if (SqlStateOf(result.status()) == "23505") {
+      return absl::AbortedError(StrCat(
+          "catalog: another process wrote live map epoch ", next.epoch,
+          " first; read it again and retry"));
+    }
+    return result.status();
+  }
+  if (result->rows.empty()) {
+    return absl::AbortedError(StrCat(
+        "catalog: the live map is no longer at epoch ", next.epoch - 1,
+        "; read it again and retry"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Catalog::TryLease(std::string_view name,
+                                       std::string_view holder,
+                                       absl::Duration ttl) {
+  RETURN_IF_ERROR(EnsureSchema());
+  ASSIGN_OR_RETURN(
+      Result result,
+      Run("INSERT INTO shardkit.leases AS l (name, holder, expires_at) "
+          "VALUES ($1, $2, now() + make_interval(secs => $3::float8)) "
+          "ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, "
+          "expires_at = EXCLUDED.expires_at "
+          "WHERE l.holder = EXCLUDED.holder OR l.expires_at < now() "
+          "RETURNING holder",
+          {std::string(name), std::string(holder),
+           absl::StrFormat("%.3f", absl::ToDoubleSeconds(ttl))}));
+  return !result.rows.empty();
+}
+
+absl::Status Catalog::ReleaseLease(std::string_view name,
+                                   std::string_view holder) {
+  RETURN_IF_ERROR(EnsureSchema());
+  return Run("DELETE FROM shardkit.leases WHERE name = $1 AND holder = $2",
+             {std::string(name), std::string(holder)})
+      .status();
+}
+
+std::string ProcessIdentity() {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  std::random_device rd;
+  return absl::StrFormat("%s:%d:%08x", host, static_cast<int>(getpid()), rd());
+}
+
+}  // namespace shardkit::internal

@@ -1,0 +1,138 @@
+#include "config/live_state.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <iostream>
+
+#include "shardkit/config.h"
+
+namespace shardkit::internal {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kConfig[] = R"(
+[shards.s1]
+dsn = "host=127.0.0.1 port=6001 dbname=app"
+replicas = [ { name = "a", dsn = "host=127.0.0.1 port=6101 dbname=app" },
+             { name = "b", dsn = "host=127.0.0.1 port=6102 dbname=app" } ]
+[shards.s2]
+dsn = "host=127.0.0.1 port=6002 dbname=app"
+[shards.s3]
+dsn = "host=127.0.0.1 port=6003 dbname=app"
+
+[distributions.users]
+strategy = "hash"
+key_type = "int8"
+shards = ["s1", "s2"]
+
+[distributions.events]
+strategy = "range"
+key_type = "int8"
+slices = [ { to = 1000, shard = "s1" }, { from = 1000, shard = "s2" } ]
+
+[tables.users]
+distribution = "users"
+key = "id"
+[tables.events]
+distribution = "events"
+key = "id"
+)";
+
+Config MustParse() {
+  absl::StatusOr<Config> config = ParseConfig(kConfig, "test.toml");
+  if (!config.ok()) {
+    std::cerr << config.status() << "\n";
+    std::abort();
+  }
+  return *std::move(config);
+}
+
+TEST(LiveStateTest, OfConfiguredMapAppliesToTheSameMap) {
+  const Config config = MustParse();
+  LiveState state = LiveStateOf(config.map);
+  state.epoch = 2;
+  absl::StatusOr<ShardMap> map = ApplyLiveState(config.map, state);
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(map->epoch(), 2u);
+  const Distribution* users = map->FindDistribution("users");
+  ASSERT_EQ(users->hash_slices().size(), 2u);
+  EXPECT_EQ(users->hash_slices()[1].lo, 0x8000000000000000u);
+  EXPECT_EQ(map->shard(0).dsn, config.map.shard(0).dsn);
+  EXPECT_EQ(map->shard(0).replicas.size(), 2u);
+}
+
+TEST(LiveStateTest, TextRoundTrip) {
+  const Config config = MustParse();
+  LiveState state = LiveStateOf(config.map);
+  state.epoch = 9;
+  state.shards["s1"] = {"b", {"primary"}};
+  state.moves.push_back({4, "events", "1000", "2000", "", "s2", "s3",
+                         MovePhase::kCutOver});
+  absl::StatusOr<LiveState> back = ParseLiveState(SerializeLiveState(state));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(SerializeLiveState(*back), SerializeLiveState(state));
+  EXPECT_EQ(back->epoch, 9u);
+  EXPECT_EQ(back->shards.at("s1").primary, "b");
+  ASSERT_EQ(back->moves.size(), 1u);
+  EXPECT_EQ(back->moves[0].phase, MovePhase::kCutOver);
+  EXPECT_EQ(back->moves[0].to, "2000");
+}
+
+TEST(LiveStateTest, PromotionMakesTheReplicaPrimaryAndDropsTheRetired) {
+  const Config config = MustParse();
+  LiveState state = LiveStateOf(config.map);
+  state.epoch = 2;
+  state.shards["s1"] = {"b", {"primary"}};
+  absl::StatusOr<ShardMap> map = ApplyLiveState(config.map, state);
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(map->shard(0).dsn, "host=127.0.0.1 port=6102 dbname=app");
+  ASSERT_EQ(map->shard(0).replicas.size(), 1u);
+  EXPECT_EQ(map->shard(0).replicas[0].name, "a");
+}
+
+TEST(LiveStateTest, MovedSliceAndMoveAreInTheMap) {
+  const Config config = MustParse();
+  LiveState state = LiveStateOf(config.map);
+  state.epoch = 3;
+  state.distributions["events"].slices = {
+      {"", "1000", "s1"}, {"1000", "1500", "s3"}, {"1500", "", "s2"}};
+  state.moves.push_back({7, "events", "1000", "1500", "", "s2", "s3",
+                         MovePhase::kCutOver});
+  absl::StatusOr<ShardMap> map = ApplyLiveState(config.map, state);
+  ASSERT_TRUE(map.ok()) << map.status();
+  absl::StatusOr<Placement> p = map->Place("events", Key::Integer(1200));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(map->shard(p->shard).name, "s3");
+  ASSERT_EQ(map->moves().size(), 1u);
+  const MovingSlice& m = map->moves()[0];
+  EXPECT_EQ(map->shard(m.source).name, "s2");
+  EXPECT_EQ(map->shard(m.destination).name, "s3");
+  const Distribution& d = map->distributions()[m.distribution];
+  EXPECT_TRUE(m.Contains(d, Key::Integer(1000), *p));
+  EXPECT_FALSE(m.Contains(d, Key::Integer(1500), *p));
+}
+
+TEST(LiveStateTest, StateThatDoesNotFitTheConfigurationIsRefused) {
+  const Config config = MustParse();
+  LiveState gap = LiveStateOf(config.map);
+  gap.distributions["events"].slices = {{"", "1000", "s1"},
+                                        {"2000", "", "s2"}};
+  absl::StatusOr<ShardMap> map = ApplyLiveState(config.map, gap);
+  ASSERT_FALSE(map.ok());
+  EXPECT_THAT(map.status().message(), HasSubstr("does not fit"));
+
+  LiveState unknown = LiveStateOf(config.map);
+  unknown.shards["s1"] = {"zz", {"primary"}};
+  map = ApplyLiveState(config.map, unknown);
+  ASSERT_FALSE(map.ok());
+  EXPECT_THAT(map.status().message(), HasSubstr("'zz'"));
+
+  EXPECT_FALSE(ParseLiveState("epoch = 0").ok());
+  EXPECT_FALSE(ParseLiveState("not toml [").ok());
+}
+
+}  // namespace
+}  // namespace shardkit::internal
