@@ -1,0 +1,119 @@
+// Internal: what an online move installs on the shards it involves, and the
+// contract between the mover (rebalancer/) and the router (router/).
+//
+// ## Epoch fence
+//
+// Every connection a Cluster uses carries the epoch of the map it routes
+// by, as the session setting `shardkit.epoch` (a custom GUC: any name with
+// a dot may be SET). A shard under a move holds
+//
+//   shardkit.fences (table_name text PRIMARY KEY, min_epoch int8 NOT NULL)
+//
+// (table_name: the table's name in the shard map, i.e. bare for a table of
+// schema public, "schema.table" otherwise: the trigger function derives it
+// from TG_TABLE_SCHEMA / TG_TABLE_NAME)
+// and each table of the moving distribution has a BEFORE INSERT OR UPDATE
+// OR DELETE OR TRUNCATE ... FOR EACH STATEMENT trigger
+// (`shardkit_epoch_fence`, function shardkit.check_epoch()) that raises
+// SQLSTATE kStaleEpochSqlState when the session's shardkit.epoch is below
+// the table's min_epoch (or unset while a fence exists). The mover raises
+// min_epoch in a transaction that first takes
+// LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE, so it waits out every write
+// in flight (and prepared transactions) and every later write sees the new
+// fence (the trigger's SELECT takes a fresh snapshot after the writer got
+// its table lock; this holds under READ COMMITTED, which is what the
+// router's statements and transactions use: a REPEATABLE READ transaction
+// would read the fences with its older snapshot). So once the fence for epoch E is committed, no write
+// routed by a map older than E can land on that table: a router learns it
+// from the error, refreshes its map (LiveMap::Refresh), sets its
+// connections' epoch, and retries the statement (outside a transaction;
+// inside one the transaction fails with the retryable error, message
+// saying to retry it).
+//
+// ## Keys of a moving slice
+//
+// Rows of a moving slice exist on both its source and its destination from
+// the first dual-write until the cleanup has deleted them from the source.
+// A hash slice cannot be told apart in SQL (XXH3 is computed by shardkit,
+// not by the server), so each side keeps the list of the slice's keys it
+// holds:
+//
+//   shardkit.move_<id>_keys (key <the distribution's key type> PRIMARY KEY)
+//
+// filled by the backfill (both sides, in each chunk's transactions) and by
+// dual-writes (both sides, in the write's transaction). A key in the list
+// may have no row (deleted since); a row of the slice always has its key
+// listed. The router hides the listed keys on one side of each move:
+//   - phase kDualWrite: on the destination (the source owns the slice);
+//   - phase kCutOver: on the source (the destination owns it), until the
+//     cleanup has deleted them and the move leaves the map.
+// Hiding: in a statement sent to the hiding shard, each reference to a
+// table T of the distribution (alias A, or T) reads as
+//   (SELECT * FROM T WHERE NOT EXISTS (SELECT 1 FROM shardkit.move_<id>_keys
+//    h WHERE h.key = T.<key column>)) AS A
+// in FROM clauses, and UPDATE / DELETE of T get the NOT EXISTS condition
+// ANDed to their WHERE.
+//
+// ## Dual-write (phase kDualWrite)
+//
+// A write that reaches the source shard of a kDualWrite move on a table of
+// its distribution runs in a distributed transaction with the destination
+// (two-phase commit when both wrote). On the source it returns the row
+// images it wrote (RETURNING *, beside the user's own RETURNING); the rows
+// whose key is in the slice are applied on the destination: an INSERT or
+// UPDATE as an upsert of the whole image, keyed by the table's primary key
+// (INSERT ... ON CONFLICT (pk) DO UPDATE SET every column), a DELETE as a
+// DELETE by primary key; each key so written is added to both sides'
+// move_<id>_keys. A table under move must have a primary key that
+// includes the shard key (the mover checks at plan time).
+//
+// ## Backfill
+//
+// Chunks in primary-key order. Each chunk: on the source, in a transaction,
+// SELECT the chunk's rows FOR SHARE (a concurrent dual-write of those rows
+// waits until the chunk is on the destination, so the chunk's image is
+// never older than one already dual-written and a delete cannot slip
+// between read and copy), keep those in the slice, COPY them into a
+// temporary staging table on the destination, INSERT INTO T SELECT ...
+// FROM staging ON CONFLICT DO NOTHING (a row already dual-written is newer:
+// kept), add the keys to both sides' lists, commit the destination, then
+// the source.
+
+#ifndef SHARDKIT_REBALANCER_SHARD_OBJECTS_H_
+#define SHARDKIT_REBALANCER_SHARD_OBJECTS_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "shardkit/key.h"
+
+namespace shardkit::internal {
+
+// Raised by the epoch fence: the statement was routed by a stale map.
+inline constexpr std::string_view kStaleEpochSqlState = "SK001";
+
+// The session setting that carries a connection's map epoch.
+inline constexpr std::string_view kEpochSetting = "shardkit.epoch";
+
+// "shardkit.move_<id>_keys".
+std::string MoveKeysTable(uint64_t move_id);
+
+// SQL type of a key column of `type` for the keys table ("int8", "text",
+// "uuid", ...).
+std::string_view KeySqlType(KeyType type);
+
+// Creates (idempotently) shardkit.fences and shardkit.check_epoch().
+std::string InstallFenceFunctionSql();
+
+// Creates (idempotently) the fence trigger on `table` (a quoted, possibly
+// qualified name).
+std::string InstallFenceTriggerSql(std::string_view quoted_table);
+
+// Drops the fence trigger on `table` and its fences row.
+std::string RemoveFenceSql(std::string_view quoted_table,
+                           std::string_view table_name);
+
+}  // namespace shardkit::internal
+
+#endif  // SHARDKIT_REBALANCER_SHARD_OBJECTS_H_
