@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "rebalancer/shard_objects.h"
 #include "router/executor.h"
 #include "router/health.h"
 #include "router/live_map.h"
@@ -83,6 +84,34 @@ void RecordWrites(const std::vector<internal::ShardTask>& tasks,
     std::optional<uint64_t> lsn = internal::ParseLsn(*done[i].result.rows[0][0]);
     if (lsn) written.Advance(asks[i].shard, *lsn);
   }
+}
+
+// How many times a statement refused for a stale map epoch is routed
+// again, each time by a newer map: one retry per move phase it races with.
+constexpr int kStaleMapAttempts = 5;
+
+bool IsStaleMap(const absl::Status& status) {
+  return SqlStateOf(status) == internal::kStaleEpochSqlState;
+}
+
+// After a shard refused a statement routed by map epoch `stale`: the live
+// map once it is newer (read from the catalog now, or awaited for up to
+// `wait`). Fails with `refused`, saying why, when no newer map comes.
+absl::StatusOr<std::shared_ptr<const ShardMap>> NewerMap(
+    internal::LiveMap& live, uint64_t stale, const absl::Status& refused,
+    absl::Duration wait) {
+  absl::Status waited = live.AwaitEpoch(stale + 1, wait);
+  if (!waited.ok()) {
+    absl::Status status(
+        refused.code(),
+        StrCat(refused.message(), "; no newer shard map than epoch ", stale,
+               " could be read from the catalog (", waited.message(),
+               "): check that the catalog is reachable, then retry"));
+    status.SetPayload(ToAbsl(internal::kSqlStatePayloadUrl),
+                      absl::Cord(ToAbsl(internal::kStaleEpochSqlState)));
+    return status;
+  }
+  return live.current();
 }
 
 // The decision log of two-phase commit: the catalog, else the first shard.
@@ -237,6 +266,7 @@ std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(
     task.shard_name = shards[id].name;
     task.dsn = shards[id].dsn;
     task.sql = std::string(sql);
+    task.epoch = map->epoch();
     tasks.push_back(std::move(task));
   }
   const internal::ExecOptions options = OptionsOf(config_, nullptr);
@@ -271,8 +301,29 @@ absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
 absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
                                         const std::vector<Param>& params,
                                         const ExecuteOptions& execute) const {
-  const std::shared_ptr<const ShardMap> map = this->map();
+  std::shared_ptr<const ShardMap> map = this->map();
   const internal::ExecOptions options = OptionsOf(config_, pools_.get());
+  // A shard fenced for a move refuses a statement routed by an older map
+  // before it changes anything (SQLSTATE SK001, from a BEFORE ... FOR EACH
+  // STATEMENT trigger). The statement then runs again by the newer map,
+  // unless a part of it may have run elsewhere outside a transaction.
+  for (int attempt = 1;; ++attempt) {
+    bool retryable = false;
+    absl::StatusOr<Result> result =
+        ExecuteRouted(map, sql, params, execute, options, retryable);
+    if (result.ok() || !IsStaleMap(result.status()) || !retryable ||
+        attempt == kStaleMapAttempts) {
+      return result;
+    }
+    ASSIGN_OR_RETURN(map, NewerMap(*live_, map->epoch(), result.status(),
+                                   config_.timeouts.connect));
+  }
+}
+
+absl::StatusOr<Result> Cluster::ExecuteRouted(
+    const std::shared_ptr<const ShardMap>& map, std::string_view sql,
+    const std::vector<Param>& params, const ExecuteOptions& execute,
+    const internal::ExecOptions& options, bool& retryable) const {
   ASSIGN_OR_RETURN(internal::Router::Prepared prepared,
                    router_->Prepare(map, sql, params));
   if (reads_ != nullptr && MayReadReplicas(*prepared.routing, sql, execute)) {
@@ -294,6 +345,9 @@ absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
     }
   }
   if (!prepared.routing->writes || prepared.tasks.size() < 2) {
+    // One shard's statement refused by its fence did nothing; parts that
+    // ran on other shards outside a transaction would run twice.
+    retryable = prepared.tasks.size() == 1;
     absl::StatusOr<Result> result = router_->Run(prepared, params, options);
     if (result.ok() && prepared.routing->writes &&
         execute.read_your_writes != nullptr) {
@@ -306,7 +360,9 @@ absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
   absl::StatusOr<Result> result = txn.Execute(prepared, params);
   if (!result.ok()) {
     txn.Rollback().IgnoreError();
+    retryable = true;  // rolled back everywhere
     if (SqlStateOf(result.status()) == "25001") {
+      retryable = false;
       // PostgreSQL runs it only outside a transaction block (CREATE INDEX
       // CONCURRENTLY, ...): as PostgreSQL itself would, on each shard on
       // its own.
@@ -333,9 +389,11 @@ void WritePositions::Advance(ShardId shard, uint64_t lsn) {
 }
 
 absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin() const {
-  return std::make_unique<Transaction>(
-      std::make_unique<internal::DistributedTransaction>(
-          *router_, map(), OptionsOf(config_, pools_.get()), *decisions_));
+  auto txn = std::make_unique<internal::DistributedTransaction>(
+      *router_, map(), OptionsOf(config_, pools_.get()), *decisions_);
+  // So that the transaction's retry is routed by the map that fenced it.
+  txn->set_on_stale_map([live = live_.get()] { live->Refresh().IgnoreError(); });
+  return std::make_unique<Transaction>(std::move(txn));
 }
 
 absl::StatusOr<RecoveryReport> Cluster::Recover() const {
@@ -389,6 +447,7 @@ absl::StatusOr<Result> Cluster::ExecuteOnShardOf(
   task.dsn = map->shard(where.shard).dsn;
   task.sql = std::string(sql);
   task.params = params;
+  task.epoch = map->epoch();
   std::vector<internal::TaskOutcome> done =
       internal::RunOnShards({task}, OptionsOf(config_, pools_.get()));
   RETURN_IF_ERROR(done[0].status);

@@ -177,10 +177,14 @@ absl::Status CopyWriter::Open() {
       std::max<int64_t>(0, absl::ToInt64Milliseconds(settings_.statement_timeout));
   const std::string set_timeout =
       StrCat("SET statement_timeout = ", statement_ms);
-  for (const char* sql : {set_timeout.c_str(), "BEGIN"}) {
+  const std::string set_epoch =
+      settings_.epoch == 0 ? std::string("SELECT 1")
+                           : StrCat("SET shardkit.epoch = ", settings_.epoch);
+  for (const char* sql : {set_timeout.c_str(), set_epoch.c_str(), "BEGIN"}) {
     ResultPtr res(PQexec(conn_, sql));
     if (res == nullptr) return ConnectionLost("beginning the transaction");
-    if (PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
+    if (PQresultStatus(res.get()) != PGRES_COMMAND_OK &&
+        PQresultStatus(res.get()) != PGRES_TUPLES_OK) {
       return ServerErrorStatus(settings_.shard_name, res.get());
     }
   }

@@ -98,6 +98,9 @@ class CopyWriter {
     absl::Duration connect_timeout = absl::Seconds(5);
     // Bounds each statement (one batch's COPY, the commit) on the shard.
     absl::Duration statement_timeout = absl::Seconds(30);
+    // The epoch of the map the rows were placed by, carried as the session
+    // setting shardkit.epoch (see ShardTask::epoch); 0: not set.
+    uint64_t epoch = 0;
   };
 
   // Failures are recorded in `failure`, which must outlive the writer.

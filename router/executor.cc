@@ -111,6 +111,9 @@ struct TaskRun {
   // The statement's outcome was read in full without a cancel: the pool
   // may take the connection back.
   bool completed = false;
+  // kRunning: what runs is the `SET shardkit.epoch` sent before the
+  // statement (ShardTask::epoch), not the statement yet.
+  bool setting_epoch = false;
   Phase phase = Phase::kConnecting;
   absl::Time deadline = absl::InfiniteFuture();
   // While kCancelling: the cancel request, possibly still being sent.
@@ -224,6 +227,13 @@ const char* RaiseStatementTimeoutHint(const TaskRun& run) {
 // A statement that ended while a cancel was pending.
 void FinishCancelled(TaskRun& run, const ExecOptions& options,
                      absl::StatusOr<Result> outcome) {
+  if (outcome.ok() && run.setting_epoch) {
+    Finish(run, CancelledStatus(
+                    run, absl::StrCat(CancelledMessage(run, options),
+                                      " before the statement was sent",
+                                      RaiseStatementTimeoutHint(run))));
+    return;
+  }
   if (outcome.ok()) {
     // It completed before the cancel arrived: it did happen on this shard,
     // and saying otherwise would mislead whoever reconciles the shards.
@@ -262,7 +272,15 @@ void Progress(TaskRun& run, const ExecOptions& options) {
       if (run.task->session != nullptr) {
         SessionAccess::started(*run.task->session) = true;
       }
-      absl::Status sent = conn.SendStatement(run.task->sql, run.task->params);
+      // The map epoch first, when this connection does not carry it yet:
+      // a shard fencing a move must see it with the statement.
+      const bool set_epoch =
+          run.task->epoch != 0 && conn.epoch() != run.task->epoch;
+      absl::Status sent =
+          set_epoch
+              ? conn.SendStatement(
+                    absl::StrCat("SET shardkit.epoch = ", run.task->epoch), {})
+              : conn.SendStatement(run.task->sql, run.task->params);
       if (!sent.ok()) {
         if (run.reused && conn.failed_before_sending()) {
           // A pooled connection the server ended since it was checked:
@@ -274,6 +292,7 @@ void Progress(TaskRun& run, const ExecOptions& options) {
         return;
       }
       run.reused = false;
+      run.setting_epoch = set_epoch;
       run.phase = Phase::kRunning;
       run.deadline = absl::Now() + options.statement_timeout;
       // Sending may already have read the whole outcome.
@@ -283,6 +302,19 @@ void Progress(TaskRun& run, const ExecOptions& options) {
       return;
     }
     case Phase::kRunning: {
+      if (run.setting_epoch) {
+        run.setting_epoch = false;
+        absl::StatusOr<Result> set = conn.TakeResult();
+        if (!set.ok()) {
+          run.completed = true;
+          Finish(run, set.status());
+          return;
+        }
+        conn.NoteEpochSet(run.task->epoch);
+        run.phase = Phase::kConnecting;  // now the statement itself
+        Progress(run, options);
+        return;
+      }
       absl::StatusOr<Result> outcome = conn.TakeResult();
       run.completed = true;
       if (outcome.ok()) {

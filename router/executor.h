@@ -149,6 +149,13 @@ struct ShardTask {
   std::string sql;
   // $1..$n, as text; nullopt is NULL. Always sent as parameters.
   std::vector<std::optional<std::string>> params;
+  // The epoch of the map the statement was routed by, carried by the
+  // connection as the session setting shardkit.epoch (the fence of a shard
+  // under a move refuses writes from an older one: rebalancer/
+  // shard_objects.h). The executor sends `SET shardkit.epoch` first only
+  // when the connection does not carry this epoch yet, so a pooled
+  // connection pays it once per epoch. 0: leave the setting as it is.
+  uint64_t epoch = 0;
   // Run on this session's connection (see ShardSession); nullptr: a
   // connection for this task alone. Borrowed: REQUIRES it outlives the
   // RunOnShards call, and no two tasks of one call name the same session.

@@ -301,6 +301,20 @@ absl::StatusOr<LoadReport> LoadCsv(const Cluster& cluster,
                                    const LoadOptions& options) {
   const std::shared_ptr<const ShardMap> map = cluster.map();
   ASSIGN_OR_RETURN(const Target target, ResolveTarget(*map, table));
+  // COPY rows do not come back to be dual-written to a move's destination,
+  // so a load into a distribution under a move would leave the destination
+  // short of them.
+  for (const MovingSlice& move : map->moves()) {
+    if (target.spec != nullptr && !target.spec->reference &&
+        move.distribution == target.spec->distribution) {
+      return absl::FailedPreconditionError(StrCat(
+          "table ", target.table, " belongs to distribution ",
+          map->distributions()[move.distribution].name(),
+          ", which move ", move.move_id,
+          " is changing; load it once the move is done (shardctl moves "
+          "status ", move.move_id, "), or insert the rows with Execute"));
+    }
+  }
   if (options.batch_bytes == 0) {
     return absl::InvalidArgumentError("the batch size must be at least 1 byte");
   }
@@ -339,7 +353,8 @@ absl::StatusOr<LoadReport> LoadCsv(const Cluster& cluster,
     writers.push_back(std::make_unique<CopyWriter>(
         CopyWriter::Settings{map->shard(id).name, map->shard(id).dsn,
                              cluster.config().timeouts.connect,
-                             cluster.config().timeouts.statement},
+                             cluster.config().timeouts.statement,
+                             map->epoch()},
         failure));
   }
   if (writers.empty()) {

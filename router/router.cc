@@ -7,6 +7,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -16,6 +17,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "router/hiding.h"
 #include "router/merge.h"
 #include "router/parser_thread.h"
 #include "router/shard_connection.h"
@@ -42,6 +44,14 @@ struct Router::Plan {
   // looks a parameter up.
   int lowest_param = 1;
   int highest_param = 0;
+  // The statement as sent to each shard that hides a moving slice's keys
+  // (router/hiding.h): `sql` in place of the statement as written,
+  // `sql_across_shards` in place of the plan's (same parameters).
+  struct Hidden {
+    std::string sql;
+    std::string sql_across_shards;
+  };
+  absl::flat_hash_map<ShardId, Hidden> hidden;
 };
 
 namespace {
@@ -331,6 +341,43 @@ absl::Status CheckParams(const Router::Plan& plan, const Params& params) {
 
 }  // namespace
 
+// The hidden variants of the plan's statements (Plan::hidden), for each
+// shard that hides keys of the statement's distribution. An INSERT ...
+// VALUES reads nothing, and DDL is the user's to run on both sides.
+absl::Status PlanHiding(const ShardMap& map, Router::Plan& plan) {
+  const RoutingPlan& routing = plan.routing;
+  if (routing.distribution == nullptr || map.moves().empty() ||
+      routing.kind == StatementKind::kInsert ||
+      routing.kind == StatementKind::kDdl) {
+    return absl::OkStatus();
+  }
+  const size_t distribution = static_cast<size_t>(
+      routing.distribution - map.distributions().data());
+  // The statement across shards (partial aggregates, LIMIT pushed down)
+  // is hidden from its own tree: it was deparsed from the plan's already.
+  std::optional<ParsedSql> across;
+  if (!plan.sql_across_shards.empty()) {
+    ASSIGN_OR_RETURN(across, ParsedSql::Parse(plan.sql_across_shards));
+  }
+  for (ShardId shard : HidingShards(map, distribution)) {
+    Router::Plan::Hidden hidden;
+    RETURN_IF_ERROR(WithSliceHidden(
+        *plan.tree, map, distribution, shard, [&]() -> absl::Status {
+          ASSIGN_OR_RETURN(hidden.sql, plan.tree->Deparse());
+          return absl::OkStatus();
+        }));
+    if (across.has_value()) {
+      RETURN_IF_ERROR(WithSliceHidden(
+          *across, map, distribution, shard, [&]() -> absl::Status {
+            ASSIGN_OR_RETURN(hidden.sql_across_shards, across->Deparse());
+            return absl::OkStatus();
+          }));
+    }
+    plan.hidden.emplace(shard, std::move(hidden));
+  }
+  return absl::OkStatus();
+}
+
 Router::Router() = default;
 Router::~Router() = default;
 
@@ -396,6 +443,7 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
       }
       plan->sql_across_shards = *std::move(pushed);
     }
+    status = PlanHiding(*map, *plan);
   });
   RETURN_IF_ERROR(status);
   absl::MutexLock lock(&mu_);
@@ -457,6 +505,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
   out.routing = &routing;
   if (routing.kind == StatementKind::kInsert && routing.distribution != nullptr) {
     ASSIGN_OR_RETURN(out.tasks, InsertTasks(*out.plan, *map, sql, params));
+    for (ShardTask& task : out.tasks) task.epoch = map->epoch();
     return out;
   }
   ASSIGN_OR_RETURN(std::vector<ShardId> targets,
@@ -486,11 +535,15 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     task.shard = id;
     task.shard_name = map->shard(id).name;
     task.dsn = map->shard(id).dsn;
+    task.epoch = map->epoch();
+    const auto hidden = plan.hidden.find(id);
     if (out.combine != Combining::kConcat && !plan.sql_across_shards.empty()) {
-      task.sql = plan.sql_across_shards;
+      task.sql = hidden != plan.hidden.end() ? hidden->second.sql_across_shards
+                                             : plan.sql_across_shards;
       for (int n : plan.params_across_shards) task.params.push_back(params[n - 1]);
     } else {
-      task.sql = std::string(sql);
+      task.sql = hidden != plan.hidden.end() ? hidden->second.sql
+                                             : std::string(sql);
       task.params = params;
     }
     out.tasks.push_back(std::move(task));

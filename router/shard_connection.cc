@@ -90,7 +90,10 @@ absl::StatusCode StatusCodeForSqlState(std::string_view sqlstate) {
     return StatusCode::kUnavailable;
   }
   if (StartsWith(sqlstate, "28")) return StatusCode::kUnauthenticated;
-  if (StartsWith(sqlstate, "40")) return StatusCode::kAborted;
+  // SK: shardkit's own (SK001: routed by a stale map, retry).
+  if (StartsWith(sqlstate, "40") || StartsWith(sqlstate, "SK")) {
+    return StatusCode::kAborted;
+  }
   if (StartsWith(sqlstate, "53")) return StatusCode::kResourceExhausted;
   if (StartsWith(sqlstate, "23") || StartsWith(sqlstate, "25") ||
       StartsWith(sqlstate, "55")) {

@@ -27,6 +27,7 @@
 #ifndef SHARDKIT_ROUTER_SHARD_CONNECTION_H_
 #define SHARDKIT_ROUTER_SHARD_CONNECTION_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -55,7 +56,8 @@ inline constexpr std::string_view kSqlStatePayloadUrl =
 // The status code shardkit uses for a server error with `sqlstate`:
 // kAlreadyExists (42P07, 42710, 23505, ...), kNotFound (42P01, 42703, ...),
 // kInvalidArgument (other class 42 and 22), kFailedPrecondition (23, 25),
-// kAborted (40), kPermissionDenied (42501), kUnauthenticated (28),
+// kAborted (40, and shardkit's SK001: a stale map), kPermissionDenied
+// (42501), kUnauthenticated (28),
 // kUnavailable (08, 57P0x), kResourceExhausted (53), kCancelled (57014),
 // kUnknown otherwise.
 absl::StatusCode StatusCodeForSqlState(std::string_view sqlstate);
@@ -211,6 +213,22 @@ class ShardConnection {
   // when it may have run.
   bool failed_before_sending() const { return failed_before_sending_; }
 
+  // The map epoch this session carries as shardkit.epoch (see ShardTask::
+  // epoch), or 0 when unknown. A SET made inside a transaction block is
+  // undone if the block rolls back, so such a one is forgotten once the
+  // session is seen outside the block (it is then set again).
+  uint64_t epoch() {
+    if (epoch_in_block_ && !InTransactionBlock()) {
+      epoch_ = 0;
+      epoch_in_block_ = false;
+    }
+    return epoch_;
+  }
+  // Records that `SET shardkit.epoch` to `epoch` just completed.
+  void NoteEpochSet(uint64_t epoch) {
+    epoch_ = epoch;
+    epoch_in_block_ = InTransactionBlock();
+  }
   State state() const { return state_; }
   // Why the state is kFailed; OK otherwise.
   const absl::Status& failure() const { return failure_; }
@@ -248,6 +266,8 @@ class ShardConnection {
   // The server sent a FATAL or PANIC error: it ends the session.
   bool session_ending_ = false;
   bool failed_before_sending_ = false;
+  uint64_t epoch_ = 0;
+  bool epoch_in_block_ = false;
 };
 
 // The server error in `res` (PGRES_FATAL_ERROR) as a status naming

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "rebalancer/shard_objects.h"
 #include "router/failpoint.h"
 #include "router/shard_connection.h"
 #include "shardkit/cluster.h"
@@ -247,6 +248,19 @@ absl::Status DistributedTransaction::CheckOpen() const {
 }
 
 absl::Status DistributedTransaction::Fail(absl::Status status) {
+  if (SqlStateOf(status) == kStaleEpochSqlState) {
+    // Nothing of the transaction may run on the map it began with: a move
+    // changed ownership since. It is the caller's to run it again, from
+    // its start, by the newer map.
+    if (on_stale_map_) on_stale_map_();
+    status = WithSqlState(
+        absl::AbortedError(StrCat(
+            "the shard map changed while the transaction ran (",
+            status.message(),
+            "); roll back and retry the transaction: it will be routed by "
+            "the new map")),
+        kStaleEpochSqlState);
+  }
   state_ = State::kAborted;
   abort_reason_ = status;
   return status;

@@ -107,6 +107,14 @@ class DistributedTransaction {
   absl::Status Rollback();
   std::vector<ShardId> participants() const;
 
+  // Called once when a shard refuses a statement for this transaction's
+  // stale map epoch (SQLSTATE SK001: a move fenced the table), so that the
+  // retried transaction routes by a newer map (Cluster::Begin refreshes
+  // its live map). May be empty.
+  void set_on_stale_map(std::function<void()> on_stale_map) {
+    on_stale_map_ = std::move(on_stale_map);
+  }
+
  private:
   struct Participant {
     ShardTask base;  // shard, name, dsn and session; no SQL
@@ -137,6 +145,7 @@ class DistributedTransaction {
   std::map<ShardId, Participant> participants_;
   State state_ = State::kOpen;
   absl::Status abort_reason_;
+  std::function<void()> on_stale_map_;
 };
 
 // Runs sql[i] on participant which[i], in parallel where it can; returns

@@ -42,6 +42,7 @@ class Cluster;
 namespace internal {
 class ConnectionPools;
 class DecisionLog;
+struct ExecOptions;
 DecisionLog& DecisionLogOf(const Cluster& cluster);
 class LiveMap;
 LiveMap& LiveMapOf(const Cluster& cluster);
@@ -252,6 +253,13 @@ class Cluster {
 
  private:
   Cluster(Config config, std::unique_ptr<internal::LiveMap> live);
+
+  // Execute by one map. Sets `retryable` when a failure left nothing done
+  // anywhere (so that a statement refused for a stale map can run again).
+  absl::StatusOr<Result> ExecuteRouted(
+      const std::shared_ptr<const ShardMap>& map, std::string_view sql,
+      const std::vector<Param>& params, const ExecuteOptions& execute,
+      const internal::ExecOptions& options, bool& retryable) const;
 
   const Config config_;
 
