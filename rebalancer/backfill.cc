@@ -1,0 +1,288 @@
+#include "rebalancer/backfill.h"
+
+#include <memory>
+#include <utility>
+
+#include "common/status_macros.h"
+#include "common/strings.h"
+#include "rebalancer/shard_objects.h"
+#include "router/failpoint.h"
+
+namespace shardkit::internal {
+namespace {
+
+// Per session: the backfill opens its own sessions for one table.
+constexpr char kStagingTable[] = "shardkit_backfill_staging";
+
+// `value` as an element of an array literal: always quoted, so that no
+// text (empty, "NULL", braces, commas) is read as anything but itself.
+void AppendArrayElement(std::string& out, std::string_view value) {
+  out += '"';
+  for (char c : value) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  out += '"';
+}
+
+// One table's backfill: the two sessions and the SQL built once.
+class Backfill {
+ public:
+  Backfill(std::unique_ptr<MoveSession> source,
+           std::unique_ptr<MoveSession> destination, TableShape shape,
+           const MoveSlice& slice, const BackfillOptions& options)
+      : source_(std::move(source)),
+        destination_(std::move(destination)),
+        shape_(std::move(shape)),
+        slice_(slice),
+        options_(options) {}
+
+  absl::Status Prepare();
+  absl::StatusOr<BackfillStats> Run();
+
+ private:
+  // Copies the chunk after `bound` (nullopt: the first); sets `bound` to
+  // its last row's key. Returns its stats; chunks == 0 when the source
+  // had no row left.
+  absl::StatusOr<BackfillStats> CopyChunk(
+      std::optional<std::vector<std::string>>& bound);
+  std::string ReadChunkSql(
+      const std::optional<std::vector<std::string>>& bound) const;
+  std::string Context(std::string_view what) const {
+    return StrCat(what, " of table ", shape_.name, " (", slice_.ToString(),
+                  ")");
+  }
+
+  const std::unique_ptr<MoveSession> source_;
+  const std::unique_ptr<MoveSession> destination_;
+  const TableShape shape_;
+  const MoveSlice& slice_;
+  const BackfillOptions& options_;
+  std::string condition_;      // the range/region filter, or empty
+  std::string copy_in_sql_;    // COPY staging FROM STDIN
+  std::string apply_sql_;      // staging into the table, keys, COMMIT
+  std::string list_keys_sql_;  // the source's keys, from an array
+};
+
+absl::Status Backfill::Prepare() {
+  condition_ = SliceCondition(*source_, shape_, slice_);
+  const std::string keys = MoveKeysTable(slice_.move_id);
+  const std::string columns = shape_.ColumnList();
+  const std::string& key = shape_.columns[shape_.key_column].quoted;
+  copy_in_sql_ = StrCat("COPY ", kStagingTable, " (", columns,
+                        ") FROM STDIN");
+  apply_sql_ = StrCat(
+      "INSERT INTO ", shape_.quoted, " (", columns, ") ",
+      shape_.has_identity ? "OVERRIDING SYSTEM VALUE " : "", "SELECT ",
+      columns, " FROM ", kStagingTable, " ON CONFLICT DO NOTHING; ",
+      "INSERT INTO ", keys, " (key) SELECT ", key, " FROM ", kStagingTable,
+      " ON CONFLICT DO NOTHING; COMMIT");
+  list_keys_sql_ = StrCat("INSERT INTO ", keys, " (key) SELECT unnest($1::",
+                          KeySqlType(slice_.key_type),
+                          "[]) ON CONFLICT DO NOTHING");
+  for (MoveSession* s : {source_.get(), destination_.get()}) {
+    RETURN_IF_ERROR(EnsureMoveKeysTable(*s, slice_));
+    if (options_.epoch) {
+      RETURN_IF_ERROR(
+          s->Run(StrCat("SET ", kEpochSetting, " = '", *options_.epoch, "'"),
+                 "setting the mover's map epoch")
+              .status());
+    }
+  }
+  // Only the copied columns, none of the table's constraints or defaults:
+  // the rows arrive whole and are checked by the real table's constraints
+  // when inserted. ON COMMIT DELETE ROWS empties it after each chunk.
+  return destination_
+      ->Run(StrCat("CREATE TEMPORARY TABLE ", kStagingTable,
+                   " ON COMMIT DELETE ROWS AS SELECT ", columns, " FROM ",
+                   shape_.quoted, " WITH NO DATA"),
+            Context("creating the staging table for the backfill"))
+      .status();
+}
+
+std::string Backfill::ReadChunkSql(
+    const std::optional<std::vector<std::string>>& bound) const {
+  std::string where;
+  if (bound) where = shape_.After(*source_, *bound);
+  if (!condition_.empty()) {
+    where = where.empty() ? condition_ : StrCat(where, " AND ", condition_);
+  }
+  return StrCat("COPY (SELECT ", shape_.ColumnList(), " FROM ", shape_.quoted,
+                where.empty() ? "" : StrCat(" WHERE ", where), " ORDER BY ",
+                shape_.PrimaryKeyList(), " LIMIT ", options_.chunk_rows,
+                " FOR SHARE) TO STDOUT");
+}
+
+absl::StatusOr<BackfillStats> Backfill::CopyChunk(
+    std::optional<std::vector<std::string>>& bound) {
+  BackfillStats stats;
+  std::string data;         // the slice's rows, COPY text
+  std::string keys = "{";   // their keys, an array literal
+  std::string last_line;    // the last row scanned
+  std::vector<std::string_view> fields;
+  absl::Status row_error;
+  const bool filter = slice_.strategy == Strategy::kHash &&
+                      !slice_.IsWholeHashSpace();
+
+  RETURN_IF_ERROR(source_->Run("BEGIN", Context("the backfill")).status());
+  RETURN_IF_ERROR(source_->CopyOut(
+      ReadChunkSql(bound),
+      [&](std::string_view line) {
+        ++stats.rows_scanned;
+        last_line.assign(line);
+        if (!row_error.ok()) return;
+        SplitCopyLine(line, fields);
+        if (fields.size() != shape_.columns.size()) {
+          row_error = absl::InternalError(
+              StrCat("shard ", source_->shard_name(), ": a row of ",
+                     shape_.name, " has ", fields.size(), " fields, not ",
+                     shape_.columns.size()));
+          return;
+        }
+        if (filter) {
+          absl::StatusOr<bool> in = RowInSlice(shape_, slice_, fields);
+          if (!in.ok()) {
+            row_error = in.status();
+            return;
+          }
+          if (!*in) return;
+        }
+        ++stats.rows_in_slice;
+        data.append(line);
+        data += '\n';
+        if (keys.size() > 1) keys += ',';
+        const std::string_view key = fields[shape_.key_column];
+        if (key.find('\\') == std::string_view::npos) {
+          AppendArrayElement(keys, key);
+        } else {
+          AppendArrayElement(keys, UnescapeCopyField(key).value_or(""));
+        }
+      },
+      Context("reading a chunk for the backfill")));
+  RETURN_IF_ERROR(row_error);
+  if (stats.rows_scanned == 0) {
+    RETURN_IF_ERROR(source_->Run("COMMIT").status());
+    return stats;
+  }
+  stats.chunks = 1;
+  stats.bytes = static_cast<int64_t>(data.size());
+  keys += '}';
+
+  if (stats.rows_in_slice > 0) {
+    RETURN_IF_ERROR(source_
+                        ->Query(list_keys_sql_, {keys},
+                                Context("listing the keys copied"))
+                        .status());
+    RETURN_IF_ERROR(
+        destination_->Run("BEGIN", Context("the backfill")).status());
+    RETURN_IF_ERROR(destination_
+                        ->CopyIn(copy_in_sql_, data,
+                                 Context("staging a chunk for the backfill"))
+                        .status());
+    ASSIGN_OR_RETURN(std::vector<int64_t> counts,
+                     destination_->Run(apply_sql_,
+                                       Context("inserting a chunk")));
+    stats.rows_copied = counts.empty() ? 0 : counts.front();
+  }
+  Failpoint("move-backfill-after-chunk");
+  RETURN_IF_ERROR(
+      source_->Run("COMMIT", Context("committing a chunk")).status());
+
+  SplitCopyLine(last_line, fields);
+  bound = PrimaryKeyOf(shape_, fields);
+  return stats;
+}
+
+absl::StatusOr<BackfillStats> Backfill::Run() {
+  std::optional<std::vector<std::string>> bound = options_.resume_after;
+  BackfillStats total;
+  while (true) {
+    absl::StatusOr<BackfillStats> chunk = CopyChunk(bound);
+    if (!chunk.ok()) {
+      // Closing the sessions would roll back as well; this keeps a caller
+      // that retries on the same process from waiting on our locks.
+      destination_->RollbackQuietly();
+      source_->RollbackQuietly();
+      return chunk.status();
+    }
+    if (chunk->chunks == 0) break;
+    total.Add(*chunk);
+    if (options_.on_chunk) {
+      RETURN_IF_ERROR(options_.on_chunk({*chunk, total, *bound}));
+    }
+    if (total.chunks == 1) Failpoint("move-backfill-mid");
+    if (chunk->rows_scanned < options_.chunk_rows) break;  // the last one
+  }
+  return total;
+}
+
+absl::StatusOr<std::pair<std::unique_ptr<MoveSession>,
+                         std::unique_ptr<MoveSession>>>
+OpenBoth(const ShardEndpoint& source, const ShardEndpoint& destination,
+         absl::Duration statement_timeout) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> s,
+                   MoveSession::Open(source, statement_timeout));
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> d,
+                   MoveSession::Open(destination, statement_timeout));
+  return std::make_pair(std::move(s), std::move(d));
+}
+
+}  // namespace
+
+void BackfillStats::Add(const BackfillStats& other) {
+  chunks += other.chunks;
+  rows_scanned += other.rows_scanned;
+  rows_in_slice += other.rows_in_slice;
+  rows_copied += other.rows_copied;
+  bytes += other.bytes;
+}
+
+absl::StatusOr<TableShape> CheckTableForMove(const ShardEndpoint& source,
+                                             const ShardEndpoint& destination,
+                                             const TableToMove& table) {
+  ASSIGN_OR_RETURN(auto sessions,
+                   OpenBoth(source, destination, absl::Minutes(1)));
+  return DescribeTableForMove(*sessions.first, *sessions.second, table.name,
+                              table.key_column);
+}
+
+absl::Status EnsureMoveKeysTable(MoveSession& session,
+                                 const MoveSlice& slice) {
+  // IF NOT EXISTS still races with a concurrent creator (a unique violation
+  // in pg_type): the mover creates the lists before dual-writes begin.
+  return session
+      .Run(StrCat("CREATE SCHEMA IF NOT EXISTS shardkit; "
+                  "CREATE TABLE IF NOT EXISTS ",
+                  MoveKeysTable(slice.move_id), " (key ",
+                  KeySqlType(slice.key_type), " PRIMARY KEY)"),
+           StrCat("creating the key list of move ", slice.move_id))
+      .status();
+}
+
+absl::StatusOr<BackfillStats> BackfillTable(const ShardEndpoint& source,
+                                            const ShardEndpoint& destination,
+                                            const TableToMove& table,
+                                            const MoveSlice& slice,
+                                            const BackfillOptions& options) {
+  if (options.chunk_rows < 1) {
+    return absl::InvalidArgumentError("backfill: chunk_rows must be >= 1");
+  }
+  ASSIGN_OR_RETURN(auto sessions,
+                   OpenBoth(source, destination, options.statement_timeout));
+  ASSIGN_OR_RETURN(TableShape shape,
+                   DescribeTableForMove(*sessions.first, *sessions.second,
+                                        table.name, table.key_column));
+  if (options.resume_after &&
+      options.resume_after->size() != shape.primary_key.size()) {
+    return absl::InvalidArgumentError(
+        StrCat("backfill of table ", table.name, ": the resume bound has ",
+               options.resume_after->size(), " values, its primary key ",
+               shape.primary_key.size(), " columns"));
+  }
+  Backfill backfill(std::move(sessions.first), std::move(sessions.second),
+                    std::move(shape), slice, options);
+  RETURN_IF_ERROR(backfill.Prepare());
+  return backfill.Run();
+}
+
+}  // namespace shardkit::internal
