@@ -1,0 +1,295 @@
+// The router's part of an online move (rebalancer/shard_objects.h) against
+// real shards: the epoch fence and the transparent retry, and the hiding of
+// a moving slice's second copy in both phases. The move's states are
+// published by hand through the catalog, and the shard objects created by
+// hand, as the mover would.
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/strings.h"
+#include "absl/time/clock.h"
+#include "config/live_state.h"
+#include "gtest/gtest.h"
+#include "rebalancer/shard_objects.h"
+#include "router/catalog.h"
+#include "router/live_map.h"
+#include "shardkit/cluster.h"
+#include "shardkit/transaction.h"
+#include "tests/integration/test_cluster.h"
+
+namespace shardkit {
+namespace {
+
+using internal::LiveState;
+using testing::TestCluster;
+
+constexpr char kMapBody[] = R"(
+[distributions.users]
+strategy = "hash"
+key_type = "int8"
+shards = ["s1", "s2"]
+[distributions.items]
+strategy = "hash"
+key_type = "int8"
+shards = ["s1", "s2"]
+[tables.users]
+distribution = "users"
+key = "id"
+[tables.orders]
+distribution = "users"
+key = "user_id"
+[tables.items]
+distribution = "items"
+key = "id"
+[timeouts]
+connect = "5s"
+)";
+
+// Half of s1's slice [0, 2^63) moves to s2.
+constexpr uint64_t kSliceHi = 0x4000000000000000ULL;
+constexpr char kSliceHiText[] = "0x4000000000000000";
+
+bool InSlice(int64_t id) { return HashKey(Key::Integer(id)) < kSliceHi; }
+int OwnerBefore(int64_t id) {
+  return HashKey(Key::Integer(id)) < 0x8000000000000000ULL ? 0 : 1;
+}
+
+class MoveRoutingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto started = TestCluster::Start(2);
+    ASSERT_TRUE(started.ok()) << started.status();
+    shards_ = started->release();
+    ASSERT_TRUE(shards_->Query(0, "CREATE DATABASE movecat").ok());
+    const std::string body =
+        StrCat("[catalog]\ndsn = \"", shards_->dsn(0), " dbname=movecat\"\n",
+               kMapBody);
+    config_path_ = new std::string(shards_->WriteConfig("move.toml", body));
+    for (int s = 0; s < 2; ++s) {
+      auto made = shards_->Query(
+          s, StrCat("CREATE TABLE users (id int8 PRIMARY KEY, name text);"
+                    "CREATE TABLE orders (user_id int8, id int8, amount int,"
+                    " PRIMARY KEY (user_id, id));"
+                    "CREATE TABLE items (id int8 PRIMARY KEY, v text);",
+                    internal::InstallFenceFunctionSql(),
+                    internal::InstallFenceTriggerSql("users"), ";",
+                    internal::InstallFenceTriggerSql("orders"), ";",
+                    "CREATE TABLE ", internal::MoveKeysTable(1), " (key ",
+                    internal::KeySqlType(KeyType::kInt8),
+                    " PRIMARY KEY)"));
+      ASSERT_TRUE(made.ok()) << made.status();
+    }
+    // Rows on their owners; the slice's rows also copied to s2 (as the
+    // backfill would) and listed on both sides.
+    for (int64_t id = 1; id <= 60; ++id) {
+      const std::string row = StrCat("INSERT INTO users VALUES (", id, ", 'u",
+                                     id, "'); INSERT INTO orders VALUES (",
+                                     id, ", 1, ", id, ")");
+      ASSERT_TRUE(shards_->Query(OwnerBefore(id), row).ok());
+      if (InSlice(id)) {
+        ++in_slice_;
+        ASSERT_TRUE(shards_->Query(1, row).ok());
+        for (int s = 0; s < 2; ++s) {
+          ASSERT_TRUE(shards_->Query(s, StrCat("INSERT INTO ",
+                                               internal::MoveKeysTable(1),
+                                               " VALUES (", id, ")"))
+                          .ok());
+        }
+      }
+    }
+    ASSERT_GT(in_slice_, 0);
+    // Epoch 2: the slice in dual-write.
+    auto config = LoadConfig(*config_path_);
+    ASSERT_TRUE(config.ok()) << config.status();
+    catalog_ = new internal::Catalog(*config->catalog, internal::ExecOptions{});
+    state_ = new LiveState(internal::LiveStateOf(config->map));
+    state_->moves.push_back(LiveState::Move{1, "users", "", kSliceHiText, "",
+                                            "s1", "s2",
+                                            MovePhase::kDualWrite});
+    Publish();
+  }
+
+  static void TearDownTestSuite() {
+    delete catalog_;
+    delete state_;
+    delete config_path_;
+    delete shards_;
+  }
+
+  static void Publish() {
+    ++state_->epoch;
+    absl::Status published = catalog_->Publish(*state_, "move_routing_test");
+    ASSERT_TRUE(published.ok()) << published;
+  }
+
+  // Epoch + 1 with the slice owned by s2, its move cut over.
+  static void CutOver() {
+    LiveState::Ownership& users = state_->distributions["users"];
+    users.slices = {{"", kSliceHiText, "s2"},
+                    {kSliceHiText, "0x8000000000000000", "s1"},
+                    {"0x8000000000000000", "", "s2"}};
+    state_->moves[0].phase = MovePhase::kCutOver;
+    Publish();
+  }
+
+  // Every shard refuses writes to users and orders routed by a map older
+  // than `epoch`.
+  static void Fence(uint64_t epoch) {
+    for (int s = 0; s < 2; ++s) {
+      ASSERT_TRUE(shards_
+                      ->Query(s, StrCat("INSERT INTO shardkit.fences VALUES "
+                                        "('users', ", epoch, "), ('orders', ",
+                                        epoch, ") ON CONFLICT (table_name) DO "
+                                        "UPDATE SET min_epoch = ", epoch))
+                      .ok());
+    }
+  }
+
+  static std::unique_ptr<Cluster> Open() {
+    auto cluster = Cluster::OpenFile(*config_path_);
+    EXPECT_TRUE(cluster.ok()) << cluster.status();
+    return cluster.ok() ? *std::move(cluster) : nullptr;
+  }
+
+  static int64_t Scalar(Cluster& cluster, const std::string& sql) {
+    absl::StatusOr<Result> r = cluster.Execute(sql, {});
+    EXPECT_TRUE(r.ok()) << sql << ": " << r.status();
+    if (!r.ok() || r->rows.empty() || !r->rows[0][0]) return -1;
+    return std::stoll(*r->rows[0][0]);
+  }
+
+  // Reads see each row once: 60 users, 60 orders.
+  static void ExpectEachRowOnce(Cluster& cluster) {
+    EXPECT_EQ(Scalar(cluster, "SELECT count(*) FROM users"), 60);
+    EXPECT_EQ(Scalar(cluster, "SELECT sum(id) FROM users"), 60 * 61 / 2);
+    EXPECT_EQ(Scalar(cluster, "SELECT count(DISTINCT id) FROM users u"), 60);
+    EXPECT_EQ(Scalar(cluster, "SELECT count(*) FROM users u JOIN orders o "
+                              "ON o.user_id = u.id"),
+              60);
+    absl::StatusOr<Result> all = cluster.Execute("SELECT * FROM users", {});
+    ASSERT_TRUE(all.ok()) << all.status();
+    EXPECT_EQ(all->rows.size(), 60u);
+    absl::StatusOr<Result> first =
+        cluster.Execute("SELECT id FROM users ORDER BY id LIMIT 5 OFFSET 1", {});
+    ASSERT_TRUE(first.ok()) << first.status();
+    std::vector<std::string> ids;
+    for (const Row& row : first->rows) ids.push_back(*row[0]);
+    EXPECT_EQ(ids, (std::vector<std::string>{"2", "3", "4", "5", "6"}));
+  }
+
+  static int64_t RawCount(int shard, const std::string& sql) {
+    auto rows = shards_->Query(shard, sql);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    return rows.ok() ? std::stoll((*rows)[0][0]) : -1;
+  }
+
+  static TestCluster* shards_;
+  static std::string* config_path_;
+  static internal::Catalog* catalog_;
+  static LiveState* state_;
+  static int in_slice_;
+};
+
+TestCluster* MoveRoutingTest::shards_ = nullptr;
+std::string* MoveRoutingTest::config_path_ = nullptr;
+internal::Catalog* MoveRoutingTest::catalog_ = nullptr;
+LiveState* MoveRoutingTest::state_ = nullptr;
+int MoveRoutingTest::in_slice_ = 0;
+
+int64_t SliceKey(int nth) {
+  for (int64_t id = 1000;; ++id) {
+    if (InSlice(id) && nth-- == 0) return id;
+  }
+}
+
+TEST_F(MoveRoutingTest, FenceRetriesHidingAndTransactionsAcrossPhases) {
+  std::unique_ptr<Cluster> cluster = Open();
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_EQ(cluster->map()->epoch(), 2u);
+
+  // Dual-write: the destination's copies are hidden; the raw shards do
+  // hold the slice twice.
+  EXPECT_EQ(RawCount(0, "SELECT count(*) FROM users") +
+                RawCount(1, "SELECT count(*) FROM users"),
+            60 + in_slice_);
+  ExpectEachRowOnce(*cluster);
+  // An UPDATE everywhere touches each row once, and not s2's copies.
+  absl::StatusOr<Result> touched =
+      cluster->Execute("UPDATE users SET name = name WHERE id > 0", {});
+  ASSERT_TRUE(touched.ok()) << touched.status();
+  EXPECT_EQ(touched->rows_affected, 60);
+
+  // The fence rises to epoch 3 before the catalog announces it: a write
+  // routed by epoch 2 is refused, waits for the new map and lands, once,
+  // on the slice's new owner.
+  Fence(3);
+  auto* raw = new testing::Session(shards_->dsn(0));
+  EXPECT_NE(raw->Scalar("SET shardkit.epoch = 2; "
+                        "UPDATE users SET name = 'x' WHERE id = -1")
+                .find("is under a move"),
+            std::string::npos);
+  delete raw;
+  std::thread publisher([] {
+    absl::SleepFor(absl::Milliseconds(300));
+    CutOver();
+  });
+  const int64_t key = SliceKey(0);
+  absl::StatusOr<Result> inserted = cluster->Execute(
+      "INSERT INTO users (id, name) VALUES ($1, 'late')", {std::to_string(key)});
+  publisher.join();
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  EXPECT_EQ(cluster->map()->epoch(), 3u);
+  EXPECT_EQ(RawCount(1, StrCat("SELECT count(*) FROM users WHERE id = ", key)),
+            1);
+  EXPECT_EQ(RawCount(0, StrCat("SELECT count(*) FROM users WHERE id = ", key)),
+            0);
+  ASSERT_TRUE(cluster->Execute("DELETE FROM users WHERE id = $1",
+                               {std::to_string(key)})
+                  .ok());
+
+  // Cut over: the source's leftover copies are hidden.
+  ExpectEachRowOnce(*cluster);
+
+  // A transaction fenced mid-way fails with the retryable error; run again
+  // by the new map it succeeds.
+  Fence(4);
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster->Begin();
+  ASSERT_TRUE(txn.ok()) << txn.status();
+  ASSERT_TRUE((*txn)->Execute("SELECT count(*) FROM users", {}).ok());
+  absl::StatusOr<Result> fenced = (*txn)->Execute(
+      "UPDATE users SET name = 'in txn' WHERE id = $1",
+      {std::to_string(SliceKey(1))});
+  ASSERT_FALSE(fenced.ok());
+  EXPECT_EQ(fenced.status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(SqlStateOf(fenced.status()), "SK001");
+  EXPECT_NE(fenced.status().message().find("retry the transaction"),
+            std::string::npos)
+      << fenced.status();
+  ASSERT_TRUE((*txn)->Rollback().ok());
+  Publish();  // epoch 4, same ownership
+  ASSERT_TRUE(testing::Eventually(
+      [&] { return cluster->map()->epoch() == 4u; }));
+  txn = cluster->Begin();
+  ASSERT_TRUE(txn.ok());
+  const int64_t moved = [] {
+    for (int64_t id = 1;; ++id) if (InSlice(id)) return id;
+  }();
+  absl::StatusOr<Result> updated = (*txn)->Execute(
+      "UPDATE users SET name = 'in txn' WHERE id = $1", {std::to_string(moved)});
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->rows_affected, 1);
+  ASSERT_TRUE((*txn)->Commit().ok());
+  EXPECT_EQ(RawCount(1, StrCat("SELECT count(*) FROM users WHERE id = ", moved,
+                               " AND name = 'in txn'")),
+            1);
+
+  // Another distribution is neither fenced nor filtered.
+  ASSERT_TRUE(cluster->Execute("INSERT INTO items (id, v) VALUES (1, 'a'), (2, 'b')", {})
+                  .ok());
+  EXPECT_EQ(Scalar(*cluster, "SELECT count(*) FROM items"), 2);
+}
+
+}  // namespace
+}  // namespace shardkit
