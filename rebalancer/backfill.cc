@@ -1,11 +1,13 @@
 #include "rebalancer/backfill.h"
 
 #include <memory>
+#include <thread>
 #include <utility>
 
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "rebalancer/shard_objects.h"
+#include "shardkit/cluster.h"
 #include "router/failpoint.h"
 
 namespace shardkit::internal {
@@ -13,17 +15,6 @@ namespace {
 
 // Per session: the backfill opens its own sessions for one table.
 constexpr char kStagingTable[] = "shardkit_backfill_staging";
-
-// `value` as an element of an array literal: always quoted, so that no
-// text (empty, "NULL", braces, commas) is read as anything but itself.
-void AppendArrayElement(std::string& out, std::string_view value) {
-  out += '"';
-  for (char c : value) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  out += '"';
-}
 
 // One table's backfill: the two sessions and the SQL built once.
 class Backfill {
@@ -58,28 +49,68 @@ class Backfill {
   const TableShape shape_;
   const MoveSlice& slice_;
   const BackfillOptions& options_;
-  std::string condition_;      // the range/region filter, or empty
-  std::string copy_in_sql_;    // COPY staging FROM STDIN
-  std::string apply_sql_;      // staging into the table, keys, COMMIT
-  std::string list_keys_sql_;  // the source's keys, from an array
+  // Copies `data` (COPY text lines) with `copy_sql`, or, when a row is
+  // already there (unique violation: dual-written, or copied by an earlier
+  // run), into `staging_sql` and then `merge_sql` (ON CONFLICT DO NOTHING).
+  // `started`: the COPY with `copy_sql` was already started, and `data`
+  // sent, in savepoint kSavepoint. Returns the rows inserted.
+  absl::StatusOr<int64_t> CopyOrMerge(MoveSession& session, bool started,
+                                      const std::string& copy_sql,
+                                      const std::string& staging_sql,
+                                      const std::string& merge_sql,
+                                      std::string_view data,
+                                      std::string_view what);
+
+  std::string condition_;  // the range/region filter, or empty
+  // Rows: straight into the table, or staged and merged.
+  std::string copy_rows_sql_, stage_rows_sql_, merge_rows_sql_;
+  // Keys: straight into the list, or staged and merged.
+  std::string copy_keys_sql_, stage_keys_sql_, merge_keys_sql_;
 };
+
+constexpr char kKeyStagingTable[] = "shardkit_backfill_keys";
+constexpr char kSavepoint[] = "shardkit_backfill";
+
+absl::StatusOr<int64_t> Backfill::CopyOrMerge(
+    MoveSession& session, bool started, const std::string& copy_sql,
+    const std::string& staging_sql, const std::string& merge_sql,
+    std::string_view data, std::string_view what) {
+  const std::string context = Context(what);
+  absl::StatusOr<int64_t> copied;
+  if (started) {
+    copied = session.EndCopyIn(context);
+  } else {
+    RETURN_IF_ERROR(
+        session.Run(StrCat("SAVEPOINT ", kSavepoint), context).status());
+    copied = session.CopyIn(copy_sql, data, context);
+  }
+  if (copied.ok() || SqlStateOf(copied.status()) != "23505") return copied;
+  RETURN_IF_ERROR(
+      session.Run(StrCat("ROLLBACK TO SAVEPOINT ", kSavepoint), context)
+          .status());
+  RETURN_IF_ERROR(session.CopyIn(staging_sql, data, context).status());
+  ASSIGN_OR_RETURN(std::vector<int64_t> counts,
+                   session.Run(merge_sql, context));
+  return counts.empty() ? 0 : counts.front();
+}
 
 absl::Status Backfill::Prepare() {
   condition_ = SliceCondition(*source_, shape_, slice_);
   const std::string keys = MoveKeysTable(slice_.move_id);
   const std::string columns = shape_.ColumnList();
-  const std::string& key = shape_.columns[shape_.key_column].quoted;
-  copy_in_sql_ = StrCat("COPY ", kStagingTable, " (", columns,
-                        ") FROM STDIN");
-  apply_sql_ = StrCat(
+  copy_rows_sql_ =
+      StrCat("COPY ", shape_.quoted, " (", columns, ") FROM STDIN");
+  stage_rows_sql_ =
+      StrCat("COPY ", kStagingTable, " (", columns, ") FROM STDIN");
+  merge_rows_sql_ = StrCat(
       "INSERT INTO ", shape_.quoted, " (", columns, ") ",
       shape_.has_identity ? "OVERRIDING SYSTEM VALUE " : "", "SELECT ",
-      columns, " FROM ", kStagingTable, " ON CONFLICT DO NOTHING; ",
-      "INSERT INTO ", keys, " (key) SELECT ", key, " FROM ", kStagingTable,
-      " ON CONFLICT DO NOTHING; COMMIT");
-  list_keys_sql_ = StrCat("INSERT INTO ", keys, " (key) SELECT unnest($1::",
-                          KeySqlType(slice_.key_type),
-                          "[]) ON CONFLICT DO NOTHING");
+      columns, " FROM ", kStagingTable, " ON CONFLICT DO NOTHING");
+  copy_keys_sql_ = StrCat("COPY ", keys, " (key) FROM STDIN");
+  stage_keys_sql_ = StrCat("COPY ", kKeyStagingTable, " (key) FROM STDIN");
+  merge_keys_sql_ =
+      StrCat("INSERT INTO ", keys, " (key) SELECT DISTINCT key FROM ",
+             kKeyStagingTable, " ON CONFLICT DO NOTHING");
   for (MoveSession* s : {source_.get(), destination_.get()}) {
     RETURN_IF_ERROR(EnsureMoveKeysTable(*s, slice_));
     if (options_.epoch) {
@@ -88,6 +119,12 @@ absl::Status Backfill::Prepare() {
                  "setting the mover's map epoch")
               .status());
     }
+    RETURN_IF_ERROR(
+        s->Run(StrCat("CREATE TEMPORARY TABLE ", kKeyStagingTable,
+                      " ON COMMIT DELETE ROWS AS SELECT key FROM ", keys,
+                      " WITH NO DATA"),
+               Context("creating the staging table for keys"))
+            .status());
   }
   // Only the copied columns, none of the table's constraints or defaults:
   // the rows arrive whole and are checked by the real table's constraints
@@ -116,15 +153,28 @@ std::string Backfill::ReadChunkSql(
 absl::StatusOr<BackfillStats> Backfill::CopyChunk(
     std::optional<std::vector<std::string>>& bound) {
   BackfillStats stats;
-  std::string data;         // the slice's rows, COPY text
-  std::string keys = "{";   // their keys, an array literal
-  std::string last_line;    // the last row scanned
+  std::string data;       // the slice's rows, COPY text
+  std::string keys;       // their keys, COPY text
+  std::string last_line;  // the last row scanned
+  std::string last_key;   // the last key listed
+  size_t sent = 0;        // bytes of `data` sent to the destination
   std::vector<std::string_view> fields;
   absl::Status row_error;
   const bool filter = slice_.strategy == Strategy::kHash &&
                       !slice_.IsWholeHashSpace();
+  // Rows stream to the destination as the source sends them, in pieces of
+  // this size, so that both servers work at once (as a COPY pipe does).
+  constexpr size_t kSendEvery = 256 << 10;
 
   RETURN_IF_ERROR(source_->Run("BEGIN", Context("the backfill")).status());
+  RETURN_IF_ERROR(destination_
+                      ->Run(StrCat("BEGIN; SAVEPOINT ", kSavepoint),
+                            Context("the backfill"))
+                      .status());
+  // The fast path: straight into the table. A row already there fails the
+  // COPY (unique violation) and sends the chunk through the staging table.
+  RETURN_IF_ERROR(destination_->StartCopyIn(copy_rows_sql_,
+                                            Context("copying a chunk")));
   RETURN_IF_ERROR(source_->CopyOut(
       ReadChunkSql(bound),
       [&](std::string_view line) {
@@ -150,40 +200,58 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
         ++stats.rows_in_slice;
         data.append(line);
         data += '\n';
-        if (keys.size() > 1) keys += ',';
+        // A raw COPY field is a valid line of a one-column COPY. Rows of
+        // one key follow each other when the key leads the primary key:
+        // list it once (a repeat would fail the fast COPY of the keys).
         const std::string_view key = fields[shape_.key_column];
-        if (key.find('\\') == std::string_view::npos) {
-          AppendArrayElement(keys, key);
-        } else {
-          AppendArrayElement(keys, UnescapeCopyField(key).value_or(""));
+        if (stats.rows_in_slice == 1 || key != last_key) {
+          keys.append(key);
+          keys += '\n';
+          last_key.assign(key);
+        }
+        if (data.size() - sent >= kSendEvery) {
+          row_error = destination_->PutCopyData(
+              std::string_view(data).substr(sent), Context("copying a chunk"));
+          sent = data.size();
         }
       },
       Context("reading a chunk for the backfill")));
   RETURN_IF_ERROR(row_error);
+  RETURN_IF_ERROR(destination_->PutCopyData(
+      std::string_view(data).substr(sent), Context("copying a chunk")));
+  ASSIGN_OR_RETURN(stats.rows_copied,
+                   CopyOrMerge(*destination_, /*started=*/true,
+                               copy_rows_sql_, stage_rows_sql_,
+                               merge_rows_sql_, data, "copying a chunk"));
   if (stats.rows_scanned == 0) {
+    RETURN_IF_ERROR(destination_->Run("COMMIT").status());
     RETURN_IF_ERROR(source_->Run("COMMIT").status());
     return stats;
   }
   stats.chunks = 1;
   stats.bytes = static_cast<int64_t>(data.size());
-  keys += '}';
 
   if (stats.rows_in_slice > 0) {
-    RETURN_IF_ERROR(source_
-                        ->Query(list_keys_sql_, {keys},
-                                Context("listing the keys copied"))
-                        .status());
-    RETURN_IF_ERROR(
-        destination_->Run("BEGIN", Context("the backfill")).status());
-    RETURN_IF_ERROR(destination_
-                        ->CopyIn(copy_in_sql_, data,
-                                 Context("staging a chunk for the backfill"))
-                        .status());
-    ASSIGN_OR_RETURN(std::vector<int64_t> counts,
-                     destination_->Run(apply_sql_,
-                                       Context("inserting a chunk")));
-    stats.rows_copied = counts.empty() ? 0 : counts.front();
+    // Both shards list the keys at once: the source's on a thread of its
+    // own (each session is used by one thread at a time).
+    absl::Status source_listed;
+    std::thread source_lister([&] {
+      source_listed = CopyOrMerge(*source_, /*started=*/false, copy_keys_sql_,
+                                  stage_keys_sql_, merge_keys_sql_, keys,
+                                  "listing the keys copied")
+                          .status();
+    });
+    absl::Status destination_listed =
+        CopyOrMerge(*destination_, /*started=*/false, copy_keys_sql_,
+                    stage_keys_sql_, merge_keys_sql_, keys,
+                    "listing the keys copied")
+            .status();
+    source_lister.join();
+    RETURN_IF_ERROR(source_listed);
+    RETURN_IF_ERROR(destination_listed);
   }
+  RETURN_IF_ERROR(
+      destination_->Run("COMMIT", Context("committing a chunk")).status());
   Failpoint("move-backfill-after-chunk");
   RETURN_IF_ERROR(
       source_->Run("COMMIT", Context("committing a chunk")).status());

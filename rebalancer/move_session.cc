@@ -6,6 +6,7 @@
 #include <memory>
 #include <utility>
 
+#include "common/status_macros.h"
 #include "common/strings.h"
 #include "router/copy_writer.h"
 #include "router/shard_connection.h"
@@ -209,9 +210,8 @@ absl::Status MoveSession::CopyOut(
   return status;
 }
 
-absl::StatusOr<int64_t> MoveSession::CopyIn(std::string_view sql,
-                                            std::string_view data,
-                                            std::string_view context) {
+absl::Status MoveSession::StartCopyIn(std::string_view sql,
+                                      std::string_view context) {
   const std::string text(sql);
   ResultPtr start(PQexec(conn_, text.c_str()));
   if (start == nullptr) return Error("COPY FROM", context);
@@ -223,6 +223,11 @@ absl::StatusOr<int64_t> MoveSession::CopyIn(std::string_view sql,
     return absl::InternalError(StrCat("shard ", shard_name_,
                                       ": not a COPY FROM STDIN: ", sql));
   }
+  return absl::OkStatus();
+}
+
+absl::Status MoveSession::PutCopyData(std::string_view data,
+                                      std::string_view context) {
   // libpq buffers what it is given and flushes in its own blocks; pieces of
   // 1 MiB keep a call's cost per byte low without one huge send buffer.
   constexpr size_t kPiece = 1 << 20;
@@ -232,6 +237,10 @@ absl::StatusOr<int64_t> MoveSession::CopyIn(std::string_view sql,
       return Error("COPY FROM", context);
     }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> MoveSession::EndCopyIn(std::string_view context) {
   if (PQputCopyEnd(conn_, nullptr) != 1) return Error("COPY FROM", context);
   absl::Status status;
   int64_t rows = 0;
@@ -249,6 +258,15 @@ absl::StatusOr<int64_t> MoveSession::CopyIn(std::string_view sql,
   }
   if (!status.ok()) return status;
   return rows;
+}
+
+absl::StatusOr<int64_t> MoveSession::CopyIn(std::string_view sql,
+                                            std::string_view data,
+                                            std::string_view context) {
+  RETURN_IF_ERROR(StartCopyIn(sql, context));
+  // PutCopyData fails only when the connection broke: nothing to end.
+  RETURN_IF_ERROR(PutCopyData(data, context));
+  return EndCopyIn(context);
 }
 
 std::string MoveSession::Literal(std::string_view value) const {

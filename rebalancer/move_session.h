@@ -92,6 +92,17 @@ class MoveSession {
                                                std::string_view data,
                                                std::string_view context = "");
 
+  // CopyIn in steps, for data that arrives while another session streams
+  // it: StartCopyIn runs `sql`; PutCopyData sends whole lines (libpq
+  // buffers and flushes them); EndCopyIn ends the COPY and returns the rows
+  // copied, or the server's error (a row it refused).
+  [[nodiscard]] absl::Status StartCopyIn(std::string_view sql,
+                                         std::string_view context = "");
+  [[nodiscard]] absl::Status PutCopyData(std::string_view data,
+                                         std::string_view context = "");
+  [[nodiscard]] absl::StatusOr<int64_t> EndCopyIn(
+      std::string_view context = "");
+
   // `value` as an SQL string literal ('...', E'...' where needed).
   std::string Literal(std::string_view value) const;
 
