@@ -1,0 +1,590 @@
+#include "rebalancer/mover.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "common/strings.h"
+#include "rebalancer/backfill.h"
+#include "rebalancer/move_session.h"
+#include "rebalancer/move_table.h"
+#include "rebalancer/shard_objects.h"
+#include "rebalancer/verify.h"
+#include "router/failpoint.h"
+#include "shardkit/cluster.h"
+
+namespace shardkit::internal {
+
+namespace {
+
+constexpr absl::Duration kLeaseTtl = absl::Seconds(30);
+constexpr int64_t kCleanupBatch = 5000;
+
+ExecOptions CatalogOptions(const MoverOptions& options) {
+  ExecOptions exec;
+  exec.connect_timeout = options.connect_timeout;
+  exec.statement_timeout = options.statement_timeout;
+  return exec;
+}
+
+std::vector<TableToMove> TablesOf(const ShardMap& map,
+                                  std::string_view distribution) {
+  std::vector<TableToMove> tables;
+  for (const Table& t : map.tables()) {
+    if (!t.reference &&
+        map.distributions()[t.distribution].name() == distribution) {
+      tables.push_back({t.name, t.key_column});
+    }
+  }
+  return tables;
+}
+
+LiveState::Move* FindMove(LiveState& state, uint64_t id) {
+  for (LiveState::Move& m : state.moves) {
+    if (m.id == id) return &m;
+  }
+  return nullptr;
+}
+
+void DropMove(LiveState& state, uint64_t id) {
+  state.moves.erase(std::remove_if(state.moves.begin(), state.moves.end(),
+                                   [&](const LiveState::Move& m) {
+                                     return m.id == id;
+                                   }),
+                    state.moves.end());
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Mover>> Mover::Open(Config config,
+                                                   MoverOptions options) {
+  if (!config.catalog) {
+    return absl::FailedPreconditionError(StrCat(
+        "moving data needs a [catalog] in ", config.source,
+        ": the live map and the move journal are kept there, so that every "
+        "process routes by the same map; add [catalog] dsn = \"...\" (a "
+        "database that is not a shard's, e.g. `shardctl dev up` writes one)"));
+  }
+  auto mover = absl::WrapUnique(new Mover(std::move(config), std::move(options)));
+  RETURN_IF_ERROR(mover->journal_.EnsureSchema());
+  return mover;
+}
+
+Mover::Mover(Config config, MoverOptions options)
+    : config_(std::move(config)),
+      options_(std::move(options)),
+      catalog_(*config_.catalog, CatalogOptions(options_)),
+      journal_(catalog_),
+      identity_(ProcessIdentity()) {}
+
+void Mover::Log(std::string_view line) {
+  if (options_.log) options_.log(line);
+}
+
+absl::StatusOr<Mover::Live> Mover::Current() {
+  ASSIGN_OR_RETURN(std::optional<LiveState> latest, catalog_.Latest());
+  LiveState state = latest ? *std::move(latest) : LiveStateOf(config_.map);
+  ASSIGN_OR_RETURN(ShardMap map, ApplyLiveState(config_.map, state));
+  return Live{std::move(state), std::move(map)};
+}
+
+absl::StatusOr<uint64_t> Mover::PublishEdit(
+    const std::function<absl::Status(LiveState&)>& edit,
+    std::string_view reason) {
+  for (int attempt = 0;; ++attempt) {
+    ASSIGN_OR_RETURN(Live live, Current());
+    LiveState next = live.state;
+    RETURN_IF_ERROR(edit(next));
+    next.epoch = live.state.epoch + 1;
+    // Check that the result is a valid map before anyone routes by it.
+    RETURN_IF_ERROR(ApplyLiveState(config_.map, next).status());
+    absl::Status published = catalog_.Publish(next, reason);
+    if (published.ok()) return next.epoch;
+    if (published.code() != absl::StatusCode::kAborted || attempt >= 20) {
+      return published;
+    }
+  }
+}
+
+absl::Status Mover::Phase(const MoveRecord& move, JournalPhase phase) {
+  Log(StrCat("move ", move.id, ": ", JournalPhaseName(phase)));
+  return journal_.SetPhase(move.id, phase);
+}
+
+absl::StatusOr<MoveRecord> Mover::Start(const MoveRequest& request) {
+  ASSIGN_OR_RETURN(Live live, Current());
+  ASSIGN_OR_RETURN(PlannedMove plan, PlanMove(live.map, request));
+  // A move planned but not yet in the map overlaps nothing in PlanMove's
+  // eyes; the journal knows.
+  ASSIGN_OR_RETURN(std::vector<MoveRecord> active, journal_.Active());
+  for (const MoveRecord& other : active) {
+    if (other.distribution == plan.distribution) {
+      return absl::FailedPreconditionError(StrCat(
+          "move ", other.id, " of distribution '", other.distribution,
+          "' is not finished (phase ", JournalPhaseName(other.phase),
+          "); one move per distribution at a time: resume it "
+          "(`shardctl moves resume ", other.id, "`) or abort it"));
+    }
+  }
+  const ShardMap& map = live.map;
+  for (const TableToMove& table : TablesOf(map, plan.distribution)) {
+    RETURN_IF_ERROR(
+        CheckTableForMove(
+            {plan.source, map.shard(*map.FindShard(plan.source)).dsn,
+             options_.connect_timeout},
+            {plan.destination,
+             map.shard(*map.FindShard(plan.destination)).dsn,
+             options_.connect_timeout},
+            table)
+            .status());
+  }
+  MoveRecord record;
+  record.distribution = plan.distribution;
+  record.from = plan.from;
+  record.to = plan.to;
+  record.region = plan.region;
+  record.source = plan.source;
+  record.destination = plan.destination;
+  ASSIGN_OR_RETURN(record, journal_.Create(record));
+  Log(StrCat("move ", record.id, ": planned ", plan.distribution, " ",
+             plan.region.empty() ? StrCat(plan.from, ":", plan.to) : plan.region,
+             " from ", plan.source, " to ", plan.destination));
+  Failpoint("move-after-plan");
+  return record;
+}
+
+absl::StatusOr<PlannedMove> Mover::Replan(const MoveRecord& move) {
+  ASSIGN_OR_RETURN(Live live, Current());
+  // Plan against the map without this move (it may be in it already).
+  DropMove(live.state, move.id);
+  ASSIGN_OR_RETURN(ShardMap map, ApplyLiveState(config_.map, live.state));
+  MoveRequest request;
+  request.distribution = move.distribution;
+  if (move.region.empty()) request.slice = StrCat(move.from, ":", move.to);
+  request.region = move.region;
+  request.destination = move.destination;
+  ASSIGN_OR_RETURN(PlannedMove plan, PlanMove(map, request));
+  plan.slice.move_id = move.id;
+  return plan;
+}
+
+absl::Status Mover::Run(uint64_t id) {
+  ASSIGN_OR_RETURN(MoveRecord move, journal_.Get(id));
+  ASSIGN_OR_RETURN(bool leased,
+                   catalog_.TryLease(StrCat("move/", id), identity_, kLeaseTtl));
+  if (!leased) {
+    return absl::FailedPreconditionError(StrCat(
+        "move ", id, " is being run by another process (catalog lease "
+        "move/", id, "); wait for it, or for the lease to expire (",
+        absl::FormatDuration(kLeaseTtl), ") if that process died"));
+  }
+  while (true) {
+    ASSIGN_OR_RETURN(move, journal_.Get(id));
+    absl::Status step;
+    switch (move.phase) {
+      case JournalPhase::kPlanned:
+        step = Prepare(move);
+        break;
+      case JournalPhase::kDualWrite:
+        step = StartDualWrite(move);
+        break;
+      case JournalPhase::kBackfill:
+        step = Backfill(move);
+        break;
+      case JournalPhase::kVerify:
+        step = Verify(move);
+        break;
+      case JournalPhase::kCutover:
+        step = Cutover(move);
+        break;
+      case JournalPhase::kCleanup:
+        step = Cleanup(move);
+        break;
+      case JournalPhase::kDone:
+        catalog_.ReleaseLease(StrCat("move/", id), identity_).IgnoreError();
+        return absl::OkStatus();
+      case JournalPhase::kAborting:
+      case JournalPhase::kAborted:
+        return absl::FailedPreconditionError(StrCat(
+            "move ", id, " was aborted",
+            move.phase == JournalPhase::kAborting
+                ? "; finish the abort with `shardctl moves abort` again"
+                : ""));
+    }
+    if (!step.ok()) {
+      journal_.Event(id, StrCat("stopped: ", step.message())).IgnoreError();
+      return step;
+    }
+    catalog_.TryLease(StrCat("move/", id), identity_, kLeaseTtl).IgnoreError();
+  }
+}
+
+absl::Status Mover::Prepare(const MoveRecord& move) {
+  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move));
+  ASSIGN_OR_RETURN(Live live, Current());
+  const Distribution& d = live.map.distributions()[plan.slice.distribution];
+  const MoveSlice slice = MoveSlice::FromMovingSlice(d, plan.slice);
+  std::vector<TableToMove> tables = TablesOf(live.map, move.distribution);
+  for (const std::string& shard : {move.source, move.destination}) {
+    const Shard& s = live.map.shard(*live.map.FindShard(shard));
+    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
+                     MoveSession::Open({s.name, s.dsn, options_.connect_timeout},
+                                       options_.statement_timeout));
+    RETURN_IF_ERROR(session->Run(InstallFenceFunctionSql(),
+                                 "installing the epoch fence").status());
+    for (const TableToMove& table : tables) {
+      RETURN_IF_ERROR(
+          session->Run(InstallFenceTriggerSql(QuoteQualifiedName(table.name)),
+                       StrCat("installing the epoch fence on ", table.name))
+              .status());
+    }
+    RETURN_IF_ERROR(EnsureMoveKeysTable(*session, slice));
+  }
+  return Phase(move, JournalPhase::kDualWrite);
+}
+
+absl::Status Mover::StartDualWrite(const MoveRecord& move) {
+  ASSIGN_OR_RETURN(Live live, Current());
+  uint64_t epoch = live.state.epoch;
+  if (FindMove(live.state, move.id) == nullptr) {
+    ASSIGN_OR_RETURN(epoch, PublishEdit(
+                                [&](LiveState& state) {
+                                  LiveState::Move m;
+                                  m.id = move.id;
+                                  m.distribution = move.distribution;
+                                  m.from = move.from;
+                                  m.to = move.to;
+                                  m.region = move.region;
+                                  m.source = move.source;
+                                  m.destination = move.destination;
+                                  m.phase = MovePhase::kDualWrite;
+                                  DropMove(state, move.id);
+                                  state.moves.push_back(std::move(m));
+                                  return absl::OkStatus();
+                                },
+                                StrCat("move ", move.id, ": dual-write")));
+  }
+  // From this fence on, a write to the source routed by a map without the
+  // move is refused; the routers that know the move dual-write.
+  RETURN_IF_ERROR(Fence(move, move.source, epoch, options_.statement_timeout));
+  Failpoint("move-after-dual-write");
+  return Phase(move, JournalPhase::kBackfill);
+}
+
+absl::Status Mover::Fence(const MoveRecord& move, const std::string& shard,
+                          uint64_t epoch, absl::Duration lock_timeout) {
+  ASSIGN_OR_RETURN(Live live, Current());
+  const Shard& s = live.map.shard(*live.map.FindShard(shard));
+  std::vector<TableToMove> tables = TablesOf(live.map, move.distribution);
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
+                   MoveSession::Open({s.name, s.dsn, options_.connect_timeout},
+                                     options_.statement_timeout));
+  std::vector<std::string> quoted;
+  std::string rows;
+  for (const TableToMove& t : tables) {
+    quoted.push_back(QuoteQualifiedName(t.name));
+    if (!rows.empty()) rows += ", ";
+    rows += StrCat("(", session->Literal(t.name), ", ", epoch, ")");
+  }
+  const std::string sql = StrCat(
+      "SET lock_timeout = ", absl::ToInt64Milliseconds(lock_timeout),
+      "; BEGIN; LOCK TABLE ", absl::StrJoin(quoted, ", "),
+      " IN SHARE ROW EXCLUSIVE MODE; INSERT INTO shardkit.fences "
+      "(table_name, min_epoch) VALUES ",
+      rows,
+      " ON CONFLICT (table_name) DO UPDATE SET min_epoch = "
+      "greatest(shardkit.fences.min_epoch, EXCLUDED.min_epoch); COMMIT");
+  absl::Status fenced =
+      session->Run(sql, StrCat("fencing ", shard, " at epoch ", epoch)).status();
+  if (!fenced.ok()) session->RollbackQuietly();
+  return fenced;
+}
+
+absl::Status Mover::Backfill(const MoveRecord& move) {
+  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move));
+  ASSIGN_OR_RETURN(Live live, Current());
+  const Distribution& d = live.map.distributions()[plan.slice.distribution];
+  const MoveSlice slice = MoveSlice::FromMovingSlice(d, plan.slice);
+  const Shard& src = live.map.shard(*live.map.FindShard(move.source));
+  const Shard& dst = live.map.shard(*live.map.FindShard(move.destination));
+  ASSIGN_OR_RETURN(std::vector<TableProgress> progress,
+                   journal_.Progress(move.id));
+  for (const TableToMove& table : TablesOf(live.map, move.distribution)) {
+    TableProgress p;
+    p.table = table.name;
+    for (const TableProgress& earlier : progress) {
+      if (earlier.table == table.name) p = earlier;
+    }
+    if (p.done) continue;
+    BackfillOptions options;
+    options.chunk_rows = options_.chunk_rows;
+    options.statement_timeout = options_.statement_timeout;
+    options.epoch = live.map.epoch();
+    if (!p.bound.empty()) options.resume_after = p.bound;
+    options.on_chunk = [&](const BackfillChunk& chunk) -> absl::Status {
+      p.bound = chunk.bound;
+      p.rows_scanned += chunk.chunk.rows_scanned;
+      p.rows_copied += chunk.chunk.rows_copied;
+      RETURN_IF_ERROR(journal_.SaveProgress(move.id, p));
+      if (options_.progress) {
+        options_.progress({move.id, "backfill", table.name,
+                           chunk.total.rows_copied, chunk.total.rows_scanned,
+                           chunk.total.bytes});
+      }
+      catalog_.TryLease(StrCat("move/", move.id), identity_, kLeaseTtl)
+          .IgnoreError();
+      return absl::OkStatus();
+    };
+    ASSIGN_OR_RETURN(
+        BackfillStats stats,
+        BackfillTable({src.name, src.dsn, options_.connect_timeout},
+                      {dst.name, dst.dsn, options_.connect_timeout}, table,
+                      slice, options));
+    p.done = true;
+    RETURN_IF_ERROR(journal_.SaveProgress(move.id, p));
+    RETURN_IF_ERROR(journal_.Event(
+        move.id, StrCat("backfilled ", table.name, ": ", stats.rows_copied,
+                        " rows copied of ", stats.rows_in_slice,
+                        " in the slice (", stats.rows_scanned, " scanned, ",
+                        stats.chunks, " chunks)")));
+  }
+  Failpoint("move-after-backfill");
+  return Phase(move, JournalPhase::kVerify);
+}
+
+absl::Status Mover::Verify(const MoveRecord& move) {
+  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move));
+  ASSIGN_OR_RETURN(Live live, Current());
+  const Distribution& d = live.map.distributions()[plan.slice.distribution];
+  const MoveSlice slice = MoveSlice::FromMovingSlice(d, plan.slice);
+  const Shard& src = live.map.shard(*live.map.FindShard(move.source));
+  const Shard& dst = live.map.shard(*live.map.FindShard(move.destination));
+  std::vector<std::string> failures;
+  for (const TableToMove& table : TablesOf(live.map, move.distribution)) {
+    VerifyOptions options;
+    options.chunk_rows = options_.chunk_rows;
+    options.statement_timeout = options_.statement_timeout;
+    ASSIGN_OR_RETURN(
+        VerifyReport report,
+        VerifyTable({src.name, src.dsn, options_.connect_timeout},
+                    {dst.name, dst.dsn, options_.connect_timeout}, table, slice,
+                    options));
+    RETURN_IF_ERROR(journal_.Event(move.id, report.Summary()));
+    if (!report.ok()) failures.push_back(report.Summary());
+  }
+  if (!failures.empty()) {
+    const std::string error = StrCat(
+        "verify found differences between ", move.source, " and ",
+        move.destination, "; the move did not cut over (writes are still "
+        "dual-written). `shardctl moves resume ", move.id,
+        "` verifies again, `shardctl moves abort ", move.id,
+        "` rolls it back. ", absl::StrJoin(failures, " "));
+    RETURN_IF_ERROR(journal_.SetPhase(move.id, JournalPhase::kVerify, error));
+    return absl::DataLossError(error);
+  }
+  Failpoint("move-after-verify");
+  return Phase(move, JournalPhase::kCutover);
+}
+
+absl::Status Mover::Cutover(const MoveRecord& move) {
+  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move));
+  absl::Status last;
+  for (int attempt = 0; attempt < options_.cutover_attempts; ++attempt) {
+    ASSIGN_OR_RETURN(Live live, Current());
+    LiveState::Move* in_map = FindMove(live.state, move.id);
+    if (in_map != nullptr && in_map->phase == MovePhase::kCutOver) break;
+    const uint64_t epoch = live.state.epoch + 1;
+    // The pause starts: writes to the source's tables wait for the lock,
+    // then find the fence above their map's epoch.
+    last = Fence(move, move.source, epoch, options_.cutover_lock_timeout);
+    if (!last.ok()) {
+      Log(StrCat("move ", move.id, ": cutover attempt ", attempt + 1,
+                 " could not fence ", move.source, ": ", last.message()));
+      absl::SleepFor(absl::Milliseconds(100) * (attempt + 1));
+      continue;
+    }
+    Failpoint("move-cutover-after-fence");
+    LiveState next = live.state;
+    next.epoch = epoch;
+    next.distributions[move.distribution] = plan.after;
+    LiveState::Move* m = FindMove(next, move.id);
+    if (m == nullptr) {
+      return absl::InternalError(
+          StrCat("move ", move.id, " is not in the live map at its cutover"));
+    }
+    m->phase = MovePhase::kCutOver;
+    last = catalog_.Publish(next, StrCat("move ", move.id, ": cutover"));
+    if (last.ok()) break;
+    if (last.code() != absl::StatusCode::kAborted) return last;
+    // Another process published meanwhile (a failover): fence again above
+    // its epoch.
+  }
+  ASSIGN_OR_RETURN(Live after, Current());
+  LiveState::Move* in_map = FindMove(after.state, move.id);
+  if (in_map == nullptr || in_map->phase != MovePhase::kCutOver) {
+    return absl::UnavailableError(StrCat(
+        "move ", move.id, ": the cutover did not complete after ",
+        options_.cutover_attempts, " attempts (last: ", last.message(),
+        "); writes to ", move.source,
+        " resume once the map catches up; `shardctl moves resume ", move.id,
+        "` tries again"));
+  }
+  RETURN_IF_ERROR(journal_.MarkPointOfNoReturn(move.id));
+  Failpoint("move-after-cutover");
+  return Phase(move, JournalPhase::kCleanup);
+}
+
+absl::Status Mover::DeleteListedRows(const MoveRecord& move,
+                                     const std::string& shard,
+                                     uint64_t epoch) {
+  ASSIGN_OR_RETURN(Live live, Current());
+  const Shard& s = live.map.shard(*live.map.FindShard(shard));
+  const Distribution& d = *live.map.FindDistribution(move.distribution);
+  const std::vector<TableToMove> tables = TablesOf(live.map, move.distribution);
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
+                   MoveSession::Open({s.name, s.dsn, options_.connect_timeout},
+                                     options_.statement_timeout));
+  const std::string keys = MoveKeysTable(move.id);
+  ASSIGN_OR_RETURN(std::vector<MoveSession::Row> exists,
+                   session->Query("SELECT to_regclass($1) IS NOT NULL",
+                                  {keys}, "looking for the keys table"));
+  if (exists.empty() || exists[0][0] != "t") return absl::OkStatus();
+  RETURN_IF_ERROR(session
+                      ->Run(StrCat("SET shardkit.epoch = ", epoch,
+                                   "; CREATE TEMP TABLE IF NOT EXISTS "
+                                   "shardkit_cleanup_batch (key ",
+                                   KeySqlType(d.key_type()),
+                                   ") ON COMMIT DELETE ROWS"))
+                      .status());
+  int64_t deleted = 0;
+  while (true) {
+    std::string sql = StrCat(
+        "BEGIN; INSERT INTO pg_temp.shardkit_cleanup_batch SELECT key FROM ",
+        keys, " ORDER BY key LIMIT ", kCleanupBatch, " FOR UPDATE; ");
+    for (const TableToMove& t : tables) {
+      absl::StrAppend(&sql, "DELETE FROM ", QuoteQualifiedName(t.name),
+                      " WHERE ", QuoteIdentifier(t.key_column),
+                      " IN (SELECT key FROM pg_temp.shardkit_cleanup_batch); ");
+    }
+    absl::StrAppend(&sql, "DELETE FROM ", keys,
+                    " WHERE key IN (SELECT key FROM "
+                    "pg_temp.shardkit_cleanup_batch); COMMIT");
+    absl::StatusOr<std::vector<int64_t>> counts =
+        session->Run(sql, StrCat("deleting moved rows on ", shard));
+    if (!counts.ok()) {
+      session->RollbackQuietly();
+      return counts.status();
+    }
+    // [BEGIN, INSERT batch, DELETE per table..., DELETE keys, COMMIT]
+    const int64_t batch = (*counts)[1];
+    for (size_t i = 2; i + 2 < counts->size(); ++i) deleted += (*counts)[i];
+    if (options_.progress) {
+      options_.progress({move.id, "cleanup", shard, deleted, 0, 0});
+    }
+    if (batch == 0) break;
+    Failpoint("move-cleanup-mid");
+  }
+  return journal_.Event(move.id, StrCat("deleted ", deleted, " rows of the "
+                                        "slice on ", shard));
+}
+
+absl::Status Mover::DropKeysTables(const MoveRecord& move) {
+  ASSIGN_OR_RETURN(Live live, Current());
+  for (const std::string& shard : {move.source, move.destination}) {
+    const Shard& s = live.map.shard(*live.map.FindShard(shard));
+    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
+                     MoveSession::Open({s.name, s.dsn, options_.connect_timeout},
+                                       options_.statement_timeout));
+    RETURN_IF_ERROR(session
+                        ->Run(StrCat("DROP TABLE IF EXISTS ",
+                                     MoveKeysTable(move.id)),
+                              "dropping the move's keys table")
+                        .status());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Mover::Cleanup(const MoveRecord& move) {
+  ASSIGN_OR_RETURN(Live live, Current());
+  if (FindMove(live.state, move.id) != nullptr) {
+    RETURN_IF_ERROR(DeleteListedRows(move, move.source, live.state.epoch));
+    Failpoint("move-cleanup-before-publish");
+    RETURN_IF_ERROR(PublishEdit(
+                        [&](LiveState& state) {
+                          DropMove(state, move.id);
+                          return absl::OkStatus();
+                        },
+                        StrCat("move ", move.id, ": done"))
+                        .status());
+    // Routers still on the previous map hide keys through these tables.
+    absl::SleepFor(options_.map_grace);
+  }
+  RETURN_IF_ERROR(DropKeysTables(move));
+  RETURN_IF_ERROR(Phase(move, JournalPhase::kDone));
+  return absl::OkStatus();
+}
+
+absl::Status Mover::Abort(uint64_t id) {
+  ASSIGN_OR_RETURN(MoveRecord move, journal_.Get(id));
+  if (move.phase == JournalPhase::kAborted) return absl::OkStatus();
+  if (move.past_point_of_no_return || move.phase == JournalPhase::kDone) {
+    return absl::FailedPreconditionError(StrCat(
+        "move ", id, " is past its point of no return (the destination "
+        "owns the slice since the cutover); finish it with `shardctl "
+        "moves resume ", id, "`"));
+  }
+  ASSIGN_OR_RETURN(bool leased,
+                   catalog_.TryLease(StrCat("move/", id), identity_, kLeaseTtl));
+  if (!leased) {
+    return absl::FailedPreconditionError(StrCat(
+        "move ", id, " is being run by another process (catalog lease "
+        "move/", id, "); stop it first, or wait ",
+        absl::FormatDuration(kLeaseTtl), " if it died"));
+  }
+  RETURN_IF_ERROR(Phase(move, JournalPhase::kAborting));
+  ASSIGN_OR_RETURN(Live live, Current());
+  LiveState::Move* in_map = FindMove(live.state, move.id);
+  if (in_map != nullptr && in_map->phase == MovePhase::kCutOver) {
+    // Published but not journaled: the cutover happened.
+    return absl::FailedPreconditionError(StrCat(
+        "move ", id, " has cut over; finish it with `shardctl moves "
+        "resume ", id, "`"));
+  }
+  uint64_t epoch = live.state.epoch;
+  if (in_map != nullptr) {
+    ASSIGN_OR_RETURN(epoch, PublishEdit(
+                                [&](LiveState& state) {
+                                  DropMove(state, move.id);
+                                  return absl::OkStatus();
+                                },
+                                StrCat("move ", move.id, ": abort")));
+  }
+  // A router still on the dual-write map must not write the slice to the
+  // destination once its copies are gone.
+  if (move.phase != JournalPhase::kPlanned) {
+    RETURN_IF_ERROR(
+        Fence(move, move.destination, epoch, options_.statement_timeout));
+    RETURN_IF_ERROR(DeleteListedRows(move, move.destination, epoch));
+  }
+  RETURN_IF_ERROR(DropKeysTables(move));
+  RETURN_IF_ERROR(Phase(move, JournalPhase::kAborted));
+  catalog_.ReleaseLease(StrCat("move/", id), identity_).IgnoreError();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Mover::Split(std::string_view distribution,
+                                      std::string_view at) {
+  return PublishEdit(
+      [&](LiveState& state) -> absl::Status {
+        ASSIGN_OR_RETURN(ShardMap map, ApplyLiveState(config_.map, state));
+        ASSIGN_OR_RETURN(LiveState::Ownership own,
+                         PlanSplit(map, distribution, at));
+        state.distributions[std::string(distribution)] = std::move(own);
+        return absl::OkStatus();
+      },
+      StrCat("split ", distribution, " at ", at));
+}
+
+}  // namespace shardkit::internal

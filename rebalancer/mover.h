@@ -1,0 +1,150 @@
+// Internal: the online mover: drives one move through its phases
+// (design.md, "Online moves"; rebalancer/shard_objects.h for what it
+// installs on the shards and what routers do meanwhile).
+//
+//   planned     the move is checked and journaled; the fence trigger and
+//               the keys tables are installed on source and destination
+//   dual-write  the live map gets the move (phase kDualWrite): routers
+//               apply writes to the slice on the destination too; then the
+//               source's tables are fenced at that epoch, which waits out
+//               writes in flight, so once it is committed every write to
+//               the slice reaches the destination
+//   backfill    the rows that existed before, chunk by chunk (backfill.h),
+//               progress journaled with each chunk
+//   verify      counts and checksums per chunk (verify.h); a mismatch
+//               stops the move with a report
+//   cutover     the write pause: the source's tables are fenced at the
+//               next epoch (LOCK ... SHARE ROW EXCLUSIVE bounded by
+//               lock_timeout: in-flight writes finish, later ones wait),
+//               then that epoch is published with the destination as the
+//               owner (phase kCutOver: the source's copies hidden); the
+//               writes that waited are refused as stale, and the routers
+//               refresh and send them to the destination. The publish is
+//               the point of no return.
+//   cleanup     the slice's rows deleted from the source in batches, then
+//               the move leaves the map and the keys tables are dropped
+//
+// Every phase is journaled before it starts and checks the shards and the
+// catalog before it acts, so Run() resumes a move killed anywhere by
+// redoing its phase. Abort() rolls back a move that has not reached its
+// point of no return: the map drops the move, the destination is fenced
+// (no late dual-write), and the destination's copies are deleted.
+//
+// One mover at a time per move: Run and Abort hold the catalog lease
+// "move/<id>".
+
+#ifndef SHARDKIT_REBALANCER_MOVER_H_
+#define SHARDKIT_REBALANCER_MOVER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "config/live_state.h"
+#include "rebalancer/journal.h"
+#include "rebalancer/plan.h"
+#include "router/catalog.h"
+#include "shardkit/config.h"
+
+namespace shardkit::internal {
+
+// Where a move stands, for progress displays.
+struct MoveProgress {
+  uint64_t move_id = 0;
+  std::string phase;
+  std::string table;
+  int64_t rows_copied = 0;  // this table, this run
+  int64_t rows_scanned = 0;
+  int64_t bytes = 0;
+};
+
+struct MoverOptions {
+  // Connect timeout and statement timeout for the catalog and the shards.
+  absl::Duration connect_timeout = absl::Seconds(5);
+  absl::Duration statement_timeout = absl::Minutes(5);
+  int64_t chunk_rows = 20000;
+  // The longest the cutover waits to fence the source (the write pause's
+  // bound); past it the cutover backs off and tries again.
+  absl::Duration cutover_lock_timeout = absl::Milliseconds(500);
+  int cutover_attempts = 10;
+  // How long routers get to pick a new map up before the mover drops what
+  // the previous one used (the keys tables); well above the routers'
+  // catalog poll interval (1 s).
+  absl::Duration map_grace = absl::Seconds(3);
+  // Called with each event line ("move 4: phase backfill") and progress.
+  std::function<void(std::string_view)> log;
+  std::function<void(const MoveProgress&)> progress;
+};
+
+class Mover {
+ public:
+  // Fails with kFailedPrecondition when `config` has no [catalog].
+  static absl::StatusOr<std::unique_ptr<Mover>> Open(Config config,
+                                                     MoverOptions options);
+
+  // Plans `request` against the live map and journals it (phase planned).
+  [[nodiscard]] absl::StatusOr<MoveRecord> Start(const MoveRequest& request);
+
+  // Drives move `id` from its journaled phase to done.
+  absl::Status Run(uint64_t id);
+
+  // Rolls move `id` back (see above).
+  absl::Status Abort(uint64_t id);
+
+  // Splits a slice in the map only (PlanSplit) and publishes it.
+  [[nodiscard]] absl::StatusOr<uint64_t> Split(std::string_view distribution,
+                                               std::string_view at);
+
+  // The live state and the map it gives.
+  struct Live {
+    LiveState state;
+    ShardMap map;
+  };
+  [[nodiscard]] absl::StatusOr<Live> Current();
+
+  Journal& journal() { return journal_; }
+  Catalog& catalog() { return catalog_; }
+
+ private:
+  Mover(Config config, MoverOptions options);
+
+  void Log(std::string_view line);
+  absl::Status Phase(const MoveRecord& move, JournalPhase phase);
+  // Publishes `edit` applied to the current state at the next epoch,
+  // retrying if another process published first. Returns the epoch.
+  absl::StatusOr<uint64_t> PublishEdit(
+      const std::function<absl::Status(LiveState&)>& edit,
+      std::string_view reason);
+  absl::StatusOr<PlannedMove> Replan(const MoveRecord& move);
+
+  absl::Status Prepare(const MoveRecord& move);
+  absl::Status StartDualWrite(const MoveRecord& move);
+  absl::Status Backfill(const MoveRecord& move);
+  absl::Status Verify(const MoveRecord& move);
+  absl::Status Cutover(const MoveRecord& move);
+  absl::Status Cleanup(const MoveRecord& move);
+
+  // Fences `shard`'s tables of the move's distribution at `epoch`.
+  absl::Status Fence(const MoveRecord& move, const std::string& shard,
+                     uint64_t epoch, absl::Duration lock_timeout);
+  // Deletes on `shard` the rows whose keys are listed in the move's keys
+  // table there, in batches, emptying the list.
+  absl::Status DeleteListedRows(const MoveRecord& move,
+                                const std::string& shard, uint64_t epoch);
+  absl::Status DropKeysTables(const MoveRecord& move);
+
+  const Config config_;
+  const MoverOptions options_;
+  Catalog catalog_;
+  Journal journal_;
+  const std::string identity_;
+};
+
+}  // namespace shardkit::internal
+
+#endif  // SHARDKIT_REBALANCER_MOVER_H_
