@@ -30,13 +30,16 @@ CLI::Validator PortRangeValidator(const int* shards, const int* replicas) {
       [shards, replicas](std::string& value) -> std::string {
         int port = 0;
         int highest = kMaxPort - (*shards * (1 + *replicas) - 1);
-        if (!absl::SimpleAtoi(value, &port) || port < kMinPort ||
+        // With replicas, the catalog instance takes the port before.
+        int lowest = *replicas > 0 ? kMinPort + 1 : kMinPort;
+        if (!absl::SimpleAtoi(value, &port) || port < lowest ||
             port > highest) {
           if (*replicas > 0) {
             return absl::StrFormat(
                 "%s is not a usable first port for %d shards with %d "
-                "replicas each: it must be between %d and %d",
-                value, *shards, *replicas, kMinPort, highest);
+                "replicas each (and the catalog on the port before): it "
+                "must be between %d and %d",
+                value, *shards, *replicas, lowest, highest);
           }
           return absl::StrFormat(
               "%s is not a usable first port for %d shards: it must be "
@@ -87,7 +90,16 @@ void PrintUpJson(const dev::DevCluster& cluster, std::ostream& out) {
     }
     json.EndObject();
   }
-  json.EndArray().EndObject();
+  json.EndArray();
+  json.Key("catalog");
+  if (cluster.catalog) {
+    json.BeginObject();
+    instance_members(*cluster.catalog);
+    json.EndObject();
+  } else {
+    json.Null();
+  }
+  json.EndObject();
   out << json.str() << "\n";
 }
 
@@ -109,6 +121,11 @@ void RunUp(const UpArgs& args, CommandContext& ctx) {
       rows.push_back({replica.name, std::to_string(replica.port),
                       StateOf(replica), replica.dsn});
     }
+  }
+  if (cluster->catalog) {
+    rows.push_back({cluster->catalog->name,
+                    std::to_string(cluster->catalog->port),
+                    StateOf(*cluster->catalog), cluster->catalog->dsn});
   }
   PrintTable(*ctx.out, {"SHARD", "PORT", "STATE", "DSN"}, rows);
   *ctx.out << "\nWrote " << cluster->config_path << "\n"
@@ -178,9 +195,14 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
   up->add_option("--replicas", options->replicas, replicas_help)
       ->check(CLI::Range(0, kMaxReplicas))
       ->option_text("R");
+  up->add_flag("--sync", options->synchronous,
+              "Synchronous replication: a commit returns once a replica has "
+              "it (needs --replicas; 2 keep a shard writable after a "
+              "failover)");
   up->add_option("--port", options->base_port,
                  "Port of shard s1 (default 6001); shard i listens on "
-                 "PORT+i-1, replicas on the ports after the shards'")
+                 "PORT+i-1, replicas on the ports after the shards', the "
+                 "catalog (with --replicas) on PORT-1")
       ->check(PortRangeValidator(&options->shards, &options->replicas))
       ->option_text("PORT");
   up->add_option("--database", options->database,
@@ -206,6 +228,13 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "`replicas`; `shardctl health -c DIR/shards.toml` shows their lag. "
       "Without --replicas, replicas that exist are left alone (and "
       "unlisted).\n"
+      "With --replicas, a catalog instance also runs on PORT-1 (data in "
+      "DIR/catalog) and shards.toml names it in [catalog]: it holds the live "
+      "shard map, so a shard whose primary dies is failed over to a replica "
+      "automatically by the programs using the cluster, and `shardctl "
+      "failover` / `switchover` work. --sync makes every commit on a "
+      "primary wait for one replica (synchronous_standby_names = 'ANY 1 "
+      "(*)'), so a failover loses no acknowledged write.\n"
       "Idempotent: existing instances are reused and running ones left "
       "alone, so running it again is harmless.\n"
       "Development only: anyone on this machine can connect without a "
@@ -225,7 +254,7 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "down", "Stop the dev PostgreSQL servers under DIR; their data stays");
   down->footer(
       "Stops (fast shutdown) every server that `shardctl dev up` runs under "
-      "DIR, replicas first. The data stays: `shardctl dev up` with the same "
+      "DIR, replicas first, the catalog last. The data stays: `shardctl dev up` with the same "
       "--dir starts them again. Remove DIR to delete it.\n"
       "Prints the shards it stopped; as JSON: "
       "{\"dir\":\"/tmp/shardkit-dev\",\"stopped\":[\"s1\",\"s2\"]} (DIR made "

@@ -1,5 +1,6 @@
 // shardctl health: every backend's role, state, replay lag and latency.
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -8,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
+#include "config/live_state.h"
+#include "router/catalog.h"
 #include "router/health.h"
 
 namespace shardkit::cli {
@@ -87,11 +90,11 @@ void OptionalLsn(JsonWriter& json, const std::optional<uint64_t>& lsn) {
 }
 
 void PrintJson(const std::vector<BackendHealth>& health, bool ok,
-               const Config& config, std::ostream& out) {
+               const ShardMap& map, std::ostream& out) {
   JsonWriter json;
   json.BeginObject().Key("ok").Bool(ok).Key("backends").BeginArray();
   for (const BackendHealth& b : health) {
-    const Shard& shard = config.map.shard(b.target.shard);
+    const Shard& shard = map.shard(b.target.shard);
     std::string dsn = shard.MaskedDsn();
     for (const Backend& r : shard.replicas) {
       if (!b.target.configured_primary && r.name == b.target.backend) {
@@ -147,14 +150,53 @@ void PrintJson(const std::vector<BackendHealth>& health, bool ok,
   out << json.str() << "\n";
 }
 
+// The map to check: with a [catalog], the live one (after a failover its
+// primary is a former replica, and the old primary is retired), with each
+// shard's primary named as the live state names it.
+std::optional<ShardMap> LiveMapOrFail(
+    const Config& config, CommandContext& ctx,
+    std::map<std::string, std::string>& primary_names) {
+  if (!config.catalog) return config.map;
+  internal::ExecOptions exec;
+  exec.connect_timeout = config.timeouts.connect;
+  exec.statement_timeout = config.timeouts.statement;
+  internal::Catalog catalog(*config.catalog, exec);
+  absl::StatusOr<std::optional<internal::LiveState>> latest = catalog.Latest();
+  if (!latest.ok()) {
+    Fail(ctx, absl::StrCat("cannot read the live shard map from the catalog (",
+                           MaskDsnPassword(config.catalog->dsn),
+                           "): ", latest.status().message(),
+                           "; start the catalog's server"));
+    return std::nullopt;
+  }
+  if (!*latest) return config.map;
+  for (const auto& [shard, change] : (*latest)->shards) {
+    primary_names[shard] = change.primary;
+  }
+  absl::StatusOr<ShardMap> map = internal::ApplyLiveState(config.map, **latest);
+  if (!map.ok()) {
+    Fail(ctx, map.status());
+    return std::nullopt;
+  }
+  return *std::move(map);
+}
+
 void RunHealth(const HealthArgs& args, CommandContext& ctx) {
   std::optional<Config> config = LoadConfigOrFail(ctx, args.config_path);
   if (!config) return;
+  std::map<std::string, std::string> primary_names;
+  std::optional<ShardMap> map = LiveMapOrFail(*config, ctx, primary_names);
+  if (!map) return;
   internal::ProbeOptions options;
   options.connect_timeout = config->timeouts.connect;
   options.query_timeout = config->timeouts.connect;
-  std::vector<BackendHealth> health =
-      internal::CheckHealth(config->map, options);
+  std::vector<BackendHealth> health = internal::CheckHealth(*map, options);
+  for (BackendHealth& b : health) {
+    auto renamed = primary_names.find(b.target.shard_name);
+    if (b.target.configured_primary && renamed != primary_names.end()) {
+      b.target.backend = renamed->second;
+    }
+  }
   std::vector<std::string> problems;
   for (const BackendHealth& b : health) {
     if (std::optional<std::string> p = PrimaryProblem(b)) {
@@ -162,7 +204,7 @@ void RunHealth(const HealthArgs& args, CommandContext& ctx) {
     }
   }
   if (args.format == Format::kJson) {
-    PrintJson(health, problems.empty(), *config, *ctx.out);
+    PrintJson(health, problems.empty(), *map, *ctx.out);
   } else {
     PrintTableOf(health, *ctx.out);
   }
@@ -202,6 +244,9 @@ void RegisterHealth(CLI::App& app, CommandContext& ctx) {
       "position; LATENCY, the round trip of the query; NOTE: why a backend "
       "is down, a paused replay, a role that differs from the "
       "configuration.\n"
+      "With a [catalog], the shards are as its live map has them: after a "
+      "failover, a shard's primary is the promoted replica (BACKEND r1, "
+      "...) and the old primary, retired, is not listed.\n"
       "--format json prints {\"ok\":true,\"backends\":[{\"shard\":\"s1\","
       "\"backend\":\"r1\",\"configured_role\":\"replica\",\"dsn\":...,"
       "\"state\":\"up\",\"error\":null,\"role\":\"replica\",\"lsn\":"

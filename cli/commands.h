@@ -48,6 +48,7 @@ void RegisterHealth(CLI::App& app, CommandContext& ctx);
 void RegisterLoad(CLI::App& app, CommandContext& ctx);
 void RegisterSql(CLI::App& app, CommandContext& ctx);
 void RegisterRecover(CLI::App& app, CommandContext& ctx);
+void RegisterFailover(CLI::App& app, CommandContext& ctx);
 
 }  // namespace shardkit::cli
 

@@ -230,6 +230,18 @@ DevInstance DescribeReplica(const fs::path& dir, int index, int replica,
   return instance;
 }
 
+// The catalog instance (see the file comment of dev_cluster.h).
+DevInstance DescribeCatalog(const fs::path& dir, int port,
+                            const std::string& database) {
+  DevInstance instance;
+  instance.name = kCatalogName;
+  instance.data_dir = (dir / instance.name).string();
+  instance.log_file = (dir / absl::StrCat(instance.name, ".log")).string();
+  instance.port = port;
+  instance.dsn = InstanceDsn(port, database);
+  return instance;
+}
+
 // How messages name an instance: "shard s1", "replica s1-r1".
 std::string Label(const DevInstance& instance) {
   return absl::StrCat(instance.replica_of.empty() ? "shard " : "replica ",
@@ -676,7 +688,10 @@ absl::Status EnsureDatabases(const std::vector<DevInstance>& instances,
   return absl::OkStatus();
 }
 
-std::string ShardsToml(const std::vector<DevInstance>& instances) {
+std::string TomlString(absl::string_view value);
+
+std::string ShardsToml(const std::vector<DevInstance>& instances,
+                       const std::optional<DevInstance>& catalog) {
   std::string text = absl::StrFormat(
       "# Written by `shardctl dev up`: %d local PostgreSQL instances on "
       "loopback.\n",
@@ -711,6 +726,13 @@ std::string ShardsToml(const std::vector<DevInstance>& instances) {
                   "\n"
                   "[tables.countries]\n"
                   "reference = true\n");
+  if (catalog) {
+    absl::StrAppend(&text,
+                    "\n# The live shard map (failovers), leases and the "
+                    "two-phase commit log,\n# on an instance of its own so "
+                    "that a shard's failover keeps it.\n[catalog]\ndsn = ",
+                    TomlString(catalog->dsn), "\n");
+  }
   return text;
 }
 
@@ -750,10 +772,17 @@ absl::Status ValidateOptions(const DevClusterOptions& options) {
         kMaxReplicas, options.replicas));
   }
   int last_port = options.base_port + PortCount(options) - 1;
-  if (options.base_port < kMinPort || last_port > kMaxPort) {
+  int first_port = options.replicas > 0 ? CatalogPort(options.base_port)
+                                        : options.base_port;
+  if (first_port < kMinPort || last_port > kMaxPort) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "ports %d..%d are outside %d..%d; choose another --port",
-        options.base_port, last_port, kMinPort, kMaxPort));
+        "ports %d..%d are outside %d..%d; choose another --port", first_port,
+        last_port, kMinPort, kMaxPort));
+  }
+  if (options.synchronous && options.replicas < 1) {
+    return absl::InvalidArgumentError(
+        "--sync needs replicas to wait for; add --replicas (2 or more keep a "
+        "shard writable after a failover)");
   }
   if (!IsPlainIdentifier(options.database)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -793,6 +822,14 @@ std::vector<DevInstance> FindInstances(const fs::path& dir) {
   std::error_code ec;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
     std::string name = entry.path().filename().string();
+    if (name == kCatalogName) {
+      DevInstance catalog = DescribeCatalog(dir, 0, "postgres");
+      // Sorted after every shard: stopped with the primaries.
+      if (IsInitialized(catalog)) {
+        found.emplace_back(std::make_pair(kMaxShards + 1, 0), catalog);
+      }
+      continue;
+    }
     std::vector<std::string> parts = absl::StrSplit(name, "-r");
     int index = 0;
     int replica = 0;
@@ -836,6 +873,8 @@ std::string TomlString(absl::string_view value) {
 }
 
 }  // namespace
+
+int CatalogPort(int base_port) { return base_port - 1; }
 
 std::string InstanceDsn(int port, const std::string& database) {
   return absl::StrFormat("host=127.0.0.1 port=%d dbname=%s user=postgres", port,
@@ -888,6 +927,20 @@ absl::StatusOr<DevCluster> Up(const DevClusterOptions& options) {
     }
     cluster.instances.push_back(std::move(primary));
   }
+  if (options.replicas > 0) {
+    cluster.catalog = DescribeCatalog(dir, CatalogPort(options.base_port),
+                                      options.database);
+  }
+  // Synchronous replication is for the shards' primaries (and the replicas
+  // one of which becomes primary), never the catalog.
+  DevClusterOptions shard_options = options;
+  if (options.synchronous) {
+    shard_options.extra_settings.push_back("synchronous_commit = on");
+    shard_options.extra_settings.push_back(
+        "synchronous_standby_names = 'ANY 1 (*)'");
+  }
+  DevClusterOptions catalog_options = options;
+  catalog_options.replicas = 0;
   size_t n = cluster.instances.size();
   // Every replica, with the index of its primary in cluster.instances.
   std::vector<std::pair<size_t, DevInstance*>> replicas;
@@ -909,18 +962,29 @@ absl::StatusOr<DevCluster> Up(const DevClusterOptions& options) {
                          CheckInstance(user, options, *replicas[k].second));
         return absl::OkStatus();
       }));
+  bool catalog_running = false;
+  if (cluster.catalog) {
+    ASSIGN_OR_RETURN(catalog_running,
+                     CheckInstance(user, options, *cluster.catalog));
+  }
   RETURN_IF_ERROR(ForEachInParallel(n, [&](size_t i) {
-    return BringUp(user, options, running[i], cluster.instances[i]);
+    return BringUp(user, shard_options, running[i], cluster.instances[i]);
   }));
-  RETURN_IF_ERROR(EnsureDatabases(cluster.instances, options.database));
+  std::vector<DevInstance> with_database = cluster.instances;
+  if (cluster.catalog) {
+    RETURN_IF_ERROR(
+        BringUp(user, catalog_options, catalog_running, *cluster.catalog));
+    with_database.push_back(*cluster.catalog);
+  }
+  RETURN_IF_ERROR(EnsureDatabases(with_database, options.database));
   // After the databases, so that the replicas' copies hold them.
   RETURN_IF_ERROR(ForEachInParallel(replicas.size(), [&](size_t k) {
     const auto& [primary, replica] = replicas[k];
-    return BringUpReplica(user, options, cluster.instances[primary],
+    return BringUpReplica(user, shard_options, cluster.instances[primary],
                           replica_running[k], *replica);
   }));
-  RETURN_IF_ERROR(
-      WriteFileAtomically(cluster.config_path, ShardsToml(cluster.instances)));
+  RETURN_IF_ERROR(WriteFileAtomically(
+      cluster.config_path, ShardsToml(cluster.instances, cluster.catalog)));
   return cluster;
 }
 

@@ -16,6 +16,18 @@
 // of shard i listens on base_port + j * shards + (i - 1), so a replica
 // keeps its port when R grows.
 //
+// With replicas, Up also starts a small "catalog" instance on base_port - 1
+// (CatalogPort) and shards.toml names it in [catalog]: the live shard map,
+// the failover leases and the two-phase commit log live there, on no
+// shard's primary, so a failover of any shard keeps them (with a catalog,
+// Clusters fail a dead primary over to a replica automatically: see
+// router/failover.h). With `synchronous`, the shards' servers also run
+// synchronous_commit = on and synchronous_standby_names = 'ANY 1 (*)': a
+// commit on a primary returns once one of its replicas has flushed it, so a
+// failover loses no acknowledged write. A shard with a single replica then
+// stops taking writes after a failover (its new primary has no standby):
+// give it two.
+//
 //   shardkit::dev::DevClusterOptions options;
 //   options.dir = "/tmp/shardkit-dev";
 //   options.shards = 3;
@@ -50,6 +62,8 @@
 //                 standby.signal and primary_conninfo in
 //                 postgresql.auto.conf) and log. Its shardkit.conf is the
 //                 primary's but for the port.
+//   catalog/, catalog.log
+//                 the catalog instance (with replicas), and its log;
 //   shards.toml   the shard map (rewritten atomically by every Up).
 // A running instance keeps the settings it started with until it is
 // restarted (Down, then Up), except that Up refuses to report a running
@@ -63,6 +77,7 @@
 #ifndef SHARDKIT_CLI_DEV_CLUSTER_H_
 #define SHARDKIT_CLI_DEV_CLUSTER_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -93,7 +108,17 @@ struct DevClusterOptions {
   std::string database = "app";
   // Extra postgresql.conf lines for every instance.
   std::vector<std::string> extra_settings;
+  // Synchronous replication on the shards (see the file comment).
+  // REQUIRES: replicas >= 1.
+  bool synchronous = false;
 };
+
+// The name (and directory under `dir`) of the catalog instance.
+inline constexpr char kCatalogName[] = "catalog";
+
+// The port of the catalog instance of a cluster whose first shard listens
+// on `base_port`.
+int CatalogPort(int base_port);
 
 struct DevInstance {
   std::string name;      // "s1", "s2", ...; a replica: "s1-r1", ...
@@ -115,12 +140,15 @@ struct DevCluster {
   std::string config_path;  // dir/shards.toml
   // The shards' primaries, s1 first; each lists its replicas.
   std::vector<DevInstance> instances;
+  // The catalog instance; only with replicas.
+  std::optional<DevInstance> catalog;
 };
 
 struct DownResult {
   std::string dir;                   // absolute
   // Names of the instances Down stopped, in shard order, each shard's
-  // replicas after its primary ("s1", "s1-r1", "s2", ...).
+  // replicas after its primary, the catalog last ("s1", "s1-r1", "s2",
+  // ..., "catalog").
   std::vector<std::string> stopped;
 };
 
@@ -152,7 +180,7 @@ std::string ShardsTomlSection(const std::vector<DevInstance>& instances);
 [[nodiscard]] absl::StatusOr<DevCluster> Up(const DevClusterOptions& options);
 
 // Stops every instance under `dir` (fast shutdown), replicas before
-// primaries. Instances already stopped are fine. Returns `dir` made absolute
+// primaries and the catalog. Instances already stopped are fine. Returns `dir` made absolute
 // and the names of the instances it stopped, in shard order.
 //
 // Fails with kNotFound if `dir` does not exist.

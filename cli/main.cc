@@ -72,6 +72,7 @@ int Run(int argc, char** argv) {
   RegisterRecover(app, ctx);
   RegisterLoad(app, ctx);
   RegisterHealth(app, ctx);
+  RegisterFailover(app, ctx);
   RegisterDev(app, ctx);
 
   if (argc > 1 && argv[1][0] != '-') {

@@ -9,6 +9,7 @@
 #include "common/strings.h"
 #include "rebalancer/shard_objects.h"
 #include "router/executor.h"
+#include "router/failover.h"
 #include "router/health.h"
 #include "router/live_map.h"
 #include "router/pool.h"
@@ -50,12 +51,12 @@ std::vector<ReplicaRef> PlaceReads(internal::ReadBalancer& reads,
   std::vector<ReplicaRef> used;
   for (internal::ShardTask& task : tasks) {
     if (task.session != nullptr) continue;
-    std::optional<size_t> replica = reads.PickReplica(
+    std::optional<internal::ReadBalancer::Choice> replica = reads.Choose(
         task.shard, written != nullptr ? written->Of(task.shard)
                                        : std::nullopt);
     if (!replica) continue;
-    task.dsn = reads.replica(task.shard, *replica).dsn;
-    used.emplace_back(task.shard, *replica);
+    task.dsn = std::move(replica->dsn);
+    used.emplace_back(task.shard, replica->index);
   }
   return used;
 }
@@ -84,6 +85,39 @@ void RecordWrites(const std::vector<internal::ShardTask>& tasks,
     std::optional<uint64_t> lsn = internal::ParseLsn(*done[i].result.rows[0][0]);
     if (lsn) written.Advance(asks[i].shard, *lsn);
   }
+}
+
+// A statement could not connect to the primary of shard `shard` of `map`:
+// if a failover can replace it (a catalog, replicas), starts the monitor's
+// probes at once and waits, at most as long as detecting the failure and
+// promoting should take, for a live map in which another backend is the
+// shard's primary. Returns that map, or nullptr.
+std::shared_ptr<const ShardMap> AwaitNewPrimary(internal::LiveMap& live,
+                                                internal::ReadBalancer* reads,
+                                                const ShardMap& map,
+                                                ShardId shard) {
+  const Shard& before = map.shard(shard);
+  if (live.catalog() == nullptr || reads == nullptr || before.replicas.empty()) {
+    return nullptr;
+  }
+  reads->ProbeNow();
+  const ReplicaSettings& settings = before.replica_settings;
+  // Detection (see ReadBalancer), then the failover itself: a lease, a
+  // probe, pg_promote and a publish take well under the allowance on a
+  // healthy network.
+  constexpr absl::Duration kPromoteAllowance = absl::Seconds(5);
+  const absl::Time deadline =
+      absl::Now() + settings.heartbeat_interval * settings.failure_threshold +
+      kPromoteAllowance;
+  for (uint64_t epoch = map.epoch() + 1; absl::Now() < deadline; ++epoch) {
+    if (!live.AwaitEpoch(epoch, deadline - absl::Now()).ok()) return nullptr;
+    std::shared_ptr<const ShardMap> now = live.current();
+    if (shard < now->shards().size() && now->shard(shard).dsn != before.dsn) {
+      return now;
+    }
+    epoch = now->epoch();
+  }
+  return nullptr;
 }
 
 // How many times a statement refused for a stale map epoch is routed
@@ -232,7 +266,26 @@ Cluster::Cluster(Config config, std::unique_ptr<internal::LiveMap> live)
   internal::ProbeOptions probe;
   probe.connect_timeout = config_.timeouts.connect;
   probe.query_timeout = config_.timeouts.connect;
-  reads_ = internal::ReadBalancer::Start(live_->current(), probe);
+  internal::ReadBalancer::PrimaryDownHandler failover;
+  if (live_->catalog() != nullptr) {
+    failover = [this, probe](ShardId shard, uint64_t epoch) {
+      internal::FailoverOptions options;
+      options.mode = internal::FailoverMode::kAutomatic;
+      options.expected_epoch = epoch;
+      options.probe = probe;
+      const std::shared_ptr<const ShardMap> map = live_->current();
+      if (shard >= map->shards().size()) return;
+      // Whoever wins, this process must route by the new map at once; a
+      // failover that could not be done is tried again by the next round.
+      internal::Failover(live_->configured(), *live_->catalog(),
+                         map->shard(shard).name, options)
+          .IgnoreError();
+      live_->Refresh().IgnoreError();
+    };
+  }
+  reads_ = internal::ReadBalancer::Start(live_->current(), probe,
+                                         std::move(failover));
+  if (reads_ != nullptr) live_->AddListener(reads_->Follower());
 }
 
 std::shared_ptr<const ShardMap> Cluster::map() const {
@@ -344,11 +397,28 @@ absl::StatusOr<Result> Cluster::ExecuteRouted(
       }
     }
   }
-  if (!prepared.routing->writes || prepared.tasks.size() < 2) {
+  // A write reaching the source of a move in dual-write is also applied on
+  // the destination: in a distributed transaction, even on one shard.
+  if (!prepared.routing->writes ||
+      (prepared.tasks.size() < 2 && prepared.dual == nullptr)) {
     // One shard's statement refused by its fence did nothing; parts that
     // ran on other shards outside a transaction would run twice.
     retryable = prepared.tasks.size() == 1;
     absl::StatusOr<Result> result = router_->Run(prepared, params, options);
+    // A statement for one shard whose primary could not even be connected
+    // to never ran: once a failover has put another primary in its place,
+    // it runs there, once.
+    if (!result.ok() && prepared.tasks.size() == 1 &&
+        prepared.tasks[0].session == nullptr &&
+        internal::NeverSent(result.status())) {
+      if (std::shared_ptr<const ShardMap> next = AwaitNewPrimary(
+              *live_, reads_.get(), *map, prepared.tasks[0].shard)) {
+        ASSIGN_OR_RETURN(internal::Router::Prepared again,
+                         router_->Prepare(next, sql, params));
+        result = router_->Run(again, params, options);
+        prepared = std::move(again);
+      }
+    }
     if (result.ok() && prepared.routing->writes &&
         execute.read_your_writes != nullptr) {
       RecordWrites(prepared.tasks, options, *execute.read_your_writes);
@@ -450,6 +520,14 @@ absl::StatusOr<Result> Cluster::ExecuteOnShardOf(
   task.epoch = map->epoch();
   std::vector<internal::TaskOutcome> done =
       internal::RunOnShards({task}, OptionsOf(config_, pools_.get()));
+  if (internal::NeverSent(done[0].status)) {
+    // As in Execute: it never ran, so it may run on the new primary.
+    if (std::shared_ptr<const ShardMap> next =
+            AwaitNewPrimary(*live_, reads_.get(), *map, where.shard)) {
+      task.dsn = next->shard(where.shard).dsn;
+      done = internal::RunOnShards({task}, OptionsOf(config_, pools_.get()));
+    }
+  }
   RETURN_IF_ERROR(done[0].status);
   done[0].result.shards = {where.shard};
   return std::move(done[0].result);

@@ -4,20 +4,6 @@
 #include <utility>
 
 namespace shardkit::internal {
-
-std::unique_ptr<ReadBalancer> ReadBalancer::Start(
-    std::shared_ptr<const ShardMap> map, ProbeOptions probe) {
-  const bool any_replica =
-      std::any_of(map->shards().begin(), map->shards().end(),
-                  [](const Shard& s) { return !s.replicas.empty(); });
-  if (!any_replica) return nullptr;
-  // The constructor is private, so make_unique cannot reach it.
-  std::unique_ptr<ReadBalancer> balancer(
-      new ReadBalancer(std::move(map), probe));
-  balancer->thread_ = std::thread([raw = balancer.get()] { raw->Run(); });
-  return balancer;
-}
-
 namespace {
 
 absl::Duration ShortestInterval(const ShardMap& map) {
@@ -29,30 +15,66 @@ absl::Duration ShortestInterval(const ShardMap& map) {
   return shortest;
 }
 
+// Whether `a` and `b` (the same shard in two maps) name the same servers
+// in the same roles.
+bool SameBackends(const Shard& a, const Shard& b) {
+  if (a.dsn != b.dsn || a.replicas.size() != b.replicas.size()) return false;
+  for (size_t i = 0; i < a.replicas.size(); ++i) {
+    if (a.replicas[i].dsn != b.replicas[i].dsn) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
+std::unique_ptr<ReadBalancer> ReadBalancer::Start(
+    std::shared_ptr<const ShardMap> map, ProbeOptions probe,
+    PrimaryDownHandler on_primary_down) {
+  const bool any_replica =
+      std::any_of(map->shards().begin(), map->shards().end(),
+                  [](const Shard& s) { return !s.replicas.empty(); });
+  if (!any_replica) return nullptr;
+  // The constructor is private, so make_unique cannot reach it.
+  std::unique_ptr<ReadBalancer> balancer(
+      new ReadBalancer(std::move(map), probe, std::move(on_primary_down)));
+  balancer->thread_ = std::thread([raw = balancer.get()] { raw->Run(); });
+  return balancer;
+}
+
 ReadBalancer::ReadBalancer(std::shared_ptr<const ShardMap> map,
-                           ProbeOptions probe)
-    : map_(std::move(map)), probe_(probe), interval_(ShortestInterval(*map_)) {
-  absl::MutexLock lock(&mu_);
-  for (const Shard& s : map_->shards()) {
-    replicas_.emplace_back(s.replicas.size());
+                           ProbeOptions probe,
+                           PrimaryDownHandler on_primary_down)
+    : probe_(probe),
+      interval_(ShortestInterval(*map)),
+      on_primary_down_(std::move(on_primary_down)) {
+  {
+    absl::MutexLock lock(&link_->mu);
+    link_->balancer = this;
   }
+  absl::MutexLock lock(&mu_);
+  for (const Shard& s : map->shards()) {
+    shards_.push_back(ShardState{std::vector<ReplicaState>(s.replicas.size())});
+  }
+  map_ = std::move(map);
 }
 
 std::unique_ptr<ReadBalancer> ReadBalancer::CreateForTest(
     std::shared_ptr<const ShardMap> map) {
   return std::unique_ptr<ReadBalancer>(
-      new ReadBalancer(std::move(map), ProbeOptions{}));
+      new ReadBalancer(std::move(map), ProbeOptions{}, nullptr));
 }
 
 void ReadBalancer::SetUsableForTest(ShardId shard, size_t replica,
                                     bool usable) {
   absl::MutexLock lock(&mu_);
-  replicas_[shard][replica].usable = usable;
+  shards_[shard].replicas[replica].usable = usable;
 }
 
 ReadBalancer::~ReadBalancer() {
+  {
+    absl::MutexLock lock(&link_->mu);
+    link_->balancer = nullptr;
+  }
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
@@ -62,38 +84,96 @@ ReadBalancer::~ReadBalancer() {
 
 void ReadBalancer::Run() {
   while (true) {
-    ApplyRound(CheckHealth(*map_, probe_));
+    std::shared_ptr<const ShardMap> map;
+    {
+      absl::MutexLock lock(&mu_);
+      map = map_;
+    }
+    const std::vector<ShardId> down = ApplyRound(*map, CheckHealth(*map, probe_));
+    if (on_primary_down_) {
+      for (ShardId shard : down) on_primary_down_(shard, map->epoch());
+    }
     absl::MutexLock lock(&mu_);
+    // A primary that failed once is probed again sooner, so that its
+    // failure is confirmed (or not) quickly; a failover just attempted is
+    // not retried before a full interval.
+    const bool suspect =
+        std::any_of(shards_.begin(), shards_.end(), [](const ShardState& s) {
+          return s.primary_failures > 0;
+        });
+    const absl::Duration wait =
+        suspect && down.empty() ? interval_ / 4 : interval_;
     auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return stop_ || wake_;
     };
-    mu_.AwaitWithTimeout(absl::Condition(&woken), interval_);
+    mu_.AwaitWithTimeout(absl::Condition(&woken), wait);
     if (stop_) return;
     wake_ = false;
   }
 }
 
-void ReadBalancer::ApplyRound(const std::vector<BackendHealth>& health) {
+std::vector<ShardId> ReadBalancer::ApplyRound(
+    const ShardMap& map, const std::vector<BackendHealth>& health) {
+  std::vector<ShardId> down;
   absl::MutexLock lock(&mu_);
+  if (map.epoch() != map_->epoch()) return down;  // Follow came meanwhile
   for (const BackendHealth& b : health) {
-    if (b.target.configured_primary) continue;
-    const Shard& shard = map_->shard(b.target.shard);
+    const Shard& shard = map.shard(b.target.shard);
+    ShardState& state = shards_[b.target.shard];
+    const int threshold = shard.replica_settings.failure_threshold;
+    if (b.target.configured_primary) {
+      state.primary_failures = b.up() ? 0 : state.primary_failures + 1;
+      if (state.primary_failures >= threshold && !shard.replicas.empty()) {
+        down.push_back(b.target.shard);
+      }
+      continue;
+    }
     for (size_t i = 0; i < shard.replicas.size(); ++i) {
       if (shard.replicas[i].name != b.target.backend) continue;
-      replicas_[b.target.shard][i].replay_lsn = b.lsn;
-      replicas_[b.target.shard][i].usable =
-          b.up() && b.role == BackendRole::kReplica && b.lag.has_value() &&
-          *b.lag <= shard.replica_settings.max_lag;
+      ReplicaState& replica = state.replicas[i];
+      if (b.up()) {
+        replica.failures = 0;
+        replica.replay_lsn = b.lsn;
+        replica.usable = b.role == BackendRole::kReplica && b.lag.has_value() &&
+                         *b.lag <= shard.replica_settings.max_lag;
+      } else if (++replica.failures >= threshold) {
+        replica.usable = false;
+      }
     }
   }
   ++rounds_;
+  return down;
 }
 
-std::optional<size_t> ReadBalancer::PickReplica(
+void ReadBalancer::Follow(std::shared_ptr<const ShardMap> map) {
+  absl::MutexLock lock(&mu_);
+  if (map->epoch() <= map_->epoch()) return;
+  for (ShardId id = 0; id < map->shards().size() && id < shards_.size(); ++id) {
+    const Shard& now = map->shard(id);
+    if (SameBackends(map_->shard(id), now)) continue;
+    shards_[id] = ShardState{std::vector<ReplicaState>(now.replicas.size())};
+  }
+  map_ = std::move(map);
+  wake_ = true;
+}
+
+std::function<void(std::shared_ptr<const ShardMap>)> ReadBalancer::Follower() {
+  return [link = link_](std::shared_ptr<const ShardMap> map) {
+    absl::MutexLock lock(&link->mu);
+    if (link->balancer != nullptr) link->balancer->Follow(std::move(map));
+  };
+}
+
+void ReadBalancer::ProbeNow() {
+  absl::MutexLock lock(&mu_);
+  wake_ = true;
+}
+
+std::optional<ReadBalancer::Choice> ReadBalancer::Choose(
     ShardId shard, std::optional<uint64_t> min_lsn) {
   absl::MutexLock lock(&mu_);
-  if (shard >= replicas_.size()) return std::nullopt;
-  std::vector<ReplicaState>& states = replicas_[shard];
+  if (shard >= shards_.size()) return std::nullopt;
+  std::vector<ReplicaState>& states = shards_[shard].replicas;
   const std::vector<Backend>& backends = map_->shard(shard).replicas;
   int64_t total = 0;
   std::optional<size_t> best;
@@ -108,15 +188,30 @@ std::optional<size_t> ReadBalancer::PickReplica(
       best = i;
     }
   }
-  if (best) states[*best].current_weight -= total;
-  return best;
+  if (!best) return std::nullopt;
+  states[*best].current_weight -= total;
+  return Choice{*best, backends[*best].dsn};
+}
+
+std::optional<size_t> ReadBalancer::PickReplica(
+    ShardId shard, std::optional<uint64_t> min_lsn) {
+  std::optional<Choice> choice = Choose(shard, min_lsn);
+  if (!choice) return std::nullopt;
+  return choice->index;
+}
+
+Backend ReadBalancer::replica(ShardId shard, size_t replica) const {
+  absl::MutexLock lock(&mu_);
+  return map_->shard(shard).replicas[replica];
 }
 
 void ReadBalancer::MarkFailed(ShardId shard, size_t replica) {
   absl::MutexLock lock(&mu_);
-  if (shard >= replicas_.size() || replica >= replicas_[shard].size()) return;
-  replicas_[shard][replica].usable = false;
-  replicas_[shard][replica].current_weight = 0;
+  if (shard >= shards_.size() || replica >= shards_[shard].replicas.size()) {
+    return;
+  }
+  shards_[shard].replicas[replica].usable = false;
+  shards_[shard].replicas[replica].current_weight = 0;
   wake_ = true;
 }
 

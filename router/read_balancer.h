@@ -4,11 +4,11 @@
 // A ReadBalancer owns one background monitor thread that probes every
 // backend of the map (CheckHealth, router/health.h) at once, first when
 // it starts and then every heartbeat_interval (the shortest of the
-// shards'). After each round, a replica takes reads only when its probe
-// succeeded, the server says it is in recovery, and its replay lag
-// (seconds) is known and at most the shard's max_lag. A replica not
-// probed yet takes none: until the first round ends, reads go to the
-// primaries.
+// shards'). A replica takes reads only when its latest answered probe
+// found it in recovery with a replay lag (seconds) known and at most the
+// shard's max_lag, and no read or failure_threshold probes failed on it
+// since. A replica not probed yet takes none: until the first round ends,
+// reads go to the primaries.
 //
 // PickReplica spreads a shard's reads over its usable replicas by weight
 // with smooth weighted round-robin (as nginx does): over any run of
@@ -17,9 +17,26 @@
 // at once (a statement could not reach it) and wakes the monitor, whose
 // next successful probe of it puts it back.
 //
-// failure_threshold is not used here: a replica takes no reads from its
-// first failed probe (reads have a primary to fall back to); the
-// threshold is for the primary's failover.
+// Failed probes. A replica is taken out after failure_threshold
+// consecutive failed probes (a single lost probe does not shed its reads;
+// a read that fails on it takes it out at once, as said). A shard's
+// primary that fails failure_threshold consecutive probes is reported to
+// the PrimaryDownHandler, if any (the Cluster's automatic failover,
+// router/failover.h), on the monitor thread, once per round while it
+// stays down. After a primary's first failed probe the monitor probes
+// again every heartbeat_interval / 4 instead of every heartbeat_interval,
+// so that with the defaults (1 s, threshold 3) a dead primary is reported
+// at most about 1.5 s after it died (1 s until the next probe, then two
+// more a quarter-second apart), plus the probes' own time. ProbeNow makes
+// the next round start at once: the Cluster calls it when a statement
+// could not connect to a primary.
+//
+// The map changes. Follow installs a newer map (a failover, a move): each
+// shard whose backends changed (another primary, replicas retired) starts
+// afresh (replicas unusable until probed, failure counts zeroed), the
+// others keep their state, and the monitor probes the new map at once.
+// Follower() gives a LiveMap listener that calls Follow for as long as
+// the balancer lives.
 //
 // Thread-safety: thread-safe.
 
@@ -27,6 +44,7 @@
 #define SHARDKIT_ROUTER_READ_BALANCER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,10 +60,18 @@ namespace shardkit::internal {
 
 class ReadBalancer {
  public:
+  // Called on the monitor thread with a shard whose primary failed
+  // failure_threshold consecutive probes, and the epoch of the map those
+  // probes were made under. It may block (a failover takes seconds); the
+  // monitor waits for it.
+  using PrimaryDownHandler = std::function<void(ShardId shard, uint64_t epoch)>;
+
   // Starts the monitor of the backends of `map`. Returns nullptr when no
   // shard of `map` has a replica (no thread is started then).
+  // `on_primary_down` may be empty.
   static std::unique_ptr<ReadBalancer> Start(
-      std::shared_ptr<const ShardMap> map, ProbeOptions probe);
+      std::shared_ptr<const ShardMap> map, ProbeOptions probe,
+      PrimaryDownHandler on_primary_down = nullptr);
 
   // Stops the monitor and waits for it: at most the rest of a round under
   // way (up to the probe's connect and query timeouts when a backend does
@@ -62,11 +88,28 @@ class ReadBalancer {
                                     std::optional<uint64_t> min_lsn = {})
       ABSL_LOCKS_EXCLUDED(mu_);
 
-  // The connection string of replica `replica` of shard `shard`.
-  // REQUIRES: both in range of the map given to Start.
-  const Backend& replica(ShardId shard, size_t replica) const {
-    return map_->shard(shard).replicas[replica];
-  }
+  // As PickReplica, with the chosen replica's connection string, read
+  // under the same lock (the map may change between two calls).
+  struct Choice {
+    size_t index = 0;
+    std::string dsn;
+  };
+  std::optional<Choice> Choose(ShardId shard,
+                               std::optional<uint64_t> min_lsn = {})
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Replica `replica` of shard `shard` in the current map (a copy).
+  // REQUIRES: both in range of it.
+  Backend replica(ShardId shard, size_t replica) const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Installs `map` if its epoch is newer (see the file comment).
+  void Follow(std::shared_ptr<const ShardMap> map) ABSL_LOCKS_EXCLUDED(mu_);
+  // A listener for LiveMap::AddListener: calls Follow while this balancer
+  // lives, and nothing after.
+  std::function<void(std::shared_ptr<const ShardMap>)> Follower();
+
+  // Starts the next round of probes now.
+  void ProbeNow() ABSL_LOCKS_EXCLUDED(mu_);
 
   // A statement could not reach replica `replica` of shard `shard`: it
   // takes no reads until a probe of it succeeds. Wakes the monitor.
@@ -88,24 +131,41 @@ class ReadBalancer {
  private:
   struct ReplicaState {
     bool usable = false;
+    int failures = 0;                    // consecutive failed probes
     std::optional<uint64_t> replay_lsn;  // as last probed
     int64_t current_weight = 0;  // smooth weighted round-robin
   };
+  struct ShardState {
+    std::vector<ReplicaState> replicas;  // as in the shard's replicas
+    int primary_failures = 0;            // consecutive failed probes
+  };
+  // Clears the listener's pointer when the balancer goes.
+  struct FollowLink {
+    absl::Mutex mu;
+    ReadBalancer* balancer ABSL_GUARDED_BY(mu) = nullptr;
+  };
 
-  ReadBalancer(std::shared_ptr<const ShardMap> map, ProbeOptions probe);
+  ReadBalancer(std::shared_ptr<const ShardMap> map, ProbeOptions probe,
+               PrimaryDownHandler on_primary_down);
   void Run();
-  void ApplyRound(const std::vector<BackendHealth>& health)
+  // Records a round of probes of `map`; returns the shards whose primary
+  // is down past the threshold. A round of an older map than the current
+  // one is dropped.
+  std::vector<ShardId> ApplyRound(const ShardMap& map,
+                                  const std::vector<BackendHealth>& health)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Constant after construction.
-  const std::shared_ptr<const ShardMap> map_;
   const ProbeOptions probe_;
   const absl::Duration interval_;
+  const PrimaryDownHandler on_primary_down_;
+  const std::shared_ptr<FollowLink> link_ = std::make_shared<FollowLink>();
   std::thread thread_;
 
   mutable absl::Mutex mu_;
-  // By shard, then replica, as in map_.
-  std::vector<std::vector<ReplicaState>> replicas_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const ShardMap> map_ ABSL_GUARDED_BY(mu_);
+  // By shard, as in map_.
+  std::vector<ShardState> shards_ ABSL_GUARDED_BY(mu_);
   int64_t rounds_ ABSL_GUARDED_BY(mu_) = 0;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -529,8 +529,10 @@ class DevReplicasTest : public ::testing::Test {
 };
 
 TEST_F(DevReplicasTest, UpIsIdempotentAndDownStopsTheReplicasToo) {
-  absl::StatusOr<int> port = FindFreePortsForTest(4);
+  // The catalog instance on the first port, the shards' after it.
+  absl::StatusOr<int> port = FindFreePortsForTest(5);
   ASSERT_TRUE(port.ok()) << port.status();
+  ++*port;
   const std::vector<std::string> up = {
       SHARDCTL_PATH,       "dev",      "up",    "--shards", "2",
       "--replicas",        "1",        "--dir", dir_,       "--port",
@@ -573,7 +575,7 @@ TEST_F(DevReplicasTest, UpIsIdempotentAndDownStopsTheReplicasToo) {
   EXPECT_EQ(down.exit_code, 0) << down.err;
   EXPECT_EQ(down.out, absl::StrCat("{\"dir\":\"", dir_,
                                    "\",\"stopped\":[\"s1\",\"s1-r1\",\"s2\","
-                                   "\"s2-r1\"]}\n"));
+                                   "\"s2-r1\",\"catalog\"]}\n"));
 }
 
 TEST_F(DevReplicasTest, PortsPastTheTopCountTheReplicas) {
@@ -583,8 +585,9 @@ TEST_F(DevReplicasTest, PortsPastTheTopCountTheReplicas) {
                   "2", "--dir", dir_, "--port", "65528"});
   EXPECT_EQ(up.exit_code, 2);
   EXPECT_THAT(up.err, HasSubstr("65528 is not a usable first port for 3 "
-                                "shards with 2 replicas each: it must be "
-                                "between 1024 and 65527"));
+                                "shards with 2 replicas each (and the "
+                                "catalog on the port before): it must be "
+                                "between 1025 and 65527"));
   CommandOutput too_many = RunCommand({SHARDCTL_PATH, "dev", "up", "--shards",
                                        "1", "--replicas", "9", "--dir", dir_});
   EXPECT_EQ(too_many.exit_code, 2);

@@ -97,21 +97,27 @@ absl::StatusOr<int> FindFreePortsForTest(int count) {
 
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(
     int shards, std::vector<std::string> extra_settings) {
-  return StartCluster(shards, 0, std::move(extra_settings));
+  return StartCluster(shards, 0, std::move(extra_settings), false);
 }
 
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::StartWithReplicas(
-    int shards, int replicas, std::vector<std::string> extra_settings) {
-  return StartCluster(shards, replicas, std::move(extra_settings));
+    int shards, int replicas, std::vector<std::string> extra_settings,
+    bool synchronous) {
+  return StartCluster(shards, replicas, std::move(extra_settings),
+                      synchronous);
 }
 
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::StartCluster(
-    int shards, int replicas, std::vector<std::string> extra_settings) {
+    int shards, int replicas, std::vector<std::string> extra_settings,
+    bool synchronous) {
   absl::Status last_error;
   for (int attempt = 0; attempt < kStartAttempts; ++attempt) {
     ASSIGN_OR_RETURN(std::string dir, MakeTempDirForTest());
-    ASSIGN_OR_RETURN(int base_port,
-                     FindFreePortsForTest(shards * (1 + replicas)));
+    // With replicas, the catalog instance takes the port before the shards'.
+    const int catalog_ports = replicas > 0 ? 1 : 0;
+    ASSIGN_OR_RETURN(int first_port, FindFreePortsForTest(
+                                         catalog_ports + shards * (1 + replicas)));
+    const int base_port = first_port + catalog_ports;
     dev::DevClusterOptions options;
     options.dir = dir;
     options.shards = shards;
@@ -119,6 +125,7 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::StartCluster(
     options.base_port = base_port;
     options.database = kDatabase;
     options.extra_settings = extra_settings;
+    options.synchronous = synchronous;
     absl::StatusOr<dev::DevCluster> cluster = dev::Up(options);
     if (cluster.ok()) {
       return std::unique_ptr<TestCluster>(new TestCluster(*std::move(cluster)));

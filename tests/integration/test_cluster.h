@@ -50,10 +50,15 @@ class TestCluster {
 
   // As Start, and each shard's primary gets `replicas` streaming replicas
   // (dev::Up with DevClusterOptions::replicas; config_path() and
-  // WriteConfig list them). REQUIRES: 1 <= replicas <= dev::kMaxReplicas.
+  // WriteConfig list them), and a catalog instance that config_path()
+  // names in [catalog] (WriteConfig does not); with `synchronous`,
+  // synchronous replication
+  // (DevClusterOptions::synchronous).
+  // REQUIRES: 1 <= replicas <= dev::kMaxReplicas.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<TestCluster>>
   StartWithReplicas(int shards, int replicas,
-                    std::vector<std::string> extra_settings = {});
+                    std::vector<std::string> extra_settings = {},
+                    bool synchronous = false);
 
   TestCluster(const TestCluster&) = delete;
   TestCluster& operator=(const TestCluster&) = delete;
@@ -108,7 +113,8 @@ class TestCluster {
       : cluster_(std::move(cluster)) {}
 
   static absl::StatusOr<std::unique_ptr<TestCluster>> StartCluster(
-      int shards, int replicas, std::vector<std::string> extra_settings);
+      int shards, int replicas, std::vector<std::string> extra_settings,
+      bool synchronous);
   static absl::StatusOr<std::vector<std::vector<std::string>>> QueryInstance(
       const dev::DevInstance& instance, const std::string& sql);
 
