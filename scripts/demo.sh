@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The shardkit demo, on a fresh Debian 12 machine (as root): installs what is
 # missing, builds shardctl, starts three local PostgreSQL shards, loads sample
-# data on the shards that own it, and shows the map and where keys live.
+# data on the shards that own it, and shows the map and where keys live; then
+# a second cluster with streaming replicas, whose primary is killed under
+# writes and replaced by a replica.
 #
 #   SHARDKIT_DEMO_DIR (default /tmp/shardkit-demo)  where the shards live
 #   SHARDKIT_DEMO_PORT (default 6001)               port of shard s1
@@ -119,9 +121,44 @@ echo "Now 500 from user 7, who has 70: the credit to 42 runs, the debit of 7 fai
 transfer 7 42 500 || true
 show $shardctl sql -c "$bank" -e "SELECT user_id, balance FROM accounts ORDER BY user_id"
 
+step "Replicas and automatic failover: 2 shards with 2 streaming replicas each, and a catalog"
+# A cluster of its own (started afresh on every run: a failover retires a
+# primary for good). The catalog instance holds the live shard map.
+rdir=$dir-replicas
+rport=$((port + 20))
+rcfg=$rdir/shards.toml
+if [[ -d $rdir ]]; then
+  $shardctl dev down --dir "$rdir" >/dev/null
+  rm -rf "$rdir"
+fi
+show $shardctl dev up --shards 2 --replicas 2 --dir "$rdir" --port "$rport"
+show $shardctl exec -c "$rcfg" --all "CREATE TABLE users (id int8 PRIMARY KEY, name text NOT NULL)"
+show $shardctl health -c "$rcfg"
+
+step "Writes through one open cluster while shard s1's primary is killed (SIGKILL)"
+writes=$rdir/writes.log
+{
+  for ((id = 1; id <= 60; id++)); do
+    echo "INSERT INTO users (id, name) VALUES ($id, 'user $id')"
+    sleep 0.1
+  done
+} | $shardctl sql -c "$rcfg" --stdin >"$writes" 2>&1 &
+writer=$!
+sleep 2
+primary=$(head -n 1 "$rdir/s1/postmaster.pid")
+echo "\$ kill -KILL $primary   # s1's postmaster, and its server processes"
+pkill -KILL -P "$primary" || true
+kill -KILL "$primary"
+wait "$writer" || true
+echo "$(grep -c '^OK' "$writes") of 60 writes succeeded; failed: $(grep -c '^ERROR' "$writes" || true) (in flight when the primary died: they may have run, so they are not retried)"
+show $shardctl health -c "$rcfg"
+show $shardctl sql -c "$rcfg" -e "SELECT count(*) FROM users"
+printf '(writes that never reached the dead primary waited for the promoted replica and ran there)\n'
+
 printf '\nThe shards keep running. Try:\n'
 printf '  %s sql -c %s -e "SELECT * FROM orders WHERE user_id = 42"\n' "$shardctl" "$cfg"
 printf '  %s route -c %s orders 42\n' "$shardctl" "$cfg"
 printf '  %s exec -c %s --all "SELECT count(*) FROM users"\n' "$shardctl" "$cfg"
 printf '  %s recover -c %s        # resolve transactions a crash left in doubt\n' "$shardctl" "$bank"
-printf '  %s dev down --dir %s\n' "$shardctl" "$dir"
+printf '  %s switchover -c %s s2   # planned change of primary, no lost write\n' "$shardctl" "$rcfg"
+printf '  %s dev down --dir %s; %s dev down --dir %s\n' "$shardctl" "$dir" "$shardctl" "$rdir"

@@ -1,7 +1,9 @@
 #include "tests/integration/test_cluster.h"
 
+#include <dirent.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -21,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -238,6 +241,44 @@ TestCluster::QueryInstance(const dev::DevInstance& instance,
 
 absl::Status TestCluster::StopShard(int index) {
   return dev::StopInstance(cluster_.instances.at(index));
+}
+
+absl::Status TestCluster::KillShard(int index) {
+  const dev::DevInstance& instance = cluster_.instances[index];
+  std::ifstream pid_file(instance.data_dir + "/postmaster.pid");
+  std::string line;
+  std::getline(pid_file, line);
+  int postmaster = 0;
+  if (!absl::SimpleAtoi(line, &postmaster)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no running server in ", instance.data_dir));
+  }
+  // Its children, found before the postmaster dies (they are reparented).
+  std::vector<int> children;
+  if (DIR* proc = opendir("/proc")) {
+    while (dirent* entry = readdir(proc)) {
+      int pid = 0;
+      if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+      std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+      std::string text((std::istreambuf_iterator<char>(stat)), {});
+      // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+      const size_t close = text.rfind(')');
+      char state = 0;
+      int ppid = 0;
+      if (close != std::string::npos &&
+          sscanf(text.c_str() + close + 1, " %c %d", &state, &ppid) == 2 &&
+          ppid == postmaster) {
+        children.push_back(pid);
+      }
+    }
+    closedir(proc);
+  }
+  if (kill(postmaster, SIGKILL) != 0) {
+    return absl::InternalError(absl::StrCat("kill ", postmaster, ": ",
+                                            strerror(errno)));
+  }
+  for (int child : children) kill(child, SIGKILL);
+  return absl::OkStatus();
 }
 
 absl::Status TestCluster::StartShard(int index) {

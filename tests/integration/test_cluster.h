@@ -96,6 +96,12 @@ class TestCluster {
   [[nodiscard]] absl::Status StopShard(int index);
   [[nodiscard]] absl::Status StartShard(int index);
 
+  // Kills shard `index`'s server and every process it started with
+  // SIGKILL, as a machine that died would leave it: no shutdown, no
+  // checkpoint, connections cut. StartShard starts it again (crash
+  // recovery). REQUIRES: 0 <= index < size() and the server runs.
+  [[nodiscard]] absl::Status KillShard(int index);
+
   // Replica `replica` (0-based: 0 is r1) of shard `index`: as dsn, Query,
   // StopShard and StartShard for the shard's primary.
   // REQUIRES: 0 <= index < size(), 0 <= replica < replicas_per_shard().
