@@ -52,6 +52,8 @@ struct Router::Plan {
     std::string sql_across_shards;
   };
   absl::flat_hash_map<ShardId, Hidden> hidden;
+  // INSERT / UPDATE / DELETE of a sharded table: that table.
+  const Table* write_table = nullptr;
 };
 
 namespace {
@@ -378,6 +380,174 @@ absl::Status PlanHiding(const ShardMap& map, Router::Plan& plan) {
   return absl::OkStatus();
 }
 
+
+namespace {
+
+// The RangeVar an INSERT, UPDATE or DELETE writes; nullptr for others.
+PgQuery__RangeVar* WrittenRelation(PgQuery__Node& statement) {
+  switch (statement.node_case) {
+    case PG_QUERY__NODE__NODE_INSERT_STMT:
+      return statement.insert_stmt->relation;
+    case PG_QUERY__NODE__NODE_UPDATE_STMT:
+      return statement.update_stmt->relation;
+    case PG_QUERY__NODE__NODE_DELETE_STMT:
+      return statement.delete_stmt->relation;
+    default:
+      return nullptr;
+  }
+}
+
+// The column that ends the user's RETURNING columns in a source's
+// statement of a dual-write; the row image follows it.
+constexpr std::string_view kImageMarker = "shardkit_image";
+
+std::string QuoteName(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+  return out;
+}
+
+// `sql` (one INSERT, UPDATE or DELETE) returning, after its own RETURNING
+// columns, the marker column and the row image (`t.*`).
+// REQUIRES: on the parser thread.
+absl::StatusOr<std::string> WithImageReturning(std::string_view sql) {
+  ASSIGN_OR_RETURN(ParsedSql tree, ParsedSql::Parse(sql));
+  PgQuery__Node* statement = tree.mutable_statement(0);
+  PgQuery__RangeVar* rv = WrittenRelation(*statement);
+  if (rv == nullptr) {
+    return absl::InternalError("dual-write of a statement that writes no table");
+  }
+  const std::string ref = QuoteName(rv->alias != nullptr ? rv->alias->aliasname
+                                                         : rv->relname);
+  ASSIGN_OR_RETURN(ParsedSql extra,
+                   ParsedSql::Parse(StrCat("SELECT NULL::\"char\" AS ",
+                                           kImageMarker, ", ", ref, ".*")));
+  PgQuery__SelectStmt* select = extra.mutable_statement(0)->select_stmt;
+  size_t* count = nullptr;
+  PgQuery__Node*** list = nullptr;
+  switch (statement->node_case) {
+    case PG_QUERY__NODE__NODE_INSERT_STMT:
+      count = &statement->insert_stmt->n_returning_list;
+      list = &statement->insert_stmt->returning_list;
+      break;
+    case PG_QUERY__NODE__NODE_UPDATE_STMT:
+      count = &statement->update_stmt->n_returning_list;
+      list = &statement->update_stmt->returning_list;
+      break;
+    default:
+      count = &statement->delete_stmt->n_returning_list;
+      list = &statement->delete_stmt->returning_list;
+      break;
+  }
+  std::vector<PgQuery__Node*> items(*list, *list + *count);
+  items.push_back(select->target_list[0]);
+  items.push_back(select->target_list[1]);
+  const size_t saved_count = *count;
+  PgQuery__Node** const saved_list = *list;
+  *count = items.size();
+  *list = items.data();
+  absl::StatusOr<std::string> out = tree.Deparse();
+  *count = saved_count;
+  *list = saved_list;
+  return out;
+}
+
+// The sharded table an INSERT, UPDATE or DELETE writes; nullptr otherwise.
+const Table* WrittenTable(const PgQuery__Node& statement, const ShardMap& map) {
+  const PgQuery__RangeVar* rv =
+      WrittenRelation(const_cast<PgQuery__Node&>(statement));
+  if (rv == nullptr) return nullptr;
+  const std::string_view schema = rv->schemaname;
+  const Table* table = map.FindTable(
+      schema.empty() ? std::string(rv->relname)
+                     : StrCat(schema, ".", rv->relname));
+  if (table == nullptr && schema == "public") table = map.FindTable(rv->relname);
+  if (table == nullptr || table->reference) return nullptr;
+  return table;
+}
+
+// Marks the tasks of `out` that reach the source of a move in dual-write
+// of the written table's distribution, and has them return the row images
+// (Prepared::DualWrite).
+absl::Status PlanDualWrite(const ShardMap& map, Router::Prepared& out) {
+  const Table* table = out.plan->write_table;
+  if (table == nullptr || map.moves().empty() || !out.routing->writes) {
+    return absl::OkStatus();
+  }
+  auto dual = std::make_shared<Router::Prepared::DualWrite>();
+  dual->table = table;
+  dual->kind = out.routing->kind;
+  for (const MovingSlice& move : map.moves()) {
+    if (move.phase != MovePhase::kDualWrite ||
+        move.distribution != table->distribution) {
+      continue;
+    }
+    for (size_t i = 0; i < out.tasks.size(); ++i) {
+      if (out.tasks[i].shard != move.source) continue;
+      dual->moves.push_back(&move);
+      if (std::find(dual->tasks.begin(), dual->tasks.end(), i) ==
+          dual->tasks.end()) {
+        dual->tasks.push_back(i);
+      }
+    }
+  }
+  if (dual->tasks.empty()) return absl::OkStatus();
+  absl::Status status;
+  ParserThread::Default().Run([&] {
+    for (size_t i : dual->tasks) {
+      absl::StatusOr<std::string> sql = WithImageReturning(out.tasks[i].sql);
+      if (!sql.ok()) {
+        status = sql.status();
+        return;
+      }
+      out.tasks[i].sql = *std::move(sql);
+    }
+  });
+  RETURN_IF_ERROR(status);
+  dual->image_columns.resize(dual->tasks.size());
+  dual->images.resize(dual->tasks.size());
+  out.dual = std::move(dual);
+  return absl::OkStatus();
+}
+
+// Takes the row images off the results of the dual-write's source tasks
+// (Prepared::DualWrite), leaving what the user's statement returns.
+absl::Status TakeImages(Router::Prepared::DualWrite& dual,
+                        std::vector<TaskOutcome>& done,
+                        const std::vector<ShardTask>& tasks) {
+  for (size_t j = 0; j < dual.tasks.size(); ++j) {
+    Result& result = done[dual.tasks[j]].result;
+    size_t marker = result.columns.size();
+    for (size_t c = result.columns.size(); c-- > 0;) {
+      if (result.columns[c].name == kImageMarker) {
+        marker = c;
+        break;
+      }
+    }
+    if (marker == result.columns.size()) {
+      return absl::InternalError(StrCat(
+          "shard ", tasks[dual.tasks[j]].shard_name,
+          " did not return the row images of a dual-write"));
+    }
+    dual.image_columns[j].assign(result.columns.begin() + marker + 1,
+                                 result.columns.end());
+    result.columns.resize(marker);
+    for (Row& row : result.rows) {
+      dual.images[j].emplace_back(std::make_move_iterator(row.begin() + marker + 1),
+                                  std::make_move_iterator(row.end()));
+      row.resize(marker);
+    }
+    if (marker == 0) result.rows.clear();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 Router::Router() = default;
 Router::~Router() = default;
 
@@ -443,6 +613,7 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
       }
       plan->sql_across_shards = *std::move(pushed);
     }
+    plan->write_table = WrittenTable(*plan->tree->statement(0), *map);
     status = PlanHiding(*map, *plan);
   });
   RETURN_IF_ERROR(status);
@@ -506,6 +677,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
   if (routing.kind == StatementKind::kInsert && routing.distribution != nullptr) {
     ASSIGN_OR_RETURN(out.tasks, InsertTasks(*out.plan, *map, sql, params));
     for (ShardTask& task : out.tasks) task.epoch = map->epoch();
+    RETURN_IF_ERROR(PlanDualWrite(*map, out));
     return out;
   }
   ASSIGN_OR_RETURN(std::vector<ShardId> targets,
@@ -548,6 +720,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     }
     out.tasks.push_back(std::move(task));
   }
+  RETURN_IF_ERROR(PlanDualWrite(*map, out));
   return out;
 }
 
@@ -573,7 +746,49 @@ absl::StatusOr<Result> Router::Run(const Prepared& prepared,
   }
   ASSIGN_OR_RETURN(std::vector<TaskOutcome> done,
                    RunAll(prepared.tasks, options));
+  if (prepared.dual != nullptr) {
+    RETURN_IF_ERROR(TakeImages(*prepared.dual, done, prepared.tasks));
+  }
   return Combine(*prepared.routing, done, prepared.tasks);
+}
+
+absl::StatusOr<std::shared_ptr<const Router::TableColumns>> Router::ColumnsOf(
+    const Table& table, uint64_t epoch, const ShardTask& shard,
+    const ExecOptions& options) {
+  const std::string cache_key = StrCat(table.name, "/", shard.dsn, "/", epoch);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = table_columns_.find(cache_key);
+    if (it != table_columns_.end()) return it->second;
+  }
+  ShardTask task = shard;
+  task.session = nullptr;
+  task.sql =
+      "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
+      "a.attgenerated <> '', coalesce(a.attnum = ANY(i.indkey), false) "
+      "FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid "
+      "AND i.indisprimary WHERE a.attrelid = $1::regclass AND a.attnum > 0 "
+      "AND NOT a.attisdropped ORDER BY a.attnum";
+  task.params = {table.name};
+  ASSIGN_OR_RETURN(std::vector<TaskOutcome> done, RunAll({task}, options));
+  auto columns = std::make_shared<TableColumns>();
+  for (const Row& row : done[0].result.rows) {
+    if (row[3].value_or("f") == "t") {
+      columns->primary_key.push_back(columns->names.size());
+    }
+    columns->names.push_back(row[0].value_or(""));
+    columns->types.push_back(row[1].value_or("text"));
+    columns->generated.push_back(row[2].value_or("f") == "t");
+  }
+  if (columns->primary_key.empty()) {
+    return absl::FailedPreconditionError(StrCat(
+        "table ", table.name, " on shard ", shard.shard_name,
+        " has no primary key, which a table under a move needs (to apply "
+        "its writes on the destination): add one, or cancel the move"));
+  }
+  absl::MutexLock lock(&mu_);
+  table_columns_[cache_key] = columns;
+  return std::shared_ptr<const TableColumns>(columns);
 }
 
 absl::StatusOr<std::string> Router::DatabaseCollation(

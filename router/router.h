@@ -75,6 +75,25 @@ class Router {
     // kMerge: the rows to skip and keep after merging.
     int64_t offset = 0;
     std::optional<int64_t> limit;
+    // A write that reaches the source shard of a move in dual-write
+    // (rebalancer/shard_objects.h): those tasks return the row images
+    // after the user's RETURNING columns, and Run takes them off the
+    // result into here, for the caller to apply on the destinations in
+    // the same distributed transaction. nullptr: nothing to mirror.
+    struct DualWrite {
+      const Table* table = nullptr;  // the written table
+      StatementKind kind = StatementKind::kInsert;
+      // The kDualWrite moves of the table's distribution whose source is
+      // one of the tasks' shards (the plan's map's).
+      std::vector<const MovingSlice*> moves;
+      // Indexes into `tasks` of the moves' sources.
+      std::vector<size_t> tasks;
+      // Filled by Run, one per entry of `tasks`: the image's columns and
+      // rows (the table's columns, as RETURNING t.* gives them).
+      std::vector<std::vector<Column>> image_columns;
+      std::vector<std::vector<Row>> images;
+    };
+    std::shared_ptr<DualWrite> dual;
   };
 
   // Plans `sql` (PlanFor), checks `params` against it and builds the
@@ -99,6 +118,19 @@ class Router {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   size_t CachedPlansForTest() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The columns of `table` as the shard of `shard` has them, in order,
+  // with their SQL types and which make the primary key; looked up once
+  // per (table, shard, map epoch).
+  struct TableColumns {
+    std::vector<std::string> names;
+    std::vector<std::string> types;  // format_type
+    std::vector<bool> generated;
+    std::vector<size_t> primary_key;  // indexes into names
+  };
+  [[nodiscard]] absl::StatusOr<std::shared_ptr<const TableColumns>>
+  ColumnsOf(const Table& table, uint64_t epoch, const ShardTask& shard,
+            const ExecOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   // Runs a SELECT on several shards and merges their rows by ORDER BY,
@@ -144,6 +176,9 @@ class Router {
   // By "<dsn>/<type oid>": a user-defined type's OID differs between
   // databases.
   absl::flat_hash_map<std::string, std::string> type_names_ ABSL_GUARDED_BY(mu_);
+  // By "<table>/<dsn>/<epoch>".
+  absl::flat_hash_map<std::string, std::shared_ptr<const TableColumns>>
+      table_columns_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace shardkit::internal

@@ -234,6 +234,13 @@ absl::StatusOr<RowStream> OpenStream(Router& router,
     ASSIGN_OR_RETURN(Result result, router.Run(prepared, params, options.exec));
     return RowStream(std::make_unique<ResultSource>(std::move(result)));
   }
+  if (prepared.dual != nullptr) {
+    // Its rows in a moving slice must also be applied on the destination,
+    // in a distributed transaction, which only Execute runs.
+    return absl::FailedPreconditionError(
+        "this write reaches the source of a slice being moved (dual-write); "
+        "run it with Execute or inside a Transaction, not as a stream");
+  }
   if (routing.kind != StatementKind::kSelect || routing.writes ||
       prepared.combine == Router::Combining::kAggregate) {
     ASSIGN_OR_RETURN(Result result,

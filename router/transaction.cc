@@ -335,7 +335,224 @@ absl::StatusOr<Result> DistributedTransaction::Execute(
       participants_[task.shard].wrote = true;
     }
   }
+  if (prepared.dual != nullptr) {
+    absl::Status mirrored = ApplyDualWrite(prepared);
+    if (!mirrored.ok()) return Fail(mirrored);
+  }
   return result;
+}
+
+absl::StatusOr<DistributedTransaction::Participant*>
+DistributedTransaction::Join(ShardId shard) {
+  auto [it, inserted] = participants_.try_emplace(shard);
+  Participant& p = it->second;
+  if (inserted) {
+    p.session = std::make_unique<ShardSession>();
+    p.base.shard = shard;
+    p.base.shard_name = map_->shard(shard).name;
+    p.base.dsn = map_->shard(shard).dsn;
+    p.base.session = p.session.get();
+    std::vector<TaskOutcome> begun = RunOn({&p}, {"BEGIN"});
+    RETURN_IF_ERROR(begun[0].status);
+  }
+  return &p;
+}
+
+namespace {
+
+std::string QuoteIdent(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+  return out;
+}
+
+// A map table name ("users", "app.users") quoted part by part.
+std::string QuoteTable(std::string_view name) {
+  std::string out;
+  size_t from = 0;
+  for (;;) {
+    const size_t dot = name.find('.', from);
+    if (!out.empty()) out += ".";
+    out += QuoteIdent(name.substr(from, dot == std::string_view::npos
+                                            ? std::string_view::npos
+                                            : dot - from));
+    if (dot == std::string_view::npos) return out;
+    from = dot + 1;
+  }
+}
+
+// Rows per mirrored statement: well under PostgreSQL's 65535 parameters.
+size_t RowsPerStatement(size_t columns) {
+  return std::max<size_t>(1, 30000 / std::max<size_t>(1, columns));
+}
+
+}  // namespace
+
+absl::Status DistributedTransaction::ApplyDualWrite(
+    const Router::Prepared& prepared) {
+  const Router::Prepared::DualWrite& dual = *prepared.dual;
+  const Table& table = *dual.table;
+  const Distribution& distribution =
+      map_->distributions()[table.distribution];
+  for (size_t j = 0; j < dual.tasks.size(); ++j) {
+    const std::vector<Row>& images = dual.images[j];
+    if (images.empty()) continue;
+    const ShardTask& source_task = prepared.tasks[dual.tasks[j]];
+    const std::vector<Column>& image_columns = dual.image_columns[j];
+    // Where the key (and hash key) sit in the image.
+    std::optional<size_t> key_at, hash_key_at;
+    for (size_t c = 0; c < image_columns.size(); ++c) {
+      if (image_columns[c].name == table.key_column) key_at = c;
+      if (!table.hash_key_column.empty() &&
+          image_columns[c].name == table.hash_key_column) {
+        hash_key_at = c;
+      }
+    }
+    if (!key_at) {
+      return absl::InternalError(StrCat("the row images of ", table.name,
+                                        " lack its key column ",
+                                        table.key_column));
+    }
+    for (const MovingSlice* move : dual.moves) {
+      if (move->source != source_task.shard) continue;
+      // The images of rows in the slice, and their keys.
+      std::vector<const Row*> moving;
+      std::vector<std::string> keys;
+      for (const Row& image : images) {
+        if (!image[*key_at]) continue;
+        ASSIGN_OR_RETURN(Key key,
+                         Key::Parse(distribution.key_type(), *image[*key_at]));
+        std::optional<Key> hash_key;
+        if (hash_key_at && image[*hash_key_at] &&
+            distribution.hash_key_type()) {
+          ASSIGN_OR_RETURN(hash_key, Key::Parse(*distribution.hash_key_type(),
+                                                *image[*hash_key_at]));
+        }
+        ASSIGN_OR_RETURN(Placement placement,
+                         distribution.Place(key, hash_key ? &*hash_key : nullptr));
+        if (!move->Contains(distribution, key, placement)) continue;
+        moving.push_back(&image);
+        keys.push_back(*image[*key_at]);
+      }
+      if (moving.empty()) continue;
+      ASSIGN_OR_RETURN(std::shared_ptr<const Router::TableColumns> columns,
+                       router_.ColumnsOf(table, map_->epoch(), source_task,
+                                         options_));
+      if (columns->names.size() != image_columns.size()) {
+        return absl::InternalError(StrCat(
+            "the row images of ", table.name, " have ", image_columns.size(),
+            " columns, the table ", columns->names.size()));
+      }
+      ASSIGN_OR_RETURN(Participant * source, Join(move->source));
+      ASSIGN_OR_RETURN(Participant * destination, Join(move->destination));
+      const std::string quoted = QuoteTable(table.name);
+      std::vector<std::string> pk_names;
+      for (size_t c : columns->primary_key) {
+        pk_names.push_back(QuoteIdent(columns->names[c]));
+      }
+      // The destination's statements.
+      std::vector<ShardTask> on_destination;
+      if (dual.kind == StatementKind::kDelete) {
+        const size_t per = RowsPerStatement(pk_names.size());
+        for (size_t from = 0; from < moving.size(); from += per) {
+          ShardTask task = On(*destination, "");
+          std::vector<std::string> tuples;
+          for (size_t r = from; r < std::min(moving.size(), from + per); ++r) {
+            std::vector<std::string> values;
+            for (size_t c : columns->primary_key) {
+              task.params.push_back((*moving[r])[c]);
+              values.push_back(StrCat("$", task.params.size(), "::",
+                                      columns->types[c]));
+            }
+            tuples.push_back(StrCat("(", absl::StrJoin(values, ", "), ")"));
+          }
+          task.sql = StrCat("DELETE FROM ", quoted, " WHERE (",
+                            absl::StrJoin(pk_names, ", "), ") IN (",
+                            absl::StrJoin(tuples, ", "), ")");
+          on_destination.push_back(std::move(task));
+        }
+      } else {
+        std::vector<size_t> written;  // columns given a value
+        std::vector<std::string> names, updates;
+        for (size_t c = 0; c < columns->names.size(); ++c) {
+          if (columns->generated[c]) continue;
+          written.push_back(c);
+          const std::string name = QuoteIdent(columns->names[c]);
+          names.push_back(name);
+          if (std::find(columns->primary_key.begin(),
+                        columns->primary_key.end(),
+                        c) == columns->primary_key.end()) {
+            updates.push_back(StrCat(name, " = EXCLUDED.", name));
+          }
+        }
+        const size_t per = RowsPerStatement(written.size());
+        for (size_t from = 0; from < moving.size(); from += per) {
+          ShardTask task = On(*destination, "");
+          std::vector<std::string> tuples;
+          for (size_t r = from; r < std::min(moving.size(), from + per); ++r) {
+            std::vector<std::string> values;
+            for (size_t c : written) {
+              task.params.push_back((*moving[r])[c]);
+              values.push_back(StrCat("$", task.params.size(), "::",
+                                      columns->types[c]));
+            }
+            tuples.push_back(StrCat("(", absl::StrJoin(values, ", "), ")"));
+          }
+          task.sql = StrCat(
+              "INSERT INTO ", quoted, " (", absl::StrJoin(names, ", "),
+              ") OVERRIDING SYSTEM VALUE VALUES ", absl::StrJoin(tuples, ", "),
+              " ON CONFLICT (", absl::StrJoin(pk_names, ", "), ") DO ",
+              updates.empty() ? std::string("NOTHING")
+                              : StrCat("UPDATE SET ",
+                                       absl::StrJoin(updates, ", ")));
+          on_destination.push_back(std::move(task));
+        }
+      }
+      // The keys, listed on both sides.
+      std::vector<ShardTask> keys_on_source, keys_on_destination;
+      const size_t per = RowsPerStatement(1);
+      for (size_t from = 0; from < keys.size(); from += per) {
+        ShardTask task = On(*source, "");
+        std::vector<std::string> values;
+        for (size_t r = from; r < std::min(keys.size(), from + per); ++r) {
+          task.params.push_back(keys[r]);
+          values.push_back(StrCat("($", task.params.size(), "::",
+                                  KeySqlType(distribution.key_type()), ")"));
+        }
+        task.sql = StrCat("INSERT INTO ", MoveKeysTable(move->move_id),
+                          " (key) VALUES ", absl::StrJoin(values, ", "),
+                          " ON CONFLICT DO NOTHING");
+        keys_on_source.push_back(task);
+        task.shard = destination->base.shard;
+        task.shard_name = destination->base.shard_name;
+        task.dsn = destination->base.dsn;
+        task.session = destination->base.session;
+        keys_on_destination.push_back(std::move(task));
+      }
+      // One statement per session at a time: the destination's rows
+      // beside the source's keys, then the destination's keys.
+      on_destination.insert(on_destination.end(), keys_on_destination.begin(),
+                            keys_on_destination.end());
+      for (size_t i = 0; i < std::max(on_destination.size(),
+                                      keys_on_source.size());
+           ++i) {
+        std::vector<ShardTask> round;
+        if (i < on_destination.size()) round.push_back(on_destination[i]);
+        if (i < keys_on_source.size()) round.push_back(keys_on_source[i]);
+        for (ShardTask& task : round) task.epoch = map_->epoch();
+        for (TaskOutcome& outcome : RunOnShards(round, options_)) {
+          RETURN_IF_ERROR(outcome.status);
+        }
+      }
+      source->wrote = true;
+      destination->wrote = true;
+    }
+  }
+  return absl::OkStatus();
 }
 
 void DistributedTransaction::End() {

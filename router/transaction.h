@@ -137,6 +137,11 @@ class DistributedTransaction {
   // Ends the transaction: every session goes back to the pool (or is
   // closed, if still inside a transaction).
   void End();
+  // The participant of `shard`, joined (BEGIN) when new.
+  absl::StatusOr<Participant*> Join(ShardId shard);
+  // Applies the row images a dual-write's sources returned on the moves'
+  // destinations, and lists the keys on both sides (Prepared::DualWrite).
+  absl::Status ApplyDualWrite(const Router::Prepared& prepared);
 
   Router& router_;
   const std::shared_ptr<const ShardMap> map_;

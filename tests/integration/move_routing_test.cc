@@ -204,6 +204,153 @@ int64_t SliceKey(int nth) {
   }
 }
 
+// Dual-write: a write reaching the slice's source is applied on the
+// destination in the same transaction, its key listed on both sides; the
+// user sees the result they would without the move.
+TEST_F(MoveRoutingTest, DualWriteMirrorsTheSliceOnTheDestination) {
+  std::unique_ptr<Cluster> cluster = Open();
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_EQ(cluster->map()->epoch(), 2u);
+  const std::string a = std::to_string(SliceKey(20));
+  const std::string b = std::to_string(SliceKey(21));
+  const std::string c = std::to_string(SliceKey(22));
+  const std::string outside = std::to_string([] {
+    for (int64_t id = 1000;; ++id) {
+      if (!InSlice(id) && OwnerBefore(id) == 0) return id;
+    }
+  }());
+  auto has = [](int shard, const std::string& table, const std::string& where) {
+    return RawCount(shard, StrCat("SELECT count(*) FROM ", table, " WHERE ",
+                                  where));
+  };
+  auto listed = [](int shard, const std::string& id) {
+    return RawCount(shard, StrCat("SELECT count(*) FROM ",
+                                  internal::MoveKeysTable(1),
+                                  " WHERE key = ", id));
+  };
+
+  // An INSERT of a key in the slice lands on both sides, listed on both;
+  // the user gets what they would without the move.
+  absl::StatusOr<Result> r =
+      cluster->Execute("INSERT INTO users (id, name) VALUES ($1, 'a')", {a});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rows_affected, 1);
+  EXPECT_TRUE(r->columns.empty());
+  EXPECT_TRUE(r->rows.empty());
+  EXPECT_EQ(has(0, "users", StrCat("id = ", a, " AND name = 'a'")), 1);
+  EXPECT_EQ(has(1, "users", StrCat("id = ", a, " AND name = 'a'")), 1);
+  EXPECT_EQ(listed(0, a), 1);
+  EXPECT_EQ(listed(1, a), 1);
+
+  // A partial UPDATE of a row not yet on the destination creates it there
+  // with the whole image; the user's RETURNING is theirs only.
+  ASSERT_TRUE(shards_->Query(0, StrCat("INSERT INTO users VALUES (", b,
+                                       ", 'b'); INSERT INTO orders VALUES (",
+                                       b, ", 7, 5)"))
+                  .ok());
+  r = cluster->Execute(
+      "UPDATE orders SET amount = amount + 1 WHERE user_id = $1 RETURNING amount",
+      {b});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rows_affected, 1);
+  ASSERT_EQ(r->columns.size(), 1u);
+  EXPECT_EQ(r->columns[0].name, "amount");
+  ASSERT_EQ(r->rows.size(), 1u);
+  EXPECT_EQ(r->rows[0], (Row{"6"}));
+  EXPECT_EQ(has(1, "orders", StrCat("user_id = ", b, " AND id = 7 AND amount = 6")),
+            1);
+  EXPECT_EQ(listed(0, b), 1);
+  EXPECT_EQ(listed(1, b), 1);
+
+  // INSERT ... ON CONFLICT DO UPDATE, mirrored, RETURNING *.
+  r = cluster->Execute(
+      "INSERT INTO users AS u (id, name) VALUES ($1, 'again') ON CONFLICT (id) DO UPDATE "
+      "SET name = EXCLUDED.name || '!' RETURNING *",
+      {a});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->columns.size(), 2u);
+  ASSERT_EQ(r->rows.size(), 1u);
+  EXPECT_EQ(r->rows[0], (Row{a, "again!"}));
+  EXPECT_EQ(has(1, "users", StrCat("id = ", a, " AND name = 'again!'")), 1);
+
+  // DELETE removes it on the destination; its key stays listed.
+  r = cluster->Execute("DELETE FROM users WHERE id = $1", {a});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rows_affected, 1);
+  EXPECT_TRUE(r->rows.empty());
+  EXPECT_EQ(has(0, "users", StrCat("id = ", a)), 0);
+  EXPECT_EQ(has(1, "users", StrCat("id = ", a)), 0);
+  EXPECT_EQ(listed(1, a), 1);
+
+  // The same inside a Transaction.
+  {
+    absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster->Begin();
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    ASSERT_TRUE((*txn)->Execute("SELECT count(*) FROM users", {}).ok());
+    r = (*txn)->Execute("INSERT INTO users (id, name) VALUES ($1, 'c') "
+                        "RETURNING name",
+                        {c});
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->rows.size(), 1u);
+    EXPECT_EQ(r->rows[0], (Row{"c"}));
+    r = (*txn)->Execute("UPDATE users SET name = name || '+' WHERE id = $1",
+                        {c});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows_affected, 1);
+    r = (*txn)->Execute("DELETE FROM orders WHERE user_id = $1", {b});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows_affected, 1);
+    // Nothing is visible outside before the commit.
+    EXPECT_EQ(has(1, "users", StrCat("id = ", c)), 0);
+    ASSERT_TRUE((*txn)->Commit().ok());
+  }
+  EXPECT_EQ(has(0, "users", StrCat("id = ", c, " AND name = 'c+'")), 1);
+  EXPECT_EQ(has(1, "users", StrCat("id = ", c, " AND name = 'c+'")), 1);
+  EXPECT_EQ(listed(0, c), 1);
+  EXPECT_EQ(listed(1, c), 1);
+  EXPECT_EQ(has(1, "orders", StrCat("user_id = ", b)), 0);
+  // A rolled-back transaction leaves neither side changed.
+  {
+    absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster->Begin();
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    ASSERT_TRUE((*txn)->Execute("UPDATE users SET name = 'no' WHERE id = $1",
+                                {c})
+                    .ok());
+    ASSERT_TRUE((*txn)->Rollback().ok());
+  }
+  EXPECT_EQ(has(1, "users", StrCat("id = ", c, " AND name = 'c+'")), 1);
+
+  // A write outside the slice (on the source) is not mirrored.
+  r = cluster->Execute("INSERT INTO users (id, name) VALUES ($1, 'o') "
+                       "RETURNING id",
+                       {outside});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->rows.size(), 1u);
+  EXPECT_EQ(r->rows[0], (Row{outside}));
+  ASSERT_TRUE(
+      cluster->Execute("UPDATE users SET name = 'oo' WHERE id = $1", {outside})
+          .ok());
+  EXPECT_EQ(has(0, "users", StrCat("id = ", outside)), 1);
+  EXPECT_EQ(has(1, "users", StrCat("id = ", outside)), 0);
+  EXPECT_EQ(listed(0, outside), 0);
+
+  // Reads (hiding) see each row once.
+  EXPECT_EQ(Scalar(*cluster, "SELECT count(*) FROM users WHERE id >= 1000"), 3);
+  EXPECT_EQ(Scalar(*cluster, StrCat("SELECT count(*) FROM users WHERE id = ", c)),
+            1);
+
+  // Back to the rows the next test expects.
+  r = cluster->Execute("DELETE FROM users WHERE id >= 1000", {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rows_affected, 3);
+  ASSERT_TRUE(cluster->Execute("DELETE FROM orders WHERE user_id >= 1000", {})
+                  .ok());
+  EXPECT_EQ(RawCount(0, "SELECT count(*) FROM users WHERE id >= 1000") +
+                RawCount(1, "SELECT count(*) FROM users WHERE id >= 1000"),
+            0);
+  ExpectEachRowOnce(*cluster);
+}
+
 TEST_F(MoveRoutingTest, FenceRetriesHidingAndTransactionsAcrossPhases) {
   std::unique_ptr<Cluster> cluster = Open();
   ASSERT_NE(cluster, nullptr);
