@@ -131,7 +131,7 @@ class Cluster {
   // A snapshot of the current shard map. It stays valid and unchanged for as
   // long as the caller holds it; once ownership changes (a move, a split),
   // a later call returns a new map with a higher epoch. Never null.
-  std::shared_ptr<const ShardMap> map() const ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<const ShardMap> map() const;
 
   // Runs one SQL statement through the router: it goes to the shards that
   // own the keys its conditions name (every shard when they name none), runs

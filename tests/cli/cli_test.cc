@@ -202,7 +202,7 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   ExpectOneLineError(Shardctl({"frobnicate"}), 2,
                      "shardctl: unknown command 'frobnicate' (commands: "
                      "validate, map, route, sql, exec, recover, load, health, "
-                     "dev; see 'shardctl --help')");
+                     "failover, switchover, dev; see 'shardctl --help')");
   ExpectOneLineError(Shardctl({"route", "users", "1"}), 2,
                      "--config is required (see 'shardctl route --help')");
   ExpectOneLineError(Shardctl({"recover"}), 2,
