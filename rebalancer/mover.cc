@@ -41,6 +41,11 @@ std::vector<TableToMove> TablesOf(const ShardMap& map,
   return tables;
 }
 
+ShardEndpoint EndpointOf(const ShardMap& map, const std::string& shard,
+                         const MoverOptions& options) {
+  return {shard, map.shard(*map.FindShard(shard)).dsn, options.connect_timeout};
+}
+
 LiveState::Move* FindMove(LiveState& state, uint64_t id) {
   for (LiveState::Move& m : state.moves) {
     if (m.id == id) return &m;
@@ -128,17 +133,11 @@ absl::StatusOr<MoveRecord> Mover::Start(const MoveRequest& request) {
           "(`shardctl moves resume ", other.id, "`) or abort it"));
     }
   }
-  const ShardMap& map = live.map;
-  for (const TableToMove& table : TablesOf(map, plan.distribution)) {
-    RETURN_IF_ERROR(
-        CheckTableForMove(
-            {plan.source, map.shard(*map.FindShard(plan.source)).dsn,
-             options_.connect_timeout},
-            {plan.destination,
-             map.shard(*map.FindShard(plan.destination)).dsn,
-             options_.connect_timeout},
-            table)
-            .status());
+  const ShardEndpoint source = EndpointOf(live.map, plan.source, options_);
+  const ShardEndpoint destination =
+      EndpointOf(live.map, plan.destination, options_);
+  for (const TableToMove& table : TablesOf(live.map, plan.distribution)) {
+    RETURN_IF_ERROR(CheckTableForMove(source, destination, table).status());
   }
   MoveRecord record;
   record.distribution = plan.distribution;
@@ -155,11 +154,22 @@ absl::StatusOr<MoveRecord> Mover::Start(const MoveRequest& request) {
   return record;
 }
 
-absl::StatusOr<PlannedMove> Mover::Replan(const MoveRecord& move) {
+absl::StatusOr<Mover::Sides> Mover::SidesOf(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Live live, Current());
-  // Plan against the map without this move (it may be in it already).
-  DropMove(live.state, move.id);
-  ASSIGN_OR_RETURN(ShardMap map, ApplyLiveState(config_.map, live.state));
+  Sides sides;
+  sides.source = EndpointOf(live.map, move.source, options_);
+  sides.destination = EndpointOf(live.map, move.destination, options_);
+  sides.tables = TablesOf(live.map, move.distribution);
+  sides.key_type = live.map.FindDistribution(move.distribution)->key_type();
+  sides.live = std::move(live);
+  return sides;
+}
+
+absl::StatusOr<PlannedMove> Mover::Replan(const MoveRecord& move,
+                                          const Live& live) {
+  LiveState without = live.state;
+  DropMove(without, move.id);
+  ASSIGN_OR_RETURN(ShardMap map, ApplyLiveState(config_.map, without));
   MoveRequest request;
   request.distribution = move.distribution;
   if (move.region.empty()) request.slice = StrCat(move.from, ":", move.to);
@@ -170,16 +180,39 @@ absl::StatusOr<PlannedMove> Mover::Replan(const MoveRecord& move) {
   return plan;
 }
 
-absl::Status Mover::Run(uint64_t id) {
-  ASSIGN_OR_RETURN(MoveRecord move, journal_.Get(id));
+MoveSlice Mover::SliceOf(const Sides& sides, const PlannedMove& plan) const {
+  return MoveSlice::FromMovingSlice(
+      sides.live.map.distributions()[plan.slice.distribution], plan.slice);
+}
+
+absl::StatusOr<std::unique_ptr<MoveSession>> Mover::OpenSession(
+    const ShardEndpoint& shard) const {
+  return MoveSession::Open(shard, options_.statement_timeout);
+}
+
+absl::Status Mover::TakeLease(uint64_t id, std::string_view doing) {
   ASSIGN_OR_RETURN(bool leased,
                    catalog_.TryLease(StrCat("move/", id), identity_, kLeaseTtl));
-  if (!leased) {
-    return absl::FailedPreconditionError(StrCat(
-        "move ", id, " is being run by another process (catalog lease "
-        "move/", id, "); wait for it, or for the lease to expire (",
-        absl::FormatDuration(kLeaseTtl), ") if that process died"));
-  }
+  if (leased) return absl::OkStatus();
+  return absl::FailedPreconditionError(StrCat(
+      "move ", id, " is being run by another process (catalog lease move/",
+      id, "); ", doing, ", or for the lease to expire (",
+      absl::FormatDuration(kLeaseTtl), ") if that process died"));
+}
+
+absl::StatusOr<uint64_t> Mover::PublishWithoutMove(uint64_t id,
+                                                   std::string_view reason) {
+  return PublishEdit(
+      [&](LiveState& state) {
+        DropMove(state, id);
+        return absl::OkStatus();
+      },
+      reason);
+}
+
+absl::Status Mover::Run(uint64_t id) {
+  ASSIGN_OR_RETURN(MoveRecord move, journal_.Get(id));
+  RETURN_IF_ERROR(TakeLease(id, "wait for it"));
   while (true) {
     ASSIGN_OR_RETURN(move, journal_.Get(id));
     absl::Status step;
@@ -222,19 +255,14 @@ absl::Status Mover::Run(uint64_t id) {
 }
 
 absl::Status Mover::Prepare(const MoveRecord& move) {
-  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move));
-  ASSIGN_OR_RETURN(Live live, Current());
-  const Distribution& d = live.map.distributions()[plan.slice.distribution];
-  const MoveSlice slice = MoveSlice::FromMovingSlice(d, plan.slice);
-  std::vector<TableToMove> tables = TablesOf(live.map, move.distribution);
-  for (const std::string& shard : {move.source, move.destination}) {
-    const Shard& s = live.map.shard(*live.map.FindShard(shard));
-    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
-                     MoveSession::Open({s.name, s.dsn, options_.connect_timeout},
-                                       options_.statement_timeout));
+  ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
+  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
+  const MoveSlice slice = SliceOf(sides, plan);
+  for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
+    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(*shard));
     RETURN_IF_ERROR(session->Run(InstallFenceFunctionSql(),
                                  "installing the epoch fence").status());
-    for (const TableToMove& table : tables) {
+    for (const TableToMove& table : sides.tables) {
       RETURN_IF_ERROR(
           session->Run(InstallFenceTriggerSql(QuoteQualifiedName(table.name)),
                        StrCat("installing the epoch fence on ", table.name))
@@ -246,9 +274,9 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
 }
 
 absl::Status Mover::StartDualWrite(const MoveRecord& move) {
-  ASSIGN_OR_RETURN(Live live, Current());
-  uint64_t epoch = live.state.epoch;
-  if (FindMove(live.state, move.id) == nullptr) {
+  ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
+  uint64_t epoch = sides.live.state.epoch;
+  if (FindMove(sides.live.state, move.id) == nullptr) {
     ASSIGN_OR_RETURN(epoch, PublishEdit(
                                 [&](LiveState& state) {
                                   LiveState::Move m;
@@ -268,22 +296,18 @@ absl::Status Mover::StartDualWrite(const MoveRecord& move) {
   }
   // From this fence on, a write to the source routed by a map without the
   // move is refused; the routers that know the move dual-write.
-  RETURN_IF_ERROR(Fence(move, move.source, epoch, options_.statement_timeout));
+  RETURN_IF_ERROR(
+      Fence(sides, sides.source, epoch, options_.statement_timeout));
   Failpoint("move-after-dual-write");
   return Phase(move, JournalPhase::kBackfill);
 }
 
-absl::Status Mover::Fence(const MoveRecord& move, const std::string& shard,
+absl::Status Mover::Fence(const Sides& sides, const ShardEndpoint& shard,
                           uint64_t epoch, absl::Duration lock_timeout) {
-  ASSIGN_OR_RETURN(Live live, Current());
-  const Shard& s = live.map.shard(*live.map.FindShard(shard));
-  std::vector<TableToMove> tables = TablesOf(live.map, move.distribution);
-  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
-                   MoveSession::Open({s.name, s.dsn, options_.connect_timeout},
-                                     options_.statement_timeout));
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(shard));
   std::vector<std::string> quoted;
   std::string rows;
-  for (const TableToMove& t : tables) {
+  for (const TableToMove& t : sides.tables) {
     quoted.push_back(QuoteQualifiedName(t.name));
     if (!rows.empty()) rows += ", ";
     rows += StrCat("(", session->Literal(t.name), ", ", epoch, ")");
@@ -297,21 +321,19 @@ absl::Status Mover::Fence(const MoveRecord& move, const std::string& shard,
       " ON CONFLICT (table_name) DO UPDATE SET min_epoch = "
       "greatest(shardkit.fences.min_epoch, EXCLUDED.min_epoch); COMMIT");
   absl::Status fenced =
-      session->Run(sql, StrCat("fencing ", shard, " at epoch ", epoch)).status();
+      session->Run(sql, StrCat("fencing ", shard.name, " at epoch ", epoch))
+          .status();
   if (!fenced.ok()) session->RollbackQuietly();
   return fenced;
 }
 
 absl::Status Mover::Backfill(const MoveRecord& move) {
-  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move));
-  ASSIGN_OR_RETURN(Live live, Current());
-  const Distribution& d = live.map.distributions()[plan.slice.distribution];
-  const MoveSlice slice = MoveSlice::FromMovingSlice(d, plan.slice);
-  const Shard& src = live.map.shard(*live.map.FindShard(move.source));
-  const Shard& dst = live.map.shard(*live.map.FindShard(move.destination));
+  ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
+  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
+  const MoveSlice slice = SliceOf(sides, plan);
   ASSIGN_OR_RETURN(std::vector<TableProgress> progress,
                    journal_.Progress(move.id));
-  for (const TableToMove& table : TablesOf(live.map, move.distribution)) {
+  for (const TableToMove& table : sides.tables) {
     TableProgress p;
     p.table = table.name;
     for (const TableProgress& earlier : progress) {
@@ -321,7 +343,7 @@ absl::Status Mover::Backfill(const MoveRecord& move) {
     BackfillOptions options;
     options.chunk_rows = options_.chunk_rows;
     options.statement_timeout = options_.statement_timeout;
-    options.epoch = live.map.epoch();
+    options.epoch = sides.live.map.epoch();
     if (!p.bound.empty()) options.resume_after = p.bound;
     options.on_chunk = [&](const BackfillChunk& chunk) -> absl::Status {
       p.bound = chunk.bound;
@@ -337,11 +359,9 @@ absl::Status Mover::Backfill(const MoveRecord& move) {
           .IgnoreError();
       return absl::OkStatus();
     };
-    ASSIGN_OR_RETURN(
-        BackfillStats stats,
-        BackfillTable({src.name, src.dsn, options_.connect_timeout},
-                      {dst.name, dst.dsn, options_.connect_timeout}, table,
-                      slice, options));
+    ASSIGN_OR_RETURN(BackfillStats stats,
+                     BackfillTable(sides.source, sides.destination, table,
+                                   slice, options));
     p.done = true;
     RETURN_IF_ERROR(journal_.SaveProgress(move.id, p));
     RETURN_IF_ERROR(journal_.Event(
@@ -355,22 +375,17 @@ absl::Status Mover::Backfill(const MoveRecord& move) {
 }
 
 absl::Status Mover::Verify(const MoveRecord& move) {
-  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move));
-  ASSIGN_OR_RETURN(Live live, Current());
-  const Distribution& d = live.map.distributions()[plan.slice.distribution];
-  const MoveSlice slice = MoveSlice::FromMovingSlice(d, plan.slice);
-  const Shard& src = live.map.shard(*live.map.FindShard(move.source));
-  const Shard& dst = live.map.shard(*live.map.FindShard(move.destination));
+  ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
+  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
+  const MoveSlice slice = SliceOf(sides, plan);
   std::vector<std::string> failures;
-  for (const TableToMove& table : TablesOf(live.map, move.distribution)) {
+  for (const TableToMove& table : sides.tables) {
     VerifyOptions options;
     options.chunk_rows = options_.chunk_rows;
     options.statement_timeout = options_.statement_timeout;
-    ASSIGN_OR_RETURN(
-        VerifyReport report,
-        VerifyTable({src.name, src.dsn, options_.connect_timeout},
-                    {dst.name, dst.dsn, options_.connect_timeout}, table, slice,
-                    options));
+    ASSIGN_OR_RETURN(VerifyReport report,
+                     VerifyTable(sides.source, sides.destination, table, slice,
+                                 options));
     RETURN_IF_ERROR(journal_.Event(move.id, report.Summary()));
     if (!report.ok()) failures.push_back(report.Summary());
   }
@@ -389,16 +404,25 @@ absl::Status Mover::Verify(const MoveRecord& move) {
 }
 
 absl::Status Mover::Cutover(const MoveRecord& move) {
-  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move));
+  ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
+  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
   absl::Status last;
+  bool cut_over = false;
   for (int attempt = 0; attempt < options_.cutover_attempts; ++attempt) {
-    ASSIGN_OR_RETURN(Live live, Current());
-    LiveState::Move* in_map = FindMove(live.state, move.id);
-    if (in_map != nullptr && in_map->phase == MovePhase::kCutOver) break;
-    const uint64_t epoch = live.state.epoch + 1;
+    // The first attempt goes by the map just read; a later one reads the
+    // map again, since another process published meanwhile.
+    if (attempt > 0) {
+      ASSIGN_OR_RETURN(sides.live, Current());
+    }
+    LiveState::Move* in_map = FindMove(sides.live.state, move.id);
+    if (in_map != nullptr && in_map->phase == MovePhase::kCutOver) {
+      cut_over = true;
+      break;
+    }
+    const uint64_t epoch = sides.live.state.epoch + 1;
     // The pause starts: writes to the source's tables wait for the lock,
     // then find the fence above their map's epoch.
-    last = Fence(move, move.source, epoch, options_.cutover_lock_timeout);
+    last = Fence(sides, sides.source, epoch, options_.cutover_lock_timeout);
     if (!last.ok()) {
       Log(StrCat("move ", move.id, ": cutover attempt ", attempt + 1,
                  " could not fence ", move.source, ": ", last.message()));
@@ -406,7 +430,7 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
       continue;
     }
     Failpoint("move-cutover-after-fence");
-    LiveState next = live.state;
+    LiveState next = sides.live.state;
     next.epoch = epoch;
     next.distributions[move.distribution] = plan.after;
     LiveState::Move* m = FindMove(next, move.id);
@@ -416,14 +440,15 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
     }
     m->phase = MovePhase::kCutOver;
     last = catalog_.Publish(next, StrCat("move ", move.id, ": cutover"));
-    if (last.ok()) break;
+    if (last.ok()) {
+      cut_over = true;
+      break;
+    }
     if (last.code() != absl::StatusCode::kAborted) return last;
     // Another process published meanwhile (a failover): fence again above
     // its epoch.
   }
-  ASSIGN_OR_RETURN(Live after, Current());
-  LiveState::Move* in_map = FindMove(after.state, move.id);
-  if (in_map == nullptr || in_map->phase != MovePhase::kCutOver) {
+  if (!cut_over) {
     return absl::UnavailableError(StrCat(
         "move ", move.id, ": the cutover did not complete after ",
         options_.cutover_attempts, " attempts (last: ", last.message(),
@@ -437,15 +462,10 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
 }
 
 absl::Status Mover::DeleteListedRows(const MoveRecord& move,
-                                     const std::string& shard,
+                                     const Sides& sides,
+                                     const ShardEndpoint& shard,
                                      uint64_t epoch) {
-  ASSIGN_OR_RETURN(Live live, Current());
-  const Shard& s = live.map.shard(*live.map.FindShard(shard));
-  const Distribution& d = *live.map.FindDistribution(move.distribution);
-  const std::vector<TableToMove> tables = TablesOf(live.map, move.distribution);
-  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
-                   MoveSession::Open({s.name, s.dsn, options_.connect_timeout},
-                                     options_.statement_timeout));
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(shard));
   const std::string keys = MoveKeysTable(move.id);
   ASSIGN_OR_RETURN(std::vector<MoveSession::Row> exists,
                    session->Query("SELECT to_regclass($1) IS NOT NULL",
@@ -455,7 +475,7 @@ absl::Status Mover::DeleteListedRows(const MoveRecord& move,
                       ->Run(StrCat("SET shardkit.epoch = ", epoch,
                                    "; CREATE TEMP TABLE IF NOT EXISTS "
                                    "shardkit_cleanup_batch (key ",
-                                   KeySqlType(d.key_type()),
+                                   KeySqlType(sides.key_type),
                                    ") ON COMMIT DELETE ROWS"))
                       .status());
   int64_t deleted = 0;
@@ -463,7 +483,7 @@ absl::Status Mover::DeleteListedRows(const MoveRecord& move,
     std::string sql = StrCat(
         "BEGIN; INSERT INTO pg_temp.shardkit_cleanup_batch SELECT key FROM ",
         keys, " ORDER BY key LIMIT ", kCleanupBatch, " FOR UPDATE; ");
-    for (const TableToMove& t : tables) {
+    for (const TableToMove& t : sides.tables) {
       absl::StrAppend(&sql, "DELETE FROM ", QuoteQualifiedName(t.name),
                       " WHERE ", QuoteIdentifier(t.key_column),
                       " IN (SELECT key FROM pg_temp.shardkit_cleanup_batch); ");
@@ -472,7 +492,7 @@ absl::Status Mover::DeleteListedRows(const MoveRecord& move,
                     " WHERE key IN (SELECT key FROM "
                     "pg_temp.shardkit_cleanup_batch); COMMIT");
     absl::StatusOr<std::vector<int64_t>> counts =
-        session->Run(sql, StrCat("deleting moved rows on ", shard));
+        session->Run(sql, StrCat("deleting moved rows on ", shard.name));
     if (!counts.ok()) {
       session->RollbackQuietly();
       return counts.status();
@@ -481,22 +501,18 @@ absl::Status Mover::DeleteListedRows(const MoveRecord& move,
     const int64_t batch = (*counts)[1];
     for (size_t i = 2; i + 2 < counts->size(); ++i) deleted += (*counts)[i];
     if (options_.progress) {
-      options_.progress({move.id, "cleanup", shard, deleted, 0, 0});
+      options_.progress({move.id, "cleanup", shard.name, deleted, 0, 0});
     }
     if (batch == 0) break;
     Failpoint("move-cleanup-mid");
   }
   return journal_.Event(move.id, StrCat("deleted ", deleted, " rows of the "
-                                        "slice on ", shard));
+                                        "slice on ", shard.name));
 }
 
-absl::Status Mover::DropKeysTables(const MoveRecord& move) {
-  ASSIGN_OR_RETURN(Live live, Current());
-  for (const std::string& shard : {move.source, move.destination}) {
-    const Shard& s = live.map.shard(*live.map.FindShard(shard));
-    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
-                     MoveSession::Open({s.name, s.dsn, options_.connect_timeout},
-                                       options_.statement_timeout));
+absl::Status Mover::DropKeysTables(const MoveRecord& move, const Sides& sides) {
+  for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
+    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(*shard));
     RETURN_IF_ERROR(session
                         ->Run(StrCat("DROP TABLE IF EXISTS ",
                                      MoveKeysTable(move.id)),
@@ -507,21 +523,18 @@ absl::Status Mover::DropKeysTables(const MoveRecord& move) {
 }
 
 absl::Status Mover::Cleanup(const MoveRecord& move) {
-  ASSIGN_OR_RETURN(Live live, Current());
-  if (FindMove(live.state, move.id) != nullptr) {
-    RETURN_IF_ERROR(DeleteListedRows(move, move.source, live.state.epoch));
+  ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
+  if (FindMove(sides.live.state, move.id) != nullptr) {
+    RETURN_IF_ERROR(DeleteListedRows(move, sides, sides.source,
+                                     sides.live.state.epoch));
     Failpoint("move-cleanup-before-publish");
-    RETURN_IF_ERROR(PublishEdit(
-                        [&](LiveState& state) {
-                          DropMove(state, move.id);
-                          return absl::OkStatus();
-                        },
-                        StrCat("move ", move.id, ": done"))
-                        .status());
+    RETURN_IF_ERROR(
+        PublishWithoutMove(move.id, StrCat("move ", move.id, ": done"))
+            .status());
     // Routers still on the previous map hide keys through these tables.
     absl::SleepFor(options_.map_grace);
   }
-  RETURN_IF_ERROR(DropKeysTables(move));
+  RETURN_IF_ERROR(DropKeysTables(move, sides));
   RETURN_IF_ERROR(Phase(move, JournalPhase::kDone));
   return absl::OkStatus();
 }
@@ -535,40 +548,29 @@ absl::Status Mover::Abort(uint64_t id) {
         "owns the slice since the cutover); finish it with `shardctl "
         "moves resume ", id, "`"));
   }
-  ASSIGN_OR_RETURN(bool leased,
-                   catalog_.TryLease(StrCat("move/", id), identity_, kLeaseTtl));
-  if (!leased) {
-    return absl::FailedPreconditionError(StrCat(
-        "move ", id, " is being run by another process (catalog lease "
-        "move/", id, "); stop it first, or wait ",
-        absl::FormatDuration(kLeaseTtl), " if it died"));
-  }
+  RETURN_IF_ERROR(TakeLease(id, "stop it first"));
   RETURN_IF_ERROR(Phase(move, JournalPhase::kAborting));
-  ASSIGN_OR_RETURN(Live live, Current());
-  LiveState::Move* in_map = FindMove(live.state, move.id);
+  ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
+  LiveState::Move* in_map = FindMove(sides.live.state, move.id);
   if (in_map != nullptr && in_map->phase == MovePhase::kCutOver) {
     // Published but not journaled: the cutover happened.
     return absl::FailedPreconditionError(StrCat(
         "move ", id, " has cut over; finish it with `shardctl moves "
         "resume ", id, "`"));
   }
-  uint64_t epoch = live.state.epoch;
+  uint64_t epoch = sides.live.state.epoch;
   if (in_map != nullptr) {
-    ASSIGN_OR_RETURN(epoch, PublishEdit(
-                                [&](LiveState& state) {
-                                  DropMove(state, move.id);
-                                  return absl::OkStatus();
-                                },
-                                StrCat("move ", move.id, ": abort")));
+    ASSIGN_OR_RETURN(epoch, PublishWithoutMove(
+                                move.id, StrCat("move ", move.id, ": abort")));
   }
   // A router still on the dual-write map must not write the slice to the
   // destination once its copies are gone.
   if (move.phase != JournalPhase::kPlanned) {
     RETURN_IF_ERROR(
-        Fence(move, move.destination, epoch, options_.statement_timeout));
-    RETURN_IF_ERROR(DeleteListedRows(move, move.destination, epoch));
+        Fence(sides, sides.destination, epoch, options_.statement_timeout));
+    RETURN_IF_ERROR(DeleteListedRows(move, sides, sides.destination, epoch));
   }
-  RETURN_IF_ERROR(DropKeysTables(move));
+  RETURN_IF_ERROR(DropKeysTables(move, sides));
   RETURN_IF_ERROR(Phase(move, JournalPhase::kAborted));
   catalog_.ReleaseLease(StrCat("move/", id), identity_).IgnoreError();
   return absl::OkStatus();

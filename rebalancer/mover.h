@@ -41,12 +41,16 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "config/live_state.h"
+#include "rebalancer/backfill.h"
 #include "rebalancer/journal.h"
+#include "rebalancer/move_session.h"
+#include "rebalancer/move_table.h"
 #include "rebalancer/plan.h"
 #include "router/catalog.h"
 #include "shardkit/config.h"
@@ -120,7 +124,28 @@ class Mover {
   absl::StatusOr<uint64_t> PublishEdit(
       const std::function<absl::Status(LiveState&)>& edit,
       std::string_view reason);
-  absl::StatusOr<PlannedMove> Replan(const MoveRecord& move);
+  // What a phase works with, from one read of the live map: the map, the
+  // move's two shards, and the distribution's tables.
+  struct Sides {
+    Live live;
+    ShardEndpoint source;
+    ShardEndpoint destination;
+    std::vector<TableToMove> tables;
+    KeyType key_type = KeyType::kInt8;
+  };
+  absl::StatusOr<Sides> SidesOf(const MoveRecord& move);
+  // The move planned again against `live` without itself (it may be in the
+  // map already), and the rows it moves.
+  absl::StatusOr<PlannedMove> Replan(const MoveRecord& move, const Live& live);
+  MoveSlice SliceOf(const Sides& sides, const PlannedMove& plan) const;
+  absl::StatusOr<std::unique_ptr<MoveSession>> OpenSession(
+      const ShardEndpoint& shard) const;
+  // Takes (or renews) the catalog lease "move/<id>"; `doing` completes the
+  // refusal when another process holds it.
+  absl::Status TakeLease(uint64_t id, std::string_view doing);
+  // Publishes the live map without move `id`; returns the epoch.
+  absl::StatusOr<uint64_t> PublishWithoutMove(uint64_t id,
+                                              std::string_view reason);
 
   absl::Status Prepare(const MoveRecord& move);
   absl::Status StartDualWrite(const MoveRecord& move);
@@ -130,13 +155,13 @@ class Mover {
   absl::Status Cleanup(const MoveRecord& move);
 
   // Fences `shard`'s tables of the move's distribution at `epoch`.
-  absl::Status Fence(const MoveRecord& move, const std::string& shard,
+  absl::Status Fence(const Sides& sides, const ShardEndpoint& shard,
                      uint64_t epoch, absl::Duration lock_timeout);
   // Deletes on `shard` the rows whose keys are listed in the move's keys
   // table there, in batches, emptying the list.
-  absl::Status DeleteListedRows(const MoveRecord& move,
-                                const std::string& shard, uint64_t epoch);
-  absl::Status DropKeysTables(const MoveRecord& move);
+  absl::Status DeleteListedRows(const MoveRecord& move, const Sides& sides,
+                                const ShardEndpoint& shard, uint64_t epoch);
+  absl::Status DropKeysTables(const MoveRecord& move, const Sides& sides);
 
   const Config config_;
   const MoverOptions options_;
