@@ -549,15 +549,16 @@ absl::Status Mover::Abort(uint64_t id) {
         "moves resume ", id, "`"));
   }
   RETURN_IF_ERROR(TakeLease(id, "stop it first"));
-  RETURN_IF_ERROR(Phase(move, JournalPhase::kAborting));
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
   LiveState::Move* in_map = FindMove(sides.live.state, move.id);
   if (in_map != nullptr && in_map->phase == MovePhase::kCutOver) {
-    // Published but not journaled: the cutover happened.
+    // Published but not journaled: the cutover happened. Checked before
+    // the journal says "aborting", which resume would refuse.
     return absl::FailedPreconditionError(StrCat(
         "move ", id, " has cut over; finish it with `shardctl moves "
         "resume ", id, "`"));
   }
+  RETURN_IF_ERROR(Phase(move, JournalPhase::kAborting));
   uint64_t epoch = sides.live.state.epoch;
   if (in_map != nullptr) {
     ASSIGN_OR_RETURN(epoch, PublishWithoutMove(

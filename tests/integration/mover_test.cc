@@ -181,6 +181,26 @@ TEST_F(MoverTest, VerifyMismatchStopsTheMoveAndAbortRollsItBack) {
   ASSERT_TRUE(count.ok()) << count.status();
   EXPECT_EQ(*count->rows[0][0], StrCat(kUsers));
 
+  // A cutover published but not journaled (a mover killed right after its
+  // publish) cannot be aborted, and the refusal leaves the move resumable.
+  auto live = (*mover)->Current();
+  ASSERT_TRUE(live.ok()) << live.status();
+  internal::LiveState cut = live->state;
+  ASSERT_EQ(cut.moves.size(), 1u);
+  cut.moves[0].phase = MovePhase::kCutOver;
+  cut.epoch = live->state.epoch + 1;
+  ASSERT_TRUE((*mover)->catalog().Publish(cut, "mover_test").ok());
+  absl::Status refused = (*mover)->Abort(move->id);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("has cut over"), std::string::npos)
+      << refused;
+  auto still = (*mover)->journal().Get(move->id);
+  ASSERT_TRUE(still.ok());
+  EXPECT_EQ(still->phase, internal::JournalPhase::kVerify);
+  cut.moves[0].phase = MovePhase::kDualWrite;
+  cut.epoch += 1;
+  ASSERT_TRUE((*mover)->catalog().Publish(cut, "mover_test").ok());
+
   ASSERT_TRUE((*mover)->Abort(move->id).ok());
   auto aborted = (*mover)->journal().Get(move->id);
   ASSERT_TRUE(aborted.ok());
