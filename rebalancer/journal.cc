@@ -61,35 +61,26 @@ std::optional<JournalPhase> JournalPhaseFromName(std::string_view name) {
 
 absl::Status Journal::EnsureSchema() {
   RETURN_IF_ERROR(catalog_.EnsureSchema());
-  absl::Status created =
-      catalog_
-          .Run("BEGIN; SELECT pg_advisory_xact_lock(7105846953277306882); "
-               "CREATE TABLE IF NOT EXISTS shardkit.moves ("
-               "id bigserial PRIMARY KEY, distribution text NOT NULL, "
-               "slice_from text NOT NULL, slice_to text NOT NULL, "
-               "region text NOT NULL, source text NOT NULL, "
-               "destination text NOT NULL, phase text NOT NULL, "
-               "past_point_of_no_return bool NOT NULL DEFAULT false, "
-               "error text NOT NULL DEFAULT '', "
-               "created_at timestamptz NOT NULL DEFAULT now(), "
-               "updated_at timestamptz NOT NULL DEFAULT now()); "
-               "CREATE TABLE IF NOT EXISTS shardkit.move_progress ("
-               "move_id int8 NOT NULL REFERENCES shardkit.moves, "
-               "table_name text NOT NULL, bound text[] NOT NULL, "
-               "rows_scanned int8 NOT NULL, rows_copied int8 NOT NULL, "
-               "done bool NOT NULL, PRIMARY KEY (move_id, table_name)); "
-               "CREATE TABLE IF NOT EXISTS shardkit.move_events ("
-               "move_id int8 NOT NULL REFERENCES shardkit.moves, "
-               "at timestamptz NOT NULL DEFAULT clock_timestamp(), "
-               "message text NOT NULL); COMMIT")
-          .status();
-  if (!created.ok()) {
-    return absl::Status(created.code(),
-                        StrCat("cannot create the move journal in the "
-                               "catalog: ",
-                               created.message()));
-  }
-  return absl::OkStatus();
+  return catalog_.EnsureTables(
+      "the move journal", 7105846953277306882,
+      "CREATE TABLE IF NOT EXISTS shardkit.moves ("
+      "id bigserial PRIMARY KEY, distribution text NOT NULL, "
+      "slice_from text NOT NULL, slice_to text NOT NULL, "
+      "region text NOT NULL, source text NOT NULL, "
+      "destination text NOT NULL, phase text NOT NULL, "
+      "past_point_of_no_return bool NOT NULL DEFAULT false, "
+      "error text NOT NULL DEFAULT '', "
+      "created_at timestamptz NOT NULL DEFAULT now(), "
+      "updated_at timestamptz NOT NULL DEFAULT now()); "
+      "CREATE TABLE IF NOT EXISTS shardkit.move_progress ("
+      "move_id int8 NOT NULL REFERENCES shardkit.moves, "
+      "table_name text NOT NULL, bound text[] NOT NULL, "
+      "rows_scanned int8 NOT NULL, rows_copied int8 NOT NULL, "
+      "done bool NOT NULL, PRIMARY KEY (move_id, table_name)); "
+      "CREATE TABLE IF NOT EXISTS shardkit.move_events ("
+      "move_id int8 NOT NULL REFERENCES shardkit.moves, "
+      "at timestamptz NOT NULL DEFAULT clock_timestamp(), "
+      "message text NOT NULL)");
 }
 
 absl::StatusOr<MoveRecord> Journal::Create(const MoveRecord& move) {

@@ -29,33 +29,38 @@ absl::StatusOr<Result> Catalog::Run(
   return std::move(done[0].result);
 }
 
-absl::Status Catalog::EnsureSchema() {
+absl::Status Catalog::EnsureTables(std::string_view what, int64_t lock_key,
+                                   std::string_view ddl) {
   {
     absl::MutexLock lock(&mu_);
-    if (schema_ready_) return absl::OkStatus();
+    if (created_.contains(ToAbsl(what))) return absl::OkStatus();
   }
-  // The advisory lock serializes processes creating it at once (IF NOT
+  // The advisory lock serializes processes creating them at once (IF NOT
   // EXISTS alone can still collide on PostgreSQL's unique indexes).
   absl::Status created =
-      Run("BEGIN; SELECT pg_advisory_xact_lock(7105846953277306881); "
-          "CREATE SCHEMA IF NOT EXISTS shardkit; "
-          "CREATE TABLE IF NOT EXISTS shardkit.live_maps ("
-          "epoch int8 PRIMARY KEY CHECK (epoch > 0), "
-          "state text NOT NULL, reason text NOT NULL, "
-          "written_at timestamptz NOT NULL DEFAULT now()); "
-          "CREATE TABLE IF NOT EXISTS shardkit.leases ("
-          "name text PRIMARY KEY, holder text NOT NULL, "
-          "expires_at timestamptz NOT NULL); COMMIT")
+      Run(StrCat("BEGIN; SELECT pg_advisory_xact_lock(", lock_key,
+                 "); CREATE SCHEMA IF NOT EXISTS shardkit; ", ddl, "; COMMIT"))
           .status();
   if (!created.ok()) {
-    return absl::Status(
-        created.code(),
-        StrCat("cannot create shardkit's tables in the catalog: ",
-               created.message()));
+    return absl::Status(created.code(),
+                        StrCat("cannot create ", what, " in the catalog: ",
+                               created.message()));
   }
   absl::MutexLock lock(&mu_);
-  schema_ready_ = true;
+  created_.insert(std::string(what));
   return absl::OkStatus();
+}
+
+absl::Status Catalog::EnsureSchema() {
+  return EnsureTables(
+      "shardkit's tables", 7105846953277306881,
+      "CREATE TABLE IF NOT EXISTS shardkit.live_maps ("
+      "epoch int8 PRIMARY KEY CHECK (epoch > 0), "
+      "state text NOT NULL, reason text NOT NULL, "
+      "written_at timestamptz NOT NULL DEFAULT now()); "
+      "CREATE TABLE IF NOT EXISTS shardkit.leases ("
+      "name text PRIMARY KEY, holder text NOT NULL, "
+      "expires_at timestamptz NOT NULL)");
 }
 
 absl::StatusOr<std::optional<LiveState>> Catalog::Latest() {

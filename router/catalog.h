@@ -28,6 +28,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -51,6 +52,13 @@ class Catalog {
 
   // Creates the schema and tables if missing (idempotent; safe to race).
   absl::Status EnsureSchema() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Runs `ddl` (CREATE ... IF NOT EXISTS statements, in schema shardkit,
+  // which it creates) once per Catalog for `what` ("the move journal": it
+  // names them in errors), under advisory lock `lock_key` so that
+  // processes creating them at once do not collide.
+  absl::Status EnsureTables(std::string_view what, int64_t lock_key,
+                            std::string_view ddl) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The current live state, or nullopt when none was ever written (the
   // configuration's map is the live map).
@@ -82,7 +90,8 @@ class Catalog {
   const CatalogSettings settings_;
   const ExecOptions options_;
   absl::Mutex mu_;
-  bool schema_ready_ ABSL_GUARDED_BY(mu_) = false;
+  // The `what`s of EnsureTables done.
+  absl::flat_hash_set<std::string> created_ ABSL_GUARDED_BY(mu_);
 };
 
 // A process-unique name for lease holders and logs: host name, process id
