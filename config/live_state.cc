@@ -42,31 +42,33 @@ toml::array ToArray(const std::vector<std::string>& v) {
   return a;
 }
 
-// Parses one bound's text for distribution `d`.
-absl::StatusOr<std::optional<Key>> RangeBound(const Distribution& d,
-                                              const std::string& text) {
-  if (text.empty()) return std::optional<Key>();
-  absl::StatusOr<Key> key = Key::Parse(d.key_type(), text);
-  if (!key.ok()) return key.status();
-  return std::optional<Key>(*std::move(key));
+}  // namespace
+
+std::string HashBoundText(const std::optional<uint64_t>& hash) {
+  return hash ? FormatHash(*hash) : std::string();
 }
 
-absl::StatusOr<std::optional<uint64_t>> HashBound(const std::string& text) {
+std::string HashLowerText(uint64_t lo) {
+  return lo == 0 ? std::string() : FormatHash(lo);
+}
+
+std::string KeyBoundText(const std::optional<Key>& key) {
+  return key ? key->ToString() : std::string();
+}
+
+absl::StatusOr<std::optional<uint64_t>> ParseHashBound(const std::string& text) {
   if (text.empty()) return std::optional<uint64_t>();
   absl::StatusOr<uint64_t> v = ParseHash(text);
   if (!v.ok()) return v.status();
   return std::optional<uint64_t>(*v);
 }
 
-}  // namespace
-
-std::string BoundText(const Distribution& d, const std::optional<Key>& key) {
-  (void)d;
-  return key ? key->ToString() : std::string();
-}
-
-std::string HashBoundText(const std::optional<uint64_t>& hash) {
-  return hash ? FormatHash(*hash) : std::string();
+absl::StatusOr<std::optional<Key>> ParseKeyBound(KeyType type,
+                                                 const std::string& text) {
+  if (text.empty()) return std::optional<Key>();
+  absl::StatusOr<Key> key = Key::Parse(type, text);
+  if (!key.ok()) return key.status();
+  return std::optional<Key>(*std::move(key));
 }
 
 LiveState LiveStateOf(const ShardMap& map) {
@@ -75,11 +77,11 @@ LiveState LiveStateOf(const ShardMap& map) {
   for (const Distribution& d : map.distributions()) {
     LiveState::Ownership& own = state.distributions[d.name()];
     for (const HashSlice& h : d.hash_slices()) {
-      own.slices.push_back({h.lo == 0 ? "" : FormatHash(h.lo),
+      own.slices.push_back({HashLowerText(h.lo),
                             HashBoundText(h.hi), map.shard(h.shard).name});
     }
     for (const RangeSlice& r : d.range_slices()) {
-      own.slices.push_back({BoundText(d, r.from), BoundText(d, r.to),
+      own.slices.push_back({KeyBoundText(r.from), KeyBoundText(r.to),
                             map.shard(r.shard).name});
     }
     for (const Region& r : d.regions()) {
@@ -95,11 +97,11 @@ LiveState LiveStateOf(const ShardMap& map) {
     move.id = m.move_id;
     move.distribution = d.name();
     if (d.strategy() == Strategy::kHash) {
-      move.from = m.hash_lo == 0 ? "" : FormatHash(m.hash_lo);
+      move.from = HashLowerText(m.hash_lo);
       move.to = HashBoundText(m.hash_hi);
     } else if (d.strategy() == Strategy::kRange) {
-      move.from = BoundText(d, m.from);
-      move.to = BoundText(d, m.to);
+      move.from = KeyBoundText(m.from);
+      move.to = KeyBoundText(m.to);
     } else {
       move.region = m.region;
     }
@@ -320,8 +322,8 @@ absl::StatusOr<ShardMap> ApplyLiveState(const ShardMap& configured,
     const Distribution* configured_d = configured.FindDistribution(name);
     for (const LiveState::Slice& s : own.slices) {
       if (d->strategy == Strategy::kHash) {
-        absl::StatusOr<std::optional<uint64_t>> lo = HashBound(s.from);
-        absl::StatusOr<std::optional<uint64_t>> hi = HashBound(s.to);
+        absl::StatusOr<std::optional<uint64_t>> lo = ParseHashBound(s.from);
+        absl::StatusOr<std::optional<uint64_t>> hi = ParseHashBound(s.to);
         if (!lo.ok() || !hi.ok()) {
           problem(StrCat("distribution '", name, "': bad hash bound"));
           continue;
@@ -329,8 +331,8 @@ absl::StatusOr<ShardMap> ApplyLiveState(const ShardMap& configured,
         d->hash_slices.push_back(
             HashSliceSpec{lo->value_or(0), *hi, ShardRef{s.shard, {}}, {}});
       } else {
-        absl::StatusOr<std::optional<Key>> from = RangeBound(*configured_d, s.from);
-        absl::StatusOr<std::optional<Key>> to = RangeBound(*configured_d, s.to);
+        absl::StatusOr<std::optional<Key>> from = ParseKeyBound(configured_d->key_type(), s.from);
+        absl::StatusOr<std::optional<Key>> to = ParseKeyBound(configured_d->key_type(), s.to);
         if (!from.ok() || !to.ok()) {
           problem(StrCat("distribution '", name, "': bad range bound"));
           continue;
@@ -361,8 +363,8 @@ absl::StatusOr<ShardMap> ApplyLiveState(const ShardMap& configured,
     ms.distribution = m.distribution;
     ms.region = m.region;
     if (d->strategy() == Strategy::kHash) {
-      absl::StatusOr<std::optional<uint64_t>> lo = HashBound(m.from);
-      absl::StatusOr<std::optional<uint64_t>> hi = HashBound(m.to);
+      absl::StatusOr<std::optional<uint64_t>> lo = ParseHashBound(m.from);
+      absl::StatusOr<std::optional<uint64_t>> hi = ParseHashBound(m.to);
       if (!lo.ok() || !hi.ok()) {
         problem(StrCat("move ", m.id, ": bad hash bound"));
         continue;
@@ -370,8 +372,8 @@ absl::StatusOr<ShardMap> ApplyLiveState(const ShardMap& configured,
       ms.hash_lo = lo->value_or(0);
       ms.hash_hi = *hi;
     } else if (d->strategy() == Strategy::kRange) {
-      absl::StatusOr<std::optional<Key>> from = RangeBound(*d, m.from);
-      absl::StatusOr<std::optional<Key>> to = RangeBound(*d, m.to);
+      absl::StatusOr<std::optional<Key>> from = ParseKeyBound(d->key_type(), m.from);
+      absl::StatusOr<std::optional<Key>> to = ParseKeyBound(d->key_type(), m.to);
       if (!from.ok() || !to.ok()) {
         problem(StrCat("move ", m.id, ": bad range bound"));
         continue;

@@ -108,9 +108,16 @@ std::string SerializeLiveState(const LiveState& state);
 [[nodiscard]] absl::StatusOr<ShardMap> ApplyLiveState(
     const ShardMap& configured, const LiveState& state);
 
-// Text forms of one slice bound of distribution `d` and back.
-std::string BoundText(const Distribution& d, const std::optional<Key>& key);
+// Text forms of slice bounds as the state writes them ("" for an open
+// side), and back: hash bounds as hex, range bounds as the key's text. A
+// hash slice's lower bound 0 is written open.
 std::string HashBoundText(const std::optional<uint64_t>& hash);
+std::string HashLowerText(uint64_t lo);
+std::string KeyBoundText(const std::optional<Key>& key);
+[[nodiscard]] absl::StatusOr<std::optional<uint64_t>> ParseHashBound(
+    const std::string& text);
+[[nodiscard]] absl::StatusOr<std::optional<Key>> ParseKeyBound(
+    KeyType type, const std::string& text);
 
 }  // namespace shardkit::internal
 

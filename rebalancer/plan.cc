@@ -34,20 +34,16 @@ absl::StatusOr<SliceText> SplitSlice(std::string_view slice) {
 }
 
 absl::StatusOr<std::optional<uint64_t>> HashSide(const std::string& text) {
-  if (text.empty()) return std::optional<uint64_t>();
-  absl::StatusOr<uint64_t> v = ParseHash(text);
-  if (!v.ok()) {
-    return Invalid(StrCat("--slice: ", v.status().message()));
-  }
-  return std::optional<uint64_t>(*v);
+  absl::StatusOr<std::optional<uint64_t>> v = ParseHashBound(text);
+  if (!v.ok()) return Invalid(StrCat("--slice: ", v.status().message()));
+  return v;
 }
 
 absl::StatusOr<std::optional<Key>> KeySide(const Distribution& d,
                                            const std::string& text) {
-  if (text.empty()) return std::optional<Key>();
-  absl::StatusOr<Key> k = Key::Parse(d.key_type(), text);
+  absl::StatusOr<std::optional<Key>> k = ParseKeyBound(d.key_type(), text);
   if (!k.ok()) return Invalid(StrCat("--slice: ", k.status().message()));
-  return std::optional<Key>(*std::move(k));
+  return k;
 }
 
 // a <= b where nullopt is -infinity (a lower bound).
@@ -182,8 +178,8 @@ absl::StatusOr<PlannedMove> PlanMove(const ShardMap& map,
           "time (the slices: ", OwnersText(map, *d), ")"));
     }
     source = owner.shard;
-    plan.from = slice.hash_lo == 0 ? "" : FormatHash(slice.hash_lo);
-    plan.to = hi ? FormatHash(*hi) : "";
+    plan.from = HashLowerText(slice.hash_lo);
+    plan.to = HashBoundText(hi);
     Carve(plan.after, i, plan.from, plan.to, request.destination);
   } else if (d->strategy() == Strategy::kRange) {
     ASSIGN_OR_RETURN(SliceText text, SplitSlice(request.slice));
@@ -205,8 +201,8 @@ absl::StatusOr<PlannedMove> PlanMove(const ShardMap& map,
           "time (the slices: ", OwnersText(map, *d), ")"));
     }
     source = d->range_slices()[*found].shard;
-    plan.from = slice.from ? slice.from->ToString() : "";
-    plan.to = slice.to ? slice.to->ToString() : "";
+    plan.from = KeyBoundText(slice.from);
+    plan.to = KeyBoundText(slice.to);
     Carve(plan.after, *found, plan.from, plan.to, request.destination);
   } else {
     slice.region = request.region;
