@@ -24,9 +24,7 @@ absl::StatusOr<Result> Catalog::Run(
   task.params = std::move(params);
   ExecOptions options = options_;
   options.pools = nullptr;
-  std::vector<TaskOutcome> done = RunOnShards({task}, options);
-  RETURN_IF_ERROR(done[0].status);
-  return std::move(done[0].result);
+  return RunTask(task, options);
 }
 
 absl::Status Catalog::EnsureTables(std::string_view what, int64_t lock_key,

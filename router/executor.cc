@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "common/status_macros.h"
 #include "router/pool.h"
 #include "router/shard_connection.h"
 
@@ -635,6 +636,13 @@ std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
   outcomes.reserve(runs.size());
   for (TaskRun& run : runs) outcomes.push_back(std::move(run.outcome));
   return outcomes;
+}
+
+absl::StatusOr<Result> RunTask(const ShardTask& task,
+                              const ExecOptions& options) {
+  std::vector<TaskOutcome> done = RunOnShards({task}, options);
+  RETURN_IF_ERROR(done[0].status);
+  return std::move(done[0].result);
 }
 
 absl::StatusOr<std::vector<TaskOutcome>> RunAll(

@@ -196,6 +196,9 @@ struct TaskOutcome {
 std::vector<TaskOutcome> RunOnShards(const std::vector<ShardTask>& tasks,
                                      const ExecOptions& options);
 
+// Runs one task and returns its result, or its failure.
+absl::StatusOr<Result> RunTask(const ShardTask& task, const ExecOptions& options);
+
 // Runs `tasks` as one statement's parts: with cancel_others_on_failure, so
 // that one shard's failure stops the others' work, and fails with the
 // first failure in task order; else every outcome, in task order.

@@ -38,9 +38,7 @@ absl::StatusOr<Result> RunOn(const std::string& label, const std::string& dsn,
   task.dsn = dsn;
   task.sql = std::move(sql);
   task.params = std::move(params);
-  std::vector<TaskOutcome> done = RunOnShards({task}, options);
-  RETURN_IF_ERROR(done[0].status);
-  return std::move(done[0].result);
+  return RunTask(task, options);
 }
 
 std::optional<std::string> FirstCell(const Result& result) {

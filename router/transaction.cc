@@ -97,13 +97,6 @@ ShardTask DecisionLog::Task(std::string sql, Params params) const {
   return task;
 }
 
-absl::StatusOr<Result> DecisionLog::Run(ShardTask task,
-                                        const ExecOptions& options) {
-  std::vector<TaskOutcome> done = RunOnShards({task}, options);
-  RETURN_IF_ERROR(done[0].status);
-  return std::move(done[0].result);
-}
-
 absl::Status DecisionLog::EnsureTable(const ExecOptions& options) {
   {
     absl::MutexLock lock(&mu_);
@@ -112,7 +105,7 @@ absl::Status DecisionLog::EnsureTable(const ExecOptions& options) {
   // The advisory lock serializes processes creating it at once (IF NOT
   // EXISTS alone can still collide on the catalog's unique indexes).
   absl::Status created =
-      Run(Task("BEGIN; SELECT pg_advisory_xact_lock(7105846953277306880); "
+      RunTask(Task("BEGIN; SELECT pg_advisory_xact_lock(7105846953277306880); "
                "CREATE SCHEMA IF NOT EXISTS shardkit; "
                "CREATE TABLE IF NOT EXISTS shardkit.commit_decisions ("
                "txid text PRIMARY KEY, "
@@ -139,7 +132,7 @@ absl::StatusOr<std::string> DecisionLog::Decide(const std::string& txid,
   RETURN_IF_ERROR(EnsureTable(options));
   ASSIGN_OR_RETURN(
       Result inserted,
-      Run(Task("INSERT INTO shardkit.commit_decisions (txid, outcome) "
+      RunTask(Task("INSERT INTO shardkit.commit_decisions (txid, outcome) "
                "VALUES ($1, $2) ON CONFLICT (txid) DO NOTHING RETURNING outcome",
                {txid, std::string(outcome)}),
           options));
@@ -147,7 +140,7 @@ absl::StatusOr<std::string> DecisionLog::Decide(const std::string& txid,
   // Recorded before ours: ON CONFLICT waited for it to commit, so a new
   // statement sees it.
   ASSIGN_OR_RETURN(Result found,
-                   Run(Task("SELECT outcome FROM shardkit.commit_decisions "
+                   RunTask(Task("SELECT outcome FROM shardkit.commit_decisions "
                             "WHERE txid = $1",
                             {txid}),
                        options));
@@ -167,7 +160,7 @@ DecisionLog::Lookup(const std::vector<std::string>& txids,
   RETURN_IF_ERROR(EnsureTable(options));
   ASSIGN_OR_RETURN(
       Result found,
-      Run(Task("SELECT txid, outcome FROM shardkit.commit_decisions "
+      RunTask(Task("SELECT txid, outcome FROM shardkit.commit_decisions "
                "WHERE txid = ANY(string_to_array($1, ','))",
                {absl::StrJoin(txids, ",")}),
           options));
@@ -179,7 +172,7 @@ DecisionLog::Lookup(const std::vector<std::string>& txids,
 
 absl::Status DecisionLog::Forget(const std::string& txid,
                                  const ExecOptions& options) {
-  return Run(Task("DELETE FROM shardkit.commit_decisions WHERE txid = $1",
+  return RunTask(Task("DELETE FROM shardkit.commit_decisions WHERE txid = $1",
                   {txid}),
              options)
       .status();
@@ -189,7 +182,7 @@ absl::Status DecisionLog::Purge(const std::vector<std::string>& still_prepared,
                                 const ExecOptions& options) {
   // Without the table (two-phase commit never ran here) there is nothing to
   // purge, and no reason to create it.
-  return Run(Task("DELETE FROM shardkit.commit_decisions WHERE "
+  return RunTask(Task("DELETE FROM shardkit.commit_decisions WHERE "
                   "(outcome = 'commit' AND decided_at < now() - interval '1 "
                   "hour' AND txid <> ALL(string_to_array($1, ','))) OR "
                   "(outcome = 'abort' AND decided_at < now() - interval '7 "

@@ -80,7 +80,6 @@ class DecisionLog {
  private:
   absl::Status EnsureTable(const ExecOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
   ShardTask Task(std::string sql, Params params) const;
-  absl::StatusOr<Result> Run(ShardTask task, const ExecOptions& options);
 
   const std::string where_;
   const std::string dsn_;
