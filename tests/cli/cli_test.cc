@@ -226,6 +226,18 @@ TEST_F(CliTest, SqlNeedsAStatementOrStdin) {
                      "at position 1");
 }
 
+// With a [catalog], a cluster reads the live map from it before routing
+// anything; an unreachable one is an error that says why.
+TEST_F(CliTest, UnreachableCatalogIsRefusedBeforeRouting) {
+  ExpectOneLineError(
+      Shardctl({"sql", "-c", kExample, "-e", "SELECT 1"}), 1,
+      "shardctl: cannot read the live shard map from the catalog "
+      "(host=127.0.0.1 port=6000 dbname=shardkit)");
+  CommandOutput r = Shardctl({"sql", "-c", kExample, "-e", "SELECT 1"});
+  EXPECT_THAT(r.err, HasSubstr("does not route by the configuration alone "
+                               "while a catalog is configured"));
+}
+
 TEST_F(CliTest, LoadHelpAndUsageErrors) {
   CommandOutput help = Shardctl({"load", "--help"});
   EXPECT_EQ(help.exit_code, 0) << help.err;

@@ -217,6 +217,27 @@ TEST_F(MoverTest, VerifyMismatchStopsTheMoveAndAbortRollsItBack) {
   EXPECT_FALSE((*mover)->Run(move->id).ok());
 }
 
+TEST_F(MoverTest, LiveMapEpochsAreWrittenByCompareAndSwap) {
+  auto mover = OpenMover();
+  ASSERT_TRUE(mover.ok()) << mover.status();
+  auto live = (*mover)->Current();
+  ASSERT_TRUE(live.ok()) << live.status();
+  internal::LiveState next = live->state;
+  next.epoch = live->state.epoch + 1;
+  ASSERT_TRUE((*mover)->catalog().Publish(next, "first").ok());
+  // A second writer of the same epoch, and one that skips an epoch, lose.
+  absl::Status again = (*mover)->catalog().Publish(next, "second");
+  EXPECT_EQ(again.code(), absl::StatusCode::kAborted) << again;
+  EXPECT_NE(again.message().find("read it again and retry"), std::string::npos)
+      << again;
+  next.epoch += 2;
+  absl::Status skipped = (*mover)->catalog().Publish(next, "skip");
+  EXPECT_EQ(skipped.code(), absl::StatusCode::kAborted) << skipped;
+  auto epoch = (*mover)->catalog().LatestEpoch();
+  ASSERT_TRUE(epoch.ok());
+  EXPECT_EQ(*epoch, live->state.epoch + 1);
+}
+
 TEST_F(MoverTest, RefusesWithoutACatalog) {
   auto config = LoadConfig(shards_->WriteConfig("nocat.toml", kMapBody));
   ASSERT_TRUE(config.ok()) << config.status();
