@@ -15,6 +15,11 @@
 //   2pc-after-prepare     every writer prepared, no decision recorded
 //   2pc-after-decision    the commit decision recorded, nothing committed
 //   2pc-between-commits   the first writer committed, the others prepared
+// and those of an online move (rebalancer/backfill.h, rebalancer/mover.h):
+//   move-after-plan, move-after-dual-write, move-backfill-mid,
+//   move-backfill-after-chunk, move-after-backfill, move-after-verify,
+//   move-cutover-after-fence, move-after-cutover, move-cleanup-mid,
+//   move-cleanup-before-publish
 //
 // Thread-safety: thread-safe.
 
