@@ -238,6 +238,24 @@ TEST_F(CliTest, UnreachableCatalogIsRefusedBeforeRouting) {
                                "while a catalog is configured"));
 }
 
+TEST_F(CliTest, FailoverAndSwitchoverHelpAndUsageErrors) {
+  CommandOutput failover = Shardctl({"failover", "--help"});
+  EXPECT_EQ(failover.exit_code, 0) << failover.err;
+  EXPECT_THAT(failover.out, HasSubstr("Usage: shardctl failover [OPTIONS] SHARD"));
+  EXPECT_THAT(failover.out, HasSubstr("Promote a replica of SHARD to primary"));
+  CommandOutput switchover = Shardctl({"switchover", "--help"});
+  EXPECT_EQ(switchover.exit_code, 0) << switchover.err;
+  EXPECT_THAT(switchover.out,
+              HasSubstr("Usage: shardctl switchover [OPTIONS] SHARD"));
+  EXPECT_THAT(switchover.out, HasSubstr("losing no write"));
+  ExpectOneLineError(Shardctl({"failover", "-c", kExample}), 2,
+                     "shardctl: SHARD is required (see 'shardctl failover "
+                     "--help')");
+  ExpectOneLineError(Shardctl({"switchover", "-c", kExample}), 2,
+                     "shardctl: SHARD is required (see 'shardctl switchover "
+                     "--help')");
+}
+
 TEST_F(CliTest, LoadHelpAndUsageErrors) {
   CommandOutput help = Shardctl({"load", "--help"});
   EXPECT_EQ(help.exit_code, 0) << help.err;
