@@ -87,6 +87,15 @@ void RecordWrites(const std::vector<internal::ShardTask>& tasks,
   }
 }
 
+// RecordWrites once a transaction has committed. `written` must outlive
+// the transaction.
+internal::DistributedTransaction::OnCommit RecorderOf(
+    const internal::ExecOptions& options, WritePositions& written) {
+  return [options, &written](const std::vector<internal::ShardTask>& tasks) {
+    RecordWrites(tasks, options, written);
+  };
+}
+
 // A statement could not connect to the primary of shard `shard` of `map`:
 // if a failover can replace it (a catalog, replicas), starts the monitor's
 // probes at once and waits, at most as long as detecting the failure and
@@ -427,6 +436,10 @@ absl::StatusOr<Result> Cluster::ExecuteRouted(
   }
   // A write to several shards: atomic, as a transaction of its own.
   internal::DistributedTransaction txn(*router_, map, options, *decisions_);
+  // Through the transaction, so that a dual-write's destination counts too.
+  if (execute.read_your_writes != nullptr) {
+    txn.set_on_commit(RecorderOf(options, *execute.read_your_writes));
+  }
   absl::StatusOr<Result> result = txn.Execute(prepared, params);
   if (!result.ok()) {
     txn.Rollback().IgnoreError();
@@ -441,9 +454,6 @@ absl::StatusOr<Result> Cluster::ExecuteRouted(
     return result;
   }
   RETURN_IF_ERROR(txn.Commit());
-  if (execute.read_your_writes != nullptr) {
-    RecordWrites(prepared.tasks, options, *execute.read_your_writes);
-  }
   return result;
 }
 
@@ -459,10 +469,19 @@ void WritePositions::Advance(ShardId shard, uint64_t lsn) {
 }
 
 absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin() const {
+  return Begin(TransactionOptions{});
+}
+
+absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin(
+    const TransactionOptions& options) const {
+  const internal::ExecOptions exec = OptionsOf(config_, pools_.get());
   auto txn = std::make_unique<internal::DistributedTransaction>(
-      *router_, map(), OptionsOf(config_, pools_.get()), *decisions_);
+      *router_, map(), exec, *decisions_);
   // So that the transaction's retry is routed by the map that fenced it.
   txn->set_on_stale_map([live = live_.get()] { live->Refresh().IgnoreError(); });
+  if (options.read_your_writes != nullptr) {
+    txn->set_on_commit(RecorderOf(exec, *options.read_your_writes));
+  }
   return std::make_unique<Transaction>(std::move(txn));
 }
 

@@ -554,6 +554,18 @@ void DistributedTransaction::End() {
   participants_.clear();
 }
 
+void DistributedTransaction::EndCommitted(
+    const std::vector<Participant*>& writers) {
+  std::vector<ShardTask> written;
+  for (const Participant* w : writers) {
+    ShardTask task = w->base;
+    task.session = nullptr;
+    written.push_back(std::move(task));
+  }
+  End();
+  if (on_commit_ && !written.empty()) on_commit_(written);
+}
+
 absl::Status DistributedTransaction::Rollback() {
   if (state_ == State::kEnded) return absl::OkStatus();
   std::vector<Participant*> parts;
@@ -610,8 +622,12 @@ absl::Status DistributedTransaction::Commit() {
   if (parts.size() <= 1) {
     std::vector<TaskOutcome> done =
         RunOn(parts, std::vector<std::string>(parts.size(), "COMMIT"));
-    End();
-    return done.empty() ? absl::OkStatus() : done[0].status;
+    if (done.empty() || !done[0].status.ok() || !parts[0]->wrote) {
+      End();
+      return done.empty() ? absl::OkStatus() : done[0].status;
+    }
+    EndCommitted(parts);
+    return absl::OkStatus();
   }
   // Which participants wrote: those a writing statement ran on, and any
   // other whose transaction has an id (a SELECT may call a function that
@@ -644,15 +660,22 @@ absl::Status DistributedTransaction::Commit() {
     // commit.
     std::vector<TaskOutcome> done =
         RunOn(parts, std::vector<std::string>(parts.size(), "COMMIT"));
-    End();
     for (size_t i = 0; i < parts.size(); ++i) {
-      if (!done[i].status.ok() && parts[i]->wrote) return done[i].status;
+      if (!done[i].status.ok() && parts[i]->wrote) {
+        End();
+        return done[i].status;
+      }
     }
+    EndCommitted(writers);
     return absl::OkStatus();
   }
   absl::Status committed = CommitTwoPhase(writers, readers);
-  End();
-  return committed;
+  if (!committed.ok()) {
+    End();
+    return committed;
+  }
+  EndCommitted(writers);
+  return absl::OkStatus();
 }
 
 absl::Status DistributedTransaction::CommitTwoPhase(

@@ -114,6 +114,14 @@ class DistributedTransaction {
     on_stale_map_ = std::move(on_stale_map);
   }
 
+  // Called once Commit has succeeded, with the participants that wrote
+  // (shard, name and the primary's dsn; no session: the connections are
+  // back in the pool by then), so that read-your-writes can record their
+  // WAL positions (Cluster::Begin with TransactionOptions). Not called
+  // when nothing was written or the commit failed. May be empty.
+  using OnCommit = std::function<void(const std::vector<ShardTask>& written)>;
+  void set_on_commit(OnCommit on_commit) { on_commit_ = std::move(on_commit); }
+
  private:
   struct Participant {
     ShardTask base;  // shard, name, dsn and session; no SQL
@@ -136,6 +144,8 @@ class DistributedTransaction {
   // Ends the transaction: every session goes back to the pool (or is
   // closed, if still inside a transaction).
   void End();
+  // End, then on_commit_ with `writers` (their shards committed).
+  void EndCommitted(const std::vector<Participant*>& writers);
   // The participant of `shard`, joined (BEGIN) when new.
   absl::StatusOr<Participant*> Join(ShardId shard);
   // Applies the row images a dual-write's sources returned on the moves'
@@ -150,6 +160,7 @@ class DistributedTransaction {
   State state_ = State::kOpen;
   absl::Status abort_reason_;
   std::function<void()> on_stale_map_;
+  OnCommit on_commit_;
 };
 
 // Runs sql[i] on participant which[i], in parallel where it can; returns

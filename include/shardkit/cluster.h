@@ -79,8 +79,11 @@ struct ShardOutcome {
 // that replica's replay past the recorded position, else to the primary.
 // So such a read never sees data older than the session's writes, at the
 // cost of reading primaries until the next heartbeat after a write.
-// Writes made in a Transaction are not recorded. Thread-safety:
-// thread-safe; it must outlive the calls that use it.
+// A Transaction begun with it (TransactionOptions::read_your_writes)
+// records, once it has committed, the position of each shard it wrote to
+// (after COMMIT, or after COMMIT PREPARED on every shard for two-phase
+// commit), the same way. Thread-safety: thread-safe; it must outlive the
+// calls and transactions that use it.
 class WritePositions {
  public:
   // The recorded position on shard `shard`'s primary, if any.
@@ -100,6 +103,17 @@ struct ExecuteOptions {
   // /* shardkit:primary */ anywhere in the statement's text does the same.
   bool primary = false;
   // Read-your-writes (see WritePositions); nullptr: off. Borrowed.
+  WritePositions* read_your_writes = nullptr;
+};
+
+// How Begin runs a transaction.
+struct TransactionOptions {
+  // Read-your-writes (see WritePositions): a successful Commit records
+  // there the WAL position of the primary of each shard the transaction
+  // wrote to (a writing statement ran there, or, when it touched several
+  // shards, its transaction there was assigned an id), so that the
+  // session's reads after it see its writes. A failed commit records
+  // nothing. nullptr: off. Borrowed.
   WritePositions* read_your_writes = nullptr;
 };
 
@@ -221,6 +235,9 @@ class Cluster {
   // sent until its first statement. Never fails today; the status is for
   // future limits.
   [[nodiscard]] absl::StatusOr<std::unique_ptr<Transaction>> Begin() const;
+  // As above, with `options`.
+  [[nodiscard]] absl::StatusOr<std::unique_ptr<Transaction>> Begin(
+      const TransactionOptions& options) const;
 
   // Resolves the prepared transactions of two-phase commit left in doubt
   // on the shards by a process that died mid-commit (see transaction.h),

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -39,6 +40,15 @@ class ReadSplitTest : public ::testing::Test {
                               "CREATE TABLE users (id int8 PRIMARY KEY, "
                               "name text)")
                       .ok());
+    }
+    // A replica within max_lag may not have replayed it yet: the first
+    // reads would fail there.
+    for (int shard = 0; shard < 2; ++shard) {
+      for (int r = 0; r < 2; ++r) {
+        ASSERT_TRUE(Eventually([&] {
+          return servers_->QueryReplica(shard, r, "SELECT 1 FROM users").ok();
+        }));
+      }
     }
   }
 
@@ -251,6 +261,125 @@ TEST_F(ReadSplitTest, ReadYourWrites) {
     return Scalar(PortQuery(0), options) != PrimaryPort(0) &&
            Scalar(PortQuery(1), options) != PrimaryPort(1);
   }));
+}
+
+// Read-your-writes after a Transaction, on one shard and across both (two-
+// phase commit). Replay is paused on every replica, and a cluster that
+// allows an hour of lag keeps reading from them: a read without the
+// session goes to a replica, which lacks the transaction's rows; with it,
+// to the primary, which has them.
+TEST_F(ReadSplitTest, ReadYourWritesAfterATransaction) {
+  const std::string config = servers_->WriteConfig("patient.toml", R"(
+[replicas]
+max_lag = "1h"
+
+[distributions.users]
+strategy = "hash"
+key_type = "int8"
+shards = ["s1", "s2"]
+
+[tables.users]
+distribution = "users"
+key = "id"
+)");
+  absl::StatusOr<std::unique_ptr<Cluster>> opened = Cluster::OpenFile(config);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  Cluster& patient = **opened;
+  // Keys that no test wrote yet: two on s1, one on s2.
+  std::vector<int64_t> keys[2];
+  for (int64_t id = 900000; keys[0].size() < 2 || keys[1].empty(); ++id) {
+    absl::StatusOr<Placement> where = patient.map()->Place("users", Key::Integer(id));
+    ASSERT_TRUE(where.ok()) << where.status();
+    if (keys[where->shard].size() < 2) keys[where->shard].push_back(id);
+  }
+  auto read = [&](int shard, int64_t id, WritePositions* session) {
+    absl::StatusOr<Result> r = patient.Execute(
+        absl::StrCat("SELECT current_setting('port'), count(*) FROM users "
+                     "WHERE id = ", id),
+        {}, ExecuteOptions{.read_your_writes = session});
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok() || r->rows.size() != 1) return std::string("no answer");
+    EXPECT_EQ(r->shards, std::vector<ShardId>{static_cast<ShardId>(shard)});
+    return absl::StrCat(r->rows[0][0].value_or("NULL"), " ",
+                        r->rows[0][1].value_or("NULL"));
+  };
+  // Until the monitor has found the replicas fresh, reads go to primaries.
+  for (int shard = 0; shard < 2; ++shard) {
+    ASSERT_TRUE(Eventually([&] {
+      return read(shard, keys[shard][0], nullptr) !=
+             absl::StrCat(PrimaryPort(shard), " 0");
+    }));
+  }
+  absl::Cleanup resume = [] {
+    for (int shard = 0; shard < 2; ++shard) {
+      for (int r = 0; r < 2; ++r) {
+        EXPECT_TRUE(servers_
+                        ->QueryReplica(shard, r,
+                                       "SELECT pg_wal_replay_resume()")
+                        .ok());
+      }
+    }
+  };
+  for (int shard = 0; shard < 2; ++shard) {
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_TRUE(servers_->QueryReplica(shard, r, "SELECT pg_wal_replay_pause()")
+                      .ok());
+    }
+  }
+  const std::vector<std::string> on_a_replica[2] = {
+      {absl::StrCat(ReplicaPort(0, 0), " 0"), absl::StrCat(ReplicaPort(0, 1), " 0")},
+      {absl::StrCat(ReplicaPort(1, 0), " 0"), absl::StrCat(ReplicaPort(1, 1), " 0")}};
+
+  WritePositions session;
+  auto insert = [&](Transaction& txn, int64_t id) {
+    absl::StatusOr<Result> r = txn.Execute(
+        absl::StrCat("INSERT INTO users (id, name) VALUES (", id, ", 'txn')"));
+    EXPECT_TRUE(r.ok()) << r.status();
+  };
+  // One shard: a plain COMMIT.
+  {
+    absl::StatusOr<std::unique_ptr<Transaction>> txn =
+        patient.Begin(TransactionOptions{.read_your_writes = &session});
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    insert(**txn, keys[0][0]);
+    const absl::Status committed = (*txn)->Commit();
+    ASSERT_TRUE(committed.ok()) << committed;
+  }
+  EXPECT_TRUE(session.Of(0).has_value());
+  EXPECT_FALSE(session.Of(1).has_value());
+  EXPECT_EQ(read(0, keys[0][0], &session), absl::StrCat(PrimaryPort(0), " 1"));
+  EXPECT_THAT(read(0, keys[0][0], nullptr),
+              ::testing::AnyOfArray(on_a_replica[0]));
+  // Both shards: two-phase commit.
+  {
+    absl::StatusOr<std::unique_ptr<Transaction>> txn =
+        patient.Begin(TransactionOptions{.read_your_writes = &session});
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    insert(**txn, keys[0][1]);
+    insert(**txn, keys[1][0]);
+    EXPECT_EQ((*txn)->participants(), (std::vector<ShardId>{0, 1}));
+    const absl::Status committed = (*txn)->Commit();
+    ASSERT_TRUE(committed.ok()) << committed;
+  }
+  EXPECT_TRUE(session.Of(1).has_value());
+  EXPECT_EQ(read(0, keys[0][1], &session), absl::StrCat(PrimaryPort(0), " 1"));
+  EXPECT_EQ(read(1, keys[1][0], &session), absl::StrCat(PrimaryPort(1), " 1"));
+  EXPECT_THAT(read(0, keys[0][1], nullptr),
+              ::testing::AnyOfArray(on_a_replica[0]));
+  EXPECT_THAT(read(1, keys[1][0], nullptr),
+              ::testing::AnyOfArray(on_a_replica[1]));
+  // A transaction begun without the session records nothing in it.
+  const std::optional<uint64_t> before = session.Of(1);
+  {
+    absl::StatusOr<std::unique_ptr<Transaction>> txn = patient.Begin();
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    ASSERT_TRUE((*txn)
+                    ->Execute(absl::StrCat("UPDATE users SET name = 'again' "
+                                           "WHERE id = ", keys[1][0]))
+                    .ok());
+    ASSERT_TRUE((*txn)->Commit().ok());
+  }
+  EXPECT_EQ(session.Of(1), before);
 }
 
 }  // namespace
