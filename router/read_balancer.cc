@@ -115,6 +115,7 @@ void ReadBalancer::Run() {
 std::vector<ShardId> ReadBalancer::ApplyRound(
     const ShardMap& map, const std::vector<BackendHealth>& health) {
   std::vector<ShardId> down;
+  const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
   if (map.epoch() != map_->epoch()) return down;  // Follow came meanwhile
   for (const BackendHealth& b : health) {
@@ -122,6 +123,8 @@ std::vector<ShardId> ReadBalancer::ApplyRound(
     ShardState& state = shards_[b.target.shard];
     const int threshold = shard.replica_settings.failure_threshold;
     if (b.target.configured_primary) {
+      state.primary_last_probe = b;
+      state.primary_probed_at = now;
       state.primary_failures = b.up() ? 0 : state.primary_failures + 1;
       if (state.primary_failures >= threshold && !shard.replicas.empty()) {
         down.push_back(b.target.shard);
@@ -131,6 +134,8 @@ std::vector<ShardId> ReadBalancer::ApplyRound(
     for (size_t i = 0; i < shard.replicas.size(); ++i) {
       if (shard.replicas[i].name != b.target.backend) continue;
       ReplicaState& replica = state.replicas[i];
+      replica.last_probe = b;
+      replica.probed_at = now;
       if (b.up()) {
         replica.failures = 0;
         replica.replay_lsn = b.lsn;
@@ -213,6 +218,21 @@ void ReadBalancer::MarkFailed(ShardId shard, size_t replica) {
   shards_[shard].replicas[replica].usable = false;
   shards_[shard].replicas[replica].current_weight = 0;
   wake_ = true;
+}
+
+ReadBalancer::Observations ReadBalancer::Observe() const {
+  absl::MutexLock lock(&mu_);
+  Observations out;
+  out.map = map_;
+  for (const ShardState& state : shards_) {
+    std::vector<Observed>& shard = out.shards.emplace_back();
+    shard.push_back(Observed{state.primary_last_probe, state.primary_probed_at,
+                             state.primary_failures, false});
+    for (const ReplicaState& r : state.replicas) {
+      shard.push_back(Observed{r.last_probe, r.probed_at, r.failures, r.usable});
+    }
+  }
+  return out;
 }
 
 int64_t ReadBalancer::rounds() const {

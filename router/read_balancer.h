@@ -122,6 +122,23 @@ class ReadBalancer {
   void SetUsableForTest(ShardId shard, size_t replica, bool usable)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // What the monitor last found about one backend.
+  struct Observed {
+    // Its latest probe; nullopt until the first round after Start, or
+    // after Follow installed a map that changed its shard's backends.
+    std::optional<BackendHealth> probe;
+    absl::Time probed_at = absl::InfinitePast();  // when that round ended
+    int failures = 0;          // consecutive failed probes
+    bool takes_reads = false;  // a replica that PickReplica may choose now
+  };
+  // The monitor's findings with the map they are of, read under one lock.
+  struct Observations {
+    std::shared_ptr<const ShardMap> map;
+    // By shard of `map`: its primary, then its replicas in map order.
+    std::vector<std::vector<Observed>> shards;
+  };
+  Observations Observe() const ABSL_LOCKS_EXCLUDED(mu_);
+
   // Rounds of probes completed since Start.
   int64_t rounds() const ABSL_LOCKS_EXCLUDED(mu_);
   // Waits until `rounds() > after`, at most `timeout`; whether it did.
@@ -134,10 +151,14 @@ class ReadBalancer {
     int failures = 0;                    // consecutive failed probes
     std::optional<uint64_t> replay_lsn;  // as last probed
     int64_t current_weight = 0;  // smooth weighted round-robin
+    std::optional<BackendHealth> last_probe;
+    absl::Time probed_at = absl::InfinitePast();
   };
   struct ShardState {
     std::vector<ReplicaState> replicas;  // as in the shard's replicas
     int primary_failures = 0;            // consecutive failed probes
+    std::optional<BackendHealth> primary_last_probe;
+    absl::Time primary_probed_at = absl::InfinitePast();
   };
   // Clears the listener's pointer when the balancer goes.
   struct FollowLink {

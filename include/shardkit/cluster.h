@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "shardkit/config.h"
+#include "shardkit/health.h"
 #include "shardkit/key.h"
 #include "shardkit/result.h"
 #include "shardkit/row_stream.h"
@@ -238,6 +239,16 @@ class Cluster {
   // As above, with `options`.
   [[nodiscard]] absl::StatusOr<std::unique_ptr<Transaction>> Begin(
       const TransactionOptions& options) const;
+
+  // Each shard's backends (primary, replicas, retired ones) with their
+  // role in the current map and what the health monitor last found about
+  // them: state, replay lag, probe latency, last error (see health.h).
+  // Without I/O, unless `options.probe_now` or no shard has a replica (the
+  // cluster then runs no monitor): it then probes every backend that is not
+  // retired, concurrently, and waits for all (at most twice [timeouts]
+  // connect). A backend that does not answer is reported kDown with why;
+  // this call does not fail.
+  ClusterHealth Health(const HealthOptions& options = {}) const;
 
   // Resolves the prepared transactions of two-phase commit left in doubt
   // on the shards by a process that died mid-commit (see transaction.h),

@@ -18,6 +18,7 @@
 #include "router/read_balancer.h"
 #include "shardkit/cluster.h"
 #include "shardkit/config.h"
+#include "shardkit/health.h"
 #include "tests/integration/test_cluster.h"
 
 namespace shardkit::testing {
@@ -380,6 +381,108 @@ key = "id"
     ASSERT_TRUE((*txn)->Commit().ok());
   }
   EXPECT_EQ(session.Of(1), before);
+}
+
+// Cluster::Health reports what the monitor found: every backend up with
+// its role, then a replica whose replay is paused as lagging, and a
+// stopped one as down with why.
+TEST_F(ReadSplitTest, HealthReportsEachBackend) {
+  auto backend = [](const ClusterHealth& health, int shard,
+                    const std::string& name) -> const BackendHealth* {
+    for (const BackendHealth& b : health.shards[shard].backends) {
+      if (b.name == name) return &b;
+    }
+    return nullptr;
+  };
+  ClusterHealth health;
+  ASSERT_TRUE(Eventually([&] {
+    health = cluster_->Health();
+    for (const ShardHealth& shard : health.shards) {
+      for (const BackendHealth& b : shard.backends) {
+        if (b.state != BackendState::kUp) return false;
+        if (b.role == BackendRole::kReplica && !b.takes_reads) return false;
+      }
+    }
+    return health.shards.size() == 2;
+  }));
+  EXPECT_EQ(health.epoch, cluster_->map()->epoch());
+  for (int shard = 0; shard < 2; ++shard) {
+    const ShardHealth& s = health.shards[shard];
+    EXPECT_EQ(s.name, absl::StrCat("s", shard + 1));
+    ASSERT_EQ(s.backends.size(), 3u);
+    EXPECT_EQ(s.backends[0].name, "primary");
+    EXPECT_EQ(s.backends[0].role, BackendRole::kPrimary);
+    EXPECT_EQ(s.backends[0].in_recovery, false);
+    EXPECT_FALSE(s.backends[0].takes_reads);
+    EXPECT_THAT(s.backends[0].masked_dsn,
+                ::testing::HasSubstr(absl::StrCat("port=", PrimaryPort(shard))));
+    for (int r = 0; r < 2; ++r) {
+      const BackendHealth& b = s.backends[r + 1];
+      EXPECT_EQ(b.name, absl::StrCat("r", r + 1));
+      EXPECT_EQ(b.role, BackendRole::kReplica);
+      EXPECT_EQ(b.in_recovery, true);
+      EXPECT_TRUE(b.error.ok()) << b.error;
+      EXPECT_EQ(b.consecutive_failures, 0);
+      ASSERT_TRUE(b.replay_lag.has_value());
+      EXPECT_LE(*b.replay_lag, s.max_lag);
+      EXPECT_TRUE(b.replay_lag_bytes.has_value());
+      EXPECT_TRUE(b.latency.has_value());
+      EXPECT_NE(b.probed_at, absl::InfinitePast());
+      EXPECT_THAT(b.masked_dsn, ::testing::HasSubstr(
+                                    absl::StrCat("port=", ReplicaPort(shard, r))));
+    }
+  }
+
+  // s2's r1 paused while its primary writes: lagging once its lag passes
+  // max_lag (1 s). s2's r2 stopped: down.
+  absl::Cleanup restore = [] {
+    EXPECT_TRUE(servers_->StartReplica(1, 1).ok());
+    EXPECT_TRUE(
+        servers_->QueryReplica(1, 0, "SELECT pg_wal_replay_resume()").ok());
+  };
+  ASSERT_TRUE(servers_->QueryReplica(1, 0, "SELECT pg_wal_replay_pause()").ok());
+  ASSERT_TRUE(servers_->StopReplica(1, 1).ok());
+  ASSERT_TRUE(servers_
+                  ->Query(1, absl::StrCat("UPDATE users SET name = 'health' "
+                                          "WHERE id = ", key_on_[1]))
+                  .ok());
+  ASSERT_TRUE(Eventually([&] {
+    health = cluster_->Health();
+    const BackendHealth* r1 = backend(health, 1, "r1");
+    const BackendHealth* r2 = backend(health, 1, "r2");
+    // failure_threshold (3 by default) probes in a row before it is
+    // taken out.
+    return r1 != nullptr && r1->state == BackendState::kLagging &&
+           r2 != nullptr && r2->state == BackendState::kDown &&
+           r2->consecutive_failures >= 3;
+  })) << "s2 r1: " << BackendStateName(backend(health, 1, "r1")->state)
+      << ", s2 r2: " << BackendStateName(backend(health, 1, "r2")->state);
+  const BackendHealth& lagging = *backend(health, 1, "r1");
+  EXPECT_TRUE(lagging.replay_paused);
+  EXPECT_FALSE(lagging.takes_reads);
+  ASSERT_TRUE(lagging.replay_lag.has_value());
+  EXPECT_GT(*lagging.replay_lag, health.shards[1].max_lag);
+  EXPECT_GT(lagging.replay_lag_bytes.value_or(0), 0u);
+  const BackendHealth& down = *backend(health, 1, "r2");
+  EXPECT_FALSE(down.error.ok());
+  EXPECT_THAT(std::string(down.error.message()),
+              ::testing::HasSubstr("shard s2 replica r2"));
+  EXPECT_FALSE(down.takes_reads);
+  EXPECT_FALSE(down.latency.has_value());
+  // s1 is not affected.
+  EXPECT_EQ(backend(health, 0, "r1")->state, BackendState::kUp);
+  EXPECT_EQ(backend(health, 0, "r2")->state, BackendState::kUp);
+
+  // Probed now, on the caller's thread: the same picture.
+  const ClusterHealth now = cluster_->Health(HealthOptions{.probe_now = true});
+  EXPECT_EQ(backend(now, 1, "r1")->state, BackendState::kLagging);
+  EXPECT_EQ(backend(now, 1, "r2")->state, BackendState::kDown);
+  EXPECT_EQ(backend(now, 1, "r2")->consecutive_failures, 1);
+  EXPECT_EQ(backend(now, 0, "primary")->state, BackendState::kUp);
+  EXPECT_TRUE(backend(now, 0, "primary")->latency.has_value());
+
+  std::move(restore).Invoke();
+  EXPECT_TRUE(ReplicasServing(1));
 }
 
 }  // namespace
