@@ -243,6 +243,37 @@ absl::Status TestCluster::StopShard(int index) {
   return dev::StopInstance(cluster_.instances.at(index));
 }
 
+namespace {
+
+// The processes alive (not zombies) whose working directory is `dir`: a
+// PostgreSQL server's processes all run in its data directory.
+std::vector<int> LiveProcessesIn(const std::string& dir) {
+  std::vector<int> found;
+  std::error_code ec;
+  const fs::path wanted = fs::canonical(dir, ec);
+  if (ec) return found;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return found;
+  while (dirent* entry = readdir(proc)) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+    const fs::path cwd = fs::read_symlink(absl::StrCat("/proc/", pid, "/cwd"), ec);
+    if (ec || cwd != wanted) continue;
+    std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+    std::string text((std::istreambuf_iterator<char>(stat)), {});
+    const size_t close = text.rfind(')');
+    char state = 0;
+    if (close != std::string::npos &&
+        sscanf(text.c_str() + close + 1, " %c", &state) == 1 && state != 'Z') {
+      found.push_back(pid);
+    }
+  }
+  closedir(proc);
+  return found;
+}
+
+}  // namespace
+
 absl::Status TestCluster::KillShard(int index) {
   const dev::DevInstance& instance = cluster_.instances[index];
   std::ifstream pid_file(instance.data_dir + "/postmaster.pid");
@@ -278,6 +309,29 @@ absl::Status TestCluster::KillShard(int index) {
                                             strerror(errno)));
   }
   for (int child : children) kill(child, SIGKILL);
+  // A child forked after the scan outlives the postmaster for a moment:
+  // kill whatever still runs in the data directory, until nothing does.
+  // The dead postmaster stays a zombie until init reaps it, which may take
+  // seconds here, and meanwhile `pg_ctl status` takes it for a running
+  // server (kill(pid, 0) succeeds), so that StartShard started nothing.
+  // A rebooted machine has no such process: its postmaster.pid is stale,
+  // and PostgreSQL runs crash recovery. So remove it once all are dead.
+  const bool all_dead = Eventually([&] {
+    const std::vector<int> alive = LiveProcessesIn(instance.data_dir);
+    for (int pid : alive) kill(pid, SIGKILL);
+    return alive.empty();
+  });
+  if (!all_dead) {
+    return absl::InternalError(absl::StrCat(
+        "processes of the server in ", instance.data_dir,
+        " still run after SIGKILL"));
+  }
+  std::error_code ec;
+  fs::remove(fs::path(instance.data_dir) / "postmaster.pid", ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("removing ", instance.data_dir,
+                                            "/postmaster.pid: ", ec.message()));
+  }
   return absl::OkStatus();
 }
 

@@ -98,8 +98,11 @@ class TestCluster {
 
   // Kills shard `index`'s server and every process it started with
   // SIGKILL, as a machine that died would leave it: no shutdown, no
-  // checkpoint, connections cut. StartShard starts it again (crash
-  // recovery). REQUIRES: 0 <= index < size() and the server runs.
+  // checkpoint, connections cut. Returns once none of them runs any more,
+  // with the data directory's postmaster.pid removed (as after a reboot:
+  // the dead postmaster may linger as a zombie that `pg_ctl status` takes
+  // for a running server). StartShard starts it again (crash recovery).
+  // REQUIRES: 0 <= index < size() and the server runs.
   [[nodiscard]] absl::Status KillShard(int index);
 
   // Replica `replica` (0-based: 0 is r1) of shard `index`: as dsn, Query,
