@@ -12,6 +12,7 @@
 #include "router/failover.h"
 #include "router/health.h"
 #include "router/live_map.h"
+#include "router/move_guard.h"
 #include "router/pool.h"
 #include "router/read_balancer.h"
 #include "router/router.h"
@@ -320,6 +321,17 @@ std::vector<ShardOutcome> Cluster::ExecuteOnAllShards(
     }
     return refused;
   }
+  std::vector<ShardId> every_shard;
+  for (ShardId id = 0; id < shards.size(); ++id) every_shard.push_back(id);
+  if (absl::Status refused = internal::RefuseUnroutedWriteDuringMove(
+          *map, sql, "ExecuteOnAllShards", every_shard);
+      !refused.ok()) {
+    std::vector<ShardOutcome> outcomes;
+    for (ShardId id = 0; id < shards.size(); ++id) {
+      outcomes.push_back(ShardOutcome{id, shards[id].name, refused, Result{}});
+    }
+    return outcomes;
+  }
   std::vector<internal::ShardTask> tasks;
   tasks.reserve(shards.size());
   for (ShardId id = 0; id < shards.size(); ++id) {
@@ -530,6 +542,8 @@ absl::StatusOr<Result> Cluster::ExecuteOnShardOf(
     const std::vector<Param>& params) const {
   const std::shared_ptr<const ShardMap> map = this->map();
   ASSIGN_OR_RETURN(Placement where, map->Place(table, key));
+  RETURN_IF_ERROR(internal::RefuseUnroutedWriteDuringMove(
+      *map, sql, "ExecuteOnShardOf", {where.shard}));
   internal::ShardTask task;
   task.shard = where.shard;
   task.shard_name = map->shard(where.shard).name;

@@ -19,6 +19,7 @@
 #include "common/strings.h"
 #include "router/hiding.h"
 #include "router/merge.h"
+#include "router/move_guard.h"
 #include "router/parser_thread.h"
 #include "router/shard_connection.h"
 #include "router/sql_parser.h"
@@ -54,6 +55,9 @@ struct Router::Plan {
   absl::flat_hash_map<ShardId, Hidden> hidden;
   // INSERT / UPDATE / DELETE of a sharded table: that table.
   const Table* write_table = nullptr;
+  // It holds a data-modifying WITH, which is not dual-written: refused
+  // where it reaches a shard of a move (router/move_guard.h).
+  bool writing_with = false;
 };
 
 namespace {
@@ -546,6 +550,16 @@ absl::Status TakeImages(Router::Prepared::DualWrite& dual,
   return absl::OkStatus();
 }
 
+// A data-modifying WITH reaching a shard of a move is refused
+// (router/move_guard.h).
+absl::Status GuardWritingWith(const ShardMap& map, const Router::Plan& plan,
+                              const std::vector<ShardTask>& tasks) {
+  if (!plan.writing_with || map.moves().empty()) return absl::OkStatus();
+  std::vector<ShardId> shards;
+  for (const ShardTask& task : tasks) shards.push_back(task.shard);
+  return RefuseWritingWithDuringMove(map, plan.routing.tables, shards);
+}
+
 }  // namespace
 
 Router::Router() = default;
@@ -614,6 +628,7 @@ absl::StatusOr<std::shared_ptr<Router::Plan>> Router::PlanFor(
       plan->sql_across_shards = *std::move(pushed);
     }
     plan->write_table = WrittenTable(*plan->tree->statement(0), *map);
+    plan->writing_with = HasWritingWith(*plan->tree->statement(0));
     status = PlanHiding(*map, *plan);
   });
   RETURN_IF_ERROR(status);
@@ -677,6 +692,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
   if (routing.kind == StatementKind::kInsert && routing.distribution != nullptr) {
     ASSIGN_OR_RETURN(out.tasks, InsertTasks(*out.plan, *map, sql, params));
     for (ShardTask& task : out.tasks) task.epoch = map->epoch();
+    RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
     RETURN_IF_ERROR(PlanDualWrite(*map, out));
     return out;
   }
@@ -720,6 +736,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     }
     out.tasks.push_back(std::move(task));
   }
+  RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
   RETURN_IF_ERROR(PlanDualWrite(*map, out));
   return out;
 }

@@ -185,6 +185,15 @@ class Cluster {
   // too slow, or the shard's own error; each names the shard and carries
   // the SQLSTATE (see SqlStateOf).
   //
+  // Online moves. While a slice of a distribution moves (ShardMap::moves()),
+  // writes to its tables are applied on the move's destination too, and a
+  // statement refused by a shard for a stale map runs again by the new one
+  // (a Transaction fails instead, kAborted with SQLSTATE SK001: retry it).
+  // A data-modifying WITH over a moving distribution's table that reaches
+  // the move's source or destination is refused (kFailedPrecondition,
+  // SQLSTATE 55000): it is not applied on the destination; run its writes
+  // as separate statements, or wait until the move has finished.
+  //
   // Reads and replicas. A statement that only reads (a SELECT without FOR
   // UPDATE / SHARE, SELECT INTO, or a writing WITH) runs, on each target
   // shard that lists streaming replicas (Shard::replicas), on one of its
@@ -263,7 +272,11 @@ class Cluster {
   // Runs `sql` unchanged on the shard that owns `key` of sharded table
   // `table`, without analysing it: for callers who know better.
   // Fails as ShardMap::Place does for the table and key, and otherwise as
-  // Execute does.
+  // Execute does. While a slice of `table`'s distribution moves and this
+  // shard is the move's source or destination, SQL that writes a table of
+  // that distribution (or DO / CALL, or SQL that does not parse) is
+  // refused with kFailedPrecondition (SQLSTATE 55000): the move would not
+  // apply it on its destination. Execute and Transactions do.
   [[nodiscard]] absl::StatusOr<Result> ExecuteOnShardOf(
       std::string_view table, const Key& key, std::string_view sql,
       const std::vector<Param>& params = {}) const;
@@ -276,6 +289,10 @@ class Cluster {
   // each shard. Returns one outcome per shard, in shard order. A failure on
   // one shard does not stop the others, and nothing is rolled back across
   // shards: the caller sees exactly which shards applied it.
+  // While a slice moves (ShardMap::moves()), SQL that writes a table of
+  // the moving distribution (or DO / CALL, or SQL that does not parse)
+  // runs nowhere: every outcome is kFailedPrecondition (SQLSTATE 55000),
+  // saying to wait for the move or to write through Execute.
   [[nodiscard]] std::vector<ShardOutcome> ExecuteOnAllShards(
       std::string_view sql) const;
 

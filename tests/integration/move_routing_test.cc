@@ -438,5 +438,94 @@ TEST_F(MoveRoutingTest, FenceRetriesHidingAndTransactionsAcrossPhases) {
   EXPECT_EQ(Scalar(*cluster, "SELECT count(*) FROM items"), 2);
 }
 
+
+// Writes the router does not dual-write (a data-modifying WITH, SQL run
+// unanalysed by ExecuteOnShardOf and ExecuteOnAllShards) are refused while
+// they could touch the moving distribution on the move's shards, and say
+// what to do; reads and other distributions pass. (Whatever the move's
+// phase: it is in the map in both.)
+TEST_F(MoveRoutingTest, WritesThatBypassTheDualWriteAreRefusedDuringAMove) {
+  std::unique_ptr<Cluster> cluster = Open();
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_FALSE(cluster->map()->moves().empty());
+  const std::string key = std::to_string(SliceKey(2));
+  auto expect_refused = [](const absl::Status& status, std::string_view what) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+    EXPECT_EQ(SqlStateOf(status), "55000") << status;
+    EXPECT_NE(status.message().find(ToAbsl(what)), std::string::npos) << status;
+    EXPECT_NE(status.message().find("move 1 of distribution 'users'"),
+              std::string::npos)
+        << status;
+    EXPECT_NE(status.message().find("wait until the move has finished"),
+              std::string::npos)
+        << status;
+  };
+  const int64_t users_before = RawCount(0, "SELECT count(*) FROM users") +
+                               RawCount(1, "SELECT count(*) FROM users");
+
+  for (const std::string sql : {
+           "WITH d AS (DELETE FROM users WHERE id = $1 RETURNING id) "
+           "SELECT count(*) FROM d",
+           "WITH u AS (UPDATE users SET name = 'cte' WHERE id = $1 "
+           "RETURNING id) SELECT * FROM u",
+           "WITH i AS (INSERT INTO orders VALUES ($1, 8, 8) RETURNING "
+           "user_id) SELECT * FROM i"}) {
+    SCOPED_TRACE(sql);
+    absl::StatusOr<Result> r = cluster->Execute(sql, {key});
+    ASSERT_FALSE(r.ok());
+    expect_refused(r.status(), "data-modifying WITH");
+    auto txn = cluster->Begin();
+    ASSERT_TRUE(txn.ok());
+    r = (*txn)->Execute(sql, {key});
+    ASSERT_FALSE(r.ok());
+    expect_refused(r.status(), "data-modifying WITH");
+  }
+  // A WITH that only reads, and a writing WITH on another distribution.
+  absl::StatusOr<Result> reading_with = cluster->Execute(
+      "WITH s AS (SELECT 1) UPDATE users SET name = name WHERE id = $1", {key});
+  EXPECT_TRUE(reading_with.ok()) << reading_with.status();
+  EXPECT_TRUE(cluster->Execute("WITH d AS (DELETE FROM items WHERE id = 77 "
+                               "RETURNING id) SELECT count(*) FROM d")
+                  .ok());
+
+  absl::StatusOr<Result> on_shard = cluster->ExecuteOnShardOf(
+      "users", Key::Integer(SliceKey(2)),
+      "UPDATE users SET name = 'raw' WHERE id = $1", {key});
+  ASSERT_FALSE(on_shard.ok());
+  expect_refused(on_shard.status(), "ExecuteOnShardOf runs its SQL unanalysed");
+  on_shard = cluster->ExecuteOnShardOf("users", Key::Integer(SliceKey(2)),
+                                       "DO $$ BEGIN END $$");
+  ASSERT_FALSE(on_shard.ok());
+  expect_refused(on_shard.status(), "DO or CALL");
+  on_shard = cluster->ExecuteOnShardOf(
+      "users", Key::Integer(SliceKey(2)),
+      "SELECT count(*) FROM users WHERE id = $1", {key});
+  EXPECT_TRUE(on_shard.ok()) << on_shard.status();
+  on_shard = cluster->ExecuteOnShardOf("items", Key::Integer(5),
+                                       "UPDATE items SET v = v WHERE id = 5");
+  EXPECT_TRUE(on_shard.ok()) << on_shard.status();
+
+  for (const ShardOutcome& outcome :
+       cluster->ExecuteOnAllShards("CREATE INDEX ON orders (amount)")) {
+    expect_refused(outcome.status, "ExecuteOnAllShards runs its SQL unanalysed");
+  }
+  for (const ShardOutcome& outcome : cluster->ExecuteOnAllShards(
+           "CREATE TABLE side (x int); DROP TABLE side; SELECT 1")) {
+    EXPECT_TRUE(outcome.status.ok()) << outcome.status;
+  }
+  // Nothing of the refused writes ran.
+  EXPECT_EQ(RawCount(0, "SELECT count(*) FROM users") +
+                RawCount(1, "SELECT count(*) FROM users"),
+            users_before);
+  EXPECT_EQ(RawCount(0, "SELECT count(*) FROM users WHERE name IN ('cte', "
+                        "'raw', 'x')") +
+                RawCount(1, "SELECT count(*) FROM users WHERE name IN ('cte', "
+                            "'raw', 'x')"),
+            0);
+  EXPECT_EQ(RawCount(0, "SELECT count(*) FROM orders WHERE id IN (8, 9)") +
+                RawCount(1, "SELECT count(*) FROM orders WHERE id IN (8, 9)"),
+            0);
+}
+
 }  // namespace
 }  // namespace shardkit
