@@ -23,21 +23,23 @@ using dev::kMinPort;
 
 // --port must leave room for all the shards' and replicas' ports. CLI11
 // runs an app's option callbacks in the order the options were added, so
-// `*shards` and `*replicas` hold the parsed --shards and --replicas when
+// `*options` holds the parsed --shards, --replicas and --catalog when
 // this runs.
-CLI::Validator PortRangeValidator(const int* shards, const int* replicas) {
+CLI::Validator PortRangeValidator(const dev::DevClusterOptions* options) {
+  const int* shards = &options->shards;
+  const int* replicas = &options->replicas;
   return CLI::Validator(
-      [shards, replicas](std::string& value) -> std::string {
+      [options, shards, replicas](std::string& value) -> std::string {
         int port = 0;
         int highest = kMaxPort - (*shards * (1 + *replicas) - 1);
-        // With replicas, the catalog instance takes the port before.
-        int lowest = *replicas > 0 ? kMinPort + 1 : kMinPort;
+        // The catalog instance takes the port before.
+        int lowest = options->WithCatalog() ? kMinPort + 1 : kMinPort;
         if (!absl::SimpleAtoi(value, &port) || port < lowest ||
             port > highest) {
-          if (*replicas > 0) {
+          if (options->WithCatalog()) {
             return absl::StrFormat(
                 "%s is not a usable first port for %d shards with %d "
-                "replicas each (and the catalog on the port before): it "
+                "replicas each and the catalog on the port before: it "
                 "must be between %d and %d",
                 value, *shards, *replicas, lowest, highest);
           }
@@ -195,6 +197,10 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
   up->add_option("--replicas", options->replicas, replicas_help)
       ->check(CLI::Range(0, kMaxReplicas))
       ->option_text("R");
+  up->add_flag("--catalog", options->catalog,
+               "Also run a catalog instance on PORT-1 (implied by "
+               "--replicas): online moves and failover keep the live shard "
+               "map there");
   up->add_flag("--sync", options->synchronous,
               "Synchronous replication: a commit returns once a replica has "
               "it (needs --replicas; 2 keep a shard writable after a "
@@ -202,8 +208,8 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
   up->add_option("--port", options->base_port,
                  "Port of shard s1 (default 6001); shard i listens on "
                  "PORT+i-1, replicas on the ports after the shards', the "
-                 "catalog (with --replicas) on PORT-1")
-      ->check(PortRangeValidator(&options->shards, &options->replicas))
+                 "catalog (with --catalog or --replicas) on PORT-1")
+      ->check(PortRangeValidator(options))
       ->option_text("PORT");
   up->add_option("--database", options->database,
                  "Database created on every instance and named in the "
@@ -228,9 +234,10 @@ void RegisterDev(CLI::App& app, CommandContext& ctx) {
       "`replicas`; `shardctl health -c DIR/shards.toml` shows their lag. "
       "Without --replicas, replicas that exist are left alone (and "
       "unlisted).\n"
-      "With --replicas, a catalog instance also runs on PORT-1 (data in "
-      "DIR/catalog) and shards.toml names it in [catalog]: it holds the live "
-      "shard map, so a shard whose primary dies is failed over to a replica "
+      "With --catalog or --replicas, a catalog instance also runs on PORT-1 "
+      "(data in DIR/catalog) and shards.toml names it in [catalog]: it holds "
+      "the live shard map and the journal of moves, so `shardctl move`, "
+      "`split` and `rebalance` work, and a shard whose primary dies is failed over to a replica "
       "automatically by the programs using the cluster, and `shardctl "
       "failover` / `switchover` work. --sync makes every commit on a "
       "primary wait for one replica (synchronous_standby_names = 'ANY 1 "

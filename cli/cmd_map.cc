@@ -3,6 +3,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
+#include "config/live_state.h"
+#include "router/catalog.h"
 
 namespace shardkit::cli {
 namespace {
@@ -10,7 +12,24 @@ namespace {
 struct MapArgs {
   std::string config;
   Format format = Format::kTable;
+  bool configured = false;
 };
+
+// "FROM:TO" of a moving slice, or its region.
+std::string MovingSliceText(const ShardMap& map, const MovingSlice& m) {
+  const Distribution& d = map.distributions()[m.distribution];
+  switch (d.strategy()) {
+    case Strategy::kHash:
+      return absl::StrCat(internal::HashLowerText(m.hash_lo), ":",
+                          internal::HashBoundText(m.hash_hi));
+    case Strategy::kRange:
+      return absl::StrCat(internal::KeyBoundText(m.from), ":",
+                          internal::KeyBoundText(m.to));
+    case Strategy::kRegion:
+      break;
+  }
+  return absl::StrCat("region ", m.region);
+}
 
 // Share of the 64-bit hash space, in percent.
 double HashShare(const HashSlice& s) {
@@ -36,11 +55,24 @@ void JsonBound(JsonWriter& json, const std::optional<Key>& key) {
   }
 }
 
-void PrintJson(const Config& config, std::ostream& out) {
+void PrintJson(const Config& config, bool live, std::ostream& out) {
   const ShardMap& map = config.map;
   JsonWriter json;
   json.BeginObject().Key("source").String(config.source);
   json.Key("epoch").Int(static_cast<int64_t>(map.epoch()));
+  json.Key("live").Bool(live);
+  json.Key("moves").BeginArray();
+  for (const MovingSlice& m : map.moves()) {
+    json.BeginObject()
+        .Key("id").Int(static_cast<int64_t>(m.move_id))
+        .Key("distribution").String(map.distributions()[m.distribution].name())
+        .Key("slice").String(MovingSliceText(map, m))
+        .Key("source").String(map.shard(m.source).name)
+        .Key("destination").String(map.shard(m.destination).name)
+        .Key("phase").String(MovePhaseName(m.phase))
+        .EndObject();
+  }
+  json.EndArray();
   json.Key("catalog");
   if (config.catalog) {
     json.String(MaskDsnPassword(config.catalog->dsn));
@@ -169,10 +201,15 @@ void PrintDistribution(const ShardMap& map, const Distribution& d,
   }
 }
 
-void PrintText(const Config& config, std::ostream& out) {
+void PrintText(const Config& config, bool live, std::ostream& out) {
   const ShardMap& map = config.map;
-  out << "Shard map from " << config.source << " (epoch " << map.epoch()
-      << ")\n";
+  if (live) {
+    out << "Live shard map from the catalog (epoch " << map.epoch()
+        << "), over " << config.source << "\n";
+  } else {
+    out << "Shard map from " << config.source << " (epoch " << map.epoch()
+        << ")\n";
+  }
   out << "Catalog: "
       << (config.catalog ? MaskDsnPassword(config.catalog->dsn)
                          : "none (this file is the map)")
@@ -194,6 +231,19 @@ void PrintText(const Config& config, std::ostream& out) {
   }
   for (const Distribution& d : map.distributions()) {
     PrintDistribution(map, d, out);
+  }
+  if (!map.moves().empty()) {
+    out << "\nMoves under way (`shardctl moves status ID`)\n";
+    rows.clear();
+    for (const MovingSlice& m : map.moves()) {
+      rows.push_back({std::to_string(m.move_id),
+                      map.distributions()[m.distribution].name(),
+                      MovingSliceText(map, m), map.shard(m.source).name,
+                      map.shard(m.destination).name,
+                      std::string(MovePhaseName(m.phase))});
+    }
+    PrintTable(out, {"id", "distribution", "slice", "from", "to", "phase"},
+               rows);
   }
   out << "\nTables\n";
   rows.clear();
@@ -221,13 +271,47 @@ void RegisterMap(CLI::App& app, CommandContext& ctx) {
       "their owners, and the tables with their distribution and key column.");
   AddConfigOption(show, &args->config);
   AddFormatOption(show, &args->format);
+  show->add_flag("--configured", args->configured,
+                 "Show the configuration file's map, not the live map in "
+                 "the [catalog]");
+  show->footer(
+      "With a [catalog], shows the live map kept there (slices moved, "
+      "primaries failed over, moves under way: what every program using the "
+      "cluster routes by); if the catalog cannot be read, says so on stderr "
+      "and shows the file's map. --configured shows the file's map only.");
   show->callback([args, &ctx] {
     std::optional<Config> config = LoadConfigOrFail(ctx, args->config);
     if (!config) return;
+    bool live = false;
+    if (config->catalog && !args->configured) {
+      internal::ExecOptions exec;
+      exec.connect_timeout = config->timeouts.connect;
+      exec.statement_timeout = config->timeouts.statement;
+      internal::Catalog catalog(*config->catalog, exec);
+      absl::StatusOr<std::optional<internal::LiveState>> latest =
+          catalog.Latest();
+      absl::Status problem = latest.status();
+      if (latest.ok() && latest->has_value()) {
+        absl::StatusOr<ShardMap> applied =
+            internal::ApplyLiveState(config->map, **latest);
+        problem = applied.status();
+        if (applied.ok()) {
+          config->map = *std::move(applied);
+          live = true;
+        }
+      }
+      if (!problem.ok()) {
+        *ctx.err << "shardctl: warning: cannot read the live map from the "
+                    "catalog ("
+                 << problem.message() << "); showing the map of "
+                 << config->source
+                 << ", which moves and failovers may have changed\n";
+      }
+    }
     if (args->format == Format::kJson) {
-      PrintJson(*config, *ctx.out);
+      PrintJson(*config, live, *ctx.out);
     } else {
-      PrintText(*config, *ctx.out);
+      PrintText(*config, live, *ctx.out);
     }
   });
 }

@@ -49,6 +49,8 @@ void RegisterLoad(CLI::App& app, CommandContext& ctx);
 void RegisterSql(CLI::App& app, CommandContext& ctx);
 void RegisterRecover(CLI::App& app, CommandContext& ctx);
 void RegisterFailover(CLI::App& app, CommandContext& ctx);
+void RegisterMove(CLI::App& app, CommandContext& ctx);
+void RegisterRebalance(CLI::App& app, CommandContext& ctx);
 
 }  // namespace shardkit::cli
 

@@ -690,8 +690,25 @@ absl::Status EnsureDatabases(const std::vector<DevInstance>& instances,
 
 std::string TomlString(absl::string_view value);
 
+// The `shards = [...]` line of [distributions.users] in a shards.toml that
+// `dev up` wrote before, if any.
+std::optional<std::string> PreviousUsersShards(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  bool in_users = false;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line[0] == '[') {
+      in_users = line == "[distributions.users]";
+    } else if (in_users && absl::StartsWith(line, "shards = [")) {
+      return line;
+    }
+  }
+  return std::nullopt;
+}
+
 std::string ShardsToml(const std::vector<DevInstance>& instances,
-                       const std::optional<DevInstance>& catalog) {
+                       const std::optional<DevInstance>& catalog,
+                       const std::optional<std::string>& previous_shards) {
   std::string text = absl::StrFormat(
       "# Written by `shardctl dev up`: %d local PostgreSQL instances on "
       "loopback.\n",
@@ -708,13 +725,35 @@ std::string ShardsToml(const std::vector<DevInstance>& instances,
   for (const DevInstance& instance : instances) {
     names.push_back(absl::StrCat("\"", instance.name, "\""));
   }
+  // A cluster that grows keeps its placement: the keys stay where they
+  // are, and the new shards own nothing until data moves onto them.
+  std::string shards_line =
+      absl::StrCat("shards = [", absl::StrJoin(names, ", "), "]");
+  // (Only when every shard it names is still there: --shards may shrink
+  // a cluster that holds no data.)
+  bool previous_fits = previous_shards.has_value();
+  if (previous_fits) {
+    const std::vector<std::string> quoted =
+        absl::StrSplit(*previous_shards, '"');
+    for (size_t i = 1; i < quoted.size(); i += 2) {
+      previous_fits &= std::any_of(
+          instances.begin(), instances.end(),
+          [&](const DevInstance& d) { return d.name == quoted[i]; });
+    }
+  }
+  if (previous_fits && *previous_shards != shards_line) {
+    absl::StrAppend(&text,
+                    "# Shards added since the data was placed own nothing "
+                    "yet: `shardctl rebalance -c\n# <this file>` moves data "
+                    "onto them (it needs the [catalog]: dev up --catalog).\n");
+    shards_line = *previous_shards;
+  }
   absl::StrAppend(&text,
                   "[distributions.users]\n"
                   "strategy = \"hash\"\n"
-                  "key_type = \"int8\"\n"
-                  "shards = [",
-                  absl::StrJoin(names, ", "),
-                  "]\n"
+                  "key_type = \"int8\"\n",
+                  shards_line,
+                  "\n"
                   "\n"
                   "[tables.users]\n"
                   "distribution = \"users\"\n"
@@ -772,8 +811,8 @@ absl::Status ValidateOptions(const DevClusterOptions& options) {
         kMaxReplicas, options.replicas));
   }
   int last_port = options.base_port + PortCount(options) - 1;
-  int first_port = options.replicas > 0 ? CatalogPort(options.base_port)
-                                        : options.base_port;
+  int first_port = options.WithCatalog() ? CatalogPort(options.base_port)
+                                         : options.base_port;
   if (first_port < kMinPort || last_port > kMaxPort) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "ports %d..%d are outside %d..%d; choose another --port", first_port,
@@ -927,7 +966,7 @@ absl::StatusOr<DevCluster> Up(const DevClusterOptions& options) {
     }
     cluster.instances.push_back(std::move(primary));
   }
-  if (options.replicas > 0) {
+  if (options.WithCatalog()) {
     cluster.catalog = DescribeCatalog(dir, CatalogPort(options.base_port),
                                       options.database);
   }
@@ -984,7 +1023,9 @@ absl::StatusOr<DevCluster> Up(const DevClusterOptions& options) {
                           replica_running[k], *replica);
   }));
   RETURN_IF_ERROR(WriteFileAtomically(
-      cluster.config_path, ShardsToml(cluster.instances, cluster.catalog)));
+      cluster.config_path,
+      ShardsToml(cluster.instances, cluster.catalog,
+                 PreviousUsersShards(cluster.config_path))));
   return cluster;
 }
 

@@ -16,9 +16,10 @@
 // of shard i listens on base_port + j * shards + (i - 1), so a replica
 // keeps its port when R grows.
 //
-// With replicas, Up also starts a small "catalog" instance on base_port - 1
-// (CatalogPort) and shards.toml names it in [catalog]: the live shard map,
-// the failover leases and the two-phase commit log live there, on no
+// With replicas (or `catalog`), Up also starts a small "catalog" instance
+// on base_port - 1 (CatalogPort) and shards.toml names it in [catalog]: the
+// live shard map, the move journal, the failover leases and the two-phase
+// commit log live there, on no
 // shard's primary, so a failover of any shard keeps them (with a catalog,
 // Clusters fail a dead primary over to a replica automatically: see
 // router/failover.h). With `synchronous`, the shards' servers also run
@@ -111,6 +112,11 @@ struct DevClusterOptions {
   // Synchronous replication on the shards (see the file comment).
   // REQUIRES: replicas >= 1.
   bool synchronous = false;
+  // Start the catalog instance even without replicas (online moves need
+  // it: shardctl move, rebalance). With replicas it always runs.
+  bool catalog = false;
+
+  bool WithCatalog() const { return replicas > 0 || catalog; }
 };
 
 // The name (and directory under `dir`) of the catalog instance.

@@ -73,6 +73,8 @@ int Run(int argc, char** argv) {
   RegisterLoad(app, ctx);
   RegisterHealth(app, ctx);
   RegisterFailover(app, ctx);
+  RegisterMove(app, ctx);
+  RegisterRebalance(app, ctx);
   RegisterDev(app, ctx);
 
   if (argc > 1 && argv[1][0] != '-') {

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
@@ -59,6 +60,37 @@ void DropMove(LiveState& state, uint64_t id) {
                                      return m.id == id;
                                    }),
                     state.moves.end());
+}
+
+// About how many rows a backfill of `table` scans on `source` (for the
+// progress display): the table's rows for a hash slice (filtered
+// client-side), the slice's for a range or region slice; 0 if unknown.
+int64_t RowsToScan(const ShardEndpoint& source, const TableToMove& table,
+                   const MoveSlice& slice) {
+  absl::StatusOr<std::unique_ptr<MoveSession>> session =
+      MoveSession::Open(source, absl::Seconds(30));
+  if (!session.ok()) return 0;
+  std::string sql;
+  if (slice.strategy == Strategy::kHash) {
+    // The planner's estimate, when the table was analyzed; else a count.
+    sql = StrCat(
+        "SELECT CASE WHEN c.reltuples > 0 THEN c.reltuples::int8 ELSE "
+        "(SELECT count(*) FROM ", QuoteQualifiedName(table.name),
+        ") END FROM pg_class c WHERE c.oid = ",
+        (*session)->Literal(QuoteQualifiedName(table.name)), "::regclass");
+  } else {
+    absl::StatusOr<TableShape> shape =
+        DescribeTableForMove(**session, **session, table.name,
+                             table.key_column);
+    if (!shape.ok()) return 0;
+    sql = StrCat("SELECT count(*) FROM ", shape->quoted, " WHERE ",
+                 SliceCondition(**session, *shape, slice));
+  }
+  absl::StatusOr<std::vector<MoveSession::Row>> rows =
+      (*session)->Query(sql, {}, "estimating the rows to backfill");
+  if (!rows.ok() || rows->empty() || !(*rows)[0][0]) return 0;
+  int64_t n = 0;
+  return absl::SimpleAtoi(*(*rows)[0][0], &n) ? n : 0;
 }
 
 }  // namespace
@@ -340,6 +372,7 @@ absl::Status Mover::Backfill(const MoveRecord& move) {
       if (earlier.table == table.name) p = earlier;
     }
     if (p.done) continue;
+    const int64_t rows_to_scan = RowsToScan(sides.source, table, slice);
     BackfillOptions options;
     options.chunk_rows = options_.chunk_rows;
     options.statement_timeout = options_.statement_timeout;
@@ -353,7 +386,7 @@ absl::Status Mover::Backfill(const MoveRecord& move) {
       if (options_.progress) {
         options_.progress({move.id, "backfill", table.name,
                            chunk.total.rows_copied, chunk.total.rows_scanned,
-                           chunk.total.bytes});
+                           chunk.total.bytes, rows_to_scan});
       }
       catalog_.TryLease(StrCat("move/", move.id), identity_, kLeaseTtl)
           .IgnoreError();

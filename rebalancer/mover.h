@@ -65,6 +65,10 @@ struct MoveProgress {
   int64_t rows_copied = 0;  // this table, this run
   int64_t rows_scanned = 0;
   int64_t bytes = 0;
+  // Backfill: about how many rows the backfill of `table` scans in all
+  // (the table's rows for a hash slice, the slice's for a range or region
+  // one), measured when it starts; 0 when unknown.
+  int64_t rows_to_scan = 0;
 };
 
 struct MoverOptions {

@@ -202,7 +202,8 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   ExpectOneLineError(Shardctl({"frobnicate"}), 2,
                      "shardctl: unknown command 'frobnicate' (commands: "
                      "validate, map, route, sql, exec, recover, load, health, "
-                     "failover, switchover, dev; see 'shardctl --help')");
+                     "failover, switchover, move, split, moves, rebalance, "
+                     "dev; see 'shardctl --help')");
   ExpectOneLineError(Shardctl({"route", "users", "1"}), 2,
                      "--config is required (see 'shardctl route --help')");
   ExpectOneLineError(Shardctl({"recover"}), 2,
@@ -313,12 +314,60 @@ key = "id"
                      "delimiter ','");
 }
 
+TEST_F(CliTest, MoveCommandsHelpAndUsageErrors) {
+  CommandOutput move = Shardctl({"move", "--help"});
+  EXPECT_EQ(move.exit_code, 0) << move.err;
+  EXPECT_THAT(move.out, HasSubstr("--slice FROM:TO"));
+  EXPECT_THAT(move.out, HasSubstr("shardctl moves resume ID"));
+  EXPECT_THAT(Shardctl({"split", "--help"}).out, HasSubstr("--half"));
+  EXPECT_THAT(Shardctl({"rebalance", "--help"}).out, HasSubstr("--dry-run"));
+  EXPECT_THAT(Shardctl({"moves", "abort", "--help"}).out,
+              HasSubstr("point of no return"));
+
+  ExpectOneLineError(
+      Shardctl({"move", "-c", kExample, "--distribution", "users", "--to",
+                "s2"}),
+      2, "give the keys that move: --slice FROM:TO");
+  ExpectOneLineError(
+      Shardctl({"move", "-c", kExample, "--distribution", "users", "--slice",
+                ":0x10", "--region", "eu", "--to", "s2"}),
+      2, "--slice excludes --region");
+  ExpectOneLineError(Shardctl({"move", "-c", kExample, "--slice", ":0x10",
+                               "--to", "s2"}),
+                     2, "--distribution is required");
+  ExpectOneLineError(Shardctl({"split", "-c", kExample, "--distribution",
+                               "users", "--slice", ":", "--at", "0x10",
+                               "--half", "lower"}),
+                     2, "--half requires --to");
+  ExpectOneLineError(Shardctl({"moves", "status", "-c", kExample}), 2,
+                     "ID is required");
+  ExpectOneLineError(Shardctl({"moves"}), 2, "A subcommand is required");
+  ExpectOneLineError(Shardctl({"rebalance", "-c", kExample, "--by", "cpu"}),
+                     2, "--by");
+
+  // Without a [catalog] there is no live map to move in: each says so.
+  const std::string no_catalog = ExampleWithoutCatalog();
+  for (std::vector<std::string> cmd :
+       {std::vector<std::string>{"move", "-c", no_catalog, "--distribution",
+                                 "users", "--slice", ":0x1000000000000000",
+                                 "--to", "s2"},
+        {"split", "-c", no_catalog, "--distribution", "users", "--slice",
+         ":", "--at", "0x10"},
+        {"rebalance", "-c", no_catalog, "--dry-run"},
+        {"moves", "list", "-c", no_catalog}}) {
+    ExpectOneLineError(Shardctl(cmd), 1, "moving data needs a [catalog]");
+  }
+}
+
 TEST_F(CliTest, HelpExplainsEachCommand) {
   for (std::vector<std::string> cmd :
        {std::vector<std::string>{"--help"}, {"validate", "--help"},
         {"map", "show", "--help"}, {"route", "--help"}, {"exec", "--help"},
         {"sql", "--help"}, {"recover", "--help"},
-        {"dev", "up", "--help"}, {"dev", "down", "--help"}}) {
+        {"dev", "up", "--help"}, {"dev", "down", "--help"},
+        {"move", "--help"}, {"split", "--help"}, {"rebalance", "--help"},
+        {"moves", "list", "--help"}, {"moves", "status", "--help"},
+        {"moves", "resume", "--help"}, {"moves", "abort", "--help"}}) {
     CommandOutput r = Shardctl(cmd);
     EXPECT_EQ(r.exit_code, 0) << cmd[0];
     EXPECT_THAT(r.out, HasSubstr("Usage:"));

@@ -1,0 +1,47 @@
+// Internal to shardctl: what `move`, `split`, `moves` and `rebalance`
+// share: opening a mover from a configuration, running a move to its end,
+// and printing moves.
+
+#ifndef SHARDKIT_CLI_MOVE_COMMANDS_H_
+#define SHARDKIT_CLI_MOVE_COMMANDS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "cli/commands.h"
+#include "cli/move_progress.h"
+#include "cli/output.h"
+#include "rebalancer/journal.h"
+#include "rebalancer/mover.h"
+
+namespace shardkit::cli {
+
+// Loads the configuration and opens a mover over its [catalog], with
+// `display` (may be null) attached and `chunk_rows` (0: the default). On
+// failure prints why, sets exit status 1 and returns null.
+std::unique_ptr<internal::Mover> OpenMoverOrFail(
+    CommandContext& ctx, const std::string& config_path,
+    MoveProgressDisplay* display, int64_t chunk_rows);
+
+// "FROM:TO" or "region NAME".
+std::string SliceText(const internal::MoveRecord& move);
+
+// The move as a JSON object.
+void WriteMoveJson(JsonWriter& json, const internal::MoveRecord& move);
+
+// What the operator can do with a move that stopped ("" once it is done
+// or aborted).
+std::string WhatNext(const internal::MoveRecord& move);
+
+// Runs move `id` to its end; on failure prints where it stopped and what
+// to do (exit status 1), else the finished move in `format`.
+void RunMoveToEnd(CommandContext& ctx, internal::Mover& mover, uint64_t id,
+                  Format format);
+
+void PrintMoveResult(CommandContext& ctx, const internal::MoveRecord& move,
+                     Format format);
+
+}  // namespace shardkit::cli
+
+#endif  // SHARDKIT_CLI_MOVE_COMMANDS_H_
