@@ -328,8 +328,7 @@ absl::Status Mover::StartDualWrite(const MoveRecord& move) {
   }
   // From this fence on, a write to the source routed by a map without the
   // move is refused; the routers that know the move dual-write.
-  RETURN_IF_ERROR(
-      Fence(sides, sides.source, epoch, options_.statement_timeout));
+  RETURN_IF_ERROR(PatientFence(sides, sides.source, epoch));
   Failpoint("move-after-dual-write");
   return Phase(move, JournalPhase::kBackfill);
 }
@@ -357,6 +356,26 @@ absl::Status Mover::Fence(const Sides& sides, const ShardEndpoint& shard,
           .status();
   if (!fenced.ok()) session->RollbackQuietly();
   return fenced;
+}
+
+absl::Status Mover::PatientFence(const Sides& sides,
+                                  const ShardEndpoint& shard, uint64_t epoch) {
+  // LOCK TABLE takes the tables one after the other, so a transaction that
+  // writes them in another order deadlocks with it; and while the lock
+  // waits, every later write to those tables queues behind it. So each
+  // attempt waits at most the cutover's bound (below the server's
+  // deadlock_timeout, 1 s by default: the fence gives way, not the
+  // application's transaction), and backs off before the next.
+  const absl::Time deadline = absl::Now() + options_.statement_timeout;
+  for (int attempt = 1;; ++attempt) {
+    absl::Status fenced =
+        Fence(sides, shard, epoch, options_.cutover_lock_timeout);
+    if (fenced.ok() || absl::Now() >= deadline) return fenced;
+    Log(StrCat("fencing ", shard.name, " at epoch ", epoch, ", attempt ",
+               attempt, ": ", fenced.message()));
+    absl::SleepFor(std::min(absl::Milliseconds(50) * attempt,
+                            absl::Milliseconds(500)));
+  }
 }
 
 absl::Status Mover::Backfill(const MoveRecord& move) {
@@ -600,10 +619,12 @@ absl::Status Mover::Abort(uint64_t id) {
   // A router still on the dual-write map must not write the slice to the
   // destination once its copies are gone.
   if (move.phase != JournalPhase::kPlanned) {
-    RETURN_IF_ERROR(
-        Fence(sides, sides.destination, epoch, options_.statement_timeout));
+    RETURN_IF_ERROR(PatientFence(sides, sides.destination, epoch));
     RETURN_IF_ERROR(DeleteListedRows(move, sides, sides.destination, epoch));
   }
+  // As in the cleanup: routers still on the dual-write map hide the
+  // destination's keys through its keys table.
+  if (in_map != nullptr) absl::SleepFor(options_.map_grace);
   RETURN_IF_ERROR(DropKeysTables(move, sides));
   RETURN_IF_ERROR(Phase(move, JournalPhase::kAborted));
   catalog_.ReleaseLease(StrCat("move/", id), identity_).IgnoreError();

@@ -161,6 +161,10 @@ class Mover {
   // Fences `shard`'s tables of the move's distribution at `epoch`.
   absl::Status Fence(const Sides& sides, const ShardEndpoint& shard,
                      uint64_t epoch, absl::Duration lock_timeout);
+  // Fence, each attempt's lock wait bounded by cutover_lock_timeout,
+  // retried until statement_timeout has passed.
+  absl::Status PatientFence(const Sides& sides, const ShardEndpoint& shard,
+                            uint64_t epoch);
   // Deletes on `shard` the rows whose keys are listed in the move's keys
   // table there, in batches, emptying the list.
   absl::Status DeleteListedRows(const MoveRecord& move, const Sides& sides,
