@@ -457,7 +457,6 @@ absl::Status Mover::Verify(const MoveRecord& move) {
 
 absl::Status Mover::Cutover(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
-  ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
   absl::Status last;
   bool cut_over = false;
   for (int attempt = 0; attempt < options_.cutover_attempts; ++attempt) {
@@ -471,6 +470,11 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
       cut_over = true;
       break;
     }
+    // Planned only once the map is known not to be cut over: a cut-over
+    // map has the destination owning the slice, which the planner refuses
+    // (a mover killed between its publish and its journal could not be
+    // resumed).
+    ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
     const uint64_t epoch = sides.live.state.epoch + 1;
     // The pause starts: writes to the source's tables wait for the lock,
     // then find the fence above their map's epoch.
