@@ -1,12 +1,17 @@
 #include "router/catalog.h"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <random>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 
@@ -129,7 +134,26 @@ absl::StatusOr<bool> Catalog::TryLease(std::string_view name,
           "RETURNING holder",
           {std::string(name), std::string(holder),
            absl::StrFormat("%.3f", absl::ToDoubleSeconds(ttl))}));
-  return !result.rows.empty();
+  if (!result.rows.empty()) return true;
+  // A holder that died on this host (a mover killed a moment ago) would
+  // keep its lease until it expires: take it over at once, if it is still
+  // that holder's.
+  ASSIGN_OR_RETURN(Result current,
+                   Run("SELECT holder FROM shardkit.leases WHERE name = $1",
+                       {std::string(name)}));
+  if (current.rows.empty() || !current.rows[0][0] ||
+      !HolderIsDeadProcessOfThisHost(*current.rows[0][0])) {
+    return false;
+  }
+  ASSIGN_OR_RETURN(
+      Result taken,
+      Run("UPDATE shardkit.leases SET holder = $2, expires_at = now() + "
+          "make_interval(secs => $3::float8) WHERE name = $1 AND holder = $4 "
+          "RETURNING holder",
+          {std::string(name), std::string(holder),
+           absl::StrFormat("%.3f", absl::ToDoubleSeconds(ttl)),
+           *current.rows[0][0]}));
+  return !taken.rows.empty();
 }
 
 absl::Status Catalog::ReleaseLease(std::string_view name,
@@ -145,6 +169,21 @@ std::string ProcessIdentity() {
   gethostname(host, sizeof(host) - 1);
   std::random_device rd;
   return absl::StrFormat("%s:%d:%08x", host, static_cast<int>(getpid()), rd());
+}
+
+bool HolderIsDeadProcessOfThisHost(std::string_view holder) {
+  // host:pid:random, as ProcessIdentity makes it (a host name has no ':').
+  const std::vector<absl::string_view> parts =
+      absl::StrSplit(ToAbsl(holder), ':');
+  if (parts.size() != 3) return false;
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  int pid = 0;
+  if (parts[0] != absl::string_view(host) || !absl::SimpleAtoi(parts[1], &pid) ||
+      pid <= 0 || pid == getpid()) {
+    return false;
+  }
+  return kill(pid, 0) != 0 && errno == ESRCH;
 }
 
 }  // namespace shardkit::internal

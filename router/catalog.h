@@ -74,7 +74,9 @@ class Catalog {
   absl::Status Publish(const LiveState& next, std::string_view reason);
 
   // Takes lease `name` for `holder` until `ttl` from now, or renews it if
-  // `holder` has it. Returns false when another holder has it unexpired.
+  // `holder` has it. Returns false when another holder has it unexpired,
+  // unless that holder is a process of this host that has died
+  // (HolderIsDeadProcessOfThisHost): its lease is taken over at once.
   [[nodiscard]] absl::StatusOr<bool> TryLease(std::string_view name,
                                               std::string_view holder,
                                               absl::Duration ttl);
@@ -97,6 +99,11 @@ class Catalog {
 // A process-unique name for lease holders and logs: host name, process id
 // and a random part.
 std::string ProcessIdentity();
+
+// Whether `holder`, a ProcessIdentity(), names a process of this host (by
+// host name) that no longer runs. False for another host's process, for
+// a name not made by ProcessIdentity, and for this process.
+bool HolderIsDeadProcessOfThisHost(std::string_view holder);
 
 }  // namespace shardkit::internal
 

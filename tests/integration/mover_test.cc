@@ -2,6 +2,9 @@
 // another end to end (dual-write, backfill, verify, cutover, cleanup), and
 // a move stopped by a failed verify, then aborted.
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <string>
 #include <vector>
 
@@ -236,6 +239,41 @@ TEST_F(MoverTest, LiveMapEpochsAreWrittenByCompareAndSwap) {
   auto epoch = (*mover)->catalog().LatestEpoch();
   ASSERT_TRUE(epoch.ok());
   EXPECT_EQ(*epoch, live->state.epoch + 1);
+}
+
+// A mover killed a moment ago on this host does not keep its lease until
+// it expires: `moves resume` right after the kill takes it over. A live
+// holder keeps it.
+TEST_F(MoverTest, LeaseOfADeadProcessOfThisHostIsTakenOver) {
+  auto mover = OpenMover();
+  ASSERT_TRUE(mover.ok()) << mover.status();
+  internal::Catalog& catalog = (*mover)->catalog();
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  ASSERT_GT(child, 0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);
+  const std::string dead = StrCat(host, ":", child, ":0000abcd");
+  const std::string alive = StrCat(host, ":", getppid(), ":0000abcd");
+  EXPECT_TRUE(internal::HolderIsDeadProcessOfThisHost(dead));
+  EXPECT_FALSE(internal::HolderIsDeadProcessOfThisHost(alive));
+  EXPECT_FALSE(internal::HolderIsDeadProcessOfThisHost(
+      StrCat("elsewhere:", child, ":0000abcd")));
+  EXPECT_FALSE(internal::HolderIsDeadProcessOfThisHost("monitor-1"));
+
+  auto taken = catalog.TryLease("move/900", dead, absl::Seconds(30));
+  ASSERT_TRUE(taken.ok() && *taken);
+  taken = catalog.TryLease("move/900", internal::ProcessIdentity(),
+                           absl::Seconds(30));
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_TRUE(*taken);
+  taken = catalog.TryLease("move/901", alive, absl::Seconds(30));
+  ASSERT_TRUE(taken.ok() && *taken);
+  taken = catalog.TryLease("move/901", internal::ProcessIdentity(),
+                           absl::Seconds(30));
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_FALSE(*taken);
 }
 
 TEST_F(MoverTest, RefusesWithoutACatalog) {
