@@ -1,9 +1,11 @@
 #include "rebalancer/backfill.h"
 
+#include <algorithm>
 #include <memory>
 #include <thread>
 #include <utility>
 
+#include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "rebalancer/shard_objects.h"
@@ -62,6 +64,9 @@ class Backfill {
                                       std::string_view what);
 
   std::string condition_;  // the range/region filter, or empty
+  // Rows per chunk: options_.chunk_rows, halved after a chunk gave way to
+  // the application's writes (see Run) so that a busy table still moves.
+  int64_t chunk_rows_ = 0;
   // Rows: straight into the table, or staged and merged.
   std::string copy_rows_sql_, stage_rows_sql_, merge_rows_sql_;
   // Keys: straight into the list, or staged and merged.
@@ -69,6 +74,13 @@ class Backfill {
 };
 
 constexpr char kKeyStagingTable[] = "shardkit_backfill_keys";
+// How long the backfill's destination waits for a lock before the chunk
+// gives way (below the servers' deadlock_timeout, 1 s by default).
+constexpr absl::Duration kGiveWayAfter = absl::Milliseconds(300);
+// How many times in all the chunks may give way before the backfill fails.
+constexpr int kMaxGiveWays = 200;
+// SQLSTATE lock_not_available: lock_timeout expired.
+constexpr std::string_view kLockNotAvailable = "55P03";
 constexpr char kSavepoint[] = "shardkit_backfill";
 
 absl::StatusOr<int64_t> Backfill::CopyOrMerge(
@@ -95,6 +107,7 @@ absl::StatusOr<int64_t> Backfill::CopyOrMerge(
 }
 
 absl::Status Backfill::Prepare() {
+  chunk_rows_ = options_.chunk_rows;
   condition_ = SliceCondition(*source_, shape_, slice_);
   const std::string keys = MoveKeysTable(slice_.move_id);
   const std::string columns = shape_.ColumnList();
@@ -126,6 +139,19 @@ absl::Status Backfill::Prepare() {
                Context("creating the staging table for keys"))
             .status());
   }
+  // While a chunk holds the source's rows FOR SHARE and its copies on the
+  // destination uncommitted, an insert on the destination may wait for a
+  // dual-write transaction (the same row or key, not yet committed) that
+  // itself waits for one of those source rows, or the source's read for
+  // one that waits for a copied row: deadlocks across two servers, which
+  // neither detects. The backfill's waits are bounded on both sides: the
+  // chunk gives way, and runs again.
+  for (MoveSession* s : {source_.get(), destination_.get()}) {
+    RETURN_IF_ERROR(s->Run(StrCat("SET lock_timeout = ",
+                                  absl::ToInt64Milliseconds(kGiveWayAfter)),
+                           Context("bounding the backfill's lock waits"))
+                        .status());
+  }
   // Only the copied columns, none of the table's constraints or defaults:
   // the rows arrive whole and are checked by the real table's constraints
   // when inserted. ON COMMIT DELETE ROWS empties it after each chunk.
@@ -146,7 +172,7 @@ std::string Backfill::ReadChunkSql(
   }
   return StrCat("COPY (SELECT ", shape_.ColumnList(), " FROM ", shape_.quoted,
                 where.empty() ? "" : StrCat(" WHERE ", where), " ORDER BY ",
-                shape_.PrimaryKeyList(), " LIMIT ", options_.chunk_rows,
+                shape_.PrimaryKeyList(), " LIMIT ", chunk_rows_,
                 " FOR SHARE) TO STDOUT");
 }
 
@@ -232,29 +258,32 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
   stats.bytes = static_cast<int64_t>(data.size());
 
   if (stats.rows_in_slice > 0) {
-    // Both shards list the keys at once: the source's on a thread of its
-    // own (each session is used by one thread at a time).
-    absl::Status source_listed;
-    std::thread source_lister([&] {
-      source_listed = CopyOrMerge(*source_, /*started=*/false, copy_keys_sql_,
-                                  stage_keys_sql_, merge_keys_sql_, keys,
-                                  "listing the keys copied")
-                          .status();
-    });
-    absl::Status destination_listed =
-        CopyOrMerge(*destination_, /*started=*/false, copy_keys_sql_,
-                    stage_keys_sql_, merge_keys_sql_, keys,
-                    "listing the keys copied")
-            .status();
-    source_lister.join();
-    RETURN_IF_ERROR(source_listed);
-    RETURN_IF_ERROR(destination_listed);
+    RETURN_IF_ERROR(CopyOrMerge(*destination_, /*started=*/false,
+                                copy_keys_sql_, stage_keys_sql_,
+                                merge_keys_sql_, keys,
+                                "listing the keys copied")
+                        .status());
   }
   RETURN_IF_ERROR(
       destination_->Run("COMMIT", Context("committing a chunk")).status());
   Failpoint("move-backfill-after-chunk");
   RETURN_IF_ERROR(
       source_->Run("COMMIT", Context("committing a chunk")).status());
+  // The source lists the keys once its rows are unlocked: its insert may
+  // wait for a dual-write's listing of the same key, whose transaction may
+  // wait for one of those rows (a deadlock the server resolves by
+  // cancelling one of them, perhaps the application's). A mover killed
+  // before this resumes at this chunk again (its progress is reported
+  // after), which lists them.
+  if (stats.rows_in_slice > 0) {
+    RETURN_IF_ERROR(source_->Run("BEGIN", Context("the backfill")).status());
+    RETURN_IF_ERROR(CopyOrMerge(*source_, /*started=*/false, copy_keys_sql_,
+                                stage_keys_sql_, merge_keys_sql_, keys,
+                                "listing the keys copied")
+                        .status());
+    RETURN_IF_ERROR(
+        source_->Run("COMMIT", Context("listing the keys copied")).status());
+  }
 
   SplitCopyLine(last_line, fields);
   bound = PrimaryKeyOf(shape_, fields);
@@ -264,14 +293,26 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
 absl::StatusOr<BackfillStats> Backfill::Run() {
   std::optional<std::vector<std::string>> bound = options_.resume_after;
   BackfillStats total;
+  int gave_way = 0;
   while (true) {
+    const std::optional<std::vector<std::string>> chunk_start = bound;
     absl::StatusOr<BackfillStats> chunk = CopyChunk(bound);
     if (!chunk.ok()) {
       // Closing the sessions would roll back as well; this keeps a caller
       // that retries on the same process from waiting on our locks.
       destination_->RollbackQuietly();
       source_->RollbackQuietly();
-      return chunk.status();
+      if (SqlStateOf(chunk.status()) != kLockNotAvailable ||
+          ++gave_way > kMaxGiveWays) {
+        return chunk.status();
+      }
+      // Gave way to the application's writes: the same chunk again, after
+      // they had time to finish, and smaller.
+      bound = chunk_start;
+      chunk_rows_ = std::max<int64_t>(1, chunk_rows_ / 2);
+      absl::SleepFor(std::min(absl::Milliseconds(20) * gave_way,
+                              absl::Milliseconds(500)));
+      continue;
     }
     if (chunk->chunks == 0) break;
     total.Add(*chunk);
@@ -279,7 +320,7 @@ absl::StatusOr<BackfillStats> Backfill::Run() {
       RETURN_IF_ERROR(options_.on_chunk({*chunk, total, *bound}));
     }
     if (total.chunks == 1) Failpoint("move-backfill-mid");
-    if (chunk->rows_scanned < options_.chunk_rows) break;  // the last one
+    if (chunk->rows_scanned < chunk_rows_) break;  // the last one
   }
   return total;
 }

@@ -29,16 +29,25 @@
 //   INSERT INTO t (cols) [OVERRIDING SYSTEM VALUE] SELECT cols FROM staging
 //     ON CONFLICT DO NOTHING
 // (a row already there was dual-written, so it is newer: kept) and list
-// the keys in shardkit.move_<id>_keys. The keys are listed on the source
-// too; then the destination commits, then the source (releasing the locks).
-// The bound after a chunk is the primary key of the last row it scanned.
+// the keys in shardkit.move_<id>_keys; then the destination commits, then
+// the source (releasing the locks), and then the source lists the keys
+// too, in a transaction of its own (while it held the rows, its listing
+// could deadlock with a dual-write listing the same key and waiting for
+// one of the rows). The bound after a chunk is the primary key of the last
+// row it scanned.
+//
+// Every lock wait of the backfill is bounded (lock_timeout 300 ms, under
+// the servers' deadlock_timeout): with the source's rows locked and its
+// copies uncommitted, waiting on a dual-write that waits on one of them
+// would be a deadlock across two servers that neither detects. A chunk
+// that times out rolls back on both sides and runs again, halved.
 //
 // Resuming from any earlier bound (or from the start) is harmless: a chunk
 // copied again inserts nothing and lists keys already listed.
 //
-// A killed mover leaves at most one chunk committed on the destination and
-// not on the source (its source keys unlisted): the resume copies it again,
-// which lists them; the move must not cut over before a backfill finished.
+// A killed mover leaves at most one chunk committed on the destination
+// whose keys the source has not listed: the resume copies it again, which
+// lists them; the move must not cut over before a backfill finished.
 //
 // Failpoints (router/failpoint.h, SHARDKIT_FAILPOINTS):
 //   move-backfill-after-chunk  a chunk committed on the destination, not

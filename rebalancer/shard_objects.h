@@ -76,8 +76,9 @@
 // between read and copy), keep those in the slice, COPY them into a
 // temporary staging table on the destination, INSERT INTO T SELECT ...
 // FROM staging ON CONFLICT DO NOTHING (a row already dual-written is newer:
-// kept), add the keys to both sides' lists, commit the destination, then
-// the source.
+// kept), add the keys to the destination's list, commit the destination,
+// then the source, then list the keys on the source (rebalancer/backfill.h
+// says why after, and how the backfill's lock waits are bounded).
 
 #ifndef SHARDKIT_REBALANCER_SHARD_OBJECTS_H_
 #define SHARDKIT_REBALANCER_SHARD_OBJECTS_H_
