@@ -129,6 +129,11 @@ std::string TableShape::After(const MoveSession& session,
   return Compare(session, *this, bound, ">");
 }
 
+std::string TableShape::At(const MoveSession& session,
+                           const std::vector<std::string>& key) const {
+  return Compare(session, *this, key, "=");
+}
+
 std::string TableShape::AtOrBefore(const MoveSession& session,
                                    const std::vector<std::string>& bound) const {
   return Compare(session, *this, bound, "<=");

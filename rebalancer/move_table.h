@@ -90,6 +90,9 @@ struct TableShape {
   // Likewise "(pk1, pk2) <= (...)".
   std::string AtOrBefore(const MoveSession& session,
                          const std::vector<std::string>& bound) const;
+  // Likewise "(pk1, pk2) = (...)": the row of that primary key.
+  std::string At(const MoveSession& session,
+                 const std::vector<std::string>& key) const;
 };
 
 // Reads `table`'s shape on `source` and checks that the table can move:

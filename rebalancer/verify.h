@@ -27,8 +27,11 @@
 // chunk may straddle a write. A chunk that differs is read again up to
 // `rechecks` times, each time with the source's rows of the chunk held
 // FOR SHARE while the destination is read (a dual-write to them waits, so
-// both sides show the same writes); if it still differs, its rows are
-// compared one by one and the first differences reported by key.
+// both sides show the same writes). A large chunk read twice still
+// straddles some writes while the application inserts (a new row is not
+// locked by FOR SHARE): so the keys that still differ are then read again
+// on their own, a few times, until they agree; only those that never do
+// are reported, the first ones by key.
 //
 // Thread-safety: VerifyTable may run concurrently for different tables.
 
