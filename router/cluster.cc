@@ -487,10 +487,18 @@ absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin() const {
 absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin(
     const TransactionOptions& options) const {
   const internal::ExecOptions exec = OptionsOf(config_, pools_.get());
+  std::shared_ptr<const ShardMap> map = this->map();
+  const uint64_t epoch = map->epoch();
   auto txn = std::make_unique<internal::DistributedTransaction>(
-      *router_, map(), exec, *decisions_);
-  // So that the transaction's retry is routed by the map that fenced it.
-  txn->set_on_stale_map([live = live_.get()] { live->Refresh().IgnoreError(); });
+      *router_, std::move(map), exec, *decisions_);
+  // So that the transaction's retry is routed by the map that fenced it:
+  // a fence goes up just before its map is published (a move's cutover),
+  // so wait for that map, as Execute does, rather than have the retry
+  // refused again.
+  txn->set_on_stale_map(
+      [live = live_.get(), epoch, wait = config_.timeouts.connect] {
+        live->AwaitEpoch(epoch + 1, wait).IgnoreError();
+      });
   if (options.read_your_writes != nullptr) {
     txn->set_on_commit(RecorderOf(exec, *options.read_your_writes));
   }

@@ -108,8 +108,8 @@ class DistributedTransaction {
 
   // Called once when a shard refuses a statement for this transaction's
   // stale map epoch (SQLSTATE SK001: a move fenced the table), so that the
-  // retried transaction routes by a newer map (Cluster::Begin refreshes
-  // its live map). May be empty.
+  // retried transaction routes by a newer map (Cluster::Begin's waits
+  // until its live map is newer, up to the connect timeout). May be empty.
   void set_on_stale_map(std::function<void()> on_stale_map) {
     on_stale_map_ = std::move(on_stale_map);
   }
