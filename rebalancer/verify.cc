@@ -13,12 +13,18 @@
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "shardkit/cluster.h"
 
 namespace shardkit::internal {
 namespace {
 
 // One side's rows of a chunk: each row's primary key (its raw COPY fields,
 // tab-joined: a canonical text) and the XXH3 of its whole line.
+// How long a recheck's FOR SHARE read waits for a lock (see VerifyTable),
+// and the SQLSTATE of giving up: lock_not_available.
+constexpr absl::Duration kGiveWayAfter = absl::Milliseconds(300);
+constexpr std::string_view kLockNotAvailable = "55P03";
+
 struct ChunkRows {
   std::vector<std::pair<std::string, uint64_t>> rows;
   uint64_t checksum = 0;  // sum of the line hashes: order-independent
@@ -173,6 +179,7 @@ absl::StatusOr<bool> Verifier::Recheck(
     if (status.ok()) status = source_->Run("COMMIT").status();
     if (!status.ok()) {
       source_->RollbackQuietly();
+      if (SqlStateOf(status) == kLockNotAvailable) continue;  // gave way
       return status;
     }
     if (source.SameAs(destination)) return true;
@@ -227,6 +234,7 @@ absl::StatusOr<bool> Verifier::RecheckKeys(const ChunkRows& source,
     if (status.ok()) status = source_->Run("COMMIT").status();
     if (!status.ok()) {
       source_->RollbackQuietly();
+      if (SqlStateOf(status) == kLockNotAvailable) continue;  // gave way
       return status;
     }
     keys = DifferingKeys(s, d);
@@ -365,6 +373,14 @@ absl::StatusOr<VerifyReport> VerifyTable(const ShardEndpoint& source,
                    MoveSession::Open(destination, options.statement_timeout));
   ASSIGN_OR_RETURN(TableShape shape, DescribeTableForMove(*s, *d, table.name,
                                                           table.key_column));
+  // The rechecks lock the source's rows FOR SHARE: an application
+  // transaction that holds one and waits for another would deadlock with
+  // them, and the server would cancel one of the two. They wait at most
+  // this long (under deadlock_timeout, 1 s by default), then give way.
+  RETURN_IF_ERROR(s->Run(StrCat("SET lock_timeout = ",
+                                absl::ToInt64Milliseconds(kGiveWayAfter)),
+                         "bounding verify's lock waits")
+                      .status());
   Verifier verifier(std::move(s), std::move(d), std::move(shape), slice,
                     options);
   return verifier.Run();
