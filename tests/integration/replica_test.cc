@@ -585,8 +585,8 @@ TEST_F(DevReplicasTest, PortsPastTheTopCountTheReplicas) {
                   "2", "--dir", dir_, "--port", "65528"});
   EXPECT_EQ(up.exit_code, 2);
   EXPECT_THAT(up.err, HasSubstr("65528 is not a usable first port for 3 "
-                                "shards with 2 replicas each (and the "
-                                "catalog on the port before): it must be "
+                                "shards with 2 replicas each and the "
+                                "catalog on the port before: it must be "
                                 "between 1025 and 65527"));
   CommandOutput too_many = RunCommand({SHARDCTL_PATH, "dev", "up", "--shards",
                                        "1", "--replicas", "9", "--dir", dir_});
