@@ -21,6 +21,9 @@ namespace {
 
 constexpr char kGidPrefix[] = "shardkit_";
 
+// Finished decisions deleted along with one new decision, at most.
+constexpr size_t kForgetPerDecision = 64;
+
 // 128 random bits as 32 hex digits: a transaction's id.
 std::string NewTxid() {
   thread_local std::mt19937_64 random(std::random_device{}());
@@ -130,13 +133,27 @@ absl::StatusOr<std::string> DecisionLog::Decide(const std::string& txid,
                                                 std::string_view outcome,
                                                 const ExecOptions& options) {
   RETURN_IF_ERROR(EnsureTable(options));
-  ASSIGN_OR_RETURN(
-      Result inserted,
-      RunTask(Task("INSERT INTO shardkit.commit_decisions (txid, outcome) "
-               "VALUES ($1, $2) ON CONFLICT (txid) DO NOTHING RETURNING outcome",
-               {txid, std::string(outcome)}),
-          options));
-  if (!inserted.rows.empty()) return std::string(outcome);
+  constexpr char kInsert[] =
+      "INSERT INTO shardkit.commit_decisions (txid, outcome) VALUES ($1, $2) "
+      "ON CONFLICT (txid) DO NOTHING RETURNING outcome";
+  // Finished decisions go in the same statement: no round trip, no commit
+  // of their own.
+  std::vector<std::string> finished = TakeFinished(kForgetPerDecision);
+  ShardTask task =
+      finished.empty()
+          ? Task(kInsert, {txid, std::string(outcome)})
+          : Task(StrCat("WITH finished AS (DELETE FROM "
+                        "shardkit.commit_decisions WHERE txid = "
+                        "ANY(string_to_array($3, ',')) AND outcome = "
+                        "'commit') ",
+                        kInsert),
+                 {txid, std::string(outcome), absl::StrJoin(finished, ",")});
+  absl::StatusOr<Result> inserted = RunTask(task, options);
+  if (!inserted.ok()) {
+    Requeue(std::move(finished));
+    return inserted.status();
+  }
+  if (!inserted->rows.empty()) return std::string(outcome);
   // Recorded before ours: ON CONFLICT waited for it to commit, so a new
   // statement sees it.
   ASSIGN_OR_RETURN(Result found,
@@ -170,25 +187,65 @@ DecisionLog::Lookup(const std::vector<std::string>& txids,
   return out;
 }
 
-absl::Status DecisionLog::Forget(const std::string& txid,
-                                 const ExecOptions& options) {
-  return RunTask(Task("DELETE FROM shardkit.commit_decisions WHERE txid = $1",
-                  {txid}),
-             options)
-      .status();
+void DecisionLog::ForgetLater(const std::string& txid) {
+  absl::MutexLock lock(&mu_);
+  if (finished_.size() < kMaxQueued) finished_.push_back(txid);
+}
+
+std::vector<std::string> DecisionLog::TakeFinished(size_t limit) {
+  absl::MutexLock lock(&mu_);
+  const size_t n = std::min(limit, finished_.size());
+  std::vector<std::string> out(finished_.end() - n, finished_.end());
+  finished_.resize(finished_.size() - n);
+  return out;
+}
+
+void DecisionLog::Requeue(std::vector<std::string> txids) {
+  absl::MutexLock lock(&mu_);
+  for (std::string& txid : txids) {
+    if (finished_.size() >= kMaxQueued) break;
+    finished_.push_back(std::move(txid));
+  }
+}
+
+absl::StatusOr<std::string> DecisionLog::ForgetFinished(
+    const ExecOptions& options) {
+  std::vector<std::string> finished = TakeFinished(kMaxQueued);
+  // Only a log that recorded decisions has any queued, and so the table.
+  absl::StatusOr<Result> done = RunTask(
+      finished.empty()
+          ? Task("SELECT now()::text", {})
+          : Task("WITH finished AS (DELETE FROM shardkit.commit_decisions "
+                 "WHERE txid = ANY(string_to_array($1, ',')) AND outcome = "
+                 "'commit') SELECT now()::text",
+                 {absl::StrJoin(finished, ",")}),
+      options);
+  if (!done.ok()) {
+    Requeue(std::move(finished));
+    return done.status();
+  }
+  if (done->rows.empty() || !done->rows[0][0]) {
+    return absl::InternalError(StrCat(where_, " did not tell its clock"));
+  }
+  return *done->rows[0][0];
 }
 
 absl::Status DecisionLog::Purge(const std::vector<std::string>& still_prepared,
+                                const std::string& scanned,
                                 const ExecOptions& options) {
   // Without the table (two-phase commit never ran here) there is nothing to
   // purge, and no reason to create it.
   return RunTask(Task("DELETE FROM shardkit.commit_decisions WHERE "
-                  "(outcome = 'commit' AND decided_at < now() - interval '1 "
-                  "hour' AND txid <> ALL(string_to_array($1, ','))) OR "
-                  "(outcome = 'abort' AND decided_at < now() - interval '7 "
-                  "days')",
-                  {absl::StrJoin(still_prepared, ",")}),
-             options)
+                      "(outcome = 'commit' AND decided_at < coalesce("
+                      "$2::timestamptz - interval '1 minute', now() - "
+                      "interval '1 hour') AND txid <> "
+                      "ALL(string_to_array($1, ','))) OR "
+                      "(outcome = 'abort' AND decided_at < now() - interval "
+                      "'7 days')",
+                      {absl::StrJoin(still_prepared, ","),
+                       scanned.empty() ? std::nullopt
+                                       : std::optional<std::string>(scanned)}),
+                 options)
       .status();
 }
 
@@ -776,8 +833,8 @@ absl::Status TwoPhaseCommit(size_t readers,
     if (!c.ok() && SqlStateOf(c) != "42704") all = false;
   }
   // Committed: a shard that could not be told now is told by recovery,
-  // which then finds the decision.
-  if (all) log.Forget(txid, options).IgnoreError();
+  // which then finds the decision. Deleting it is not on the commit's path.
+  if (all) log.ForgetLater(txid);
   return absl::OkStatus();
 }
 
@@ -788,6 +845,8 @@ absl::StatusOr<RecoveryReport> RecoverPrepared(const ShardMap& map,
                                                const ExecOptions& options,
                                                absl::Duration grace) {
   RecoveryReport report;
+  // Before the scans: the bound of what Purge may delete (empty: unknown).
+  const std::string scan_start = log.ForgetFinished(options).value_or("");
   std::vector<ShardTask> scans;
   for (ShardId id = 0; id < map.shards().size(); ++id) {
     ShardTask task;
@@ -827,7 +886,7 @@ absl::StatusOr<RecoveryReport> RecoverPrepared(const ShardMap& map,
     if (report.unreachable.empty()) {
       // Nothing prepared anywhere: finished decisions may go. The table
       // exists only where two-phase commit ran.
-      log.Purge({}, options).IgnoreError();
+      log.Purge({}, scan_start, options).IgnoreError();
     }
     return report;
   }
@@ -872,7 +931,7 @@ absl::StatusOr<RecoveryReport> RecoverPrepared(const ShardMap& map,
     for (const auto& [txid, parts] : by_txid) {
       if (young.contains(txid) && !decisions.contains(txid)) still.push_back(txid);
     }
-    log.Purge(still, options).IgnoreError();
+    log.Purge(still, scan_start, options).IgnoreError();
   }
   return report;
 }

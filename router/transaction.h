@@ -14,10 +14,21 @@
 // decision that is older than the grace. Both insert with ON CONFLICT DO
 // NOTHING, so the first to record wins and the other learns the outcome:
 // a coordinator that finds 'abort' rolls back, recovery that finds
-// 'commit' commits. A coordinator deletes its decision once every writer
-// has committed; recovery deletes 'commit' decisions older than an hour
-// with nothing prepared left for them, and 'abort' decisions after a week
-// (long past any coordinator that could still try to commit).
+// 'commit' commits.
+//
+// A 'commit' decision is finished with once every writer has committed.
+// The coordinator that saw them all commit does not delete it on the
+// commit's path (a round trip and a commit of its own, per transaction):
+// it queues the txid (ForgetLater), and the queue is deleted in the same
+// statement as the next decision this process records, or at the start of
+// the next recovery pass (ForgetFinished). What a process that died left
+// queued is purged by recovery: a 'commit' decision recorded before the
+// pass began (by the log's clock, less a minute of margin) whose
+// transaction the pass found prepared on no shard, or resolved, is
+// finished: its writers all prepared before it was recorded, so the pass's
+// scan would have found any of them still prepared. 'abort' decisions stay
+// a week (long past any coordinator that could still try to commit: a
+// deleted 'abort' would let a late 'commit' in after the rollback).
 //
 // Each participant's prepared transaction is named
 // "shardkit_<txid>_<shard id>": unique on a server whose databases are
@@ -66,14 +77,30 @@ class DecisionLog {
   [[nodiscard]] absl::StatusOr<absl::flat_hash_map<std::string, std::string>>
   Lookup(const std::vector<std::string>& txids, const ExecOptions& options);
 
-  // Deletes the decision of `txid`.
-  absl::Status Forget(const std::string& txid, const ExecOptions& options);
+  // Queues the 'commit' decision of `txid`, whose writers have all
+  // committed, for deletion: with the next Decide of this log (in its
+  // statement) or at the next ForgetFinished. Never blocks on the database.
+  // Past kMaxQueued waiting, further ones are left to Purge.
+  void ForgetLater(const std::string& txid) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Deletes 'commit' decisions older than an hour whose transaction is not
-  // in `still_prepared`, and 'abort' decisions older than a week. Fails
-  // (42P01) where the table was never created.
+  // Deletes the decisions ForgetLater queued (on failure they stay queued),
+  // and returns the log database's clock (now(), as text) as it did: the
+  // bound a recovery pass that scans the shards after it gives Purge.
+  [[nodiscard]] absl::StatusOr<std::string> ForgetFinished(
+      const ExecOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Deletes 'commit' decisions recorded a minute or more before `scanned`
+  // (a time ForgetFinished returned before the shards were scanned; empty:
+  // an hour before now) whose transaction is not in `still_prepared`, and
+  // 'abort' decisions older than a week. REQUIRES: every shard was scanned
+  // after `scanned`, and every transaction found prepared is either in
+  // `still_prepared` or resolved. Fails (42P01) where the table was never
+  // created.
   absl::Status Purge(const std::vector<std::string>& still_prepared,
-                     const ExecOptions& options);
+                     const std::string& scanned, const ExecOptions& options);
+
+  // Finished decisions queued for deletion at most.
+  static constexpr size_t kMaxQueued = 10000;
 
   const std::string& where() const { return where_; }
 
@@ -83,8 +110,14 @@ class DecisionLog {
 
   const std::string where_;
   const std::string dsn_;
+  // Takes up to `limit` queued txids off the queue.
+  std::vector<std::string> TakeFinished(size_t limit) ABSL_LOCKS_EXCLUDED(mu_);
+  // Puts txids TakeFinished took back (their deletion failed).
+  void Requeue(std::vector<std::string> txids) ABSL_LOCKS_EXCLUDED(mu_);
+
   absl::Mutex mu_;
   bool table_ready_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::string> finished_ ABSL_GUARDED_BY(mu_);
 };
 
 // The engine of shardkit::Transaction (see there for the contract).

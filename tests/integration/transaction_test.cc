@@ -145,7 +145,10 @@ TEST_F(TransactionTest, SeveralShardsCommitTogether) {
   EXPECT_EQ(Balance(150), "140");
   EXPECT_EQ(Balance(250), "95");
   EXPECT_EQ(Prepared(), 0);
-  EXPECT_EQ(Decisions(), "0");  // forgotten once every shard committed
+  // Its decision is deleted off the commit's path: with the next decision
+  // this process records, or at the next recovery pass.
+  ASSERT_TRUE(cluster_->Recover().ok());
+  EXPECT_EQ(Decisions(), "0");
   // It has ended.
   EXPECT_EQ((*txn)->Execute("SELECT 1").status().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -286,6 +289,23 @@ TEST_F(TransactionTest, RecoveryResolvesWhatACrashLeft) {
   ASSERT_TRUE(third.ok());
   EXPECT_TRUE(third->resolved.empty());
   ASSERT_TRUE(shards_->Query(2, "ROLLBACK PREPARED 'someone_else'").ok());
+
+  // Finished decisions left by a process that died before deleting them:
+  // a 'commit' recorded before the pass (less a minute) with nothing
+  // prepared goes; a recent one, which a coordinator may still be
+  // committing, and an 'abort' stay.
+  ASSERT_TRUE(shards_->Query(0, "DELETE FROM shardkit.commit_decisions; "
+                                "INSERT INTO shardkit.commit_decisions VALUES "
+                                "('" + std::string(32, 'c') + "', 'commit', "
+                                "now() - interval '2 minutes'), ('" +
+                                std::string(32, 'd') + "', 'commit', now()), "
+                                "('" + std::string(32, 'e') + "', 'abort', "
+                                "now() - interval '2 minutes')")
+                  .ok());
+  ASSERT_TRUE(cluster_->Recover().ok());
+  EXPECT_EQ(Scalar(0, "SELECT string_agg(substr(txid, 1, 1), ',' ORDER BY "
+                      "txid) FROM shardkit.commit_decisions"),
+            "d,e");
 }
 
 TEST(TransactionSetupTest, ShardsWithoutPreparedTransactionsSaySo) {
