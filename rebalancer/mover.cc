@@ -581,6 +581,11 @@ absl::Status Mover::DropKeysTables(const MoveRecord& move, const Sides& sides) {
 absl::Status Mover::Cleanup(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
   if (FindMove(sides.live.state, move.id) != nullptr) {
+    // A process that has not yet read the cutover's map still reads the
+    // slice on the source (writes it cannot: the source's fence refuses
+    // them). Routers hear of a new map at once (NOTIFY) or within their
+    // 1 s poll: give them that before the source's rows go.
+    absl::SleepFor(options_.map_grace);
     RETURN_IF_ERROR(DeleteListedRows(move, sides, sides.source,
                                      sides.live.state.epoch));
     Failpoint("move-cleanup-before-publish");

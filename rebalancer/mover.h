@@ -80,9 +80,10 @@ struct MoverOptions {
   // bound); past it the cutover backs off and tries again.
   absl::Duration cutover_lock_timeout = absl::Milliseconds(500);
   int cutover_attempts = 10;
-  // How long routers get to pick a new map up before the mover drops what
-  // the previous one used (the keys tables); well above the routers'
-  // catalog poll interval (1 s).
+  // How long routers get to pick a new map up before the mover removes
+  // what the previous one used: the source's rows after the cutover (a
+  // stale router still reads them there), the keys tables after the move
+  // left the map; well above the routers' catalog poll interval (1 s).
   absl::Duration map_grace = absl::Seconds(3);
   // Called with each event line ("move 4: phase backfill") and progress.
   std::function<void(std::string_view)> log;

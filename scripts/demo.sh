@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The shardkit demo, on a fresh Debian 12 machine (as root): installs what is
-# missing, builds shardctl, starts three local PostgreSQL shards, loads sample
-# data on the shards that own it, and shows the map and where keys live; then
-# a second cluster with streaming replicas, whose primary is killed under
-# writes and replaced by a replica.
+# missing, builds shardctl, starts three local PostgreSQL shards and a
+# catalog, loads sample data on the shards that own it, and shows the map and
+# where keys live; adds a fourth shard and rebalances onto it online while a
+# workload keeps writing; then a second cluster with streaming replicas,
+# whose primary is killed under writes and replaced by a replica.
 #
 #   SHARDKIT_DEMO_DIR (default /tmp/shardkit-demo)  where the shards live
 #   SHARDKIT_DEMO_PORT (default 6001)               port of shard s1
@@ -28,8 +29,14 @@ cmake --build build --target shardctl
 shardctl=build/shardctl
 cfg=$dir/shards.toml
 
-step "Start $shards PostgreSQL shards on 127.0.0.1 (idempotent)"
-show $shardctl dev up --shards $shards --dir "$dir" --port "$port"
+step "Start $shards PostgreSQL shards and a catalog on 127.0.0.1"
+# Afresh on every run: the demo grows the cluster to 4 shards further on,
+# and the catalog remembers where every slice went.
+if [[ -d $dir ]]; then
+  $shardctl dev down --dir "$dir" >/dev/null
+  rm -rf "$dir"
+fi
+show $shardctl dev up --shards $shards --catalog --dir "$dir" --port "$port"
 
 step "The shard map"
 show $shardctl validate -c "$cfg"
@@ -121,6 +128,55 @@ echo "Now 500 from user 7, who has 70: the credit to 42 runs, the debit of 7 fai
 transfer 7 42 500 || true
 show $shardctl sql -c "$bank" -e "SELECT user_id, balance FROM accounts ORDER BY user_id"
 
+step "Online rebalance: a 4th shard, filled while a workload keeps writing"
+# dev up --shards 4 starts s4 and lists it in shards.toml, keeping the
+# placement: s4 owns nothing yet. The tables are created on it; bank.toml
+# (the map plus accounts) is written again, since a move carries every
+# table of the distribution that the mover's configuration names.
+show $shardctl dev up --shards 4 --catalog --dir "$dir" --port "$port"
+{ cat "$cfg"; printf '\n[tables.accounts]\ndistribution = "users"\nkey = "user_id"\n'; } >"$bank"
+show $shardctl exec -c "$bank" --all "
+  CREATE TABLE IF NOT EXISTS users (id int8 PRIMARY KEY, name text NOT NULL, country text NOT NULL);
+  CREATE TABLE IF NOT EXISTS orders (id int8, user_id int8 NOT NULL, amount numeric(10,2) NOT NULL,
+                                     PRIMARY KEY (user_id, id));
+  CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text NOT NULL);
+  CREATE TABLE IF NOT EXISTS accounts (user_id int8 PRIMARY KEY,
+                                       balance numeric(10,2) NOT NULL CHECK (balance >= 0))"
+show $shardctl rebalance -c "$bank" --dry-run
+# The workload: new orders and renamed users, one statement per line
+# through one open cluster, until the rebalance is done.
+workload=$dir/workload.log
+stop=$dir/workload.stop
+rm -f "$stop"
+{
+  k=0
+  while [[ ! -e $stop ]]; do
+    k=$((k + 1))
+    echo "INSERT INTO orders (id, user_id, amount) VALUES ($((orders + k)), $((k % users + 1)), 1.00)"
+    echo "UPDATE users SET name = name || '+' WHERE id = $(((k * 13) % users + 1))"
+    sleep 0.01
+  done
+} | $shardctl sql -c "$bank" --stdin >"$workload" 2>&1 &
+writer=$!
+sleep 1
+show $shardctl rebalance -c "$bank"
+touch "$stop"
+wait "$writer" || true
+# One output line per statement, in order: inserts on odd lines.
+inserts=$(awk 'NR % 2 == 1 && /^OK/' "$workload" | wc -l)
+renames=$(awk 'NR % 2 == 0 && /^OK 1/' "$workload" | wc -l)
+failed=$(grep -c '^ERROR' "$workload" || true)
+echo "The workload during the rebalance: $inserts orders inserted, $renames users renamed, $failed writes failed"
+show $shardctl map show -c "$bank"
+show $shardctl exec -c "$bank" --all \
+  "SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM orders) AS orders,
+          (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM countries) AS countries"
+echo "Every acknowledged write is there, once, on the shard that owns it now"
+echo "(expected: $((orders + inserts)) orders, $users users, $renames renames):"
+show $shardctl sql -c "$bank" -e "SELECT count(*) AS orders, count(DISTINCT id) AS distinct_orders FROM orders"
+show $shardctl sql -c "$bank" -e "SELECT count(*) AS users, sum(length(name) - length(replace(name, '+', ''))) AS renames FROM users"
+show $shardctl moves list -c "$bank"
+
 step "Replicas and automatic failover: 2 shards with 2 streaming replicas each, and a catalog"
 # A cluster of its own (started afresh on every run: a failover retires a
 # primary for good). The catalog instance holds the live shard map.
@@ -161,4 +217,6 @@ printf '  %s route -c %s orders 42\n' "$shardctl" "$cfg"
 printf '  %s exec -c %s --all "SELECT count(*) FROM users"\n' "$shardctl" "$cfg"
 printf '  %s recover -c %s        # resolve transactions a crash left in doubt\n' "$shardctl" "$bank"
 printf '  %s switchover -c %s s2   # planned change of primary, no lost write\n' "$shardctl" "$rcfg"
+printf '  %s moves status 1 -c %s   # what a move did, phase by phase\n' "$shardctl" "$bank"
+printf '  %s move -c %s --distribution users --slice 0x0000000000000000:0x1000000000000000 --to s4\n' "$shardctl" "$bank"
 printf '  %s dev down --dir %s; %s dev down --dir %s\n' "$shardctl" "$dir" "$shardctl" "$rdir"
