@@ -465,7 +465,13 @@ absl::StatusOr<Result> Cluster::ExecuteRouted(
     }
     return result;
   }
-  RETURN_IF_ERROR(txn.Commit());
+  absl::Status committed = txn.Commit();
+  if (!committed.ok()) {
+    // Refused for a stale map before any decision (a statement the
+    // dual-write deferred to the commit): rolled back, so it may run again.
+    retryable = IsStaleMap(committed);
+    return committed;
+  }
   return result;
 }
 

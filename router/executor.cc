@@ -163,6 +163,16 @@ void Finish(TaskRun& run, absl::Status status, Result result = {}) {
   }
 }
 
+// Sends the task's statement, or its pipeline (ShardTask::then).
+absl::Status SendTask(ShardConnection& conn, const ShardTask& task) {
+  if (task.then.empty()) return conn.SendStatement(task.sql, task.params);
+  std::vector<Statement> statements;
+  statements.reserve(task.then.size() + 1);
+  statements.push_back(Statement{task.sql, task.params});
+  statements.insert(statements.end(), task.then.begin(), task.then.end());
+  return conn.SendPipeline(statements);
+}
+
 // Starts a new connection for the task (with pools: in its lease's slot).
 void ConnectFresh(TaskRun& run) {
   run.reused = false;
@@ -281,7 +291,7 @@ void Progress(TaskRun& run, const ExecOptions& options) {
           set_epoch
               ? conn.SendStatement(
                     absl::StrCat("SET shardkit.epoch = ", run.task->epoch), {})
-              : conn.SendStatement(run.task->sql, run.task->params);
+              : SendTask(conn, *run.task);
       if (!sent.ok()) {
         if (run.reused && conn.failed_before_sending()) {
           // A pooled connection the server ended since it was checked:

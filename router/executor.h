@@ -149,6 +149,11 @@ struct ShardTask {
   std::string sql;
   // $1..$n, as text; nullopt is NULL. Always sent as parameters.
   std::vector<std::optional<std::string>> params;
+  // Statements run after `sql` in the same round trip (ShardConnection::
+  // SendPipeline: `sql` is then a single statement too), each only if the
+  // ones before it succeeded. The task's outcome is the first failure, or
+  // the last statement's result. Empty: `sql` alone.
+  std::vector<Statement> then;
   // The epoch of the map the statement was routed by, carried by the
   // connection as the session setting shardkit.epoch (the fence of a shard
   // under a move refuses writes from an older one: rebalancer/

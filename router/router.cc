@@ -779,6 +779,7 @@ absl::StatusOr<std::shared_ptr<const Router::TableColumns>> Router::ColumnsOf(
     if (it != table_columns_.end()) return it->second;
   }
   ShardTask task = shard;
+  task.then.clear();  // this statement alone
   task.session = nullptr;
   task.sql =
       "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
@@ -816,6 +817,7 @@ absl::StatusOr<std::string> Router::DatabaseCollation(
     if (it != collations_.end()) return it->second;
   }
   ShardTask task = shard;
+  task.then.clear();  // this statement alone
   task.sql =
       "SELECT datcollate FROM pg_database WHERE datname = current_database()";
   task.params.clear();
@@ -835,6 +837,7 @@ absl::StatusOr<std::string> Router::ColumnCollation(const ShardTask& shard,
                                                    const ExecOptions& options) {
   if (column.table_oid == 0) return std::string("default");
   ShardTask task = shard;
+  task.then.clear();  // this statement alone
   task.sql =
       "SELECT c.collname, c.collprovider, c.collcollate FROM pg_attribute a "
       "JOIN pg_collation c ON c.oid = a.attcollation "
@@ -872,6 +875,7 @@ absl::StatusOr<std::vector<std::string>> Router::TypeNames(
   }
   if (!missing.empty()) {
     ShardTask task = shard;
+    task.then.clear();  // this statement alone
     task.sql =
         "SELECT o::int8, format_type(o, NULL) FROM unnest($1::oid[]) AS t(o)";
     task.params = {ArrayLiteral(missing)};
@@ -906,6 +910,7 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
   // alongside the partial statements; after them when the shard's work
   // runs in a session (a transaction), which serves one task at a time.
   ShardTask probe = tasks[0];
+  probe.then.clear();  // this statement alone
   probe.sql = plan.collation_sql;
   const bool alongside = !plan.collation_sql.empty() && probe.session == nullptr;
   std::vector<ShardTask> all = tasks;
@@ -942,6 +947,7 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
   ASSIGN_OR_RETURN(std::vector<std::string> types,
                    TypeNames(tasks[0], columns, options));
   ShardTask final_task = tasks[0];
+  final_task.then.clear();  // this statement alone
   final_task.params.clear();
   std::vector<std::string> unnest_args, aliases, items;
   bool collated = false;

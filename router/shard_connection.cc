@@ -366,6 +366,65 @@ absl::Status ShardConnection::SendStatement(
   return absl::OkStatus();
 }
 
+absl::Status ShardConnection::SendPipeline(
+    const std::vector<Statement>& statements) {
+  if (statements.size() == 1) {
+    return SendStatement(statements[0].sql, statements[0].params);
+  }
+  failed_before_sending_ = false;
+  if (state_ != State::kIdle || has_outcome_ || statements.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard ", shard_name_,
+        ": a pipeline was sent on a connection that is not idle, or empty"));
+  }
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    failed_before_sending_ = true;
+    absl::Status status = absl::UnavailableError(
+        absl::StrCat("shard ", shard_name_,
+                     ": the connection was lost before the statement was "
+                     "sent: ",
+                     LibpqMessage()));
+    FailWith(status);
+    return status;
+  }
+  if (PQenterPipelineMode(conn_) == 0) {
+    return absl::InternalError(absl::StrCat(
+        "shard ", shard_name_, ": cannot enter pipeline mode: ",
+        LibpqMessage()));
+  }
+  for (const Statement& statement : statements) {
+    std::vector<const char*> values;
+    values.reserve(statement.params.size());
+    for (const std::optional<std::string>& p : statement.params) {
+      values.push_back(p.has_value() ? p->c_str() : nullptr);
+    }
+    if (PQsendQueryParams(conn_, statement.sql.c_str(),
+                          static_cast<int>(values.size()),
+                          /*paramTypes=*/nullptr, values.data(),
+                          /*paramLengths=*/nullptr, /*paramFormats=*/nullptr,
+                          /*resultFormat=*/0) == 0) {
+      // Part of the pipeline may be out already: the connection is only
+      // fit to be closed.
+      absl::Status status = ConnectionLost("sending the statement");
+      FailWith(status);
+      return status;
+    }
+  }
+  if (PQpipelineSync(conn_) == 0) {
+    absl::Status status = ConnectionLost("sending the statement");
+    FailWith(status);
+    return status;
+  }
+  pipelined_ = statements.size();
+  pipeline_gaps_ = 0;
+  last_result_.reset();
+  statement_error_ = absl::OkStatus();
+  state_ = State::kSending;
+  AdvanceSend();
+  if (state_ == State::kFailed) return failure_;
+  return absl::OkStatus();
+}
+
 void ShardConnection::AdvanceSend() {
   switch (PQflush(conn_)) {
     case 0:
@@ -398,6 +457,39 @@ void ShardConnection::AdvanceReceive() {
   }
   while (state_ == State::kReceiving && PQisBusy(conn_) == 0) {
     PGresult* res = PQgetResult(conn_);
+    if (pipelined_ > 0) {
+      // Pipeline mode: null ends one statement's results; the Sync's
+      // result ends the pipeline.
+      if (res == nullptr) {
+        if (PQstatus(conn_) != CONNECTION_OK ||
+            ++pipeline_gaps_ > pipelined_) {
+          FailWith(ConnectionLost("waiting for the statement's result"));
+          return;
+        }
+        continue;
+      }
+      const ExecStatusType status = PQresultStatus(res);
+      if (status == PGRES_PIPELINE_SYNC) {
+        PQclear(res);
+        pipelined_ = 0;
+        if (PQexitPipelineMode(conn_) == 0) {
+          FailWith(absl::InternalError(absl::StrCat(
+              "shard ", shard_name_,
+              ": cannot leave pipeline mode: ", LibpqMessage())));
+          return;
+        }
+        state_ = State::kIdle;
+        has_outcome_ = true;
+        return;
+      }
+      if (status == PGRES_PIPELINE_ABORTED) {
+        // Skipped after an earlier statement's error, which is the outcome.
+        PQclear(res);
+        continue;
+      }
+      AbsorbResult(res);
+      continue;
+    }
     if (res == nullptr) {
       // Every result of the statement (string) has arrived.
       state_ = State::kIdle;
@@ -555,6 +647,7 @@ void ShardConnection::Close() {
   }
   state_ = State::kNew;
   session_ending_ = false;
+  pipelined_ = 0;
 }
 
 }  // namespace shardkit::internal

@@ -62,6 +62,12 @@ inline constexpr std::string_view kSqlStatePayloadUrl =
 // kUnknown otherwise.
 absl::StatusCode StatusCodeForSqlState(std::string_view sqlstate);
 
+// One statement and its parameters ($1..$n as text; nullopt is NULL).
+struct Statement {
+  std::string sql;
+  std::vector<std::optional<std::string>> params;
+};
+
 // A cancel request on its way to a server (ShardConnection::StartCancel).
 //
 // The sending thread shares this handle's state and owns everything else it
@@ -138,6 +144,16 @@ class ShardConnection {
   [[nodiscard]] absl::Status SendStatement(
       std::string_view sql,
       const std::vector<std::optional<std::string>>& params);
+
+  // Sends `statements` in one round trip, without blocking: libpq pipeline
+  // mode, each statement with the extended protocol (so each is a single
+  // statement, with its own parameters), one Sync after the last. The
+  // server runs each only if every one before it succeeded; the outcome
+  // (TakeResult) is the first error, or else the last statement's result.
+  // Fails as SendStatement does. REQUIRES: state() == kIdle; statements is
+  // not empty.
+  [[nodiscard]] absl::Status SendPipeline(
+      const std::vector<Statement>& statements);
 
   // The socket to poll, or -1 when there is none (kNew, kFailed).
   int socket() const;
@@ -259,6 +275,11 @@ class ShardConnection {
   // While kConnecting: PQconnectPoll last asked to wait for reading.
   bool connect_wants_read_ = false;
   absl::Status failure_;
+  // Statements of a pipeline whose results have not all arrived; 0 when
+  // not in pipeline mode.
+  size_t pipelined_ = 0;
+  // Ends of statements' results seen in the pipeline (at most one each).
+  size_t pipeline_gaps_ = 0;
   // While a statement is in flight: its results so far, the first error.
   std::optional<Result> last_result_;
   absl::Status statement_error_;

@@ -78,10 +78,14 @@ absl::Status PrepareFailure(const absl::Status& status) {
             "least its max_connections) and restart it")),
         "55000");
   }
-  return absl::Status(status.code(),
-                      StrCat(status.message(),
-                             "; the transaction was rolled back on every "
-                             "shard"));
+  // The SQLSTATE stays: a statement a dual-write deferred to the PREPARE's
+  // round trip may have been refused for a stale map (SK001), which the
+  // caller retries.
+  absl::Status out(status.code(), StrCat(status.message(),
+                                         "; the transaction was rolled back "
+                                         "on every shard"));
+  const std::optional<std::string> sqlstate = SqlStateOf(status);
+  return sqlstate ? WithSqlState(std::move(out), *sqlstate) : out;
 }
 
 }  // namespace
@@ -264,12 +268,31 @@ ShardTask DistributedTransaction::On(const Participant& p, std::string sql) {
   return task;
 }
 
+ShardTask DistributedTransaction::WithPending(Participant& p,
+                                              Statement statement) {
+  std::vector<Statement> all = std::exchange(p.pending, {});
+  if (!statement.sql.empty()) all.push_back(std::move(statement));
+  ShardTask task = p.base;
+  if (all.empty()) return task;
+  task.sql = std::move(all[0].sql);
+  task.params = std::move(all[0].params);
+  task.then.assign(std::make_move_iterator(all.begin() + 1),
+                   std::make_move_iterator(all.end()));
+  return task;
+}
+
+bool DistributedTransaction::Holds(const Participant& p) {
+  return p.session->InTransaction() ||
+         (!p.session->started() && !p.pending.empty() &&
+          p.pending[0].sql == "BEGIN");
+}
+
 std::vector<TaskOutcome> DistributedTransaction::RunOn(
     const std::vector<Participant*>& parts,
     const std::vector<std::string>& sql) {
   std::vector<ShardTask> tasks;
   for (size_t i = 0; i < parts.size(); ++i) {
-    tasks.push_back(On(*parts[i], sql[i]));
+    tasks.push_back(WithPending(*parts[i], Statement{sql[i], {}}));
   }
   return RunOnShards(tasks, options_);
 }
@@ -327,9 +350,26 @@ absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
 absl::StatusOr<Result> DistributedTransaction::Execute(
     Router::Prepared prepared, const Params& params) {
   RETURN_IF_ERROR(CheckOpen());
+  // What a dual-write deferred on the shards this statement reaches runs
+  // first, in a round of its own: the statement may be several in one
+  // string, which a pipeline cannot carry.
+  std::vector<Participant*> deferred;
+  for (const ShardTask& task : prepared.tasks) {
+    auto it = participants_.find(task.shard);
+    if (it != participants_.end() && !it->second.pending.empty()) {
+      deferred.push_back(&it->second);
+    }
+  }
+  if (!deferred.empty()) {
+    for (TaskOutcome& outcome :
+         RunOn(deferred, std::vector<std::string>(deferred.size(), ""))) {
+      if (!outcome.status.ok()) return Fail(outcome.status);
+    }
+  }
   // Shards touched for the first time begin the transaction there: in the
   // same round trip when the statements go without parameters (simple
-  // protocol, several statements in one string), else in one round first.
+  // protocol, several statements in one string), or as a pipeline when they
+  // are single statements with parameters; else in one round first.
   std::vector<Participant*> joining;
   for (ShardTask& task : prepared.tasks) {
     auto [it, inserted] = participants_.try_emplace(task.shard);
@@ -348,13 +388,23 @@ absl::StatusOr<Result> DistributedTransaction::Execute(
     const bool without_params =
         std::all_of(prepared.tasks.begin(), prepared.tasks.end(),
                     [](const ShardTask& t) { return t.params.empty(); });
+    auto joins = [&](const ShardTask& task) {
+      return std::find_if(joining.begin(), joining.end(), [&](Participant* p) {
+               return p->base.shard == task.shard;
+             }) != joining.end();
+    };
     if (without_params) {
       for (ShardTask& task : prepared.tasks) {
-        if (std::find_if(joining.begin(), joining.end(), [&](Participant* p) {
-              return p->base.shard == task.shard;
-            }) != joining.end()) {
-          task.sql = StrCat("BEGIN; ", task.sql);
-        }
+        if (joins(task)) task.sql = StrCat("BEGIN; ", task.sql);
+      }
+    } else if (prepared.combine == Router::Combining::kConcat) {
+      // With parameters the statement is a single one (extended protocol).
+      for (ShardTask& task : prepared.tasks) {
+        if (!joins(task)) continue;
+        task.then.insert(task.then.begin(),
+                         Statement{std::move(task.sql), std::move(task.params)});
+        task.sql = "BEGIN";
+        task.params.clear();
       }
     } else {
       std::vector<TaskOutcome> begun =
@@ -392,8 +442,8 @@ absl::StatusOr<Result> DistributedTransaction::Execute(
   return result;
 }
 
-absl::StatusOr<DistributedTransaction::Participant*>
-DistributedTransaction::Join(ShardId shard) {
+DistributedTransaction::Participant* DistributedTransaction::Join(
+    ShardId shard) {
   auto [it, inserted] = participants_.try_emplace(shard);
   Participant& p = it->second;
   if (inserted) {
@@ -401,9 +451,9 @@ DistributedTransaction::Join(ShardId shard) {
     p.base.shard = shard;
     p.base.shard_name = map_->shard(shard).name;
     p.base.dsn = map_->shard(shard).dsn;
+    p.base.epoch = map_->epoch();
     p.base.session = p.session.get();
-    std::vector<TaskOutcome> begun = RunOn({&p}, {"BEGIN"});
-    RETURN_IF_ERROR(begun[0].status);
+    p.pending.push_back(Statement{"BEGIN", {}});
   }
   return &p;
 }
@@ -497,8 +547,8 @@ absl::Status DistributedTransaction::ApplyDualWrite(
             "the row images of ", table.name, " have ", image_columns.size(),
             " columns, the table ", columns->names.size()));
       }
-      ASSIGN_OR_RETURN(Participant * source, Join(move->source));
-      ASSIGN_OR_RETURN(Participant * destination, Join(move->destination));
+      Participant* source = Join(move->source);
+      Participant* destination = Join(move->destination);
       const std::string quoted = QuoteTable(table.name);
       std::vector<std::string> pk_names;
       for (size_t c : columns->primary_key) {
@@ -583,20 +633,17 @@ absl::Status DistributedTransaction::ApplyDualWrite(
         task.session = destination->base.session;
         keys_on_destination.push_back(std::move(task));
       }
-      // One statement per session at a time: the destination's rows
-      // beside the source's keys, then the destination's keys.
-      on_destination.insert(on_destination.end(), keys_on_destination.begin(),
-                            keys_on_destination.end());
-      for (size_t i = 0; i < std::max(on_destination.size(),
-                                      keys_on_source.size());
-           ++i) {
-        std::vector<ShardTask> round;
-        if (i < on_destination.size()) round.push_back(on_destination[i]);
-        if (i < keys_on_source.size()) round.push_back(keys_on_source[i]);
-        for (ShardTask& task : round) task.epoch = map_->epoch();
-        for (TaskOutcome& outcome : RunOnShards(round, options_)) {
-          RETURN_IF_ERROR(outcome.status);
+      // Deferred to the next round trip of each side (see Participant::
+      // pending): the destination's rows, then its keys; the source's keys.
+      for (std::vector<ShardTask>* tasks : {&on_destination, &keys_on_destination}) {
+        for (ShardTask& task : *tasks) {
+          destination->pending.push_back(
+              Statement{std::move(task.sql), std::move(task.params)});
         }
+      }
+      for (ShardTask& task : keys_on_source) {
+        source->pending.push_back(
+            Statement{std::move(task.sql), std::move(task.params)});
       }
       source->wrote = true;
       destination->wrote = true;
@@ -627,6 +674,7 @@ absl::Status DistributedTransaction::Rollback() {
   if (state_ == State::kEnded) return absl::OkStatus();
   std::vector<Participant*> parts;
   for (auto& [id, p] : participants_) {
+    p.pending.clear();  // never sent: nothing to undo
     if (p.session->InTransaction()) parts.push_back(&p);
   }
   std::vector<TaskOutcome> done =
@@ -661,7 +709,7 @@ absl::Status DistributedTransaction::Commit() {
   // the others would commit only some of the transaction.
   std::vector<Participant*> parts;
   for (auto& [id, p] : participants_) {
-    if (!p.session->InTransaction()) {
+    if (!Holds(p)) {
       const absl::Status lost =
           p.session->lost().ok()
               ? absl::UnavailableError(StrCat(
@@ -729,6 +777,13 @@ absl::Status DistributedTransaction::Commit() {
   absl::Status committed = CommitTwoPhase(writers, readers);
   if (!committed.ok()) {
     End();
+    if (SqlStateOf(committed) == kStaleEpochSqlState) {
+      // A statement a dual-write deferred was refused (the fence of a
+      // move's destination), before any decision: nothing committed, and
+      // the caller retries by the newer map, as for a refused statement.
+      committed = Fail(committed);
+      state_ = State::kEnded;
+    }
     return committed;
   }
   EndCommitted(writers);

@@ -160,6 +160,11 @@ class DistributedTransaction {
     ShardTask base;  // shard, name, dsn and session; no SQL
     std::unique_ptr<ShardSession> session;
     bool wrote = false;  // a statement that writes ran there
+    // Statements deferred to the next round trip on this participant, in
+    // the same pipeline as its next statement (a dual-write's work, see
+    // ApplyDualWrite; starting with BEGIN when the shard has not joined
+    // yet). Their failure is that next statement's.
+    std::vector<Statement> pending;
   };
   enum class State { kOpen, kAborted, kEnded };
 
@@ -169,7 +174,15 @@ class DistributedTransaction {
   absl::Status Fail(absl::Status status);
   // The task of `sql` on participant `p`'s session.
   static ShardTask On(const Participant& p, std::string sql);
-  // Runs one statement on each of `parts` (in parallel); outcomes in order.
+  // The task of `p`'s pending statements then `statement` (none when its
+  // sql is empty), in one round trip; `p.pending` is emptied.
+  static ShardTask WithPending(Participant& p, Statement statement);
+  // Whether `p` holds its part of the transaction: its session is inside
+  // the transaction block, or it has not joined yet but will with its
+  // pending BEGIN.
+  static bool Holds(const Participant& p);
+  // Runs one statement on each of `parts` (in parallel), after their
+  // pending ones; outcomes in order.
   std::vector<TaskOutcome> RunOn(const std::vector<Participant*>& parts,
                                  const std::vector<std::string>& sql);
   absl::Status CommitTwoPhase(const std::vector<Participant*>& writers,
@@ -179,10 +192,14 @@ class DistributedTransaction {
   void End();
   // End, then on_commit_ with `writers` (their shards committed).
   void EndCommitted(const std::vector<Participant*>& writers);
-  // The participant of `shard`, joined (BEGIN) when new.
-  absl::StatusOr<Participant*> Join(ShardId shard);
+  // The participant of `shard`; a new one joins with its first round trip
+  // (BEGIN pending).
+  Participant* Join(ShardId shard);
   // Applies the row images a dual-write's sources returned on the moves'
-  // destinations, and lists the keys on both sides (Prepared::DualWrite).
+  // destinations, and lists the keys on both sides (Prepared::DualWrite):
+  // as pending statements of the source and destination, which go out with
+  // their next round trip (at the latest, PREPARE TRANSACTION's), so that a
+  // dual-write costs no round trip of its own.
   absl::Status ApplyDualWrite(const Router::Prepared& prepared);
 
   Router& router_;

@@ -782,6 +782,50 @@ TEST_F(ExecTest, ParametersTravelAsParameters) {
             "1");
 }
 
+TEST_F(ExecTest, APipelineRunsInOneRoundTripAndStopsAtItsFirstError) {
+  ASSERT_TRUE(tc().Query(1, "CREATE TABLE piped (id int PRIMARY KEY)").ok());
+  internal::ConnectionPools pools(PoolSettings{});
+  internal::ExecOptions options;
+  options.pools = &pools;
+  internal::ShardTask task;
+  task.shard = 1;
+  task.shard_name = "s2";
+  task.dsn = tc().dsn(1);
+  task.sql = "BEGIN";
+  task.then = {{"INSERT INTO piped VALUES ($1)", {"1"}},
+               {"INSERT INTO piped VALUES ($1), ($2) RETURNING id", {"2", "3"}},
+               {"COMMIT", {}}};
+  absl::StatusOr<Result> done = internal::RunTask(task, options);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->command_tag, "COMMIT");  // the last statement's result
+  EXPECT_EQ(ScalarOn(1, "SELECT string_agg(id::text, ',' ORDER BY id) FROM "
+                        "piped"),
+            "1,2,3");
+  // A duplicate key stops the pipeline there: the first error is the
+  // outcome, and what follows it does not run.
+  task.then = {{"INSERT INTO piped VALUES ($1)", {"4"}},
+               {"INSERT INTO piped VALUES ($1)", {"1"}},
+               {"INSERT INTO piped VALUES ($1)", {"5"}},
+               {"COMMIT", {}}};
+  done = internal::RunTask(task, options);
+  EXPECT_EQ(SqlStateOf(done.status()), "23505") << done.status();
+  EXPECT_THAT(done.status().message(), HasSubstr("shard s2"));
+  // The transaction was left failed, so its connection was not pooled;
+  // the shard still serves the next task, which saw nothing of 4 or 5.
+  internal::ShardTask count = task;
+  count.sql = "SELECT count(*) FROM piped";
+  count.then.clear();
+  done = internal::RunTask(count, options);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_THAT(done->rows, ElementsAre(Row{"3"}));
+  // A pipeline without a transaction block leaves a reusable connection.
+  count.then = {{"SELECT $1::int + 1", {"41"}}};
+  done = internal::RunTask(count, options);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_THAT(done->rows, ElementsAre(Row{"42"}));
+  EXPECT_EQ(pools.Stats()[0].idle, 1);
+}
+
 TEST_F(ExecTest, ShardctlExecPrintsATableAndExitsZero) {
   testing::CommandOutput run = testing::RunCommand(ShardctlExec(
       tc().config_path(), {"--all", "CREATE TABLE cli_t (id int)"}));
