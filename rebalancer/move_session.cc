@@ -285,6 +285,12 @@ bool MoveSession::InTransaction() const {
 }
 
 void MoveSession::RollbackQuietly() {
+  // A COPY FROM STDIN left open (a backfill chunk stopped half-way by the
+  // source): end it as failed, or the session refuses every later command.
+  if (PQtransactionStatus(conn_) == PQTRANS_ACTIVE &&
+      PQputCopyEnd(conn_, "shardkit: the chunk was abandoned") == 1) {
+    while (PGresult* res = PQgetResult(conn_)) PQclear(res);
+  }
   if (PQtransactionStatus(conn_) == PQTRANS_INTRANS ||
       PQtransactionStatus(conn_) == PQTRANS_INERROR) {
     PQclear(PQexec(conn_, "ROLLBACK"));

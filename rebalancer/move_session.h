@@ -109,8 +109,9 @@ class MoveSession {
   // Whether the session is inside a transaction block (open or failed).
   bool InTransaction() const;
 
-  // Rolls back an open transaction, ignoring errors (a broken connection
-  // rolls back on the server anyway).
+  // Rolls back an open transaction, first ending as failed a COPY FROM
+  // STDIN left open, ignoring errors (a broken connection rolls back on
+  // the server anyway). The session can be used again afterwards.
   void RollbackQuietly();
 
  private:
