@@ -4,10 +4,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "cli/commands.h"
 #include "cli/move_commands.h"
 #include "cli/move_progress.h"
@@ -24,10 +26,19 @@ using internal::Mover;
 std::unique_ptr<Mover> OpenMoverOrFail(CommandContext& ctx,
                                        const std::string& config_path,
                                        MoveProgressDisplay* display,
-                                       int64_t chunk_rows) {
+                                       int64_t chunk_rows,
+                                       const std::string& map_grace) {
+  internal::MoverOptions options;
+  if (!map_grace.empty() &&
+      (!absl::ParseDuration(map_grace, &options.map_grace) ||
+       options.map_grace < absl::ZeroDuration())) {
+    Fail(ctx, absl::StrCat("--map-grace: '", map_grace,
+                           "' is not a duration; write e.g. 3s or 500ms"));
+    ctx.exit_code = 2;
+    return nullptr;
+  }
   std::optional<Config> config = LoadConfigOrFail(ctx, config_path);
   if (!config) return nullptr;
-  internal::MoverOptions options;
   options.connect_timeout = config->timeouts.connect;
   if (chunk_rows > 0) options.chunk_rows = chunk_rows;
   if (display != nullptr) display->Attach(options);
@@ -131,6 +142,7 @@ struct MoveArgs {
   std::string region;
   std::string destination;
   int64_t chunk_rows = 0;
+  std::string map_grace;
   Format format = Format::kTable;
 };
 
@@ -138,7 +150,8 @@ void RunMove(const MoveArgs& args, CommandContext& ctx) {
   MoveProgressDisplay display(*ctx.err,
                               MoveProgressDisplay::StderrIsTerminal());
   std::unique_ptr<Mover> mover =
-      OpenMoverOrFail(ctx, args.config_path, &display, args.chunk_rows);
+      OpenMoverOrFail(ctx, args.config_path, &display, args.chunk_rows,
+                      args.map_grace);
   if (mover == nullptr) return;
   internal::MoveRequest request;
   request.distribution = args.distribution;
@@ -285,6 +298,7 @@ struct MovesArgs {
   std::string config_path;
   uint64_t id = 0;
   bool active = false;
+  std::string map_grace;  // resume, abort
   Format format = Format::kTable;
 };
 
@@ -391,7 +405,7 @@ void RunResume(const MovesArgs& args, CommandContext& ctx) {
   MoveProgressDisplay display(*ctx.err,
                               MoveProgressDisplay::StderrIsTerminal());
   std::unique_ptr<Mover> mover =
-      OpenMoverOrFail(ctx, args.config_path, &display, 0);
+      OpenMoverOrFail(ctx, args.config_path, &display, 0, args.map_grace);
   if (mover == nullptr) return;
   RunMoveToEnd(ctx, *mover, args.id, args.format);
 }
@@ -400,7 +414,7 @@ void RunAbort(const MovesArgs& args, CommandContext& ctx) {
   MoveProgressDisplay display(*ctx.err,
                               MoveProgressDisplay::StderrIsTerminal());
   std::unique_ptr<Mover> mover =
-      OpenMoverOrFail(ctx, args.config_path, &display, 0);
+      OpenMoverOrFail(ctx, args.config_path, &display, 0, args.map_grace);
   if (mover == nullptr) return;
   absl::Status aborted = mover->Abort(args.id);
   if (!aborted.ok()) {
@@ -413,6 +427,15 @@ void RunAbort(const MovesArgs& args, CommandContext& ctx) {
     return;
   }
   PrintMoveResult(ctx, *move, args.format);
+}
+
+void AddMapGraceOption(CLI::App* cmd, std::string* map_grace) {
+  cmd->add_option("--map-grace", *map_grace,
+                  "How long programs get to pick up a new map before the "
+                  "mover removes what the previous one used (default 3s; "
+                  "they hear of a new map at once, or within their 1 s "
+                  "poll)")
+      ->option_text("DURATION");
 }
 
 CLI::App* AddMovesCommand(CLI::App* moves, CommandContext& ctx,
@@ -434,6 +457,9 @@ CLI::App* AddMovesCommand(CLI::App* moves, CommandContext& ctx,
   cmd->add_option("ID", args->id, "The move's id (`shardctl moves list`)")
       ->required();
   AddConfigOption(cmd, &args->config_path);
+  if (std::string_view(name) == "resume" || std::string_view(name) == "abort") {
+    AddMapGraceOption(cmd, &args->map_grace);
+  }
   AddFormatOption(cmd, &args->format);
   cmd->callback([args, run, &ctx] { run(*args, ctx); });
   return cmd;
@@ -494,6 +520,7 @@ void RegisterMove(CLI::App& app, CommandContext& ctx) {
     cmd->add_option("--chunk-rows", args->chunk_rows,
                     "Rows per backfill chunk (default 20000)")
         ->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+    AddMapGraceOption(cmd, &args->map_grace);
     AddFormatOption(cmd, &args->format);
     cmd->footer(StrCat(
         kMoveFooter,
@@ -583,8 +610,9 @@ void RegisterMove(CLI::App& app, CommandContext& ctx) {
         ->footer(
             "Redoes the phase the move stopped in (each phase checks what is "
             "already done), then the rest. Refused while another process "
-            "runs the move (a lease in the catalog, 30 s after that process "
-            "dies).\nExit status: 0 when the move is done; 1 otherwise.");
+            "runs the move (a lease in the catalog: once that process has "
+            "died, at once on the same host, else 30 s later).\nExit "
+            "status: 0 when the move is done; 1 otherwise.");
     AddMovesCommand(moves, ctx, "abort",
                     "Roll a move back: the source keeps the slice",
                     RunAbort, true)

@@ -18,11 +18,14 @@
 namespace shardkit::cli {
 
 // Loads the configuration and opens a mover over its [catalog], with
-// `display` (may be null) attached and `chunk_rows` (0: the default). On
-// failure prints why, sets exit status 1 and returns null.
+// `display` (may be null) attached, `chunk_rows` (0: the default) and
+// `map_grace` (a duration such as "500ms"; empty: the default, see
+// MoverOptions::map_grace). On failure prints why, sets exit status 1 (2
+// for a map_grace that is not a duration) and returns null.
 std::unique_ptr<internal::Mover> OpenMoverOrFail(
     CommandContext& ctx, const std::string& config_path,
-    MoveProgressDisplay* display, int64_t chunk_rows);
+    MoveProgressDisplay* display, int64_t chunk_rows,
+    const std::string& map_grace = "");
 
 // "FROM:TO" or "region NAME".
 std::string SliceText(const internal::MoveRecord& move);

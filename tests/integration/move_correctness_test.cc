@@ -79,6 +79,8 @@ constexpr char kSlice[] = "0x2000000000000000:0x8000000000000000";
 
 constexpr int kWriters = 4;
 constexpr int64_t kSeedAccounts = 2400;
+// Accounts a writer keeps at most (it inserts only below that).
+constexpr size_t kMaxRowsPerWriter = 800;
 
 // A row's key: (table, id, seq); accounts rows have seq 0.
 enum class Rel { kAccounts, kEntries };
@@ -313,7 +315,10 @@ class Workload {
     while (!stop_) {
       const std::optional<MovePhase> phase = PhaseNow();
       const int dice = std::uniform_int_distribution<int>(0, 99)(random);
-      if (live.size() < 10 || dice < 22) {
+      // Inserts stop while the writer has many rows: the moves' work
+      // stays bounded however long the test runs.
+      const bool may_insert = live.size() < kMaxRowsPerWriter;
+      if (live.size() < 10 || (dice < 22 && may_insert)) {
         // A new account.
         const int64_t id = NewId(writer, inserted++);
         const bool ok = Single(writer,
@@ -325,7 +330,7 @@ class Workload {
           live.push_back(id);
           Acked(writer, phase);
         }
-      } else if (dice < 30) {
+      } else if (dice < 30 && may_insert) {
         // Two new accounts in one INSERT (two shards, or one).
         const int64_t a = NewId(writer, inserted++);
         const int64_t b = NewId(writer, inserted++);
@@ -516,7 +521,9 @@ class MoveCorrectnessTest : public ::testing::Test {
   int RowsOn(int shard) {
     auto rows = shards_->Query(shard, "SELECT count(*) FROM accounts");
     int n = -1;
-    if (rows.ok()) EXPECT_TRUE(absl::SimpleAtoi((*rows)[0][0], &n));
+    if (rows.ok()) {
+      EXPECT_TRUE(absl::SimpleAtoi((*rows)[0][0], &n));
+    }
     return n;
   }
 
@@ -765,7 +772,7 @@ constexpr const char* kFailpoints[] = {
 // be aborted: with nothing in the map yet, with a chunk committed on the
 // destination only, after a full copy, and with the source fenced for an
 // epoch that was never published. (Each abort waits for routers to leave
-// the dual-write map, MoverOptions::map_grace: 3 s.)
+// the dual-write map: MoverOptions::map_grace, 1.2 s here.)
 constexpr const char* kAbortAfter[] = {
     "move-after-plan", "move-backfill-after-chunk", "move-after-verify",
     "move-cutover-after-fence"};
@@ -825,7 +832,8 @@ void MoveCorrectnessTest::KillThen(Workload& writers, const char* failpoint,
   absl::SleepFor(absl::Milliseconds(100));
   testing::CommandOutput killed =
       Shardctl({"move", "-c", config_path_, "--distribution", "accounts",
-                "--slice", kSlice, "--to", to, "--chunk-rows", "300"},
+                "--slice", kSlice, "--to", to, "--chunk-rows", "300",
+                "--map-grace", "1200ms"},
                failpoint);
   EXPECT_EQ(killed.exit_code, internal::kFailpointExitCode)
       << killed.out << killed.err;
@@ -834,7 +842,8 @@ void MoveCorrectnessTest::KillThen(Workload& writers, const char* failpoint,
   // The writers go on while no mover runs.
   absl::SleepFor(absl::Milliseconds(100));
   testing::CommandOutput after =
-      Shardctl({"moves", then, StrCat(id), "-c", config_path_});
+      Shardctl({"moves", then, StrCat(id), "-c", config_path_, "--map-grace",
+                "1200ms"});
   EXPECT_EQ(after.exit_code, 0) << after.out << after.err;
   absl::SleepFor(absl::Milliseconds(100));
   writers.Stop();
