@@ -94,8 +94,11 @@ class Transaction {
   // shard's error when a shard refused to prepare (e.g.
   // max_prepared_transactions = 0: the message says what to set), or
   // kUnavailable when a shard or the decision log was lost at a moment
-  // that leaves the outcome to recovery (the message says so). The
-  // transaction has ended either way.
+  // that leaves the outcome to recovery (the message says so). Writes to a
+  // slice under a move are applied on its destination in the same round
+  // trip as the PREPARE (not by Execute): a refusal there is Commit's
+  // error, with SQLSTATE SK001 when a newer shard map fenced it (retry the
+  // transaction). The transaction has ended either way.
   [[nodiscard]] absl::Status Commit();
 
   // Rolls back on every shard touched. The transaction has ended
