@@ -337,20 +337,16 @@ absl::Status Mover::Fence(const Sides& sides, const ShardEndpoint& shard,
                           uint64_t epoch, absl::Duration lock_timeout) {
   ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(shard));
   std::vector<std::string> quoted;
-  std::string rows;
+  std::string raises;
   for (const TableToMove& t : sides.tables) {
     quoted.push_back(QuoteQualifiedName(t.name));
-    if (!rows.empty()) rows += ", ";
-    rows += StrCat("(", session->Literal(t.name), ", ", epoch, ")");
+    StrAppend(&raises, "SELECT shardkit.raise_fence(",
+              session->Literal(t.name), ", ", epoch, "); ");
   }
   const std::string sql = StrCat(
       "SET lock_timeout = ", absl::ToInt64Milliseconds(lock_timeout),
       "; BEGIN; LOCK TABLE ", absl::StrJoin(quoted, ", "),
-      " IN SHARE ROW EXCLUSIVE MODE; INSERT INTO shardkit.fences "
-      "(table_name, min_epoch) VALUES ",
-      rows,
-      " ON CONFLICT (table_name) DO UPDATE SET min_epoch = "
-      "greatest(shardkit.fences.min_epoch, EXCLUDED.min_epoch); COMMIT");
+      " IN SHARE ROW EXCLUSIVE MODE; ", raises, "COMMIT");
   absl::Status fenced =
       session->Run(sql, StrCat("fencing ", shard.name, " at epoch ", epoch))
           .status();

@@ -34,16 +34,40 @@ CREATE TABLE IF NOT EXISTS shardkit.fences (
   table_name text PRIMARY KEY,
   min_epoch int8 NOT NULL
 );
+CREATE OR REPLACE FUNCTION shardkit.fence_sequence(fenced text)
+RETURNS text LANGUAGE sql IMMUTABLE AS
+$seq$ SELECT 'shardkit.' || quote_ident('fence_' || md5(fenced)) $seq$;
+CREATE OR REPLACE FUNCTION shardkit.raise_fence(fenced text, epoch int8)
+RETURNS void LANGUAGE plpgsql AS $raise$
+DECLARE
+  sequence text := shardkit.fence_sequence(fenced);
+BEGIN
+  EXECUTE format('CREATE SEQUENCE IF NOT EXISTS %s MINVALUE 0', sequence);
+  PERFORM setval(sequence::regclass,
+                 greatest(epoch, coalesce(pg_sequence_last_value(
+                                            sequence::regclass), 0)),
+                 true);
+  INSERT INTO shardkit.fences (table_name, min_epoch) VALUES (fenced, epoch)
+  ON CONFLICT (table_name) DO UPDATE
+    SET min_epoch = greatest(shardkit.fences.min_epoch, EXCLUDED.min_epoch);
+END
+$raise$;
 CREATE OR REPLACE FUNCTION shardkit.check_epoch() RETURNS trigger
 LANGUAGE plpgsql AS $fence$
 DECLARE
   fenced text := CASE WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
                       ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME END;
   required int8;
+  sequence regclass := to_regclass(shardkit.fence_sequence(fenced));
   setting text := nullif(current_setting('shardkit.epoch', true), '');
 BEGIN
   SELECT min_epoch INTO required FROM shardkit.fences
    WHERE table_name = fenced;
+  -- The table is read through this transaction's snapshot, the sequence
+  -- as it is now (see rebalancer/shard_objects.h).
+  IF sequence IS NOT NULL THEN
+    required := greatest(required, pg_sequence_last_value(sequence));
+  END IF;
   IF required IS NOT NULL AND
      (setting IS NULL OR setting::int8 < required) THEN
     RAISE EXCEPTION USING
@@ -79,7 +103,8 @@ std::string RemoveFenceSql(std::string_view quoted_table,
   literal += "'";
   return StrCat("DROP TRIGGER IF EXISTS shardkit_epoch_fence ON ",
                 quoted_table, "; DELETE FROM shardkit.fences WHERE table_name = ",
-                literal);
+                literal, "; DO $drop$ BEGIN EXECUTE 'DROP SEQUENCE IF EXISTS ' "
+                "|| shardkit.fence_sequence(", literal, "); END $drop$");
 }
 
 }  // namespace shardkit::internal

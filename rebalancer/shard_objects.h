@@ -16,14 +16,17 @@
 // OR DELETE OR TRUNCATE ... FOR EACH STATEMENT trigger
 // (`shardkit_epoch_fence`, function shardkit.check_epoch()) that raises
 // SQLSTATE kStaleEpochSqlState when the session's shardkit.epoch is below
-// the table's min_epoch (or unset while a fence exists). The mover raises
-// min_epoch in a transaction that first takes
-// LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE, so it waits out every write
-// in flight (and prepared transactions) and every later write sees the new
-// fence (the trigger's SELECT takes a fresh snapshot after the writer got
-// its table lock; this holds under READ COMMITTED, which is what the
-// router's statements and transactions use: a REPEATABLE READ transaction
-// would read the fences with its older snapshot). So once the fence for epoch E is committed, no write
+// the table's fence (or unset while a fence exists). The mover raises the
+// fence with shardkit.raise_fence(table_name, epoch) in a transaction that
+// first takes LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE, so it waits out
+// every write in flight (and prepared transactions) and every later write
+// sees the new fence. The fence is kept twice: as min_epoch in
+// shardkit.fences (for people and tests to read) and as the last value of
+// a sequence per table, shardkit.fence_<md5 of table_name>. The trigger
+// takes the greater. A sequence is read as it is now, not through the
+// transaction's snapshot: a REPEATABLE READ or SERIALIZABLE transaction
+// whose snapshot predates the fence still sees it (the fences table alone
+// would show it the older value). So once the fence for epoch E is committed, no write
 // routed by a map older than E can land on that table: a router learns it
 // from the error, refreshes its map (LiveMap::Refresh), sets its
 // connections' epoch, and retries the statement (outside a transaction;
@@ -104,14 +107,15 @@ std::string MoveKeysTable(uint64_t move_id);
 // "uuid", ...).
 std::string_view KeySqlType(KeyType type);
 
-// Creates (idempotently) shardkit.fences and shardkit.check_epoch().
+// Creates (idempotently) shardkit.fences, shardkit.check_epoch() and
+// shardkit.raise_fence(table_name text, epoch int8).
 std::string InstallFenceFunctionSql();
 
 // Creates (idempotently) the fence trigger on `table` (a quoted, possibly
 // qualified name).
 std::string InstallFenceTriggerSql(std::string_view quoted_table);
 
-// Drops the fence trigger on `table` and its fences row.
+// Drops the fence trigger on `table`, its fences row and its sequence.
 std::string RemoveFenceSql(std::string_view quoted_table,
                            std::string_view table_name);
 

@@ -11,6 +11,7 @@
 #include "common/strings.h"
 #include "absl/time/clock.h"
 #include "config/live_state.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rebalancer/shard_objects.h"
 #include "router/catalog.h"
@@ -525,6 +526,49 @@ TEST_F(MoveRoutingTest, WritesThatBypassTheDualWriteAreRefusedDuringAMove) {
   EXPECT_EQ(RawCount(0, "SELECT count(*) FROM orders WHERE id IN (8, 9)") +
                 RawCount(1, "SELECT count(*) FROM orders WHERE id IN (8, 9)"),
             0);
+}
+
+// A REPEATABLE READ transaction whose snapshot predates a fence still
+// meets it: the fence is read from a sequence, as it is now, not through
+// the transaction's snapshot (where the fences table shows no row yet).
+TEST_F(MoveRoutingTest, FenceHoldsForATransactionWithAnOlderSnapshot) {
+  ASSERT_TRUE(shards_
+                  ->Query(0, StrCat("CREATE TABLE fenced_rr (id int8 PRIMARY "
+                                    "KEY); ",
+                                    internal::InstallFenceTriggerSql(
+                                        "fenced_rr")))
+                  .ok());
+  for (const char* isolation : {"REPEATABLE READ", "SERIALIZABLE"}) {
+    testing::Session old(shards_->dsn(0));
+    testing::Session mover(shards_->dsn(0));
+    ASSERT_TRUE(old.ok() && mover.ok());
+    ASSERT_EQ(old.Scalar("SET shardkit.epoch = 5"), "");
+    ASSERT_EQ(old.Scalar(StrCat("BEGIN ISOLATION LEVEL ", isolation)), "");
+    const std::string epoch = isolation[0] == 'R' ? "6" : "7";
+    const std::string fenced_now =
+        StrCat("SELECT count(*) FROM shardkit.fences WHERE table_name = "
+               "'fenced_rr' AND min_epoch >= ", epoch);
+    ASSERT_EQ(old.Scalar(fenced_now), "0");  // the snapshot is taken
+    ASSERT_EQ(mover.Scalar(StrCat("BEGIN; LOCK TABLE fenced_rr IN SHARE ROW "
+                                  "EXCLUSIVE MODE; SELECT "
+                                  "shardkit.raise_fence('fenced_rr', ",
+                                  epoch, "); COMMIT")),
+              "");
+    // Its snapshot still shows the fences table without the new fence...
+    EXPECT_EQ(old.Scalar(fenced_now), "0");
+    // ...but its write is refused as stale.
+    EXPECT_THAT(old.Scalar("INSERT INTO fenced_rr VALUES (1)"),
+                ::testing::HasSubstr(StrCat("requires epoch ", epoch)))
+        << isolation;
+    old.Scalar("ROLLBACK");
+  }
+  // A session at the fence's epoch writes.
+  testing::Session current(shards_->dsn(0));
+  EXPECT_EQ(current.Scalar("SET shardkit.epoch = 7; INSERT INTO fenced_rr "
+                           "VALUES (1)"),
+            "");
+  EXPECT_EQ(shards_->Query(0, "SELECT count(*) FROM fenced_rr")->at(0).at(0),
+            "1");
 }
 
 }  // namespace
