@@ -236,13 +236,6 @@ absl::Status MissingKeyColumn(const Target& target, const std::string& column,
       "); add that column to the CSV and to its header or column list"));
 }
 
-std::string Names(const std::vector<std::unique_ptr<CopyWriter>>& writers,
-                  size_t from, size_t to) {
-  std::vector<std::string> names;
-  for (size_t i = from; i < to; ++i) names.push_back(writers[i]->shard_name());
-  return absl::StrJoin(names, ", ");
-}
-
 // The command tag a statement of the commit ends with.
 std::string_view TagOf(std::string_view sql) {
   for (std::string_view tag : {"PREPARE TRANSACTION", "COMMIT PREPARED",

@@ -7,49 +7,12 @@
 #include <iostream>
 
 #include "shardkit/config.h"
+#include "tests/unit/planner_map.h"
 
 namespace shardkit::internal {
 namespace {
 
 using ::testing::HasSubstr;
-
-constexpr char kConfig[] = R"(
-[shards.s1]
-dsn = "host=127.0.0.1 port=6001 dbname=app"
-[shards.s2]
-dsn = "host=127.0.0.1 port=6002 dbname=app"
-[shards.s3]
-dsn = "host=127.0.0.1 port=6003 dbname=app"
-
-[distributions.users]
-strategy = "hash"
-key_type = "int8"
-shards = ["s1", "s2"]
-
-[distributions.events]
-strategy = "range"
-key_type = "int8"
-slices = [ { to = 1000, shard = "s1" }, { from = 1000, shard = "s2" } ]
-
-[distributions.geo]
-strategy = "region"
-key_type = "text"
-regions = { eu = ["s1"], us = ["s2"] }
-default = "s3"
-
-[tables.users]
-distribution = "users"
-key = "id"
-)";
-
-ShardMap MustMap() {
-  absl::StatusOr<Config> config = ParseConfig(kConfig, "test.toml");
-  if (!config.ok()) {
-    std::cerr << config.status() << "\n";
-    std::abort();
-  }
-  return config->map;
-}
 
 ShardMap Apply(const ShardMap& map, const LiveState::Ownership& own,
                const std::string& distribution) {
