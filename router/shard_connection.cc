@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
 #include "libpq-fe.h"
 #include "shardkit/shard_map.h"
 
@@ -69,6 +70,18 @@ std::string CancelErrorMessage(const char* error) {
   message.replace(at, std::string::npos,
                   strerror_r(number, buffer, sizeof(buffer)));
   return message;
+}
+
+// The parameters as libpq takes them (null for SQL NULL); they point into
+// `params`.
+std::vector<const char*> ParamValues(
+    const std::vector<std::optional<std::string>>& params) {
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const std::optional<std::string>& p : params) {
+    values.push_back(p.has_value() ? p->c_str() : nullptr);
+  }
+  return values;
 }
 
 }  // namespace
@@ -314,33 +327,14 @@ void ShardConnection::AdvanceConnect() {
 absl::Status ShardConnection::SendStatement(
     std::string_view sql,
     const std::vector<std::optional<std::string>>& params) {
-  failed_before_sending_ = false;
-  if (state_ != State::kIdle || has_outcome_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "shard ", shard_name_,
-        ": a statement was sent on a connection that is not idle"));
-  }
-  if (PQstatus(conn_) != CONNECTION_OK) {
-    // Known broken before anything is written: the statement cannot run.
-    failed_before_sending_ = true;
-    absl::Status status = absl::UnavailableError(
-        absl::StrCat("shard ", shard_name_,
-                     ": the connection was lost before the statement was "
-                     "sent: ",
-                     LibpqMessage()));
-    FailWith(status);
-    return status;
-  }
+  RETURN_IF_ERROR(
+      ReadyToSend("a statement was sent on a connection that is not idle"));
   const std::string text(sql);  // libpq wants a terminated string
   int sent = 0;
   if (params.empty()) {
     sent = PQsendQuery(conn_, text.c_str());
   } else {
-    std::vector<const char*> values;
-    values.reserve(params.size());
-    for (const std::optional<std::string>& p : params) {
-      values.push_back(p.has_value() ? p->c_str() : nullptr);
-    }
+    const std::vector<const char*> values = ParamValues(params);
     sent =
         PQsendQueryParams(conn_, text.c_str(), static_cast<int>(values.size()),
                           /*paramTypes=*/nullptr, values.data(),
@@ -358,12 +352,7 @@ absl::Status ShardConnection::SendStatement(
     FailWith(status);
     return status;
   }
-  last_result_.reset();
-  statement_error_ = absl::OkStatus();
-  state_ = State::kSending;
-  AdvanceSend();
-  if (state_ == State::kFailed) return failure_;
-  return absl::OkStatus();
+  return StartSending();
 }
 
 absl::Status ShardConnection::SendPipeline(
@@ -371,33 +360,21 @@ absl::Status ShardConnection::SendPipeline(
   if (statements.size() == 1) {
     return SendStatement(statements[0].sql, statements[0].params);
   }
-  failed_before_sending_ = false;
-  if (state_ != State::kIdle || has_outcome_ || statements.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "shard ", shard_name_,
-        ": a pipeline was sent on a connection that is not idle, or empty"));
+  constexpr std::string_view kNotIdle =
+      "a pipeline was sent on a connection that is not idle, or empty";
+  if (statements.empty()) {
+    failed_before_sending_ = false;
+    return absl::FailedPreconditionError(
+        absl::StrCat("shard ", shard_name_, ": ", std::string(kNotIdle)));
   }
-  if (PQstatus(conn_) != CONNECTION_OK) {
-    failed_before_sending_ = true;
-    absl::Status status = absl::UnavailableError(
-        absl::StrCat("shard ", shard_name_,
-                     ": the connection was lost before the statement was "
-                     "sent: ",
-                     LibpqMessage()));
-    FailWith(status);
-    return status;
-  }
+  RETURN_IF_ERROR(ReadyToSend(kNotIdle));
   if (PQenterPipelineMode(conn_) == 0) {
     return absl::InternalError(absl::StrCat(
         "shard ", shard_name_, ": cannot enter pipeline mode: ",
         LibpqMessage()));
   }
   for (const Statement& statement : statements) {
-    std::vector<const char*> values;
-    values.reserve(statement.params.size());
-    for (const std::optional<std::string>& p : statement.params) {
-      values.push_back(p.has_value() ? p->c_str() : nullptr);
-    }
+    const std::vector<const char*> values = ParamValues(statement.params);
     if (PQsendQueryParams(conn_, statement.sql.c_str(),
                           static_cast<int>(values.size()),
                           /*paramTypes=*/nullptr, values.data(),
@@ -417,6 +394,30 @@ absl::Status ShardConnection::SendPipeline(
   }
   pipelined_ = statements.size();
   pipeline_gaps_ = 0;
+  return StartSending();
+}
+
+absl::Status ShardConnection::ReadyToSend(std::string_view not_idle) {
+  failed_before_sending_ = false;
+  if (state_ != State::kIdle || has_outcome_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("shard ", shard_name_, ": ", std::string(not_idle)));
+  }
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    // Known broken before anything is written: the statement cannot run.
+    failed_before_sending_ = true;
+    absl::Status status = absl::UnavailableError(
+        absl::StrCat("shard ", shard_name_,
+                     ": the connection was lost before the statement was "
+                     "sent: ",
+                     LibpqMessage()));
+    FailWith(status);
+    return status;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShardConnection::StartSending() {
   last_result_.reset();
   statement_error_ = absl::OkStatus();
   state_ = State::kSending;

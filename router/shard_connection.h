@@ -260,6 +260,12 @@ class ShardConnection {
   // Folds one PGresult into the statement's outcome; takes ownership.
   void AbsorbResult(PGresult* res);
   void FailWith(absl::Status status);
+  // Before sending: fails (kFailedPrecondition with `not_idle`) unless the
+  // connection is idle with no outcome pending, and fails it (kUnavailable)
+  // when it is known broken, so that nothing was sent.
+  absl::Status ReadyToSend(std::string_view not_idle);
+  // After sending: resets the statement's outcome and starts flushing.
+  absl::Status StartSending();
   // kUnavailable for a connection that broke, with libpq's message.
   absl::Status ConnectionLost(const char* during) const;
   std::string LibpqMessage() const;
