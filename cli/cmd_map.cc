@@ -15,20 +15,11 @@ struct MapArgs {
   bool configured = false;
 };
 
-// "FROM:TO" of a moving slice, or its region.
-std::string MovingSliceText(const ShardMap& map, const MovingSlice& m) {
-  const Distribution& d = map.distributions()[m.distribution];
-  switch (d.strategy()) {
-    case Strategy::kHash:
-      return absl::StrCat(internal::HashLowerText(m.hash_lo), ":",
-                          internal::HashBoundText(m.hash_hi));
-    case Strategy::kRange:
-      return absl::StrCat(internal::KeyBoundText(m.from), ":",
-                          internal::KeyBoundText(m.to));
-    case Strategy::kRegion:
-      break;
-  }
-  return absl::StrCat("region ", m.region);
+// "FROM:TO" of a move under way (bounds as the live state writes them), or
+// its region.
+std::string MoveSliceText(const internal::LiveState::Move& m) {
+  if (!m.region.empty()) return absl::StrCat("region ", m.region);
+  return absl::StrCat(m.from, ":", m.to);
 }
 
 // Share of the 64-bit hash space, in percent.
@@ -62,13 +53,13 @@ void PrintJson(const Config& config, bool live, std::ostream& out) {
   json.Key("epoch").Int(static_cast<int64_t>(map.epoch()));
   json.Key("live").Bool(live);
   json.Key("moves").BeginArray();
-  for (const MovingSlice& m : map.moves()) {
+  for (const internal::LiveState::Move& m : internal::LiveStateOf(map).moves) {
     json.BeginObject()
-        .Key("id").Int(static_cast<int64_t>(m.move_id))
-        .Key("distribution").String(map.distributions()[m.distribution].name())
-        .Key("slice").String(MovingSliceText(map, m))
-        .Key("source").String(map.shard(m.source).name)
-        .Key("destination").String(map.shard(m.destination).name)
+        .Key("id").Int(static_cast<int64_t>(m.id))
+        .Key("distribution").String(m.distribution)
+        .Key("slice").String(MoveSliceText(m))
+        .Key("source").String(m.source)
+        .Key("destination").String(m.destination)
         .Key("phase").String(MovePhaseName(m.phase))
         .EndObject();
   }
@@ -235,11 +226,10 @@ void PrintText(const Config& config, bool live, std::ostream& out) {
   if (!map.moves().empty()) {
     out << "\nMoves under way (`shardctl moves status ID`)\n";
     rows.clear();
-    for (const MovingSlice& m : map.moves()) {
-      rows.push_back({std::to_string(m.move_id),
-                      map.distributions()[m.distribution].name(),
-                      MovingSliceText(map, m), map.shard(m.source).name,
-                      map.shard(m.destination).name,
+    for (const internal::LiveState::Move& m :
+         internal::LiveStateOf(map).moves) {
+      rows.push_back({std::to_string(m.id), m.distribution, MoveSliceText(m),
+                      m.source, m.destination,
                       std::string(MovePhaseName(m.phase))});
     }
     PrintTable(out, {"id", "distribution", "slice", "from", "to", "phase"},

@@ -6,6 +6,7 @@
 #include <memory>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "router/copy_writer.h"
@@ -172,6 +173,20 @@ absl::StatusOr<std::vector<MoveSession::Row>> MoveSession::Query(
     }
   }
   return rows;
+}
+
+absl::StatusOr<int64_t> MoveSession::QueryInt(
+    std::string_view sql,
+    const std::vector<std::optional<std::string>>& params,
+    std::string_view context) {
+  ASSIGN_OR_RETURN(std::vector<Row> rows, Query(sql, params, context));
+  int64_t n = 0;
+  if (rows.empty() || rows[0].empty() || !rows[0][0] ||
+      !absl::SimpleAtoi(*rows[0][0], &n)) {
+    return absl::InternalError(ToAbsl(
+        StrCat("shard ", shard_name_, ": expected a number", Suffix(context))));
+  }
+  return n;
 }
 
 absl::Status MoveSession::CopyOut(

@@ -79,6 +79,14 @@ class MoveSession {
       const std::vector<std::optional<std::string>>& params,
       std::string_view context = "");
 
+  // Runs one statement that returns a number first (count(*), a size) and
+  // returns it. Fails with kInternal naming the shard when the first value
+  // of the first row is missing or not an integer.
+  [[nodiscard]] absl::StatusOr<int64_t> QueryInt(
+      std::string_view sql,
+      const std::vector<std::optional<std::string>>& params,
+      std::string_view context = "");
+
   // Runs `sql`, a COPY ... TO STDOUT in text format, and calls `on_line`
   // with each row's line, without its trailing newline. The view is valid
   // during the call only.

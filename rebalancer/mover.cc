@@ -4,7 +4,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
@@ -86,11 +85,8 @@ int64_t RowsToScan(const ShardEndpoint& source, const TableToMove& table,
     sql = StrCat("SELECT count(*) FROM ", shape->quoted, " WHERE ",
                  SliceCondition(**session, *shape, slice));
   }
-  absl::StatusOr<std::vector<MoveSession::Row>> rows =
-      (*session)->Query(sql, {}, "estimating the rows to backfill");
-  if (!rows.ok() || rows->empty() || !(*rows)[0][0]) return 0;
-  int64_t n = 0;
-  return absl::SimpleAtoi(*(*rows)[0][0], &n) ? n : 0;
+  return (*session)->QueryInt(sql, {}, "estimating the rows to backfill")
+      .value_or(0);
 }
 
 }  // namespace

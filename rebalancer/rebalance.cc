@@ -5,7 +5,6 @@
 #include <memory>
 #include <utility>
 
-#include "absl/strings/numbers.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 
@@ -220,19 +219,6 @@ std::vector<const Table*> TablesOf(const ShardMap& map, const Distribution& d) {
   return tables;
 }
 
-absl::StatusOr<int64_t> QueryInt(MoveSession& session, const std::string& sql,
-                                 const std::vector<std::optional<std::string>>&
-                                     params,
-                                 std::string_view context) {
-  ASSIGN_OR_RETURN(std::vector<MoveSession::Row> rows,
-                   session.Query(sql, params, context));
-  int64_t n = 0;
-  if (rows.empty() || !rows[0][0] || !absl::SimpleAtoi(*rows[0][0], &n)) {
-    return 0;
-  }
-  return n;
-}
-
 // "key >= $1 AND key < $2" for the bounds present, and the parameters.
 std::string RangeWhere(const Table& t, const LiveState::Slice& s,
                        std::vector<std::optional<std::string>>& params,
@@ -279,11 +265,11 @@ absl::StatusOr<DistributionLoad> MeasureDistribution(
       const std::string quoted = QuoteQualifiedName(t->name);
       ASSIGN_OR_RETURN(
           int64_t rows,
-          QueryInt(*session, StrCat("SELECT count(*) FROM ", quoted), {},
+          session->QueryInt(StrCat("SELECT count(*) FROM ", quoted), {},
                    StrCat("counting ", t->name)));
       ASSIGN_OR_RETURN(
           int64_t bytes,
-          QueryInt(*session, "SELECT pg_total_relation_size($1::regclass)",
+          session->QueryInt("SELECT pg_total_relation_size($1::regclass)",
                    {quoted}, StrCat("measuring ", t->name)));
       TableCounts& c = per_shard[endpoint.name];
       if (d->strategy() == Strategy::kHash) {
@@ -299,8 +285,7 @@ absl::StatusOr<DistributionLoad> MeasureDistribution(
         const std::string where = RangeWhere(*t, s.slice, params,
                                              d->key_type());
         ASSIGN_OR_RETURN(int64_t in_slice,
-                         QueryInt(*session,
-                                  StrCat("SELECT count(*) FROM ", quoted,
+                         session->QueryInt(StrCat("SELECT count(*) FROM ", quoted,
                                          " WHERE ", where),
                                   params, StrCat("counting ", t->name)));
         s.rows += in_slice;
@@ -352,8 +337,7 @@ CutFinder RangeCutFinder(const ShardMap& map, std::string_view distribution,
       std::vector<std::optional<std::string>> params;
       const std::string where = RangeWhere(*t, slice.slice, params, type);
       ASSIGN_OR_RETURN(int64_t n,
-                       QueryInt(*session,
-                                StrCat("SELECT count(*) FROM ",
+                       session->QueryInt(StrCat("SELECT count(*) FROM ",
                                        QuoteQualifiedName(t->name), " WHERE ",
                                        where),
                                 params, "counting the slice"));

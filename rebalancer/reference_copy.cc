@@ -4,7 +4,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 
@@ -68,14 +67,8 @@ absl::StatusOr<int64_t> CountRows(const ShardEndpoint& shard,
     return absl::NotFoundError(ToAbsl(StrCat(
         "table ", table, " does not exist on shard ", shard.name)));
   }
-  ASSIGN_OR_RETURN(std::vector<MoveSession::Row> rows,
-                   session->Query(StrCat("SELECT count(*) FROM ", quoted), {},
-                                  StrCat("counting ", table)));
-  int64_t n = 0;
-  if (rows.empty() || !rows[0][0] || !absl::SimpleAtoi(*rows[0][0], &n)) {
-    return absl::InternalError("count(*) returned no number");
-  }
-  return n;
+  return session->QueryInt(StrCat("SELECT count(*) FROM ", quoted), {},
+                           StrCat("counting ", table));
 }
 
 absl::StatusOr<int64_t> SyncReferenceTable(const ShardEndpoint& source,
