@@ -360,10 +360,7 @@ absl::Status EnsureMoveKeysTable(MoveSession& session,
   // IF NOT EXISTS still races with a concurrent creator (a unique violation
   // in pg_type): the mover creates the lists before dual-writes begin.
   return session
-      .Run(StrCat("CREATE SCHEMA IF NOT EXISTS shardkit; "
-                  "CREATE TABLE IF NOT EXISTS ",
-                  MoveKeysTable(slice.move_id), " (key ",
-                  KeySqlType(slice.key_type), " PRIMARY KEY)"),
+      .Run(CreateMoveTablesSql(slice.move_id, slice.key_type),
            StrCat("creating the key list of move ", slice.move_id))
       .status();
 }

@@ -1,6 +1,7 @@
 #include "rebalancer/mover.h"
 
 #include <algorithm>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "rebalancer/backfill.h"
 #include "rebalancer/move_session.h"
 #include "rebalancer/move_table.h"
+#include "rebalancer/pending_copies.h"
 #include "rebalancer/shard_objects.h"
 #include "rebalancer/verify.h"
 #include "router/failpoint.h"
@@ -332,22 +334,151 @@ absl::Status Mover::StartDualWrite(const MoveRecord& move) {
 absl::Status Mover::Fence(const Sides& sides, const ShardEndpoint& shard,
                           uint64_t epoch, absl::Duration lock_timeout) {
   ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(shard));
+  return FenceOn(sides, *session, shard, epoch, lock_timeout);
+}
+
+absl::Status Mover::FenceOn(const Sides& sides, MoveSession& session,
+                            const ShardEndpoint& shard, uint64_t epoch,
+                            absl::Duration lock_timeout) {
   std::vector<std::string> quoted;
   std::string raises;
   for (const TableToMove& t : sides.tables) {
     quoted.push_back(QuoteQualifiedName(t.name));
     StrAppend(&raises, "SELECT shardkit.raise_fence(",
-              session->Literal(t.name), ", ", epoch, "); ");
+              session.Literal(t.name), ", ", epoch, "); ");
   }
+  // The session then writes at that epoch (the cutover's repairs).
   const std::string sql = StrCat(
-      "SET lock_timeout = ", absl::ToInt64Milliseconds(lock_timeout),
-      "; BEGIN; LOCK TABLE ", absl::StrJoin(quoted, ", "),
+      "SET lock_timeout = ", absl::ToInt64Milliseconds(lock_timeout), "; SET ",
+      kEpochSetting, " = '", epoch, "'; BEGIN; LOCK TABLE ",
+      absl::StrJoin(quoted, ", "),
       " IN SHARE ROW EXCLUSIVE MODE; ", raises, "COMMIT");
   absl::Status fenced =
-      session->Run(sql, StrCat("fencing ", shard.name, " at epoch ", epoch))
+      session.Run(sql, StrCat("fencing ", shard.name, " at epoch ", epoch))
           .status();
-  if (!fenced.ok()) session->RollbackQuietly();
+  if (!fenced.ok()) session.RollbackQuietly();
   return fenced;
+}
+
+absl::StatusOr<std::vector<TableShape>> Mover::ShapesOf(const Sides& sides,
+                                                         MoveSession& source,
+                                                         MoveSession& destination) {
+  std::vector<TableShape> shapes;
+  for (const TableToMove& table : sides.tables) {
+    ASSIGN_OR_RETURN(TableShape shape,
+                     DescribeTableForMove(source, destination, table.name,
+                                          table.key_column));
+    shapes.push_back(std::move(shape));
+  }
+  return shapes;
+}
+
+absl::Status Mover::RepairRolledBackCopies(const MoveRecord& move,
+                                           const Sides& sides) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> source,
+                   OpenSession(sides.source));
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> destination,
+                   OpenSession(sides.destination));
+  ASSIGN_OR_RETURN(PendingCopies pending,
+                   FindPendingCopies(*source, *destination, move.id,
+                                     sides.key_type));
+  if (pending.rolled_back.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::vector<TableShape> shapes,
+                   ShapesOf(sides, *source, *destination));
+  RETURN_IF_ERROR(destination
+                      ->Run(StrCat("SET ", kEpochSetting, " = '",
+                                   sides.live.state.epoch, "'"),
+                            "setting the mover's map epoch")
+                      .status());
+  // The source's tables locked against writes (a short pause, only when a
+  // copy needs repair), so that what is read there stays the truth until
+  // the destination has it. Bounded like the fence, and retried.
+  std::vector<std::string> quoted;
+  for (const TableToMove& t : sides.tables) {
+    quoted.push_back(QuoteQualifiedName(t.name));
+  }
+  const absl::Time deadline = absl::Now() + options_.statement_timeout;
+  for (int attempt = 1;; ++attempt) {
+    absl::Status repaired = [&]() -> absl::Status {
+      RETURN_IF_ERROR(
+          source
+              ->Run(StrCat("SET lock_timeout = ",
+                           absl::ToInt64Milliseconds(
+                               options_.cutover_lock_timeout),
+                           "; BEGIN; LOCK TABLE ", absl::StrJoin(quoted, ", "),
+                           " IN SHARE ROW EXCLUSIVE MODE"),
+                    "locking the source's tables to repair copies")
+              .status());
+      // Again under the lock: transactions in progress before have ended.
+      ASSIGN_OR_RETURN(PendingCopies now,
+                       FindPendingCopies(*source, *destination, move.id,
+                                         sides.key_type));
+      RETURN_IF_ERROR(RepairPendingCopies(*source, *destination, shapes, now));
+      RETURN_IF_ERROR(source->Run("COMMIT").status());
+      return journal_.Event(
+          move.id,
+          StrCat("repaired ", now.keys.size(), " keys on ", move.destination,
+                 " whose dual-write the source rolled back (",
+                 now.rolled_back.size(), " transactions)"));
+    }();
+    if (repaired.ok() || absl::Now() >= deadline) return repaired;
+    source->RollbackQuietly();
+    Log(StrCat("move ", move.id, ": repairing copies, attempt ", attempt,
+               ": ", repaired.message()));
+    absl::SleepFor(std::min(absl::Milliseconds(50) * attempt,
+                            absl::Milliseconds(500)));
+  }
+}
+
+absl::StatusOr<std::vector<std::string>> Mover::SequencesOf(
+    const Sides& sides, MoveSession& destination) {
+  std::vector<std::string> out;
+  for (const TableToMove& t : sides.tables) {
+    ASSIGN_OR_RETURN(
+        std::vector<MoveSession::Row> rows,
+        destination.Query(
+            "SELECT pg_get_serial_sequence($1, attname) FROM pg_attribute "
+            "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT "
+            "attisdropped AND pg_get_serial_sequence($1, attname) IS NOT NULL",
+            {QuoteQualifiedName(t.name)},
+            StrCat("listing the sequences of ", t.name)));
+    for (const MoveSession::Row& row : rows) {
+      if (row[0]) out.push_back(*row[0]);
+    }
+  }
+  return out;
+}
+
+absl::Status Mover::AdvanceSequences(const std::vector<std::string>& sequences,
+                                     MoveSession& source,
+                                     MoveSession& destination) {
+  if (sequences.empty()) return absl::OkStatus();
+  std::vector<std::string> quoted;
+  for (const std::string& name : sequences) {
+    std::string element = "\"";
+    for (char c : name) {
+      if (c == '"' || c == '\\') element += '\\';
+      element += c;
+    }
+    quoted.push_back(element + "\"");
+  }
+  const std::string array = StrCat("{", absl::StrJoin(quoted, ","), "}");
+  ASSIGN_OR_RETURN(
+      std::vector<MoveSession::Row> last,
+      source.Query("SELECT pg_sequence_last_value(s::regclass) FROM "
+                   "unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n",
+                   {array}, "reading the source's sequences"));
+  std::vector<std::string> values;
+  for (const MoveSession::Row& row : last) {
+    values.push_back(row[0] ? *row[0] : "NULL");
+  }
+  return destination
+      .Query("SELECT setval(s::regclass, v) FROM unnest($1::text[], "
+             "$2::int8[]) AS u(s, v) WHERE v IS NOT NULL AND v > "
+             "coalesce(pg_sequence_last_value(s::regclass), 0)",
+             {array, StrCat("{", absl::StrJoin(values, ","), "}")},
+             "advancing the destination's sequences past the source's")
+      .status();
 }
 
 absl::Status Mover::PatientFence(const Sides& sides,
@@ -423,15 +554,32 @@ absl::Status Mover::Verify(const MoveRecord& move) {
   ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
   const MoveSlice slice = SliceOf(sides, plan);
   std::vector<std::string> failures;
-  for (const TableToMove& table : sides.tables) {
-    VerifyOptions options;
-    options.chunk_rows = options_.chunk_rows;
-    options.statement_timeout = options_.statement_timeout;
-    ASSIGN_OR_RETURN(VerifyReport report,
-                     VerifyTable(sides.source, sides.destination, table, slice,
-                                 options));
-    RETURN_IF_ERROR(journal_.Event(move.id, report.Summary()));
-    if (!report.ok()) failures.push_back(report.Summary());
+  // A single statement's dual-write whose source rolled back after its
+  // destination committed left a copy there (pending_copies.h): put the
+  // source's rows back first. Should differences show up beside such a
+  // copy made while verify ran, repair and verify once more.
+  for (int round = 0; round < 2; ++round) {
+    RETURN_IF_ERROR(RepairRolledBackCopies(move, sides));
+    failures.clear();
+    for (const TableToMove& table : sides.tables) {
+      VerifyOptions options;
+      options.chunk_rows = options_.chunk_rows;
+      options.statement_timeout = options_.statement_timeout;
+      ASSIGN_OR_RETURN(VerifyReport report,
+                       VerifyTable(sides.source, sides.destination, table,
+                                   slice, options));
+      RETURN_IF_ERROR(journal_.Event(move.id, report.Summary()));
+      if (!report.ok()) failures.push_back(report.Summary());
+    }
+    if (failures.empty()) break;
+    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> source,
+                     OpenSession(sides.source));
+    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> destination,
+                     OpenSession(sides.destination));
+    ASSIGN_OR_RETURN(PendingCopies pending,
+                     FindPendingCopies(*source, *destination, move.id,
+                                       sides.key_type));
+    if (pending.rolled_back.empty()) break;
   }
   if (!failures.empty()) {
     const std::string error = StrCat(
@@ -449,6 +597,19 @@ absl::Status Mover::Verify(const MoveRecord& move) {
 
 absl::Status Mover::Cutover(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
+  // Opened before the pause, with what it needs read: the tables' shapes
+  // and sequences, the pending copies whose source committed forgotten.
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> source,
+                   OpenSession(sides.source));
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> destination,
+                   OpenSession(sides.destination));
+  ASSIGN_OR_RETURN(std::vector<TableShape> shapes,
+                   ShapesOf(sides, *source, *destination));
+  ASSIGN_OR_RETURN(std::vector<std::string> sequences,
+                   SequencesOf(sides, *destination));
+  RETURN_IF_ERROR(FindPendingCopies(*source, *destination, move.id,
+                                    sides.key_type)
+                      .status());
   absl::Status last;
   bool cut_over = false;
   for (int attempt = 0; attempt < options_.cutover_attempts; ++attempt) {
@@ -470,10 +631,42 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
     const uint64_t epoch = sides.live.state.epoch + 1;
     // The pause starts: writes to the source's tables wait for the lock,
     // then find the fence above their map's epoch.
-    last = Fence(sides, sides.source, epoch, options_.cutover_lock_timeout);
+    // The destination too, at the same time: a dual-write's copy sent
+    // before the source's fence can no longer land after it (one that
+    // the destination refuses is rolled back on the source, and retried
+    // by the new map).
+    absl::Status destination_fenced;
+    std::thread fence_destination([&] {
+      destination_fenced = FenceOn(sides, *destination, sides.destination,
+                                   epoch, options_.cutover_lock_timeout);
+    });
+    last = FenceOn(sides, *source, sides.source, epoch,
+                   options_.cutover_lock_timeout);
+    fence_destination.join();
+    if (last.ok()) last = destination_fenced;
+    if (last.ok()) {
+      // No write to the slice can commit on either side now: repair what
+      // a dual-write whose source rolled back left on the destination, and
+      // move the destination's sequences past the source's.
+      last = [&]() -> absl::Status {
+        ASSIGN_OR_RETURN(PendingCopies pending,
+                         FindPendingCopies(*source, *destination, move.id,
+                                           sides.key_type,
+                                           /*forget_committed=*/false));
+        if (pending.in_progress > 0) {
+          return absl::UnavailableError(StrCat(
+              pending.in_progress, " dual-writes to ", move.source,
+              " are still in progress behind the fence"));
+        }
+        RETURN_IF_ERROR(
+            RepairPendingCopies(*source, *destination, shapes, pending));
+        return AdvanceSequences(sequences, *source, *destination);
+      }();
+    }
     if (!last.ok()) {
       Log(StrCat("move ", move.id, ": cutover attempt ", attempt + 1,
-                 " could not fence ", move.source, ": ", last.message()));
+                 " could not fence ", move.source, " and ", move.destination,
+                 ": ", last.message()));
       absl::SleepFor(absl::Milliseconds(100) * (attempt + 1));
       continue;
     }
@@ -563,7 +756,8 @@ absl::Status Mover::DropKeysTables(const MoveRecord& move, const Sides& sides) {
     ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(*shard));
     RETURN_IF_ERROR(session
                         ->Run(StrCat("DROP TABLE IF EXISTS ",
-                                     MoveKeysTable(move.id)),
+                                     MoveKeysTable(move.id), ", ",
+                                     MovePendingTable(move.id)),
                               "dropping the move's keys table")
                         .status());
   }

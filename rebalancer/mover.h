@@ -162,6 +162,28 @@ class Mover {
   // Fences `shard`'s tables of the move's distribution at `epoch`.
   absl::Status Fence(const Sides& sides, const ShardEndpoint& shard,
                      uint64_t epoch, absl::Duration lock_timeout);
+  // Fence on an open session of `shard`.
+  absl::Status FenceOn(const Sides& sides, MoveSession& session,
+                       const ShardEndpoint& shard, uint64_t epoch,
+                       absl::Duration lock_timeout);
+  // The shapes of the move's tables (DescribeTableForMove).
+  absl::StatusOr<std::vector<TableShape>> ShapesOf(const Sides& sides,
+                                                   MoveSession& source,
+                                                   MoveSession& destination);
+  // Puts the source's rows back over the destination's copies whose
+  // source transaction rolled back (pending_copies.h), with the source's
+  // tables locked against writes meanwhile; nothing to do, no lock.
+  absl::Status RepairRolledBackCopies(const MoveRecord& move,
+                                      const Sides& sides);
+  // The sequences that fill columns of the move's tables (serial and
+  // identity columns), as pg_get_serial_sequence names them.
+  absl::StatusOr<std::vector<std::string>> SequencesOf(const Sides& sides,
+                                                       MoveSession& destination);
+  // Sets each of `sequences` on the destination to the source's last
+  // value where that is higher, so that the destination, once it owns the
+  // slice, hands out no value the source already gave a moved row.
+  absl::Status AdvanceSequences(const std::vector<std::string>& sequences,
+                                MoveSession& source, MoveSession& destination);
   // Fence, each attempt's lock wait bounded by cutover_lock_timeout,
   // retried until statement_timeout has passed.
   absl::Status PatientFence(const Sides& sides, const ShardEndpoint& shard,

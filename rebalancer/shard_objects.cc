@@ -11,6 +11,10 @@ std::string MoveKeysTable(uint64_t move_id) {
   return StrCat("shardkit.move_", move_id, "_keys");
 }
 
+std::string MovePendingTable(uint64_t move_id) {
+  return StrCat("shardkit.move_", move_id, "_pending");
+}
+
 std::string_view KeySqlType(KeyType type) {
   switch (type) {
     case KeyType::kInt2: return "int2";
@@ -20,6 +24,14 @@ std::string_view KeySqlType(KeyType type) {
     case KeyType::kUuid: return "uuid";
   }
   return "text";
+}
+
+std::string CreateMoveTablesSql(uint64_t move_id, KeyType type) {
+  return StrCat("CREATE SCHEMA IF NOT EXISTS shardkit; "
+                "CREATE TABLE IF NOT EXISTS ", MoveKeysTable(move_id),
+                " (key ", KeySqlType(type), " PRIMARY KEY); "
+                "CREATE TABLE IF NOT EXISTS ", MovePendingTable(move_id),
+                " (xid xid8 NOT NULL, key ", KeySqlType(type), " NOT NULL)");
 }
 
 std::string InstallFenceFunctionSql() {

@@ -60,15 +60,39 @@
 // ## Dual-write (phase kDualWrite)
 //
 // A write that reaches the source shard of a kDualWrite move on a table of
-// its distribution runs in a distributed transaction with the destination
-// (two-phase commit when both wrote). On the source it returns the row
-// images it wrote (RETURNING *, beside the user's own RETURNING); the rows
-// whose key is in the slice are applied on the destination: an INSERT or
-// UPDATE as an upsert of the whole image, keyed by the table's primary key
-// (INSERT ... ON CONFLICT (pk) DO UPDATE SET every column), a DELETE as a
-// DELETE by primary key; each key so written is added to both sides'
-// move_<id>_keys. A table under move must have a primary key that
-// includes the shard key (the mover checks at plan time).
+// its distribution runs in a distributed transaction with the destination.
+// On the source it returns the row images it wrote (RETURNING *, beside
+// the user's own RETURNING, after a marker column holding the source
+// transaction's id); the rows whose key is in the slice are applied on the
+// destination: an INSERT or UPDATE as an upsert of the whole image, keyed
+// by the table's primary key (INSERT ... ON CONFLICT (pk) DO UPDATE SET
+// every column), a DELETE as a DELETE by primary key. The keys are listed
+// where a row of the slice may be that nothing else lists: on the
+// destination for an INSERT or UPDATE (the row it receives; a DELETE
+// leaves none), on the source for an INSERT (a new row; every row that
+// existed when the backfill passed its place in key order is listed by the
+// backfill). A table under move must have a primary key that includes the
+// shard key (the mover checks at plan time).
+//
+// A transaction (Cluster::Begin) commits the two sides by two-phase commit.
+// A single statement (Cluster::Execute) that wrote the source and one
+// move's destination commits without it, in two round trips: COMMIT on the
+// destination first, whose statement also records each key copied with
+// the source transaction's id in
+//
+//   shardkit.move_<id>_pending (xid xid8, key <key type>)
+//
+// then COMMIT on the source. The source's row locks, held until its
+// commit, order the destination's copies as the source ordered the writes
+// (a later write of the same row waits for them). A source that rolls
+// back after the destination committed (its COMMIT failed, or the process
+// died between the two) leaves a copy on the destination that the source
+// never had: the mover finds it by asking the source how each recorded
+// transaction ended (pg_xact_status) and puts the source's rows of those
+// keys back, with the source's tables locked before verify and under the
+// cutover's fences (rebalancer/pending_copies.h). The destination is
+// fenced at the cutover's epoch together with the source, so that no copy
+// lands after that check.
 //
 // ## Backfill
 //
@@ -103,9 +127,16 @@ inline constexpr std::string_view kEpochSetting = "shardkit.epoch";
 // "shardkit.move_<id>_keys".
 std::string MoveKeysTable(uint64_t move_id);
 
+// "shardkit.move_<id>_pending" (see "Dual-write of a single statement").
+std::string MovePendingTable(uint64_t move_id);
+
 // SQL type of a key column of `type` for the keys table ("int8", "text",
 // "uuid", ...).
 std::string_view KeySqlType(KeyType type);
+
+// Creates (idempotently) the schema shardkit, and move `move_id`'s keys
+// table and pending table for keys of `type`.
+std::string CreateMoveTablesSql(uint64_t move_id, KeyType type);
 
 // Creates (idempotently) shardkit.fences, shardkit.check_epoch() and
 // shardkit.raise_fence(table_name text, epoch int8).

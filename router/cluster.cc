@@ -448,6 +448,7 @@ absl::StatusOr<Result> Cluster::ExecuteRouted(
   }
   // A write to several shards: atomic, as a transaction of its own.
   internal::DistributedTransaction txn(*router_, map, options, *decisions_);
+  txn.set_single_statement();
   // Through the transaction, so that a dual-write's destination counts too.
   if (execute.read_your_writes != nullptr) {
     txn.set_on_commit(RecorderOf(options, *execute.read_your_writes));

@@ -402,8 +402,12 @@ PgQuery__RangeVar* WrittenRelation(PgQuery__Node& statement) {
 }
 
 // The column that ends the user's RETURNING columns in a source's
-// statement of a dual-write; the row image follows it.
+// statement of a dual-write; the row image follows it. Its value is the
+// source transaction's id (Prepared::DualWrite::xids).
 constexpr std::string_view kImageMarker = "shardkit_image";
+
+// Rewritten dual-write statements cached at most (Router::ImageReturningSql).
+constexpr size_t kMaxCachedImageSql = 1024;
 
 std::string QuoteName(std::string_view name) {
   std::string out = "\"";
@@ -428,7 +432,7 @@ absl::StatusOr<std::string> WithImageReturning(std::string_view sql) {
   const std::string ref = QuoteName(rv->alias != nullptr ? rv->alias->aliasname
                                                          : rv->relname);
   ASSIGN_OR_RETURN(ParsedSql extra,
-                   ParsedSql::Parse(StrCat("SELECT NULL::\"char\" AS ",
+                   ParsedSql::Parse(StrCat("SELECT pg_current_xact_id()::text AS ",
                                            kImageMarker, ", ", ref, ".*")));
   PgQuery__SelectStmt* select = extra.mutable_statement(0)->select_stmt;
   size_t* count = nullptr;
@@ -477,7 +481,8 @@ const Table* WrittenTable(const PgQuery__Node& statement, const ShardMap& map) {
 // Marks the tasks of `out` that reach the source of a move in dual-write
 // of the written table's distribution, and has them return the row images
 // (Prepared::DualWrite).
-absl::Status PlanDualWrite(const ShardMap& map, Router::Prepared& out) {
+absl::Status PlanDualWrite(Router& router, const ShardMap& map,
+                           Router::Prepared& out) {
   const Table* table = out.plan->write_table;
   if (table == nullptr || map.moves().empty() || !out.routing->writes) {
     return absl::OkStatus();
@@ -500,20 +505,12 @@ absl::Status PlanDualWrite(const ShardMap& map, Router::Prepared& out) {
     }
   }
   if (dual->tasks.empty()) return absl::OkStatus();
-  absl::Status status;
-  ParserThread::Default().Run([&] {
-    for (size_t i : dual->tasks) {
-      absl::StatusOr<std::string> sql = WithImageReturning(out.tasks[i].sql);
-      if (!sql.ok()) {
-        status = sql.status();
-        return;
-      }
-      out.tasks[i].sql = *std::move(sql);
-    }
-  });
-  RETURN_IF_ERROR(status);
+  for (size_t i : dual->tasks) {
+    ASSIGN_OR_RETURN(out.tasks[i].sql, router.ImageReturningSql(out.tasks[i].sql));
+  }
   dual->image_columns.resize(dual->tasks.size());
   dual->images.resize(dual->tasks.size());
+  dual->xids.resize(dual->tasks.size());
   out.dual = std::move(dual);
   return absl::OkStatus();
 }
@@ -540,6 +537,9 @@ absl::Status TakeImages(Router::Prepared::DualWrite& dual,
     dual.image_columns[j].assign(result.columns.begin() + marker + 1,
                                  result.columns.end());
     result.columns.resize(marker);
+    if (!result.rows.empty() && result.rows[0][marker]) {
+      dual.xids[j] = *result.rows[0][marker];
+    }
     for (Row& row : result.rows) {
       dual.images[j].emplace_back(std::make_move_iterator(row.begin() + marker + 1),
                                   std::make_move_iterator(row.end()));
@@ -693,7 +693,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     ASSIGN_OR_RETURN(out.tasks, InsertTasks(*out.plan, *map, sql, params));
     for (ShardTask& task : out.tasks) task.epoch = map->epoch();
     RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
-    RETURN_IF_ERROR(PlanDualWrite(*map, out));
+    RETURN_IF_ERROR(PlanDualWrite(*this, *map, out));
     return out;
   }
   ASSIGN_OR_RETURN(std::vector<ShardId> targets,
@@ -737,8 +737,25 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     out.tasks.push_back(std::move(task));
   }
   RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
-  RETURN_IF_ERROR(PlanDualWrite(*map, out));
+  RETURN_IF_ERROR(PlanDualWrite(*this, *map, out));
   return out;
+}
+
+absl::StatusOr<std::string> Router::ImageReturningSql(const std::string& sql) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = image_sql_.find(sql);
+    if (it != image_sql_.end()) return it->second;
+  }
+  absl::StatusOr<std::string> rewritten;
+  ParserThread::Default().Run([&] { rewritten = WithImageReturning(sql); });
+  RETURN_IF_ERROR(rewritten.status());
+  absl::MutexLock lock(&mu_);
+  // Bounded as the plans are: a statement text per distinct literal
+  // would grow it without end.
+  if (image_sql_.size() >= kMaxCachedImageSql) image_sql_.clear();
+  image_sql_.emplace(sql, *rewritten);
+  return rewritten;
 }
 
 absl::StatusOr<Result> Router::Execute(const std::shared_ptr<const ShardMap>& map,

@@ -92,6 +92,10 @@ class Router {
       // rows (the table's columns, as RETURNING t.* gives them).
       std::vector<std::vector<Column>> image_columns;
       std::vector<std::vector<Row>> images;
+      // Filled by Run, one per entry of `tasks`: the id of the source's
+      // transaction that wrote them (pg_current_xact_id(), as text), empty
+      // when it returned no row.
+      std::vector<std::string> xids;
     };
     std::shared_ptr<DualWrite> dual;
   };
@@ -118,6 +122,12 @@ class Router {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   size_t CachedPlansForTest() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // A dual-write source's statement: `sql` (one INSERT, UPDATE or DELETE)
+  // with the row images added to its RETURNING; rewritten once per SQL
+  // text, then cached.
+  [[nodiscard]] absl::StatusOr<std::string> ImageReturningSql(
+      const std::string& sql) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The columns of `table` as the shard of `shard` has them, in order,
   // with their SQL types and which make the primary key; looked up once
@@ -179,6 +189,8 @@ class Router {
   // By "<table>/<dsn>/<epoch>".
   absl::flat_hash_map<std::string, std::shared_ptr<const TableColumns>>
       table_columns_ ABSL_GUARDED_BY(mu_);
+  // By the statement's SQL (ImageReturningSql).
+  absl::flat_hash_map<std::string, std::string> image_sql_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace shardkit::internal

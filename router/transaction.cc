@@ -554,30 +554,22 @@ absl::Status DistributedTransaction::ApplyDualWrite(
       for (size_t c : columns->primary_key) {
         pk_names.push_back(QuoteIdent(columns->names[c]));
       }
-      // The destination's statements.
-      std::vector<ShardTask> on_destination;
+      // What is listed where (rebalancer/shard_objects.h): the
+      // destination lists the keys of the rows it receives, so that it
+      // hides them (a DELETE leaves no row to hide); the source lists those
+      // of new rows (the backfill lists every row that existed when it
+      // passed); a single statement's copies are recorded with the source
+      // transaction's id (see CommitMirrored).
+      const std::string& xid = dual.xids[j];
+      const bool list_on_source = dual.kind == StatementKind::kInsert;
+      const bool list_on_destination = dual.kind != StatementKind::kDelete;
+      const bool record_pending = single_statement_ && !xid.empty();
+      const std::string_view key_type = KeySqlType(distribution.key_type());
+      std::vector<size_t> written;  // columns given a value
+      std::vector<std::string> names, updates;
       if (dual.kind == StatementKind::kDelete) {
-        const size_t per = RowsPerStatement(pk_names.size());
-        for (size_t from = 0; from < moving.size(); from += per) {
-          ShardTask task = On(*destination, "");
-          std::vector<std::string> tuples;
-          for (size_t r = from; r < std::min(moving.size(), from + per); ++r) {
-            std::vector<std::string> values;
-            for (size_t c : columns->primary_key) {
-              task.params.push_back((*moving[r])[c]);
-              values.push_back(StrCat("$", task.params.size(), "::",
-                                      columns->types[c]));
-            }
-            tuples.push_back(StrCat("(", absl::StrJoin(values, ", "), ")"));
-          }
-          task.sql = StrCat("DELETE FROM ", quoted, " WHERE (",
-                            absl::StrJoin(pk_names, ", "), ") IN (",
-                            absl::StrJoin(tuples, ", "), ")");
-          on_destination.push_back(std::move(task));
-        }
+        written = columns->primary_key;
       } else {
-        std::vector<size_t> written;  // columns given a value
-        std::vector<std::string> names, updates;
         for (size_t c = 0; c < columns->names.size(); ++c) {
           if (columns->generated[c]) continue;
           written.push_back(c);
@@ -589,62 +581,86 @@ absl::Status DistributedTransaction::ApplyDualWrite(
             updates.push_back(StrCat(name, " = EXCLUDED.", name));
           }
         }
-        const size_t per = RowsPerStatement(written.size());
-        for (size_t from = 0; from < moving.size(); from += per) {
-          ShardTask task = On(*destination, "");
-          std::vector<std::string> tuples;
-          for (size_t r = from; r < std::min(moving.size(), from + per); ++r) {
-            std::vector<std::string> values;
-            for (size_t c : written) {
-              task.params.push_back((*moving[r])[c]);
-              values.push_back(StrCat("$", task.params.size(), "::",
-                                      columns->types[c]));
-            }
-            tuples.push_back(StrCat("(", absl::StrJoin(values, ", "), ")"));
+      }
+      // One statement per batch of rows on the destination: the rows, and
+      // in WITH clauses of the same statement, their keys and records.
+      const size_t per = RowsPerStatement(written.size() + 2);
+      for (size_t from = 0; from < moving.size(); from += per) {
+        const size_t to = std::min(moving.size(), from + per);
+        ShardTask task = On(*destination, "");
+        std::vector<std::string> with;
+        if (record_pending) task.params.push_back(xid);  // $1
+        auto key_values = [&](bool with_xid) {
+          std::vector<std::string> values;
+          for (size_t r = from; r < to; ++r) {
+            task.params.push_back(keys[r]);
+            values.push_back(StrCat("(", with_xid ? "$1::xid8, " : "", "$",
+                                    task.params.size(), "::", key_type, ")"));
           }
-          task.sql = StrCat(
+          return absl::StrJoin(values, ", ");
+        };
+        if (list_on_destination) {
+          with.push_back(StrCat("shardkit_keys AS (INSERT INTO ",
+                                MoveKeysTable(move->move_id), " (key) VALUES ",
+                                key_values(false), " ON CONFLICT DO NOTHING)"));
+        }
+        if (record_pending) {
+          with.push_back(StrCat("shardkit_pending AS (INSERT INTO ",
+                                MovePendingTable(move->move_id),
+                                " (xid, key) VALUES ", key_values(true), ")"));
+        }
+        std::vector<std::string> tuples;
+        for (size_t r = from; r < to; ++r) {
+          std::vector<std::string> values;
+          for (size_t c : written) {
+            task.params.push_back((*moving[r])[c]);
+            values.push_back(StrCat("$", task.params.size(), "::",
+                                    columns->types[c]));
+          }
+          tuples.push_back(StrCat("(", absl::StrJoin(values, ", "), ")"));
+        }
+        std::string main;
+        if (dual.kind == StatementKind::kDelete) {
+          main = StrCat("DELETE FROM ", quoted, " WHERE (",
+                        absl::StrJoin(pk_names, ", "), ") IN (",
+                        absl::StrJoin(tuples, ", "), ")");
+        } else {
+          main = StrCat(
               "INSERT INTO ", quoted, " (", absl::StrJoin(names, ", "),
               ") OVERRIDING SYSTEM VALUE VALUES ", absl::StrJoin(tuples, ", "),
               " ON CONFLICT (", absl::StrJoin(pk_names, ", "), ") DO ",
               updates.empty() ? std::string("NOTHING")
                               : StrCat("UPDATE SET ",
                                        absl::StrJoin(updates, ", ")));
-          on_destination.push_back(std::move(task));
         }
-      }
-      // The keys, listed on both sides.
-      std::vector<ShardTask> keys_on_source, keys_on_destination;
-      const size_t per = RowsPerStatement(1);
-      for (size_t from = 0; from < keys.size(); from += per) {
-        ShardTask task = On(*source, "");
-        std::vector<std::string> values;
-        for (size_t r = from; r < std::min(keys.size(), from + per); ++r) {
-          task.params.push_back(keys[r]);
-          values.push_back(StrCat("($", task.params.size(), "::",
-                                  KeySqlType(distribution.key_type()), ")"));
-        }
-        task.sql = StrCat("INSERT INTO ", MoveKeysTable(move->move_id),
-                          " (key) VALUES ", absl::StrJoin(values, ", "),
-                          " ON CONFLICT DO NOTHING");
-        keys_on_source.push_back(task);
-        task.shard = destination->base.shard;
-        task.shard_name = destination->base.shard_name;
-        task.dsn = destination->base.dsn;
-        task.session = destination->base.session;
-        keys_on_destination.push_back(std::move(task));
-      }
-      // Deferred to the next round trip of each side (see Participant::
-      // pending): the destination's rows, then its keys; the source's keys.
-      for (std::vector<ShardTask>* tasks : {&on_destination, &keys_on_destination}) {
-        for (ShardTask& task : *tasks) {
-          destination->pending.push_back(
-              Statement{std::move(task.sql), std::move(task.params)});
-        }
-      }
-      for (ShardTask& task : keys_on_source) {
-        source->pending.push_back(
+        task.sql = with.empty()
+                       ? std::move(main)
+                       : StrCat("WITH ", absl::StrJoin(with, ", "), " ", main);
+        // Deferred to the destination's next round trip (see Participant::
+        // pending).
+        destination->pending.push_back(
             Statement{std::move(task.sql), std::move(task.params)});
       }
+      if (list_on_source) {
+        const size_t per_key = RowsPerStatement(1);
+        for (size_t from = 0; from < keys.size(); from += per_key) {
+          Statement listing;
+          std::vector<std::string> values;
+          for (size_t r = from; r < std::min(keys.size(), from + per_key); ++r) {
+            listing.params.push_back(keys[r]);
+            values.push_back(
+                StrCat("($", listing.params.size(), "::", key_type, ")"));
+          }
+          listing.sql = StrCat("INSERT INTO ", MoveKeysTable(move->move_id),
+                               " (key) VALUES ", absl::StrJoin(values, ", "),
+                               " ON CONFLICT DO NOTHING");
+          source->pending.push_back(std::move(listing));
+        }
+      }
+      mirrored_.push_back(
+          {source->base.shard,
+           record_pending ? std::optional<ShardId>(destination->base.shard)
+                          : std::nullopt});
       source->wrote = true;
       destination->wrote = true;
     }
@@ -774,6 +790,17 @@ absl::Status DistributedTransaction::Commit() {
     EndCommitted(writers);
     return absl::OkStatus();
   }
+  if (readers.empty() && writers.size() == 2 && !mirrored_.empty() &&
+      std::all_of(mirrored_.begin(), mirrored_.end(),
+                  [&](const Mirrored& m) { return m == mirrored_[0]; }) &&
+      mirrored_[0].destination) {
+    Participant* source = &participants_[mirrored_[0].source];
+    Participant* destination = &participants_[*mirrored_[0].destination];
+    if ((writers[0] == source && writers[1] == destination) ||
+        (writers[0] == destination && writers[1] == source)) {
+      return CommitMirrored(*source, *destination);
+    }
+  }
   absl::Status committed = CommitTwoPhase(writers, readers);
   if (!committed.ok()) {
     End();
@@ -787,6 +814,38 @@ absl::Status DistributedTransaction::Commit() {
     return committed;
   }
   EndCommitted(writers);
+  return absl::OkStatus();
+}
+
+absl::Status DistributedTransaction::CommitMirrored(Participant& source,
+                                                    Participant& destination) {
+  // The destination first: its copy of the rows, its keys and the source
+  // transaction's id. If it fails, nothing is committed anywhere.
+  std::vector<TaskOutcome> done = RunOn({&destination}, {"COMMIT"});
+  if (!done[0].status.ok()) {
+    absl::Status failed = done[0].status;
+    Rollback().IgnoreError();
+    if (SqlStateOf(failed) == kStaleEpochSqlState) {
+      // Refused by the destination's fence (a move aborted or cut over
+      // since): rolled back everywhere, so the caller may run it again by
+      // the newer map.
+      failed = Fail(failed);
+      state_ = State::kEnded;
+    }
+    return failed;
+  }
+  // Committed on the destination, not yet on the source. Should the
+  // source's COMMIT fail (or this process die here), the destination holds
+  // a copy that the source rolled back; its keys stay in the destination's
+  // pending list with the source transaction's id, and the mover puts the
+  // source's rows back over them before the destination owns the slice.
+  Failpoint("dual-write-after-destination");
+  done = RunOn({&source}, {"COMMIT"});
+  if (!done[0].status.ok()) {
+    End();
+    return done[0].status;
+  }
+  EndCommitted({&source, &destination});
   return absl::OkStatus();
 }
 

@@ -155,6 +155,13 @@ class DistributedTransaction {
   using OnCommit = std::function<void(const std::vector<ShardTask>& written)>;
   void set_on_commit(OnCommit on_commit) { on_commit_ = std::move(on_commit); }
 
+  // Declares that the transaction runs one statement, then commits (a
+  // single statement outside a transaction: Cluster::Execute). A dual-write
+  // of such a statement to one move's destination commits without
+  // two-phase commit: the destination, then the source (see
+  // CommitMirrored). Call before Execute.
+  void set_single_statement() { single_statement_ = true; }
+
  private:
   struct Participant {
     ShardTask base;  // shard, name, dsn and session; no SQL
@@ -187,6 +194,16 @@ class DistributedTransaction {
                                  const std::vector<std::string>& sql);
   absl::Status CommitTwoPhase(const std::vector<Participant*>& writers,
                               const std::vector<Participant*>& readers);
+  // Commits a single statement's dual-write (its only writers: the move's
+  // source and destination) in two round trips: COMMIT on the destination,
+  // which also records the source transaction's id beside the keys it
+  // copied (shardkit.move_<id>_pending), then COMMIT on the source. The
+  // source's row locks, held until then, order the destination's copies
+  // as the source ordered the writes. A source that rolls back after the
+  // destination committed leaves a copy there that the mover repairs from
+  // the source (rebalancer/shard_objects.h, "Dual-write of a single
+  // statement").
+  absl::Status CommitMirrored(Participant& source, Participant& destination);
   // Ends the transaction: every session goes back to the pool (or is
   // closed, if still inside a transaction).
   void End();
@@ -211,6 +228,15 @@ class DistributedTransaction {
   absl::Status abort_reason_;
   std::function<void()> on_stale_map_;
   OnCommit on_commit_;
+  bool single_statement_ = false;
+  // Each move ApplyDualWrite mirrored to: its source, and its destination
+  // if the copy went with the source transaction's id (single statement).
+  struct Mirrored {
+    ShardId source = 0;
+    std::optional<ShardId> destination;
+    bool operator==(const Mirrored&) const = default;
+  };
+  std::vector<Mirrored> mirrored_;
 };
 
 // Runs sql[i] on participant which[i], in parallel where it can; returns

@@ -77,9 +77,7 @@ class MoveRoutingTest : public ::testing::Test {
                     internal::InstallFenceFunctionSql(),
                     internal::InstallFenceTriggerSql("users"), ";",
                     internal::InstallFenceTriggerSql("orders"), ";",
-                    "CREATE TABLE ", internal::MoveKeysTable(1), " (key ",
-                    internal::KeySqlType(KeyType::kInt8),
-                    " PRIMARY KEY)"));
+                    internal::CreateMoveTablesSql(1, KeyType::kInt8)));
       ASSERT_TRUE(made.ok()) << made.status();
     }
     // Rows on their owners; the slice's rows also copied to s2 (as the
@@ -224,6 +222,11 @@ TEST_F(MoveRoutingTest, DualWriteMirrorsTheSliceOnTheDestination) {
     return RawCount(shard, StrCat("SELECT count(*) FROM ", table, " WHERE ",
                                   where));
   };
+  auto pending = [](const std::string& id) {
+    return RawCount(1, StrCat("SELECT count(*) FROM ",
+                              internal::MovePendingTable(1), " WHERE key = ",
+                              id));
+  };
   auto listed = [](int shard, const std::string& id) {
     return RawCount(shard, StrCat("SELECT count(*) FROM ",
                                   internal::MoveKeysTable(1),
@@ -242,6 +245,9 @@ TEST_F(MoveRoutingTest, DualWriteMirrorsTheSliceOnTheDestination) {
   EXPECT_EQ(has(1, "users", StrCat("id = ", a, " AND name = 'a'")), 1);
   EXPECT_EQ(listed(0, a), 1);
   EXPECT_EQ(listed(1, a), 1);
+  // A single statement: committed on the destination first, with the
+  // source transaction's id recorded (rebalancer/pending_copies.h).
+  EXPECT_EQ(pending(a), 1);
 
   // A partial UPDATE of a row not yet on the destination creates it there
   // with the whole image; the user's RETURNING is theirs only.
@@ -260,7 +266,9 @@ TEST_F(MoveRoutingTest, DualWriteMirrorsTheSliceOnTheDestination) {
   EXPECT_EQ(r->rows[0], (Row{"6"}));
   EXPECT_EQ(has(1, "orders", StrCat("user_id = ", b, " AND id = 7 AND amount = 6")),
             1);
-  EXPECT_EQ(listed(0, b), 1);
+  // Listed on the destination, which now holds the row; not on the
+  // source, whose row existed before the move: the backfill lists it.
+  EXPECT_EQ(listed(0, b), 0);
   EXPECT_EQ(listed(1, b), 1);
 
   // INSERT ... ON CONFLICT DO UPDATE, mirrored, RETURNING *.
@@ -309,6 +317,7 @@ TEST_F(MoveRoutingTest, DualWriteMirrorsTheSliceOnTheDestination) {
   EXPECT_EQ(has(1, "users", StrCat("id = ", c, " AND name = 'c+'")), 1);
   EXPECT_EQ(listed(0, c), 1);
   EXPECT_EQ(listed(1, c), 1);
+  EXPECT_EQ(pending(c), 0);  // a Transaction commits by two-phase commit
   EXPECT_EQ(has(1, "orders", StrCat("user_id = ", b)), 0);
   // A rolled-back transaction leaves neither side changed.
   {
