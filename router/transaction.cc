@@ -820,8 +820,16 @@ absl::Status DistributedTransaction::Commit() {
 absl::Status DistributedTransaction::CommitMirrored(Participant& source,
                                                     Participant& destination) {
   // The destination first: its copy of the rows, its keys and the source
-  // transaction's id. If it fails, nothing is committed anywhere.
-  std::vector<TaskOutcome> done = RunOn({&destination}, {"COMMIT"});
+  // transaction's id. If it fails, nothing is committed anywhere. Joined
+  // for this alone, it needs no transaction block: its statements, sent
+  // in one pipeline, run as one implicit transaction.
+  std::string commit = "COMMIT";
+  if (!destination.session->started() && !destination.pending.empty() &&
+      destination.pending[0].sql == "BEGIN") {
+    destination.pending.erase(destination.pending.begin());
+    commit.clear();
+  }
+  std::vector<TaskOutcome> done = RunOn({&destination}, {commit});
   if (!done[0].status.ok()) {
     absl::Status failed = done[0].status;
     Rollback().IgnoreError();
