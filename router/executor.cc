@@ -659,9 +659,15 @@ absl::StatusOr<std::vector<TaskOutcome>> RunAll(
     const std::vector<ShardTask>& tasks, ExecOptions options) {
   options.cancel_others_on_failure = true;
   std::vector<TaskOutcome> done = RunOnShards(tasks, options);
-  for (TaskOutcome& outcome : done) {
-    if (!outcome.status.ok()) return outcome.status;
+  const TaskOutcome* cancelled = nullptr;
+  for (const TaskOutcome& outcome : done) {
+    if (outcome.status.ok()) continue;
+    if (outcome.status.code() != absl::StatusCode::kCancelled) {
+      return outcome.status;
+    }
+    if (cancelled == nullptr) cancelled = &outcome;
   }
+  if (cancelled != nullptr) return cancelled->status;
   return done;
 }
 

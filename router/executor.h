@@ -206,7 +206,10 @@ absl::StatusOr<Result> RunTask(const ShardTask& task, const ExecOptions& options
 
 // Runs `tasks` as one statement's parts: with cancel_others_on_failure, so
 // that one shard's failure stops the others' work, and fails with the
-// first failure in task order; else every outcome, in task order.
+// first failure in task order that is not a cancellation for another's
+// (kCancelled; the failure that caused it tells the caller what happened,
+// e.g. its SQLSTATE), else with the first; else every outcome, in task
+// order.
 absl::StatusOr<std::vector<TaskOutcome>> RunAll(
     const std::vector<ShardTask>& tasks, ExecOptions options);
 
