@@ -29,9 +29,11 @@
 // would show it the older value). So once the fence for epoch E is committed, no write
 // routed by a map older than E can land on that table: a router learns it
 // from the error, refreshes its map (LiveMap::Refresh), sets its
-// connections' epoch, and retries the statement (outside a transaction;
-// inside one the transaction fails with the retryable error, message
-// saying to retry it).
+// connections' epoch, and retries the statement. Inside a transaction it
+// does so when the statement was the transaction's first on every shard
+// it ran on (rolling back those parts first); otherwise the refusal has
+// aborted work of the transaction on that shard, and the transaction
+// fails with the retryable error, message saying to retry it.
 //
 // ## Keys of a moving slice
 //

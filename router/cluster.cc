@@ -130,10 +130,6 @@ std::shared_ptr<const ShardMap> AwaitNewPrimary(internal::LiveMap& live,
   return nullptr;
 }
 
-// How many times a statement refused for a stale map epoch is routed
-// again, each time by a newer map: one retry per move phase it races with.
-constexpr int kStaleMapAttempts = 5;
-
 bool IsStaleMap(const absl::Status& status) {
   return SqlStateOf(status) == internal::kStaleEpochSqlState;
 }
@@ -386,7 +382,7 @@ absl::StatusOr<Result> Cluster::Execute(std::string_view sql,
     absl::StatusOr<Result> result =
         ExecuteRouted(map, sql, params, execute, options, retryable);
     if (result.ok() || !IsStaleMap(result.status()) || !retryable ||
-        attempt == kStaleMapAttempts) {
+        attempt == internal::kStaleMapAttempts) {
       return result;
     }
     ASSIGN_OR_RETURN(map, NewerMap(*live_, map->epoch(), result.status(),
@@ -495,17 +491,16 @@ absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin(
     const TransactionOptions& options) const {
   const internal::ExecOptions exec = OptionsOf(config_, pools_.get());
   std::shared_ptr<const ShardMap> map = this->map();
-  const uint64_t epoch = map->epoch();
   auto txn = std::make_unique<internal::DistributedTransaction>(
       *router_, std::move(map), exec, *decisions_);
-  // So that the transaction's retry is routed by the map that fenced it:
-  // a fence goes up just before its map is published (a move's cutover),
-  // so wait for that map, as Execute does, rather than have the retry
-  // refused again.
-  txn->set_on_stale_map(
-      [live = live_.get(), epoch, wait = config_.timeouts.connect] {
-        live->AwaitEpoch(epoch + 1, wait).IgnoreError();
-      });
+  // A fence goes up just before its map is published (a move's cutover):
+  // the statement the transaction replays, or the application's retry of
+  // the transaction, is routed by that map, as Execute's retry is, rather
+  // than refused again.
+  txn->set_newer_map([live = live_.get(), wait = config_.timeouts.connect](
+                         uint64_t stale, const absl::Status& refused) {
+    return NewerMap(*live, stale, refused, wait);
+  });
   if (options.read_your_writes != nullptr) {
     txn->set_on_commit(RecorderOf(exec, *options.read_your_writes));
   }

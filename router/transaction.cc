@@ -320,12 +320,15 @@ absl::Status DistributedTransaction::CheckOpen() const {
   return absl::OkStatus();
 }
 
-absl::Status DistributedTransaction::Fail(absl::Status status) {
+absl::Status DistributedTransaction::Fail(absl::Status status,
+                                          bool await_newer_map) {
   if (SqlStateOf(status) == kStaleEpochSqlState) {
-    // Nothing of the transaction may run on the map it began with: a move
-    // changed ownership since. It is the caller's to run it again, from
-    // its start, by the newer map.
-    if (on_stale_map_) on_stale_map_();
+    // Nothing more of the transaction may run on its map: a move changed
+    // ownership since. It is the caller's to run it again, from its
+    // start, by the newer map (once it is there).
+    if (await_newer_map && newer_map_) {
+      newer_map_(map_->epoch(), status).status().IgnoreError();
+    }
     status = WithSqlState(
         absl::AbortedError(StrCat(
             "the shard map changed while the transaction ran (",
@@ -342,14 +345,57 @@ absl::Status DistributedTransaction::Fail(absl::Status status) {
 absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
                                                        const Params& params) {
   RETURN_IF_ERROR(CheckOpen());
-  absl::StatusOr<Router::Prepared> prepared = router_.Prepare(map_, sql, params);
-  if (!prepared.ok()) return Fail(prepared.status());
-  return Execute(*std::move(prepared), params);
+  // A move's cutover fences its source just before it publishes the map
+  // naming the new owner. A statement refused there that was the first of
+  // the transaction on the shards it ran on changed nothing the rollback
+  // of those parts does not undo: it runs again by the newer map, as
+  // Cluster::Execute would, and the transaction goes on by that map.
+  for (int attempt = 1;; ++attempt) {
+    absl::StatusOr<Router::Prepared> prepared =
+        router_.Prepare(map_, sql, params);
+    if (!prepared.ok()) return Fail(prepared.status());
+    bool replayable = false;
+    absl::StatusOr<Result> result =
+        Run(*std::move(prepared), params,
+            attempt < kStaleMapAttempts ? &replayable : nullptr);
+    if (!replayable) return result;
+    absl::StatusOr<std::shared_ptr<const ShardMap>> newer =
+        newer_map_(map_->epoch(), result.status());
+    if (!newer.ok()) return Fail(newer.status(), /*await_newer_map=*/false);
+    // The shards it keeps must be the same ones in the newer map.
+    for (const auto& [id, p] : participants_) {
+      if (id >= (*newer)->shards().size() ||
+          (*newer)->shard(id).name != p.base.shard_name) {
+        return Fail(result.status(), /*await_newer_map=*/false);
+      }
+    }
+    map_ = *std::move(newer);
+  }
 }
 
 absl::StatusOr<Result> DistributedTransaction::Execute(
     Router::Prepared prepared, const Params& params) {
   RETURN_IF_ERROR(CheckOpen());
+  return Run(std::move(prepared), params, nullptr);
+}
+
+void DistributedTransaction::Withdraw(const std::vector<Participant*>& parts) {
+  std::vector<Participant*> open;
+  for (Participant* p : parts) {
+    if (p->session->InTransaction()) open.push_back(p);
+  }
+  // One that cannot be told is closed on release, and its server rolls
+  // back.
+  RunOn(open, std::vector<std::string>(open.size(), "ROLLBACK"));
+  for (Participant* p : parts) {
+    p->session->Release();
+    participants_.erase(p->base.shard);
+  }
+}
+
+absl::StatusOr<Result> DistributedTransaction::Run(Router::Prepared prepared,
+                                                   const Params& params,
+                                                   bool* replayable) {
   // What a dual-write deferred on the shards this statement reaches runs
   // first, in a round of its own: the statement may be several in one
   // string, which a pipeline cannot carry.
@@ -384,15 +430,15 @@ absl::StatusOr<Result> DistributedTransaction::Execute(
     }
     task.session = p.session.get();
   }
+  auto joins = [&](const ShardTask& task) {
+    return std::find_if(joining.begin(), joining.end(), [&](Participant* p) {
+             return p->base.shard == task.shard;
+           }) != joining.end();
+  };
   if (!joining.empty()) {
     const bool without_params =
         std::all_of(prepared.tasks.begin(), prepared.tasks.end(),
                     [](const ShardTask& t) { return t.params.empty(); });
-    auto joins = [&](const ShardTask& task) {
-      return std::find_if(joining.begin(), joining.end(), [&](Participant* p) {
-               return p->base.shard == task.shard;
-             }) != joining.end();
-    };
     if (without_params) {
       for (ShardTask& task : prepared.tasks) {
         if (joins(task)) task.sql = StrCat("BEGIN; ", task.sql);
@@ -415,7 +461,19 @@ absl::StatusOr<Result> DistributedTransaction::Execute(
     }
   }
   absl::StatusOr<Result> result = router_.Run(prepared, params, options_);
-  if (!result.ok()) return Fail(result.status());
+  if (!result.ok()) {
+    // Refused by a fence before it changed anything there; where it ran
+    // as well, it was all the transaction did (its dual-write, deferred
+    // until it succeeds, left nothing pending).
+    if (replayable != nullptr && newer_map_ &&
+        SqlStateOf(result.status()) == kStaleEpochSqlState &&
+        std::all_of(prepared.tasks.begin(), prepared.tasks.end(), joins)) {
+      Withdraw(joining);
+      *replayable = true;
+      return result.status();
+    }
+    return Fail(result.status());
+  }
   // A statement can complete just as its timeout fires: it succeeded, but
   // the cancel closes its connection, and the server rolls back that
   // shard's part of the transaction with it.

@@ -120,6 +120,11 @@ class DecisionLog {
   std::vector<std::string> finished_ ABSL_GUARDED_BY(mu_);
 };
 
+// How many times a statement refused for a stale map epoch is routed
+// again, each time by a newer map: one retry per move phase it races with
+// (Cluster::Execute, and DistributedTransaction::Execute where it may).
+inline constexpr int kStaleMapAttempts = 5;
+
 // The engine of shardkit::Transaction (see there for the contract).
 //
 // Thread-safety: one thread at a time.
@@ -139,13 +144,21 @@ class DistributedTransaction {
   absl::Status Rollback();
   std::vector<ShardId> participants() const;
 
-  // Called once when a shard refuses a statement for this transaction's
-  // stale map epoch (SQLSTATE SK001: a move fenced the table), so that the
-  // retried transaction routes by a newer map (Cluster::Begin's waits
-  // until its live map is newer, up to the connect timeout). May be empty.
-  void set_on_stale_map(std::function<void()> on_stale_map) {
-    on_stale_map_ = std::move(on_stale_map);
-  }
+  // Given the epoch of a map a shard refused a statement for (SQLSTATE
+  // SK001: a move fenced the table) and that refusal, returns a newer map,
+  // or the refusal (with SK001) saying that none came. Cluster::Begin's
+  // waits for its live map to be newer, up to the connect timeout.
+  using NewerMap = std::function<absl::StatusOr<std::shared_ptr<const ShardMap>>(
+      uint64_t stale_epoch, const absl::Status& refused)>;
+  // Called when a shard refuses a statement for this transaction's stale
+  // map epoch. Where the refused statement is the first of the transaction
+  // on every shard it ran on (those parts hold nothing else), their parts
+  // are rolled back, and it is routed again by the newer map, which later
+  // statements use too (at most kStaleMapAttempts times). Otherwise the
+  // transaction fails with the retryable SK001 error, after waiting for
+  // the newer map, so that its retry routes by it. May be empty: then the
+  // transaction fails at once (Cluster::Execute retries on its own).
+  void set_newer_map(NewerMap newer_map) { newer_map_ = std::move(newer_map); }
 
   // Called once Commit has succeeded, with the participants that wrote
   // (shard, name and the primary's dsn; no session: the connections are
@@ -177,8 +190,10 @@ class DistributedTransaction {
 
   // FailedPrecondition once ended, 25P02 once aborted; else OK.
   absl::Status CheckOpen() const;
-  // Aborts the transaction with `status`, and returns it.
-  absl::Status Fail(absl::Status status);
+  // Aborts the transaction with `status`, and returns it. A stale map
+  // (SK001) gets the message of a retryable error, after waiting for the
+  // newer map unless `await_newer_map` is false (waited already).
+  absl::Status Fail(absl::Status status, bool await_newer_map = true);
   // The task of `sql` on participant `p`'s session.
   static ShardTask On(const Participant& p, std::string sql);
   // The task of `p`'s pending statements then `statement` (none when its
@@ -212,6 +227,17 @@ class DistributedTransaction {
   // The participant of `shard`; a new one joins with its first round trip
   // (BEGIN pending).
   Participant* Join(ShardId shard);
+  // Execute's work by the map the statement was prepared against. When
+  // `replayable` is given and the statement is refused for a stale map
+  // (SK001) on shards that all joined with it, rolls back their parts
+  // (Withdraw) and sets *replayable, without aborting the transaction: the
+  // caller may route it again by a newer map.
+  absl::StatusOr<Result> Run(Router::Prepared prepared, const Params& params,
+                             bool* replayable);
+  // Rolls back the parts of `parts` (their sessions then go back to the
+  // pool, or are closed) and removes them from the participants. REQUIRES:
+  // no statement of theirs but the last ran (they joined with it).
+  void Withdraw(const std::vector<Participant*>& parts);
   // Applies the row images a dual-write's sources returned on the moves'
   // destinations, and lists the keys on both sides (Prepared::DualWrite):
   // as pending statements of the source and destination, which go out with
@@ -220,13 +246,16 @@ class DistributedTransaction {
   absl::Status ApplyDualWrite(const Router::Prepared& prepared);
 
   Router& router_;
-  const std::shared_ptr<const ShardMap> map_;
+  // The map statements are routed by: the one the transaction began with,
+  // until a statement replayed after a refusal for a stale map (Execute)
+  // moves it to a newer one.
+  std::shared_ptr<const ShardMap> map_;
   const ExecOptions options_;
   DecisionLog& log_;
   std::map<ShardId, Participant> participants_;
   State state_ = State::kOpen;
   absl::Status abort_reason_;
-  std::function<void()> on_stale_map_;
+  NewerMap newer_map_;
   OnCommit on_commit_;
   bool single_statement_ = false;
   // Each move ApplyDualWrite mirrored to: its source, and its destination

@@ -188,9 +188,11 @@ class Cluster {
   // Online moves. While a slice of a distribution moves (ShardMap::moves()),
   // writes to its tables are applied on the move's destination too, and a
   // statement refused by a shard for a stale map runs again by the new one
-  // (a Transaction fails instead, kAborted with SQLSTATE SK001, once the
-  // newer map has arrived or the connect timeout has passed: run it again
-  // from its start, and it is routed by the newer map).
+  // (so does a Transaction's statement that was its first on the shards it
+  // ran on; one refused where the transaction had worked already fails,
+  // kAborted with SQLSTATE SK001, once the newer map has arrived or the
+  // connect timeout has passed: run it again from its start, and it is
+  // routed by the newer map; see Transaction::Execute).
   // A data-modifying WITH over a moving distribution's table that reaches
   // the move's source or destination is refused (kFailedPrecondition,
   // SQLSTATE 55000): it is not applied on the destination; run its writes

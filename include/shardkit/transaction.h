@@ -78,7 +78,15 @@ class Transaction {
   // Runs one statement inside the transaction, routed as Cluster::Execute
   // routes it, on the shard map the transaction began with. Fails as
   // Cluster::Execute does, and then aborts the transaction; with SQLSTATE
-  // 25P02 once aborted, and with kFailedPrecondition after it ended. Also
+  // 25P02 once aborted, and with kFailedPrecondition after it ended.
+  // A shard under a move refuses a write routed by an older map (its
+  // cutover): where the statement is the first of the transaction on
+  // every shard it ran on, their parts are rolled back and it runs again,
+  // inside this call, by the newer map, which the transaction's later
+  // statements use too. Otherwise (that shard holds earlier work of the
+  // transaction, which a refused statement aborts there) it fails with
+  // kAborted and SQLSTATE SK001: roll back and run the whole transaction
+  // again, and it is routed by the newer map. Also
   // fails (kUnavailable) when the statement completed but its shard's
   // connection was closed meanwhile (it completed just as its statement
   // timeout cancelled it): that shard rolls back its part.
