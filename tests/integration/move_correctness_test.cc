@@ -9,8 +9,10 @@
 // Variants: the move run to completion in this process; a mover (shardctl
 // move) killed at each failpoint and then resumed; killed at failpoints
 // before the point of no return and then aborted. Single statements must
-// never fail (a stale map is retried inside the library); a transaction
-// refused for a stale map (SK001, rolled back) is retried here, as an
+// never fail (a stale map is retried inside the library); nor may a
+// transaction's first statement (replayed inside the library by the newer
+// map); a transaction refused for a stale map later (SK001, rolled back:
+// the refused shard held its earlier work) is retried here, as an
 // application would; a failed commit would leave its writes in doubt, and
 // the check allows either outcome for them.
 
@@ -140,6 +142,8 @@ struct WriterStats {
   int64_t during_cut_over = 0;
   int64_t statement_failures = 0;  // single statements: must stay 0
   int64_t transaction_retries = 0;  // stale map (SK001): rolled back, retried
+  // Of those, refused on the transaction's first statement: must stay 0.
+  int64_t first_statement_refusals = 0;
   int64_t transaction_failures = 0;  // other failures
   int64_t unknown_outcomes = 0;
   std::vector<std::string> errors;  // the first few
@@ -177,6 +181,7 @@ class Workload {
       total.during_cut_over += s.during_cut_over;
       total.statement_failures += s.statement_failures;
       total.transaction_retries += s.transaction_retries;
+      total.first_statement_refusals += s.first_statement_refusals;
       total.transaction_failures += s.transaction_failures;
       total.unknown_outcomes += s.unknown_outcomes;
       for (const std::string& e : s.errors) total.errors.push_back(e);
@@ -256,6 +261,7 @@ class Workload {
       }
       absl::Status failed;
       std::string_view failed_sql;
+      bool first = true;
       for (const auto& [sql, params] : statements) {
         absl::StatusOr<Result> r = (*txn)->Execute(sql, params);
         if (!r.ok()) {
@@ -263,6 +269,7 @@ class Workload {
           failed_sql = sql;
           break;
         }
+        first = false;
         affected.push_back(r->rows_affected);
       }
       if (failed.ok()) {
@@ -273,6 +280,10 @@ class Workload {
       }
       (*txn)->Rollback().IgnoreError();
       if (SqlStateOf(failed) == internal::kStaleEpochSqlState && attempt < 5) {
+        if (first) {
+          Note(writer, &WriterStats::first_statement_refusals, failed,
+               failed_sql);
+        }
         absl::MutexLock lock(&mu_);
         ++stats_[writer].transaction_retries;
         continue;
@@ -660,7 +671,9 @@ std::string Report(const WriterStats& s) {
   return StrCat(s.acknowledged, " writes acknowledged (", s.during_dual_write,
                 " in dual-write, ", s.during_cut_over, " cut over), ",
                 s.statement_failures, " statements failed, ",
-                s.transaction_retries, " transactions retried, ",
+                s.transaction_retries, " transactions retried (",
+                s.first_statement_refusals, " refused on their first "
+                "statement), ",
                 s.transaction_failures, " failed, ", s.unknown_outcomes,
                 " unknown outcomes; errors: ", absl::StrJoin(s.errors, " | "),
                 "; anomalies: ", absl::StrJoin(s.anomalies, " | "));
@@ -713,6 +726,7 @@ TEST_F(MoveCorrectnessTest, WritersDuringAMoveInProcess) {
   EXPECT_TRUE(waited_dual && waited_cut);
   EXPECT_EQ(total.statement_failures, 0);
   EXPECT_EQ(total.transaction_failures, 0);
+  EXPECT_EQ(total.first_statement_refusals, 0);
   EXPECT_EQ(total.unknown_outcomes, 0);
   EXPECT_TRUE(total.anomalies.empty());
   const std::vector<std::string> problems = Check();
@@ -866,6 +880,7 @@ TEST_F(MoveCorrectnessTest, MoverKilledAtEachFailpointThenResumed) {
   SCOPED_TRACE(Report(total));
   EXPECT_EQ(total.statement_failures, 0);
   EXPECT_EQ(total.transaction_failures, 0);
+  EXPECT_EQ(total.first_statement_refusals, 0);
   EXPECT_TRUE(total.anomalies.empty());
   EXPECT_GT(total.during_dual_write, 0);
 }
@@ -884,6 +899,7 @@ TEST_F(MoveCorrectnessTest, MoverKilledBeforeThePointOfNoReturnThenAborted) {
   SCOPED_TRACE(Report(total));
   EXPECT_EQ(total.statement_failures, 0);
   EXPECT_EQ(total.transaction_failures, 0);
+  EXPECT_EQ(total.first_statement_refusals, 0);
   EXPECT_TRUE(total.anomalies.empty());
 }
 

@@ -580,5 +580,193 @@ TEST_F(MoveRoutingTest, FenceHoldsForATransactionWithAnOlderSnapshot) {
             "1");
 }
 
+// Transactions at a cutover, on the items distribution (state of its own,
+// whatever the tests above left): its part [0, kSliceHi) changes owner at
+// a new epoch, its old owner fenced at that epoch first, as a move's
+// cutover does it.
+class TransactionAtCutoverTest : public MoveRoutingTest {
+ protected:
+  void SetUp() override {
+    for (int s = 0; s < 2; ++s) {
+      ASSERT_TRUE(
+          shards_->Query(s, internal::InstallFenceTriggerSql("items")).ok());
+    }
+  }
+
+  // Fences items on the slice's owner at the next epoch (writes routed by
+  // the current one are refused there from now on); returns that owner.
+  static int FenceItemsOwner() {
+    const int from = items_owner_;
+    EXPECT_TRUE(shards_
+                    ->Query(from, StrCat("SELECT shardkit.raise_fence('items', ",
+                                         state_->epoch + 1, ")"))
+                    .ok());
+    return from;
+  }
+
+  // Publishes the next epoch, with the slice owned by the other shard.
+  static void HandOverItems() {
+    items_owner_ = 1 - items_owner_;
+    const std::string owner = items_owner_ == 0 ? "s1" : "s2";
+    state_->distributions["items"].slices = {
+        {"", kSliceHiText, owner},
+        {kSliceHiText, "0x8000000000000000", "s1"},
+        {"0x8000000000000000", "", "s2"}};
+    Publish();
+  }
+
+  static int64_t ItemsOn(int shard, int64_t id) {
+    return RawCount(shard, StrCat("SELECT count(*) FROM items WHERE id = ", id));
+  }
+
+  static void DeleteItems(const std::vector<int64_t>& ids) {
+    for (int s = 0; s < 2; ++s) {
+      for (int64_t id : ids) {
+        // At an epoch the fences allow.
+        ASSERT_TRUE(shards_
+                        ->Query(s, StrCat("SET shardkit.epoch = ",
+                                          state_->epoch,
+                                          "; DELETE FROM items WHERE id = ", id))
+                        .ok());
+      }
+    }
+  }
+
+  static int items_owner_;  // of items' part [0, kSliceHi)
+};
+
+int TransactionAtCutoverTest::items_owner_ = 0;
+
+// A transaction begun before the cutover whose first statement meets the
+// fence on the old owner: the statement runs again by the new map, inside
+// the library, and so do the later ones; nothing is left on the old owner.
+TEST_F(TransactionAtCutoverTest, FirstStatementRefusedByTheFenceRunsByTheNewMap) {
+  std::unique_ptr<Cluster> cluster = Open();
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_TRUE(testing::Eventually(
+      [&] { return cluster->map()->epoch() == state_->epoch; }));
+  const int64_t a = SliceKey(30), b = SliceKey(31);
+
+  for (const bool two_shards : {false, true}) {
+    SCOPED_TRACE(two_shards ? "a first statement on both shards"
+                            : "a first statement on the old owner");
+    const uint64_t epoch = state_->epoch;
+    absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster->Begin();
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    const int from = FenceItemsOwner();
+    const int to = 1 - from;
+    // Outside the slice, on its new owner (which is not fenced) in both
+    // maps.
+    const int64_t other = [to] {
+      for (int64_t id = 1000;; ++id) {
+        if (!InSlice(id) && OwnerBefore(id) == to) return id;
+      }
+    }();
+    // The map comes after the fence, as at a cutover.
+    std::thread publisher([] {
+      absl::SleepFor(absl::Milliseconds(300));
+      HandOverItems();
+    });
+    absl::StatusOr<Result> r =
+        two_shards
+            ? (*txn)->Execute("INSERT INTO items (id, v) VALUES ($1, 'txn'), "
+                              "($2, 'txn')",
+                              {std::to_string(a), std::to_string(other)})
+            : (*txn)->Execute(
+                  "INSERT INTO items (id, v) VALUES ($1, 'txn') RETURNING id",
+                  {std::to_string(a)});
+    publisher.join();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows_affected, two_shards ? 2 : 1);
+    if (!two_shards) {
+      EXPECT_EQ(r->rows, (std::vector<Row>{{std::to_string(a)}}));
+    }
+    // Only the new owner is part of the transaction: the part of the
+    // refused statement that ran there by the old map was rolled back.
+    EXPECT_EQ((*txn)->participants(),
+              (std::vector<ShardId>{static_cast<ShardId>(to)}));
+    // Later statements are routed by the new map too.
+    r = (*txn)->Execute("INSERT INTO items (id, v) VALUES ($1, 'txn')",
+                        {std::to_string(b)});
+    ASSERT_TRUE(r.ok()) << r.status();
+    r = (*txn)->Execute("UPDATE items SET v = 'txn+' WHERE id = $1 RETURNING v",
+                        {std::to_string(a)});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows, (std::vector<Row>{{"txn+"}}));
+    // Nothing visible before the commit.
+    EXPECT_EQ(ItemsOn(to, a), 0);
+    ASSERT_TRUE((*txn)->Commit().ok());
+    EXPECT_EQ(cluster->map()->epoch(), epoch + 1);
+    EXPECT_EQ(RawCount(to, StrCat("SELECT count(*) FROM items WHERE id = ", a,
+                                  " AND v = 'txn+'")),
+              1);
+    EXPECT_EQ(ItemsOn(to, b), 1);
+    EXPECT_EQ(ItemsOn(from, a), 0);
+    EXPECT_EQ(ItemsOn(from, b), 0);
+    if (two_shards) {
+      EXPECT_EQ(ItemsOn(to, other), 1);
+      EXPECT_EQ(ItemsOn(from, other), 0);
+    }
+    // The router reads each once.
+    EXPECT_EQ(Scalar(*cluster, StrCat("SELECT count(*) FROM items WHERE id IN (",
+                                      a, ", ", b, ", ", other, ")")),
+              two_shards ? 3 : 2);
+    DeleteItems({a, b, other});
+  }
+}
+
+// A transaction that wrote on the old owner before the fence cannot run
+// its refused statement again there (the refusal aborted its part): it
+// fails with the retryable error, nothing of it stays, and run again it is
+// routed by the new map.
+TEST_F(TransactionAtCutoverTest, TransactionThatWroteOnTheOldOwnerFailsRetryably) {
+  std::unique_ptr<Cluster> cluster = Open();
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_TRUE(testing::Eventually(
+      [&] { return cluster->map()->epoch() == state_->epoch; }));
+  const int64_t a = SliceKey(40), b = SliceKey(41);
+  const std::vector<std::pair<std::string, std::vector<std::optional<std::string>>>>
+      statements = {{"INSERT INTO items (id, v) VALUES ($1, 'first')",
+                     {std::to_string(a)}},
+                    {"INSERT INTO items (id, v) VALUES ($1, 'second')",
+                     {std::to_string(b)}}};
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster->Begin();
+  ASSERT_TRUE(txn.ok()) << txn.status();
+  absl::StatusOr<Result> r =
+      (*txn)->Execute(statements[0].first, statements[0].second);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int from = FenceItemsOwner();
+  const int to = 1 - from;
+  HandOverItems();
+  r = (*txn)->Execute(statements[1].first, statements[1].second);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+  EXPECT_EQ(SqlStateOf(r.status()), "SK001") << r.status();
+  EXPECT_THAT(std::string(r.status().message()),
+              ::testing::HasSubstr("retry the transaction"));
+  EXPECT_THAT(std::string(r.status().message()),
+              ::testing::HasSubstr("is under a move"));
+  // Aborted: later statements are refused, the commit rolls back.
+  EXPECT_EQ(SqlStateOf((*txn)->Execute("SELECT 1", {}).status()), "25P02");
+  EXPECT_EQ((*txn)->Commit().code(), absl::StatusCode::kAborted);
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(ItemsOn(s, a), 0);
+    EXPECT_EQ(ItemsOn(s, b), 0);
+  }
+  // The retry is routed by the new map.
+  txn = cluster->Begin();
+  ASSERT_TRUE(txn.ok()) << txn.status();
+  for (const auto& [sql, params] : statements) {
+    r = (*txn)->Execute(sql, params);
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  ASSERT_TRUE((*txn)->Commit().ok());
+  EXPECT_EQ(ItemsOn(to, a), 1);
+  EXPECT_EQ(ItemsOn(to, b), 1);
+  EXPECT_EQ(ItemsOn(from, a), 0);
+  EXPECT_EQ(ItemsOn(from, b), 0);
+  DeleteItems({a, b});
+}
+
 }  // namespace
 }  // namespace shardkit
