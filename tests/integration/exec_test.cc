@@ -637,6 +637,31 @@ TEST_F(ExecTest, FailureEndsAnotherShardStillConnecting) {
   EXPECT_EQ(SqlStateOf(outcomes[1].status), "22012") << outcomes[1].status;
 }
 
+// RunAll (a statement's parts) fails with the failure itself, not with
+// the cancellation it caused on a shard earlier in task order: its
+// SQLSTATE is what the caller acts on (a fence's SK001 is retried).
+TEST_F(ExecTest, RunAllFailsWithTheFailureNotTheCancellationItCaused) {
+  SilentListener silent;
+  ASSERT_NE(silent.port(), 0);
+  std::vector<internal::ShardTask> tasks(2);
+  tasks[0].shard = 0;
+  tasks[0].shard_name = "hung";
+  tasks[0].dsn =
+      absl::StrCat("host=127.0.0.1 port=", silent.port(), " dbname=app");
+  tasks[0].sql = "SELECT 1";
+  tasks[1].shard = 1;
+  tasks[1].shard_name = "s2";
+  tasks[1].dsn = tc().dsn(1);
+  tasks[1].sql = "SELECT 1/0";
+  internal::ExecOptions options;
+  options.connect_timeout = absl::Minutes(10);
+  absl::StatusOr<std::vector<internal::TaskOutcome>> done =
+      internal::RunAll(tasks, options);
+  ASSERT_FALSE(done.ok());
+  EXPECT_EQ(SqlStateOf(done.status()), "22012") << done.status();
+  EXPECT_EQ(done.status().message(), "shard s2: ERROR 22012: division by zero");
+}
+
 // By default a failure leaves the other shards alone: s1's statement,
 // held on a lock the test lets go only once s2 has failed and its
 // connection is closed (its backend gone), still completes.
