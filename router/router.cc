@@ -478,11 +478,53 @@ const Table* WrittenTable(const PgQuery__Node& statement, const ShardMap& map) {
   return table;
 }
 
+// The shard keys a write names when it names every key it can touch
+// (INSERT ... VALUES, or a WHERE of key = v / key IN (...)), as text;
+// nullopt when it does not (or one is NULL).
+std::optional<std::vector<std::string>> NamedKeys(const RoutingPlan& routing,
+                                                  const Params& params) {
+  const std::vector<KeyOperand>* operands = nullptr;
+  if (routing.kind == StatementKind::kInsert) {
+    operands = &routing.insert_keys;
+  } else if (routing.key.op == KeyCondition::Op::kIn) {
+    operands = &routing.key.values;
+  }
+  if (operands == nullptr || operands->empty()) return std::nullopt;
+  std::vector<std::string> keys;
+  for (const KeyOperand& operand : *operands) {
+    std::optional<std::string> text = operand.constant;
+    if (operand.param > 0) {
+      if (static_cast<size_t>(operand.param) > params.size()) return std::nullopt;
+      text = params[operand.param - 1];
+    }
+    if (!text) return std::nullopt;
+    keys.push_back(*std::move(text));
+  }
+  return keys;
+}
+
+// Whether none of `keys` is in `move`'s slice: the write cannot touch it.
+// False when that cannot be told (a key that does not parse, a region
+// spread by a second key).
+bool NoneInSlice(const std::vector<std::string>& keys, const Table& table,
+                 const Distribution& distribution, const MovingSlice& move) {
+  if (!table.hash_key_column.empty()) return false;
+  for (const std::string& text : keys) {
+    absl::StatusOr<Key> key = Key::Parse(distribution.key_type(), text);
+    if (!key.ok()) return false;
+    absl::StatusOr<Placement> placement = distribution.Place(*key, nullptr);
+    if (!placement.ok() || move.Contains(distribution, *key, *placement)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // Marks the tasks of `out` that reach the source of a move in dual-write
 // of the written table's distribution, and has them return the row images
 // (Prepared::DualWrite).
 absl::Status PlanDualWrite(Router& router, const ShardMap& map,
-                           Router::Prepared& out) {
+                           const Params& params, Router::Prepared& out) {
   const Table* table = out.plan->write_table;
   if (table == nullptr || map.moves().empty() || !out.routing->writes) {
     return absl::OkStatus();
@@ -490,11 +532,17 @@ absl::Status PlanDualWrite(Router& router, const ShardMap& map,
   auto dual = std::make_shared<Router::Prepared::DualWrite>();
   dual->table = table;
   dual->kind = out.routing->kind;
+  const Distribution& distribution = map.distributions()[table->distribution];
+  const std::optional<std::vector<std::string>> keys =
+      NamedKeys(*out.routing, params);
   for (const MovingSlice& move : map.moves()) {
     if (move.phase != MovePhase::kDualWrite ||
         move.distribution != table->distribution) {
       continue;
     }
+    // A write to keys of the source outside the slice runs as it would
+    // without the move: one statement, one round trip.
+    if (keys && NoneInSlice(*keys, *table, distribution, move)) continue;
     for (size_t i = 0; i < out.tasks.size(); ++i) {
       if (out.tasks[i].shard != move.source) continue;
       dual->moves.push_back(&move);
@@ -693,7 +741,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     ASSIGN_OR_RETURN(out.tasks, InsertTasks(*out.plan, *map, sql, params));
     for (ShardTask& task : out.tasks) task.epoch = map->epoch();
     RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
-    RETURN_IF_ERROR(PlanDualWrite(*this, *map, out));
+    RETURN_IF_ERROR(PlanDualWrite(*this, *map, params, out));
     return out;
   }
   ASSIGN_OR_RETURN(std::vector<ShardId> targets,
@@ -737,7 +785,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     out.tasks.push_back(std::move(task));
   }
   RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
-  RETURN_IF_ERROR(PlanDualWrite(*this, *map, out));
+  RETURN_IF_ERROR(PlanDualWrite(*this, *map, params, out));
   return out;
 }
 

@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rebalancer/shard_objects.h"
+#include "router/router.h"
 #include "router/catalog.h"
 #include "router/live_map.h"
 #include "shardkit/cluster.h"
@@ -329,6 +330,28 @@ TEST_F(MoveRoutingTest, DualWriteMirrorsTheSliceOnTheDestination) {
     ASSERT_TRUE((*txn)->Rollback().ok());
   }
   EXPECT_EQ(has(1, "users", StrCat("id = ", c, " AND name = 'c+'")), 1);
+
+  // A write that names its keys, none in the slice, is planned without
+  // the dual-write (one statement, as without the move); one that names a
+  // key in it, or none, with it.
+  {
+    internal::Router router;
+    auto plan = [&](std::string_view sql, const std::string& key) {
+      absl::StatusOr<internal::Router::Prepared> p =
+          router.Prepare(cluster->map(), sql, {key});
+      EXPECT_TRUE(p.ok()) << p.status();
+      return p.ok() && p->dual != nullptr;
+    };
+    EXPECT_FALSE(plan("UPDATE users SET name = 'x' WHERE id = $1", outside));
+    EXPECT_FALSE(plan("INSERT INTO users (id, name) VALUES ($1, 'x')", outside));
+    EXPECT_FALSE(plan("DELETE FROM orders WHERE user_id IN ($1)", outside));
+    EXPECT_TRUE(plan("UPDATE users SET name = 'x' WHERE id = $1", b));
+    EXPECT_TRUE(plan("INSERT INTO users (id, name) VALUES ($1, 'x')", b));
+    EXPECT_TRUE(plan(StrCat("INSERT INTO users (id, name) VALUES ($1, 'x'), (",
+                            b, ", 'y')"),
+                     outside));
+    EXPECT_TRUE(plan("UPDATE users SET name = $1 WHERE id > 0", "x"));
+  }
 
   // A write outside the slice (on the source) is not mirrored.
   r = cluster->Execute("INSERT INTO users (id, name) VALUES ($1, 'o') "
