@@ -155,9 +155,9 @@ void RunRebalance(const RebalanceArgs& args, CommandContext& ctx) {
     return;
   }
   const ShardMap& map = live->map;
-  const absl::Duration timeout = absl::Minutes(5);
-  std::vector<ShardEndpoint> endpoints;
-  for (const Shard& s : map.shards()) endpoints.push_back({s.name, s.dsn});
+  const absl::Duration timeout = mover->options().statement_timeout;
+  const std::vector<ShardEndpoint> endpoints =
+      internal::ShardEndpoints(map, mover->options().connect_timeout);
 
   std::vector<RebalancePlan> plans;
   std::vector<std::string> notes;

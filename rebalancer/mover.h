@@ -116,6 +116,7 @@ class Mover {
   };
   [[nodiscard]] absl::StatusOr<Live> Current();
 
+  const MoverOptions& options() const { return options_; }
   Journal& journal() { return journal_; }
   Catalog& catalog() { return catalog_; }
 

@@ -239,6 +239,15 @@ std::string RangeWhere(const Table& t, const LiveState::Slice& s,
 
 }  // namespace
 
+std::vector<ShardEndpoint> ShardEndpoints(const ShardMap& map,
+                                          absl::Duration connect_timeout) {
+  std::vector<ShardEndpoint> endpoints;
+  for (const Shard& s : map.shards()) {
+    endpoints.push_back({s.name, s.dsn, connect_timeout});
+  }
+  return endpoints;
+}
+
 absl::StatusOr<DistributionLoad> MeasureDistribution(
     const ShardMap& map, std::string_view distribution,
     const std::vector<ShardEndpoint>& shards,

@@ -88,6 +88,12 @@ struct RebalancePlan {
 using CutFinder = std::function<absl::StatusOr<std::optional<std::string>>(
     const SliceLoad& slice, double fraction_below)>;
 
+// Each shard of `map`, by shard id, as the rebalance connects to it: its
+// primary's connection string and `connect_timeout` (the configuration's
+// [timeouts] connect, as the mover's own sessions use: MoverOptions).
+std::vector<ShardEndpoint> ShardEndpoints(const ShardMap& map,
+                                          absl::Duration connect_timeout);
+
 // Plans the moves that even out `load` over every shard of `map` (see
 // above). Fails with kInvalidArgument for a region distribution or an
 // unknown one. `finder` is used for range distributions only.

@@ -186,5 +186,25 @@ TEST(PlanRebalance, RespectsMaxMoves) {
   EXPECT_EQ(plan->steps.size(), 1u);
 }
 
+// The rebalance connects to the shards with the configuration's connect
+// timeout, not the default: shardctl rebalance builds its endpoints with
+// ShardEndpoints from the mover's options, which hold [timeouts] connect.
+TEST(ShardEndpoints, CarryTheConfiguredConnectTimeout) {
+  absl::StatusOr<Config> config = ParseConfig(
+      std::string(kPlannerConfig) + "[timeouts]\nconnect = \"17s\"\n",
+      "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_NE(config->timeouts.connect, ShardEndpoint{}.connect_timeout);
+  const std::vector<ShardEndpoint> endpoints =
+      ShardEndpoints(config->map, config->timeouts.connect);
+  ASSERT_EQ(endpoints.size(), config->map.shards().size());
+  for (size_t id = 0; id < endpoints.size(); ++id) {
+    const Shard& shard = config->map.shard(static_cast<ShardId>(id));
+    EXPECT_EQ(endpoints[id].name, shard.name);
+    EXPECT_EQ(endpoints[id].dsn, shard.dsn);
+    EXPECT_EQ(endpoints[id].connect_timeout, absl::Seconds(17)) << shard.name;
+  }
+}
+
 }  // namespace
 }  // namespace shardkit::internal
