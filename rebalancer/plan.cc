@@ -215,7 +215,10 @@ absl::StatusOr<PlannedMove> PlanMove(const ShardMap& map,
         return absl::FailedPreconditionError(StrCat(
             "region '", r.region, "' is spread over shards ",
             absl::StrJoin(r.shards, ", "),
-            "; only a region held by one shard can be moved"));
+            "; only a region held by one shard can be moved (its rows "
+            "are placed by the hash of the hash key, and moving them is not "
+            "supported yet): leave it there, or move a region that one "
+            "shard holds"));
       }
       source = *map.FindShard(r.shards[0]);
       r.shards = {request.destination};

@@ -103,6 +103,40 @@ TEST(PlanMoveTest, RefusalsSayWhatToDo) {
   EXPECT_THAT(message({"users", "", "eu", "s3"}), HasSubstr("--slice"));
 }
 
+// A region spread over several shards has no single source to move from:
+// refused, saying so and what the operator can do instead.
+TEST(PlanMoveTest, SpreadRegionIsRefused) {
+  absl::StatusOr<Config> config = ParseConfig(R"(
+[shards.s1]
+dsn = "host=127.0.0.1 port=6001 dbname=app"
+[shards.s2]
+dsn = "host=127.0.0.1 port=6002 dbname=app"
+[shards.s3]
+dsn = "host=127.0.0.1 port=6003 dbname=app"
+[distributions.geo]
+strategy = "region"
+key_type = "text"
+hash_key_type = "int8"
+regions = { eu = ["s1", "s2"], us = ["s3"] }
+)",
+                                              "spread.toml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<PlannedMove> eu =
+      PlanMove(config->map, {"geo", "", "eu", "s3"});
+  ASSERT_FALSE(eu.ok());
+  EXPECT_EQ(eu.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(eu.status().message(),
+              HasSubstr("region 'eu' is spread over shards s1, s2"));
+  EXPECT_THAT(eu.status().message(),
+              HasSubstr("only a region held by one shard can be moved"));
+  EXPECT_THAT(eu.status().message(), HasSubstr("not supported yet"));
+  // The region one shard holds moves.
+  absl::StatusOr<PlannedMove> us =
+      PlanMove(config->map, {"geo", "", "us", "s1"});
+  ASSERT_TRUE(us.ok()) << us.status();
+  EXPECT_EQ(us->source, "s3");
+}
+
 TEST(PlanSplitTest, SplitsInTheMapOnly) {
   const ShardMap map = MustMap();
   absl::StatusOr<LiveState::Ownership> own =
