@@ -295,7 +295,8 @@ void RegisterMap(CLI::App& app, CommandContext& ctx) {
                     "catalog ("
                  << problem.message() << "); showing the map of "
                  << config->source
-                 << ", which moves and failovers may have changed\n";
+                 << ", which moves and failovers may have changed "
+                    "(--configured shows it without asking the catalog)\n";
       }
     }
     if (args->format == Format::kJson) {
