@@ -143,10 +143,12 @@ void RunRebalance(const RebalanceArgs& args, CommandContext& ctx) {
   }
   if (!active->empty()) {
     const internal::MoveRecord& m = active->front();
-    Fail(ctx, StrCat("move ", m.id, " is not finished (phase ",
+    Fail(ctx, StrCat("move ", m.id, " (", m.distribution, " ", SliceText(m),
+                     " from ", m.source, " to ", m.destination,
+                     ") is not finished, phase ",
                      internal::JournalPhaseName(m.phase),
-                     "): a plan is made on a settled map; ", WhatNext(m),
-                     " first"));
+                     ": a rebalance plans on a settled map. Finish it first (",
+                     WhatNext(m), "), then run the rebalance again"));
     return;
   }
   absl::StatusOr<internal::Mover::Live> live = mover->Current();
@@ -206,6 +208,10 @@ void RunRebalance(const RebalanceArgs& args, CommandContext& ctx) {
       receivers[s.request.destination].insert(plan.distribution);
     }
   }
+  std::set<ShardId> owners;  // the shards that hold data already
+  for (const Distribution& d : map.distributions()) {
+    owners.insert(d.shards().begin(), d.shards().end());
+  }
   std::vector<ReferenceSync> syncs;
   for (const auto& [shard, dists] : receivers) {
     const ShardEndpoint& to = endpoints[*map.FindShard(shard)];
@@ -215,36 +221,56 @@ void RunRebalance(const RebalanceArgs& args, CommandContext& ctx) {
           dists.count(map.distributions()[t.distribution].name()) > 0;
       if (!wanted) continue;
       absl::StatusOr<int64_t> there = internal::CountRows(to, t.name, timeout);
+      if (there.status().code() == absl::StatusCode::kNotFound) {
+        Fail(ctx, StrCat(there.status().message(), ", which is to receive "
+                         "data: create it there first (e.g. `shardctl exec "
+                         "-c ", args.config_path, " --all \"CREATE TABLE IF "
+                         "NOT EXISTS ...\"`), then run the rebalance again"));
+        return;
+      }
       if (!there.ok()) {
-        Fail(ctx, StrCat(there.status().message(), ": create it there first "
-                         "(e.g. `shardctl exec -c ", args.config_path,
-                         " --all \"CREATE TABLE IF NOT EXISTS ...\"`), then "
-                         "run the rebalance again"));
+        Fail(ctx, there.status());
         return;
       }
       if (!t.reference) continue;
-      // A shard that owns data already has the reference rows: the first
-      // such shard is the one to copy from.
-      for (const Shard& from : map.shards()) {
-        if (receivers.count(from.name) > 0) continue;
-        absl::StatusOr<int64_t> rows = internal::CountRows(
-            endpoints[*map.FindShard(from.name)], t.name, timeout);
-        if (!rows.ok()) {
-          Fail(ctx, rows.status());
+      // The other shards that own data already have the reference rows:
+      // the first is the one to copy from, and the others' copies must
+      // agree with it (by count: a cheap check, not a proof), or the
+      // rebalance would pick one of two versions blindly.
+      std::optional<std::string> from;
+      int64_t rows = 0;
+      for (const ShardId id : owners) {
+        const std::string& donor = map.shard(id).name;
+        if (donor == shard) continue;
+        absl::StatusOr<int64_t> n =
+            internal::CountRows(endpoints[id], t.name, timeout);
+        if (!n.ok()) {
+          Fail(ctx, n.status());
           return;
         }
-        if (*rows == *there) break;
-        if (*there != 0) {
-          Fail(ctx, StrCat("reference table ", t.name, " has ", *there,
-                           " rows on ", shard, " but ", *rows, " on ",
-                           from.name, ": its copies differ; make them equal "
-                           "(or empty it on ", shard, ", and the rebalance "
-                           "copies it) before moving data to ", shard));
+        if (!from) {
+          from = donor;
+          rows = *n;
+        } else if (*n != rows) {
+          Fail(ctx, StrCat("reference table ", t.name, " has ", rows,
+                           " rows on ", *from, " but ", *n, " on ", donor,
+                           ": its copies differ, and the rebalance would "
+                           "copy one of them onto ", shard, ". Make them "
+                           "equal, then run the rebalance again"));
           return;
         }
-        syncs.push_back({t.name, from.name, shard, *rows});
-        break;
       }
+      if (!from || rows == *there) continue;
+      if (*there != 0) {
+        Fail(ctx, StrCat("reference table ", t.name, " has ", *there,
+                         " rows on ", shard, " but ", rows, " on ", *from,
+                         ": its copies differ. Make them equal, or empty it "
+                         "on ", shard, " (TRUNCATE ", t.name, " there) and "
+                         "the rebalance copies ", *from, "'s rows first; "
+                         "then run the rebalance again"));
+        return;
+      }
+      syncs.push_back({t.name, *from, shard, rows});
     }
   }
   PrintPlans(ctx, plans, syncs, notes, args);
@@ -338,8 +364,9 @@ void RegisterRebalance(CLI::App& app, CommandContext& ctx) {
       "every program's configuration, create the tables on it (`shardctl "
       "exec -c FILE --all \"CREATE TABLE IF NOT EXISTS ...\"`), and run "
       "the rebalance. A shard about to receive data whose reference tables "
-      "are empty gets their rows first (copied from a shard that has them, "
-      "writes to that table waiting meanwhile).\n"
+      "are empty gets their rows first (copied from a shard that owns data, "
+      "writes to that table waiting meanwhile); the rebalance refuses when "
+      "the copies of a reference table differ in rows between shards.\n"
       "The moves then run one after the other, online, as `shardctl move` "
       "runs them (needs a [catalog]; see `shardctl move --help`); if one "
       "stops, so does the rebalance: resume or abort that move with "

@@ -2,7 +2,7 @@
 // against real servers: a slice moved and the journal read back; a split;
 // a rebalance onto a shard that owns nothing yet (its reference table
 // copied first) while a writer keeps writing through the library, checked
-// shard by shard afterwards.
+// shard by shard afterwards; and what the commands refuse, and say to do.
 
 #include <atomic>
 #include <map>
@@ -15,6 +15,7 @@
 #include "common/strings.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "router/failpoint.h"
 #include "shardkit/cluster.h"
 #include "tests/integration/test_cluster.h"
 
@@ -28,12 +29,18 @@ using testing::RunCommand;
 using testing::TestCluster;
 
 // s3 is a shard of the configuration that owns nothing: as a shard just
-// added to a cluster.
+// added to a cluster. geo (no tables) is there for what region
+// distributions refuse.
 constexpr char kMapBody[] = R"(
 [distributions.users]
 strategy = "hash"
 key_type = "int8"
 shards = ["s1", "s2"]
+[distributions.geo]
+strategy = "region"
+key_type = "text"
+regions = { eu = ["s1"] }
+default = "s2"
 [tables.users]
 distribution = "users"
 key = "id"
@@ -290,6 +297,112 @@ TEST_F(MoveCliTest, RebalanceOntoAnEmptyShardWhileWriting) {
       {"rebalance", "-c", config_, "--dry-run", "--tolerance", "20"});
   ASSERT_EQ(after.exit_code, 0) << after.err;
   EXPECT_THAT(after.out, HasSubstr("Balanced: no move."));
+}
+
+// What an operator gets refused, with what to do, each on a cluster left
+// as it was: nothing moved, nothing journaled.
+TEST_F(MoveCliTest, RefusalsSayWhatToDo) {
+  // A region distribution has no slices to split; an unknown one is named.
+  CommandOutput region = Shardctl({"split", "-c", config_, "--distribution",
+                                   "geo", "--slice", ":", "--at", "x"});
+  EXPECT_EQ(region.exit_code, 1);
+  EXPECT_THAT(region.err, HasSubstr("distribution 'geo' places keys by "
+                                    "region: there is no slice to split"));
+  EXPECT_THAT(region.err, HasSubstr("shardctl move --region"));
+  CommandOutput unknown = Shardctl({"split", "-c", config_, "--distribution",
+                                    "nope", "--slice", ":", "--at", "0x10"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("unknown distribution 'nope'"));
+  EXPECT_THAT(unknown.err, HasSubstr(StrCat("shardctl map show -c ", config_)));
+
+  // map show with a catalog it cannot read: a warning saying what to check,
+  // and the configured map all the same.
+  const std::string no_catalog = shards_->WriteConfig(
+      "no_catalog.toml", StrCat("[catalog]\ndsn = \"", shards_->dsn(0),
+                                " dbname=no_such_catalog\"\n", kMapBody));
+  CommandOutput map = Shardctl({"map", "show", "-c", no_catalog});
+  EXPECT_EQ(map.exit_code, 0) << map.err;
+  EXPECT_THAT(map.err, HasSubstr("shardctl: warning: cannot read the live "
+                                 "map from the catalog"));
+  EXPECT_THAT(map.err, HasSubstr("\"no_such_catalog\" does not exist; "
+                                 "start the server, or fix"));
+  EXPECT_THAT(map.err, HasSubstr(StrCat("showing the map of ", no_catalog)));
+  EXPECT_THAT(map.err, HasSubstr("--configured shows it"));
+  EXPECT_THAT(map.out, HasSubstr(StrCat("Shard map from ", no_catalog)));
+  EXPECT_THAT(map.out, HasSubstr("users"));
+  EXPECT_THAT(map.out, Not(HasSubstr("Live shard map")));
+
+  // The receiving shard lacks one of the distribution's tables: the
+  // rebalance and a move both refuse before changing anything.
+  ASSERT_TRUE(shards_->Query(2, "DROP TABLE orders").ok());
+  CommandOutput rebalance = Shardctl({"rebalance", "-c", config_});
+  EXPECT_EQ(rebalance.exit_code, 1);
+  EXPECT_THAT(rebalance.err, HasSubstr("table orders does not exist on "
+                                       "shard s3"));
+  EXPECT_THAT(rebalance.err, HasSubstr("create it there first"));
+  EXPECT_THAT(rebalance.err, HasSubstr("then run the rebalance again"));
+  CommandOutput move = Shardctl({"move", "-c", config_, "--distribution",
+                                 "users", "--slice", "0xc000000000000000:",
+                                 "--to", "s3"});
+  EXPECT_EQ(move.exit_code, 1);
+  EXPECT_THAT(move.err, HasSubstr("shard s3: table orders does not exist; "
+                                  "create it"));
+  EXPECT_THAT(Shardctl({"moves", "list", "-c", config_}).out,
+              HasSubstr("No moves yet"));
+  EXPECT_EQ(Count(2, "SELECT count(*) FROM countries"), 0);
+  ASSERT_TRUE(shards_
+                  ->Query(2, "CREATE TABLE orders (user_id int8, id int8, "
+                             "PRIMARY KEY (user_id, id))")
+                  .ok());
+
+  // The receiving shard's copy of a reference table differs from the
+  // others': not overwritten, the operator decides.
+  ASSERT_TRUE(
+      shards_->Query(2, "INSERT INTO countries VALUES ('it', 'Italy')").ok());
+  CommandOutput differ = Shardctl({"rebalance", "-c", config_});
+  EXPECT_EQ(differ.exit_code, 1);
+  EXPECT_THAT(differ.err, HasSubstr("reference table countries has 1 rows on "
+                                    "s3 but 3 on s1: its copies differ"));
+  EXPECT_THAT(differ.err, HasSubstr("TRUNCATE countries"));
+  EXPECT_EQ(Count(2, "SELECT count(*) FROM countries WHERE code = 'it'"), 1);
+  EXPECT_THAT(Shardctl({"moves", "list", "-c", config_}).out,
+              HasSubstr("No moves yet"));
+  ASSERT_TRUE(shards_->Query(2, "TRUNCATE countries").ok());
+  // So do the copies of the shards it would be copied from: the rebalance
+  // does not pick one of them blindly.
+  ASSERT_TRUE(
+      shards_->Query(1, "INSERT INTO countries VALUES ('it', 'Italy')").ok());
+  CommandOutput sources = Shardctl({"rebalance", "-c", config_, "--dry-run"});
+  EXPECT_EQ(sources.exit_code, 1);
+  EXPECT_THAT(sources.err, HasSubstr("reference table countries has 3 rows "
+                                     "on s1 but 4 on s2: its copies differ, "
+                                     "and the rebalance would copy one of "
+                                     "them onto s3. Make them equal"));
+  ASSERT_TRUE(
+      shards_->Query(1, "DELETE FROM countries WHERE code = 'it'").ok());
+
+  // A move stopped half-way (killed after its backfill): the rebalance
+  // waits for it; once it is aborted as advised, the rebalance plans.
+  CommandOutput killed = RunCommand(
+      {"/usr/bin/env", "SHARDKIT_FAILPOINTS=move-after-backfill",
+       SHARDCTL_PATH, "move", "-c", config_, "--distribution", "users",
+       "--slice", "0xc000000000000000:", "--to", "s3"});
+  ASSERT_EQ(killed.exit_code, internal::kFailpointExitCode) << killed.err;
+  CommandOutput busy = Shardctl({"rebalance", "-c", config_});
+  EXPECT_EQ(busy.exit_code, 1);
+  EXPECT_THAT(busy.err, HasSubstr("move 1 (users 0xc000000000000000: from s2 "
+                                  "to s3) is not finished, phase "));
+  EXPECT_THAT(busy.err, HasSubstr("`shardctl moves resume 1` continues it, "
+                                  "`shardctl moves abort 1` rolls it back"));
+  EXPECT_THAT(busy.err, HasSubstr("then run the rebalance again"));
+  EXPECT_THAT(busy.out, Not(HasSubstr("SLICE")));
+  CommandOutput aborted = Shardctl(
+      {"moves", "abort", "1", "-c", config_, "--map-grace", "100ms"});
+  ASSERT_EQ(aborted.exit_code, 0) << aborted.err;
+  CommandOutput plan = Shardctl({"rebalance", "-c", config_, "--dry-run"});
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_THAT(plan.out, HasSubstr("Dry run: nothing was changed."));
+  EXPECT_EQ(ReadUsersDirectly().size(), static_cast<size_t>(kUsers));
 }
 
 }  // namespace
