@@ -235,31 +235,33 @@ void RunRebalance(const RebalanceArgs& args, CommandContext& ctx) {
       if (!t.reference) continue;
       // The other shards that own data already have the reference rows:
       // the first is the one to copy from, and the others' copies must
-      // agree with it (by count: a cheap check, not a proof), or the
+      // hold the same rows (count and checksum of every row), or the
       // rebalance would pick one of two versions blindly.
       std::optional<std::string> from;
-      int64_t rows = 0;
+      internal::TableDigest digest;
       for (const ShardId id : owners) {
         const std::string& donor = map.shard(id).name;
         if (donor == shard) continue;
-        absl::StatusOr<int64_t> n =
-            internal::CountRows(endpoints[id], t.name, timeout);
-        if (!n.ok()) {
-          Fail(ctx, n.status());
+        absl::StatusOr<internal::TableDigest> d =
+            internal::DigestRows(endpoints[id], t.name, timeout);
+        if (!d.ok()) {
+          Fail(ctx, d.status());
           return;
         }
         if (!from) {
           from = donor;
-          rows = *n;
-        } else if (*n != rows) {
-          Fail(ctx, StrCat("reference table ", t.name, " has ", rows,
-                           " rows on ", *from, " but ", *n, " on ", donor,
+          digest = *d;
+        } else if (*d != digest) {
+          Fail(ctx, StrCat("reference table ", t.name, " has ", digest.rows,
+                           " rows on ", *from, " and ", d->rows, " on ", donor,
+                           d->rows == digest.rows ? " with other values" : "",
                            ": its copies differ, and the rebalance would "
                            "copy one of them onto ", shard, ". Make them "
                            "equal, then run the rebalance again"));
           return;
         }
       }
+      const int64_t rows = digest.rows;
       if (!from || rows == *there) continue;
       if (*there != 0) {
         Fail(ctx, StrCat("reference table ", t.name, " has ", *there,

@@ -1,5 +1,8 @@
 #include "rebalancer/reference_copy.h"
 
+#define XXH_INLINE_ALL  // no symbol clash with libpg_query's bundled xxHash
+#include <xxhash.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -54,21 +57,48 @@ absl::Status Copy(MoveSession& source, MoveSession& destination,
 
 }  // namespace
 
-absl::StatusOr<int64_t> CountRows(const ShardEndpoint& shard,
-                                  std::string_view table,
-                                  absl::Duration timeout) {
+// A session on `shard` once `table` is known to exist there (kNotFound
+// naming the shard otherwise).
+static absl::StatusOr<std::unique_ptr<MoveSession>> OpenWithTable(
+    const ShardEndpoint& shard, std::string_view table,
+    absl::Duration timeout) {
   ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
                    MoveSession::Open(shard, timeout));
-  const std::string quoted = QuoteQualifiedName(table);
   ASSIGN_OR_RETURN(std::vector<MoveSession::Row> exists,
                    session->Query("SELECT to_regclass($1) IS NOT NULL",
-                                  {quoted}, "looking for the table"));
+                                  {QuoteQualifiedName(table)},
+                                  "looking for the table"));
   if (exists.empty() || exists[0][0] != "t") {
     return absl::NotFoundError(ToAbsl(StrCat(
         "table ", table, " does not exist on shard ", shard.name)));
   }
-  return session->QueryInt(StrCat("SELECT count(*) FROM ", quoted), {},
-                           StrCat("counting ", table));
+  return session;
+}
+
+absl::StatusOr<int64_t> CountRows(const ShardEndpoint& shard,
+                                  std::string_view table,
+                                  absl::Duration timeout) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
+                   OpenWithTable(shard, table, timeout));
+  return session->QueryInt(
+      StrCat("SELECT count(*) FROM ", QuoteQualifiedName(table)), {},
+      StrCat("counting ", table));
+}
+
+absl::StatusOr<TableDigest> DigestRows(const ShardEndpoint& shard,
+                                       std::string_view table,
+                                       absl::Duration timeout) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
+                   OpenWithTable(shard, table, timeout));
+  TableDigest digest;
+  RETURN_IF_ERROR(session->CopyOut(
+      StrCat("COPY ", QuoteQualifiedName(table), " TO STDOUT"),
+      [&](std::string_view line) {
+        ++digest.rows;
+        digest.checksum += XXH3_64bits(line.data(), line.size());
+      },
+      StrCat("reading ", table)));
+  return digest;
 }
 
 absl::StatusOr<int64_t> SyncReferenceTable(const ShardEndpoint& source,

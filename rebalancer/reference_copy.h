@@ -36,6 +36,23 @@ namespace shardkit::internal {
                                                 std::string_view table,
                                                 absl::Duration timeout);
 
+// A table's rows on one shard, summarized: their count and the sum of the
+// XXH3 of each row's COPY text line (in the canonical output settings of
+// MoveSession), which does not depend on the order rows come in. Two
+// copies with equal digests hold the same rows (with overwhelming
+// probability), column for column in the table's order.
+struct TableDigest {
+  int64_t rows = 0;
+  uint64_t checksum = 0;
+  bool operator==(const TableDigest&) const = default;
+};
+
+// The digest of `table` on `shard`, read with one COPY (reference tables
+// are small: every row is read); kNotFound as CountRows.
+[[nodiscard]] absl::StatusOr<TableDigest> DigestRows(const ShardEndpoint& shard,
+                                                     std::string_view table,
+                                                     absl::Duration timeout);
+
 // Replaces `destination`'s rows of reference table `table` with
 // `source`'s (see above). Returns the rows copied.
 [[nodiscard]] absl::StatusOr<int64_t> SyncReferenceTable(

@@ -375,11 +375,25 @@ TEST_F(MoveCliTest, RefusalsSayWhatToDo) {
   CommandOutput sources = Shardctl({"rebalance", "-c", config_, "--dry-run"});
   EXPECT_EQ(sources.exit_code, 1);
   EXPECT_THAT(sources.err, HasSubstr("reference table countries has 3 rows "
-                                     "on s1 but 4 on s2: its copies differ, "
+                                     "on s1 and 4 on s2: its copies differ, "
                                      "and the rebalance would copy one of "
                                      "them onto s3. Make them equal"));
   ASSERT_TRUE(
       shards_->Query(1, "DELETE FROM countries WHERE code = 'it'").ok());
+  // As many rows, one of them with another value: told apart too.
+  ASSERT_TRUE(shards_
+                  ->Query(1, "UPDATE countries SET name = name || '!' WHERE "
+                             "code = 'de'")
+                  .ok());
+  CommandOutput values = Shardctl({"rebalance", "-c", config_, "--dry-run"});
+  EXPECT_EQ(values.exit_code, 1);
+  EXPECT_THAT(values.err, HasSubstr("reference table countries has 3 rows on "
+                                    "s1 and 3 on s2 with other values: its "
+                                    "copies differ"));
+  ASSERT_TRUE(shards_
+                  ->Query(1, "UPDATE countries SET name = rtrim(name, '!') "
+                             "WHERE code = 'de'")
+                  .ok());
 
   // A move stopped half-way (killed after its backfill): the rebalance
   // waits for it; once it is aborted as advised, the rebalance plans.
