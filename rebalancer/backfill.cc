@@ -108,7 +108,7 @@ absl::StatusOr<int64_t> Backfill::CopyOrMerge(
 
 absl::Status Backfill::Prepare() {
   chunk_rows_ = options_.chunk_rows;
-  condition_ = SliceCondition(*source_, shape_, slice_);
+  condition_ = SliceCondition(shape_, slice_);
   const std::string keys = MoveKeysTable(slice_.move_id);
   const std::string columns = shape_.ColumnList();
   copy_rows_sql_ =

@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "rebalancer/shard_objects.h"
 
 namespace shardkit::internal {
 namespace {
@@ -208,30 +209,12 @@ absl::StatusOr<TableShape> DescribeTableForMove(MoveSession& source,
   return shape;
 }
 
-std::string SliceCondition(const MoveSession& session, const TableShape& shape,
-                           const MoveSlice& slice) {
-  const TableShape::Column& key = shape.columns[shape.key_column];
-  // Range slices order text by bytes (key.h), which is the "C" collation.
-  const std::string column =
-      slice.key_type == KeyType::kText ? StrCat(key.quoted, " COLLATE \"C\"")
-                                       : key.quoted;
-  auto literal = [&](const Key& k) {
-    return StrCat(session.Literal(k.ToString()), "::", key.type);
-  };
-  switch (slice.strategy) {
-    case Strategy::kHash:
-      return "";
-    case Strategy::kRange: {
-      std::vector<std::string> parts;
-      if (slice.from) parts.push_back(StrCat(column, " >= ", literal(*slice.from)));
-      if (slice.to) parts.push_back(StrCat(column, " < ", literal(*slice.to)));
-      return absl::StrJoin(parts, " AND ");
-    }
-    case Strategy::kRegion:
-      return StrCat(key.quoted, " = ", session.Literal(slice.region), "::",
-                    key.type);
-  }
-  return "";
+std::string SliceCondition(const TableShape& shape, const MoveSlice& slice) {
+  if (slice.strategy == Strategy::kHash) return "";
+  // The routers hide the slice by this same condition (shard_objects.h).
+  return SliceConditionSql(slice.strategy, slice.key_type, slice.from,
+                           slice.to, slice.region,
+                           shape.columns[shape.key_column].quoted);
 }
 
 absl::StatusOr<bool> RowInSlice(const TableShape& shape,

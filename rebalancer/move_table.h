@@ -106,10 +106,10 @@ struct TableShape {
     std::string_view key_column);
 
 // The SQL condition that keeps the slice's rows, for range and region
-// slices ("key >= ... AND key < ..."); empty for hash slices, which are
-// filtered client-side (see RowInSlice).
-std::string SliceCondition(const MoveSession& session, const TableShape& shape,
-                           const MoveSlice& slice);
+// slices (SliceConditionSql in shard_objects.h: the routers hide the slice
+// by the same condition); empty for hash slices, which are filtered
+// client-side (see RowInSlice).
+std::string SliceCondition(const TableShape& shape, const MoveSlice& slice);
 
 // Whether a row of `shape` whose raw COPY fields are `fields` belongs to
 // `slice`. Range and region slices are filtered in SQL, so only hash

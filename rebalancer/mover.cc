@@ -85,7 +85,7 @@ int64_t RowsToScan(const ShardEndpoint& source, const TableToMove& table,
                              table.key_column);
     if (!shape.ok()) return 0;
     sql = StrCat("SELECT count(*) FROM ", shape->quoted, " WHERE ",
-                 SliceCondition(**session, *shape, slice));
+                 SliceCondition(*shape, slice));
   }
   return (*session)->QueryInt(sql, {}, "estimating the rows to backfill")
       .value_or(0);

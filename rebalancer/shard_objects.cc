@@ -34,6 +34,62 @@ std::string CreateMoveTablesSql(uint64_t move_id, KeyType type) {
                 " (xid xid8 NOT NULL, key ", KeySqlType(type), " NOT NULL)");
 }
 
+bool MoveListsKeys(Strategy strategy) { return strategy == Strategy::kHash; }
+
+namespace {
+
+// E'...': the same string whatever standard_conforming_strings says.
+std::string EscapedString(std::string_view text) {
+  std::string out = "E'";
+  for (char c : text) {
+    if (c == '\\' || c == '\'') out += c;
+    out += c;
+  }
+  out += '\'';
+  return out;
+}
+
+std::string KeyLiteral(KeyType type, const Key& key) {
+  switch (type) {
+    case KeyType::kInt2:
+    case KeyType::kInt4:
+    case KeyType::kInt8:
+      // int8 compares with int2 and int4 columns by the integer operator
+      // family, so an index on the column still serves.
+      return StrCat("'", key.ToString(), "'::int8");
+    case KeyType::kText:
+      return StrCat(EscapedString(key.ToString()), "::text");
+    case KeyType::kUuid:
+      return StrCat("'", key.ToString(), "'::uuid");
+  }
+  return "NULL";
+}
+
+}  // namespace
+
+std::string SliceConditionSql(Strategy strategy, KeyType key_type,
+                              const std::optional<Key>& from,
+                              const std::optional<Key>& to,
+                              std::string_view region,
+                              std::string_view column) {
+  // Range slices order text by bytes (key.h), which is the "C" collation;
+  // regions are told apart by their bytes (a nondeterministic collation
+  // could make two regions equal).
+  const std::string ref = key_type == KeyType::kText
+                              ? StrCat(column, " COLLATE \"C\"")
+                              : std::string(column);
+  if (strategy == Strategy::kRegion) {
+    return StrCat(ref, " = ", EscapedString(region), "::text");
+  }
+  std::string out;
+  if (from) StrAppend(&out, ref, " >= ", KeyLiteral(key_type, *from));
+  if (to) {
+    StrAppend(&out, out.empty() ? "" : " AND ", ref, " < ",
+              KeyLiteral(key_type, *to));
+  }
+  return out.empty() ? "true" : out;
+}
+
 std::string InstallFenceFunctionSql() {
   // The fence row is keyed by the table's name in the shard map: bare in
   // schema public (as the map names it), qualified elsewhere. The SELECT

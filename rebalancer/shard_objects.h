@@ -38,26 +38,44 @@
 // ## Keys of a moving slice
 //
 // Rows of a moving slice exist on both its source and its destination from
-// the first dual-write until the cleanup has deleted them from the source.
-// A hash slice cannot be told apart in SQL (XXH3 is computed by shardkit,
-// not by the server), so each side keeps the list of the slice's keys it
-// holds:
+// the first dual-write until the cleanup has deleted them from the source
+// (or, for an aborted move, until the abort has deleted them from the
+// destination). One side hides them:
+//   - phase kDualWrite: the destination (the source owns the slice);
+//   - phase kCutOver: the source (the destination owns it), until the
+//     cleanup has deleted them and the move leaves the map.
+// How a side tells the slice's rows apart depends on the strategy.
+//
+// Range and region slices: by their SQL condition (SliceConditionSql
+// below): `key >= from AND key < to` for a range slice (an open side
+// omitted; text compared under COLLATE "C", the key order), `key = region`
+// for a region slice (only a region held by one shard moves: plan.cc).
+// Every row of that side in the condition is the slice's (the shard owns
+// no other rows in it), so nothing is listed: the backfill and the
+// dual-writes add no key anywhere, the cleanup and the abort delete the
+// rows in the condition, in primary-key batches.
+//
+// Hash slices: the server cannot compute XXH3 (shardkit does), so each
+// side keeps the list of the slice's keys it holds:
 //
 //   shardkit.move_<id>_keys (key <the distribution's key type> PRIMARY KEY)
 //
 // filled by the backfill (both sides, in each chunk's transactions) and by
 // dual-writes (both sides, in the write's transaction). A key in the list
 // may have no row (deleted since); a row of the slice always has its key
-// listed. The router hides the listed keys on one side of each move:
-//   - phase kDualWrite: on the destination (the source owns the slice);
-//   - phase kCutOver: on the source (the destination owns it), until the
-//     cleanup has deleted them and the move leaves the map.
+// listed. The cleanup and the abort delete the listed keys' rows.
+// MoveListsKeys says which applies.
+//
 // Hiding: in a statement sent to the hiding shard, each reference to a
 // table T of the distribution (alias A, or T) reads as
-//   (SELECT * FROM T WHERE NOT EXISTS (SELECT 1 FROM shardkit.move_<id>_keys
-//    h WHERE h.key = T.<key column>)) AS A
-// in FROM clauses, and UPDATE / DELETE of T get the NOT EXISTS condition
-// ANDed to their WHERE.
+//   (SELECT * FROM T WHERE <visible>) AS A
+// in FROM clauses, and UPDATE / DELETE of T get <visible> ANDed to their
+// WHERE, where <visible> is, per move the shard hides,
+//   (<the slice's condition on T.<key column>>) IS NOT TRUE
+// for a range or region slice, and
+//   NOT EXISTS (SELECT 1 FROM shardkit.move_<id>_keys h
+//               WHERE h.key = T.<key column>)
+// for a hash slice.
 //
 // ## Dual-write (phase kDualWrite)
 //
@@ -68,13 +86,14 @@
 // transaction's id); the rows whose key is in the slice are applied on the
 // destination: an INSERT or UPDATE as an upsert of the whole image, keyed
 // by the table's primary key (INSERT ... ON CONFLICT (pk) DO UPDATE SET
-// every column), a DELETE as a DELETE by primary key. The keys are listed
-// where a row of the slice may be that nothing else lists: on the
-// destination for an INSERT or UPDATE (the row it receives; a DELETE
-// leaves none), on the source for an INSERT (a new row; every row that
-// existed when the backfill passed its place in key order is listed by the
-// backfill). A table under move must have a primary key that includes the
-// shard key (the mover checks at plan time).
+// every column), a DELETE as a DELETE by primary key. For a hash slice
+// (MoveListsKeys) the keys are listed where a row of the slice may be that
+// nothing else lists: on the destination for an INSERT or UPDATE (the row
+// it receives; a DELETE leaves none), on the source for an INSERT (a new
+// row; every row that existed when the backfill passed its place in key
+// order is listed by the backfill); a range or region slice lists none. A
+// table under move must have a primary key that includes the shard key
+// (the mover checks at plan time).
 //
 // A transaction (Cluster::Begin) commits the two sides by two-phase commit.
 // A single statement (Cluster::Execute) that wrote the source and one
@@ -102,21 +121,25 @@
 // SELECT the chunk's rows FOR SHARE (a concurrent dual-write of those rows
 // waits until the chunk is on the destination, so the chunk's image is
 // never older than one already dual-written and a delete cannot slip
-// between read and copy), keep those in the slice, COPY them into a
-// temporary staging table on the destination, INSERT INTO T SELECT ...
-// FROM staging ON CONFLICT DO NOTHING (a row already dual-written is newer:
-// kept), add the keys to the destination's list, commit the destination,
-// then the source, then list the keys on the source (rebalancer/backfill.h
-// says why after, and how the backfill's lock waits are bounded).
+// between read and copy), keep those in the slice (a range or region
+// slice: by its condition, in the SELECT), COPY them into T on the
+// destination (into a temporary staging table, then INSERT INTO T SELECT
+// ... FROM staging ON CONFLICT DO NOTHING, when one is already there: a
+// row already dual-written is newer: kept), for a hash slice add the keys
+// to the destination's list, commit the destination, then the source, then
+// for a hash slice list the keys on the source (rebalancer/backfill.h says
+// why after, and how the backfill's lock waits are bounded).
 
 #ifndef SHARDKIT_REBALANCER_SHARD_OBJECTS_H_
 #define SHARDKIT_REBALANCER_SHARD_OBJECTS_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "shardkit/key.h"
+#include "shardkit/shard_map.h"
 
 namespace shardkit::internal {
 
@@ -139,6 +162,30 @@ std::string_view KeySqlType(KeyType type);
 // Creates (idempotently) the schema shardkit, and move `move_id`'s keys
 // table and pending table for keys of `type`.
 std::string CreateMoveTablesSql(uint64_t move_id, KeyType type);
+
+// Whether a move of a distribution of `strategy` keeps the lists of its
+// keys (hash: the server cannot tell the slice's rows apart) or is hidden,
+// cleaned up and aborted by its SQL condition (range, region); see "Keys
+// of a moving slice" above.
+bool MoveListsKeys(Strategy strategy);
+
+// The SQL condition that holds for exactly the rows of a range or region
+// slice (see "Keys of a moving slice"), `column` being the key column as
+// the statement names it (quoted, perhaps qualified by an alias):
+//   range [from, to)   column >= from AND column < to (an open side
+//                      omitted; "true" when both are open)
+//   region r           column = r
+// A text column is compared under COLLATE "C" (the key order of key.h, and
+// byte equality for a region); literals are typed ('..'::int8, E'..'::text,
+// '..'::uuid) and escaped for any standard_conforming_strings. The mover
+// (backfill, verify, cleanup, abort) and the routers (hiding) use this one
+// condition, so they agree on the slice's rows.
+// REQUIRES: strategy is kRange or kRegion.
+std::string SliceConditionSql(Strategy strategy, KeyType key_type,
+                              const std::optional<Key>& from,
+                              const std::optional<Key>& to,
+                              std::string_view region,
+                              std::string_view column);
 
 // Creates (idempotently) shardkit.fences, shardkit.check_epoch() and
 // shardkit.raise_fence(table_name text, epoch int8).

@@ -54,7 +54,7 @@ class Verifier {
         shape_(std::move(shape)),
         slice_(slice),
         options_(options) {
-    condition_ = SliceCondition(*source_, shape_, slice_);
+    condition_ = SliceCondition(shape_, slice_);
   }
 
   absl::StatusOr<VerifyReport> Run();

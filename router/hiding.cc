@@ -52,7 +52,7 @@ class Rewrite {
       : map_(map) {
     for (const MovingSlice& move : map.moves()) {
       if (move.distribution == distribution && HidingShard(move) == shard) {
-        keys_tables_.push_back(MoveKeysTable(move.move_id));
+        moves_.push_back(&move);
       }
     }
     distribution_ = distribution;
@@ -62,7 +62,7 @@ class Rewrite {
     for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) (*it)();
   }
 
-  bool empty() const { return keys_tables_.empty(); }
+  bool empty() const { return moves_.empty(); }
 
   absl::Status Apply(PgQuery__Node* statement) {
     CollectCteNames(&statement->base);
@@ -70,15 +70,27 @@ class Rewrite {
   }
 
  private:
-  // "NOT EXISTS (SELECT 1 FROM shardkit.move_4_keys h WHERE h.key =
-  // ref.key) AND ..." for every move the shard hides.
+  // For every move the shard hides, ANDed: "NOT EXISTS (SELECT 1 FROM
+  // shardkit.move_4_keys h WHERE h.key = ref.key)" for a hash slice;
+  // "(ref.key >= 10 AND ref.key < 20) IS NOT TRUE" for a range or region
+  // slice (its condition, SliceConditionSql).
   std::string Condition(std::string_view ref, const Table& table) const {
+    const Distribution& distribution = map_.distributions()[distribution_];
+    const std::string key = StrCat(ref, ".", QuoteIdent(table.key_column));
     std::string out;
-    for (const std::string& keys : keys_tables_) {
+    for (const MovingSlice* move : moves_) {
       if (!out.empty()) out += " AND ";
-      StrAppend(&out, "NOT EXISTS (SELECT 1 FROM ", keys,
-                " shardkit_hidden WHERE shardkit_hidden.key = ", ref, ".",
-                QuoteIdent(table.key_column), ")");
+      if (MoveListsKeys(distribution.strategy())) {
+        StrAppend(&out, "NOT EXISTS (SELECT 1 FROM ",
+                  MoveKeysTable(move->move_id),
+                  " shardkit_hidden WHERE shardkit_hidden.key = ", key, ")");
+      } else {
+        StrAppend(&out, "(",
+                  SliceConditionSql(distribution.strategy(),
+                                    distribution.key_type(), move->from,
+                                    move->to, move->region, key),
+                  ") IS NOT TRUE");
+      }
     }
     return out;
   }
@@ -214,7 +226,7 @@ class Rewrite {
 
   const ShardMap& map_;
   size_t distribution_ = 0;
-  std::vector<std::string> keys_tables_;
+  std::vector<const MovingSlice*> moves_;
   std::set<std::string, std::less<>> cte_names_;
   std::vector<std::unique_ptr<ParsedSql>> templates_;
   std::vector<std::function<void()>> undo_;
