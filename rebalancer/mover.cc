@@ -190,7 +190,10 @@ absl::StatusOr<Mover::Sides> Mover::SidesOf(const MoveRecord& move) {
   sides.source = EndpointOf(live.map, move.source, options_);
   sides.destination = EndpointOf(live.map, move.destination, options_);
   sides.tables = TablesOf(live.map, move.distribution);
-  sides.key_type = live.map.FindDistribution(move.distribution)->key_type();
+  const Distribution& distribution =
+      *live.map.FindDistribution(move.distribution);
+  sides.key_type = distribution.key_type();
+  sides.strategy = distribution.strategy();
   sides.live = std::move(live);
   return sides;
 }
@@ -702,6 +705,75 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
   return Phase(move, JournalPhase::kCleanup);
 }
 
+absl::Status Mover::DeleteSliceRows(const MoveRecord& move,
+                                    const Sides& sides,
+                                    const ShardEndpoint& shard,
+                                    uint64_t epoch) {
+  return MoveListsKeys(sides.strategy)
+             ? DeleteListedRows(move, sides, shard, epoch)
+             : DeleteRowsInCondition(move, sides, shard, epoch);
+}
+
+absl::Status Mover::DeleteRowsInCondition(const MoveRecord& move,
+                                          const Sides& sides,
+                                          const ShardEndpoint& shard,
+                                          uint64_t epoch) {
+  MoveSlice slice;
+  slice.move_id = move.id;
+  slice.strategy = sides.strategy;
+  slice.key_type = sides.key_type;
+  slice.region = move.region;
+  ASSIGN_OR_RETURN(slice.from, ParseKeyBound(sides.key_type, move.from));
+  ASSIGN_OR_RETURN(slice.to, ParseKeyBound(sides.key_type, move.to));
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(shard));
+  RETURN_IF_ERROR(
+      session->Run(StrCat("SET shardkit.epoch = ", epoch)).status());
+  int64_t deleted = 0;
+  for (const TableToMove& table : sides.tables) {
+    ASSIGN_OR_RETURN(TableShape shape,
+                     DescribeTableForMove(*session, *session, table.name,
+                                          table.key_column));
+    const std::string condition = SliceCondition(shape, slice);
+    const std::string pk = shape.PrimaryKeyList();
+    std::vector<std::string> as_text, descending;
+    for (size_t i : shape.primary_key) {
+      as_text.push_back(StrCat(shape.columns[i].quoted, "::text"));
+      descending.push_back(StrCat(shape.columns[i].quoted, " DESC"));
+    }
+    // Each batch after the last one's primary key, so that no batch walks
+    // the dead rows of the ones before.
+    std::optional<std::vector<std::string>> bound;
+    while (true) {
+      const std::string sql = StrCat(
+          "WITH batch AS (SELECT ", pk, " FROM ", shape.quoted, " WHERE ",
+          condition, bound ? StrCat(" AND ", shape.After(*session, *bound)) : "",
+          " ORDER BY ", pk, " LIMIT ", kCleanupBatch,
+          "), gone AS (DELETE FROM ", shape.quoted, " WHERE (", pk,
+          ") IN (SELECT ", pk, " FROM batch) RETURNING 1) SELECT (SELECT "
+          "count(*) FROM gone), ",
+          absl::StrJoin(as_text, ", "), " FROM batch ORDER BY ",
+          absl::StrJoin(descending, ", "), " LIMIT 1");
+      ASSIGN_OR_RETURN(
+          std::vector<MoveSession::Row> last,
+          session->Query(sql, {},
+                         StrCat("deleting moved rows of ", table.name, " on ",
+                                shard.name)));
+      if (last.empty()) break;  // no row left after the bound
+      deleted += std::stoll(last[0][0].value_or("0"));
+      bound.emplace();
+      for (size_t i = 1; i < last[0].size(); ++i) {
+        bound->push_back(last[0][i].value_or(""));
+      }
+      if (options_.progress) {
+        options_.progress({move.id, "cleanup", shard.name, deleted, 0, 0});
+      }
+      Failpoint("move-cleanup-mid");
+    }
+  }
+  return journal_.Event(move.id, StrCat("deleted ", deleted, " rows of the "
+                                        "slice on ", shard.name));
+}
+
 absl::Status Mover::DeleteListedRows(const MoveRecord& move,
                                      const Sides& sides,
                                      const ShardEndpoint& shard,
@@ -772,8 +844,8 @@ absl::Status Mover::Cleanup(const MoveRecord& move) {
     // them). Routers hear of a new map at once (NOTIFY) or within their
     // 1 s poll: give them that before the source's rows go.
     absl::SleepFor(options_.map_grace);
-    RETURN_IF_ERROR(DeleteListedRows(move, sides, sides.source,
-                                     sides.live.state.epoch));
+    RETURN_IF_ERROR(DeleteSliceRows(move, sides, sides.source,
+                                    sides.live.state.epoch));
     Failpoint("move-cleanup-before-publish");
     RETURN_IF_ERROR(
         PublishWithoutMove(move.id, StrCat("move ", move.id, ": done"))
@@ -815,7 +887,7 @@ absl::Status Mover::Abort(uint64_t id) {
   // destination once its copies are gone.
   if (move.phase != JournalPhase::kPlanned) {
     RETURN_IF_ERROR(PatientFence(sides, sides.destination, epoch));
-    RETURN_IF_ERROR(DeleteListedRows(move, sides, sides.destination, epoch));
+    RETURN_IF_ERROR(DeleteSliceRows(move, sides, sides.destination, epoch));
   }
   // As in the cleanup: routers still on the dual-write map hide the
   // destination's keys through its keys table.

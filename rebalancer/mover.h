@@ -21,8 +21,10 @@
 //               writes that waited are refused as stale, and the routers
 //               refresh and send them to the destination. The publish is
 //               the point of no return.
-//   cleanup     the slice's rows deleted from the source in batches, then
-//               the move leaves the map and the keys tables are dropped
+//   cleanup     the slice's rows deleted from the source in batches (by
+//               the keys list of a hash slice, by the condition of a range
+//               or region slice), then the move leaves the map and the
+//               keys tables are dropped
 //
 // Every phase is journaled before it starts and checks the shards and the
 // catalog before it acts, so Run() resumes a move killed anywhere by
@@ -138,6 +140,7 @@ class Mover {
     ShardEndpoint destination;
     std::vector<TableToMove> tables;
     KeyType key_type = KeyType::kInt8;
+    Strategy strategy = Strategy::kHash;
   };
   absl::StatusOr<Sides> SidesOf(const MoveRecord& move);
   // The move planned again against `live` without itself (it may be in the
@@ -189,10 +192,20 @@ class Mover {
   // retried until statement_timeout has passed.
   absl::Status PatientFence(const Sides& sides, const ShardEndpoint& shard,
                             uint64_t epoch);
-  // Deletes on `shard` the rows whose keys are listed in the move's keys
-  // table there, in batches, emptying the list.
+  // Deletes on `shard` the move's rows, in batches: DeleteListedRows for a
+  // hash slice, DeleteRowsInCondition for a range or region slice.
+  absl::Status DeleteSliceRows(const MoveRecord& move, const Sides& sides,
+                               const ShardEndpoint& shard, uint64_t epoch);
+  // The rows whose keys are listed in the move's keys table there,
+  // emptying the list.
   absl::Status DeleteListedRows(const MoveRecord& move, const Sides& sides,
                                 const ShardEndpoint& shard, uint64_t epoch);
+  // The rows of each table in the slice's condition (SliceConditionSql),
+  // in primary-key order.
+  absl::Status DeleteRowsInCondition(const MoveRecord& move,
+                                     const Sides& sides,
+                                     const ShardEndpoint& shard,
+                                     uint64_t epoch);
   absl::Status DropKeysTables(const MoveRecord& move, const Sides& sides);
 
   const Config config_;
