@@ -619,8 +619,11 @@ absl::Status DistributedTransaction::ApplyDualWrite(
       // passed); a single statement's copies are recorded with the source
       // transaction's id (see CommitMirrored).
       const std::string& xid = dual.xids[j];
-      const bool list_on_source = dual.kind == StatementKind::kInsert;
-      const bool list_on_destination = dual.kind != StatementKind::kDelete;
+      // A range or region slice is hidden by its condition: no lists.
+      const bool lists = MoveListsKeys(distribution.strategy());
+      const bool list_on_source = lists && dual.kind == StatementKind::kInsert;
+      const bool list_on_destination =
+          lists && dual.kind != StatementKind::kDelete;
       const bool record_pending = single_statement_ && !xid.empty();
       const std::string_view key_type = KeySqlType(distribution.key_type());
       std::vector<size_t> written;  // columns given a value
