@@ -41,6 +41,11 @@ class Backfill {
       std::optional<std::vector<std::string>>& bound);
   std::string ReadChunkSql(
       const std::optional<std::vector<std::string>>& bound) const;
+  absl::Status FieldCountError(size_t fields) const {
+    return absl::InternalError(
+        StrCat("shard ", source_->shard_name(), ": a row of ", shape_.name,
+               " has ", fields, " fields, not ", shape_.columns.size()));
+  }
   std::string Context(std::string_view what) const {
     return StrCat(what, " of table ", shape_.name, " (", slice_.ToString(),
                   ")");
@@ -64,6 +69,8 @@ class Backfill {
                                       std::string_view what);
 
   std::string condition_;  // the range/region filter, or empty
+  // The slice keeps key lists (hash slices; shard_objects.h).
+  bool lists_keys_ = false;
   // Rows per chunk: options_.chunk_rows, halved after a chunk gave way to
   // the application's writes (see Run) so that a busy table still moves.
   int64_t chunk_rows_ = 0;
@@ -109,6 +116,7 @@ absl::StatusOr<int64_t> Backfill::CopyOrMerge(
 absl::Status Backfill::Prepare() {
   chunk_rows_ = options_.chunk_rows;
   condition_ = SliceCondition(shape_, slice_);
+  lists_keys_ = MoveListsKeys(slice_.strategy);
   const std::string keys = MoveKeysTable(slice_.move_id);
   const std::string columns = shape_.ColumnList();
   copy_rows_sql_ =
@@ -125,13 +133,15 @@ absl::Status Backfill::Prepare() {
       StrCat("INSERT INTO ", keys, " (key) SELECT DISTINCT key FROM ",
              kKeyStagingTable, " ON CONFLICT DO NOTHING");
   for (MoveSession* s : {source_.get(), destination_.get()}) {
-    RETURN_IF_ERROR(EnsureMoveKeysTable(*s, slice_));
     if (options_.epoch) {
       RETURN_IF_ERROR(
           s->Run(StrCat("SET ", kEpochSetting, " = '", *options_.epoch, "'"),
                  "setting the mover's map epoch")
               .status());
     }
+    // Range and region slices are hidden by their condition: no lists.
+    if (!lists_keys_) continue;
+    RETURN_IF_ERROR(EnsureMoveKeysTable(*s, slice_));
     RETURN_IF_ERROR(
         s->Run(StrCat("CREATE TEMPORARY TABLE ", kKeyStagingTable,
                       " ON COMMIT DELETE ROWS AS SELECT key FROM ", keys,
@@ -207,12 +217,23 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
         ++stats.rows_scanned;
         last_line.assign(line);
         if (!row_error.ok()) return;
+        if (!filter && !lists_keys_) {
+          // A range or region slice (filtered by the server, unlisted): the
+          // line as it came; the destination's COPY checks its fields.
+          ++stats.rows_in_slice;
+          data.append(line);
+          data += '\n';
+          if (data.size() - sent >= kSendEvery) {
+            row_error = destination_->PutCopyData(
+                std::string_view(data).substr(sent),
+                Context("copying a chunk"));
+            sent = data.size();
+          }
+          return;
+        }
         SplitCopyLine(line, fields);
         if (fields.size() != shape_.columns.size()) {
-          row_error = absl::InternalError(
-              StrCat("shard ", source_->shard_name(), ": a row of ",
-                     shape_.name, " has ", fields.size(), " fields, not ",
-                     shape_.columns.size()));
+          row_error = FieldCountError(fields.size());
           return;
         }
         if (filter) {
@@ -230,7 +251,7 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
         // one key follow each other when the key leads the primary key:
         // list it once (a repeat would fail the fast COPY of the keys).
         const std::string_view key = fields[shape_.key_column];
-        if (stats.rows_in_slice == 1 || key != last_key) {
+        if (lists_keys_ && (keys.empty() || key != last_key)) {
           keys.append(key);
           keys += '\n';
           last_key.assign(key);
@@ -257,7 +278,7 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
   stats.chunks = 1;
   stats.bytes = static_cast<int64_t>(data.size());
 
-  if (stats.rows_in_slice > 0) {
+  if (!keys.empty()) {
     RETURN_IF_ERROR(CopyOrMerge(*destination_, /*started=*/false,
                                 copy_keys_sql_, stage_keys_sql_,
                                 merge_keys_sql_, keys,
@@ -275,7 +296,7 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
   // cancelling one of them, perhaps the application's). A mover killed
   // before this resumes at this chunk again (its progress is reported
   // after), which lists them.
-  if (stats.rows_in_slice > 0) {
+  if (!keys.empty()) {
     RETURN_IF_ERROR(source_->Run("BEGIN", Context("the backfill")).status());
     RETURN_IF_ERROR(CopyOrMerge(*source_, /*started=*/false, copy_keys_sql_,
                                 stage_keys_sql_, merge_keys_sql_, keys,
@@ -286,6 +307,9 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
   }
 
   SplitCopyLine(last_line, fields);
+  if (fields.size() != shape_.columns.size()) {
+    return FieldCountError(fields.size());
+  }
   bound = PrimaryKeyOf(shape_, fields);
   return stats;
 }

@@ -24,17 +24,19 @@
 // never resurrects a deleted row). A hash slice cannot be filtered in SQL:
 // its rows are kept client-side by HashKey of the key column's value; the
 // rows are passed on as their COPY text lines, never re-encoded.
-// Destination, in a transaction: COPY the slice's rows into a temporary
-// staging table, then
+// Destination, in a transaction: COPY the slice's rows into the table as
+// the source sends them; when one is already there (unique violation), back
+// to a savepoint, COPY them into a temporary staging table, then
 //   INSERT INTO t (cols) [OVERRIDING SYSTEM VALUE] SELECT cols FROM staging
 //     ON CONFLICT DO NOTHING
-// (a row already there was dual-written, so it is newer: kept) and list
-// the keys in shardkit.move_<id>_keys; then the destination commits, then
-// the source (releasing the locks), and then the source lists the keys
-// too, in a transaction of its own (while it held the rows, its listing
-// could deadlock with a dual-write listing the same key and waiting for
-// one of the rows). The bound after a chunk is the primary key of the last
-// row it scanned.
+// (a row already there was dual-written, so it is newer: kept); for a hash
+// slice, list the keys in shardkit.move_<id>_keys (range and region slices
+// keep no lists: shard_objects.h); then the destination commits, then the
+// source (releasing the locks), and then, for a hash slice, the source
+// lists the keys too, in a transaction of its own (while it held the rows,
+// its listing could deadlock with a dual-write listing the same key and
+// waiting for one of the rows). The bound after a chunk is the primary key
+// of the last row it scanned.
 //
 // Every lock wait of the backfill is bounded (lock_timeout 300 ms, under
 // the servers' deadlock_timeout): with the source's rows locked and its
@@ -45,9 +47,10 @@
 // Resuming from any earlier bound (or from the start) is harmless: a chunk
 // copied again inserts nothing and lists keys already listed.
 //
-// A killed mover leaves at most one chunk committed on the destination
-// whose keys the source has not listed: the resume copies it again, which
-// lists them; the move must not cut over before a backfill finished.
+// A killed mover leaves at most one chunk of a hash slice committed on the
+// destination whose keys the source has not listed: the resume copies it
+// again, which lists them; the move must not cut over before a backfill
+// finished.
 //
 // Failpoints (router/failpoint.h, SHARDKIT_FAILPOINTS):
 //   move-backfill-after-chunk  a chunk committed on the destination, not
@@ -133,8 +136,10 @@ struct BackfillOptions {
     const ShardEndpoint& source, const ShardEndpoint& destination,
     const TableToMove& table);
 
-// Creates, if missing, shardkit.move_<id>_keys (shard_objects.h) for
-// `slice` on the session's shard.
+// Creates, if missing, shardkit.move_<id>_keys and move_<id>_pending
+// (shard_objects.h) for `slice` on the session's shard. Only hash slices
+// list keys in the first (MoveListsKeys); the backfill of a range or region
+// slice does not call it.
 [[nodiscard]] absl::Status EnsureMoveKeysTable(MoveSession& session,
                                                const MoveSlice& slice);
 

@@ -301,6 +301,9 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
                        StrCat("installing the epoch fence on ", table.name))
               .status());
     }
+    // Every strategy: a single statement's dual-write records its copies
+    // in the pending table (a range or region slice leaves the keys table
+    // empty).
     RETURN_IF_ERROR(EnsureMoveKeysTable(*session, slice));
   }
   return Phase(move, JournalPhase::kDualWrite);

@@ -2,8 +2,9 @@
 // (design.md, "Online moves"; rebalancer/shard_objects.h for what it
 // installs on the shards and what routers do meanwhile).
 //
-//   planned     the move is checked and journaled; the fence trigger and
-//               the keys tables are installed on source and destination
+//   planned     the move is checked and journaled; the fence trigger, the
+//               keys tables (filled for hash slices only) and the pending
+//               tables are installed on source and destination
 //   dual-write  the live map gets the move (phase kDualWrite): routers
 //               apply writes to the slice on the destination too; then the
 //               source's tables are fenced at that epoch, which waits out
