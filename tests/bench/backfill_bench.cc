@@ -5,10 +5,15 @@
 // least 0.8.
 //
 //   build/tests/bench/backfill_bench [--rows N] [--reps R] [--chunk C]
-//                                     (defaults 200,000, 5, 20,000)
+//                                     [--strategy hash|range]
+//                                     (defaults 200,000, 5, 20,000, hash)
 //
-// The table has a bigint primary key and three more columns; the slice is
-// a whole shard's (the full hash space), so every row moves. The pipe
+// The table has a bigint primary key and three more columns; every row
+// moves. --strategy hash: the slice is a whole shard's (the full hash
+// space), its keys listed on both sides as a hash slice's are;
+// --strategy range: the range slice [0, N + 1), which the server filters
+// (id >= 0 AND id < N + 1) and which keeps no key lists
+// (rebalancer/shard_objects.h). The pipe
 // streams each row from the source's COPY into the destination's COPY as
 // it arrives, in one transaction (what `psql -c "COPY ... TO STDOUT" |
 // psql -c "COPY ... FROM STDIN"` does). The two take turns, the order
@@ -90,7 +95,7 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-int Run(int64_t rows, int reps, int64_t chunk) {
+int Run(int64_t rows, int reps, int64_t chunk, Strategy strategy) {
   auto shards = testing::TestCluster::Start(2);
   if (!shards.ok()) {
     std::cerr << "cannot start the shards: " << shards.status() << "\n";
@@ -129,7 +134,12 @@ int Run(int64_t rows, int reps, int64_t chunk) {
 
   internal::MoveSlice slice;
   slice.move_id = 1;
-  slice.strategy = Strategy::kHash;
+  slice.strategy = strategy;
+  if (strategy == Strategy::kRange) {
+    slice.key_type = KeyType::kInt8;
+    slice.from = Key::Integer(0);
+    slice.to = Key::Integer(rows + 1);
+  }
   internal::BackfillOptions options;
   options.chunk_rows = chunk;
   auto backfill = [&]() -> absl::Status {
@@ -178,11 +188,11 @@ int Run(int64_t rows, int reps, int64_t chunk) {
 
   const double b = Median(backfill_s), p = Median(pipe_s);
   std::cout << absl::StrFormat(
-      "rows %d, chunk %d, %d repetitions (median)\n"
+      "rows %d, chunk %d, %s slice, %d repetitions (median)\n"
       "raw COPY pipe   %8.3f s  %10.0f rows/s\n"
       "backfill        %8.3f s  %10.0f rows/s\n"
       "ratio (backfill / pipe throughput): %.2f (goal >= 0.8)\n",
-      rows, chunk, reps, p, rows / p, b, rows / b, p / b);
+      rows, chunk, strategy == Strategy::kRange ? "range" : "hash", reps, p, rows / p, b, rows / b, p / b);
   return 0;
 }
 
@@ -193,6 +203,7 @@ int main(int argc, char** argv) {
   int64_t rows = 200000;
   int reps = 5;
   int64_t chunk = 20000;
+  shardkit::Strategy strategy = shardkit::Strategy::kHash;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--rows") == 0) {
       rows = std::atoll(argv[i + 1]);
@@ -200,8 +211,15 @@ int main(int argc, char** argv) {
       reps = std::atoi(argv[i + 1]);
     } else if (std::strcmp(argv[i], "--chunk") == 0) {
       chunk = std::atoll(argv[i + 1]);
+    } else if (std::strcmp(argv[i], "--strategy") == 0 &&
+               (std::strcmp(argv[i + 1], "hash") == 0 ||
+                std::strcmp(argv[i + 1], "range") == 0)) {
+      strategy = std::strcmp(argv[i + 1], "range") == 0
+                     ? shardkit::Strategy::kRange
+                     : shardkit::Strategy::kHash;
     } else {
-      std::cerr << "usage: backfill_bench [--rows N] [--reps R] [--chunk C]\n";
+      std::cerr << "usage: backfill_bench [--rows N] [--reps R] [--chunk C] "
+                   "[--strategy hash|range]\n";
       return 2;
     }
   }
@@ -209,5 +227,5 @@ int main(int argc, char** argv) {
     std::cerr << "--rows, --reps and --chunk must be positive\n";
     return 2;
   }
-  return shardkit::Run(rows, reps, chunk);
+  return shardkit::Run(rows, reps, chunk, strategy);
 }
