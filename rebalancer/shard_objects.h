@@ -71,8 +71,10 @@
 //   (SELECT * FROM T WHERE <visible>) AS A
 // in FROM clauses, and UPDATE / DELETE of T get <visible> ANDed to their
 // WHERE, where <visible> is, per move the shard hides,
-//   (<the slice's condition on T.<key column>>) IS NOT TRUE
-// for a range or region slice, and
+//   NOT COALESCE(<the slice's condition on T.<key column>>, false)
+// for a range or region slice (not "(...) IS NOT TRUE": libpg_query's
+// deparser drops the parentheses around an AND under IS NOT TRUE, which
+// then binds to the last comparison only), and
 //   NOT EXISTS (SELECT 1 FROM shardkit.move_<id>_keys h
 //               WHERE h.key = T.<key column>)
 // for a hash slice.

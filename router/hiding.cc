@@ -72,8 +72,9 @@ class Rewrite {
  private:
   // For every move the shard hides, ANDed: "NOT EXISTS (SELECT 1 FROM
   // shardkit.move_4_keys h WHERE h.key = ref.key)" for a hash slice;
-  // "(ref.key >= 10 AND ref.key < 20) IS NOT TRUE" for a range or region
-  // slice (its condition, SliceConditionSql).
+  // "NOT COALESCE(ref.key >= 10 AND ref.key < 20, false)" for a range or
+  // region slice (its condition, SliceConditionSql; shard_objects.h says
+  // why not IS NOT TRUE).
   std::string Condition(std::string_view ref, const Table& table) const {
     const Distribution& distribution = map_.distributions()[distribution_];
     const std::string key = StrCat(ref, ".", QuoteIdent(table.key_column));
@@ -85,11 +86,11 @@ class Rewrite {
                   MoveKeysTable(move->move_id),
                   " shardkit_hidden WHERE shardkit_hidden.key = ", key, ")");
       } else {
-        StrAppend(&out, "(",
+        StrAppend(&out, "NOT COALESCE(",
                   SliceConditionSql(distribution.strategy(),
                                     distribution.key_type(), move->from,
                                     move->to, move->region, key),
-                  ") IS NOT TRUE");
+                  ", false)");
       }
     }
     return out;

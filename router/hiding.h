@@ -11,8 +11,8 @@
 // becomes a subquery with the same name, without the slice's rows: for a
 // range or region slice those in its SQL condition (SliceConditionSql),
 //
-//   ... FROM (SELECT * FROM users WHERE (users.id >= '100'::int8 AND
-//       users.id < '200'::int8) IS NOT TRUE) AS u JOIN ...
+//   ... FROM (SELECT * FROM users WHERE NOT COALESCE(users.id >=
+//       '100'::int8 AND users.id < '200'::int8, false)) AS u JOIN ...
 //
 // for a hash slice those whose key is listed in shardkit.move_<id>_keys,
 //
