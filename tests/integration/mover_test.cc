@@ -681,5 +681,113 @@ TEST_F(MoverRangeTest, AbortDeletesTheDestinationsCopiesByCondition) {
             1199);
 }
 
+// A text range distribution whose key column sorts by an ICU collation
+// (where 'Z' > 'b'), while range slices order text by bytes ("C"); bounds
+// and keys hold a quote and a backslash.
+constexpr char kTextMapBody[] = R"(
+[distributions.words]
+strategy = "range"
+key_type = "text"
+slices = [ { to = "m", shard = "s1" }, { from = "m", shard = "s2" } ]
+[tables.words]
+distribution = "words"
+key = "k"
+)";
+
+// The slice [b'x\y, m) of s1 moves to s3. Keys by byte order: "Z" and "a"
+// and "b'x" sort before it (though "Z" sorts after "b" in the column's
+// collation), the others up to "m" are in it. At the verify and cleanup
+// steps both shards hold the slice, and reads and a scatter UPDATE through
+// the library see each row once; the cleanup leaves s1 exactly the rows
+// outside the slice.
+TEST(MoverTextRangeTest, TextSliceIsHiddenAndCleanedUpByByteOrder) {
+  auto started = TestCluster::Start(3);
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<TestCluster> shards = *std::move(started);
+  ASSERT_TRUE(shards->Query(0, "CREATE DATABASE movecat").ok());
+  const std::string config_path = shards->WriteConfig(
+      "mover.toml", StrCat("[catalog]\ndsn = \"", shards->dsn(0),
+                           " dbname=movecat\"\n", kTextMapBody));
+  for (int s = 0; s < 3; ++s) {
+    auto made = shards->Query(s,
+                              "CREATE TABLE words (k text COLLATE "
+                              "\"en-x-icu\" PRIMARY KEY, v int NOT NULL)");
+    ASSERT_TRUE(made.ok()) << made.status();
+  }
+  const std::vector<std::string> outside = {"Z", "a", "b'x"};
+  const std::vector<std::string> inside = {"b'x\\y", "b'x\\z", "c", "l\\"};
+  const std::vector<std::string> on_s2 = {"m", "n", "zz", "\xC3\xA9"};
+  auto cluster = Cluster::OpenFile(config_path);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  for (const auto* keys : {&outside, &inside, &on_s2}) {
+    for (const std::string& k : *keys) {
+      auto r = (*cluster)->Execute("INSERT INTO words (k, v) VALUES ($1, 0)",
+                                   {Param(k)});
+      ASSERT_TRUE(r.ok()) << k << ": " << r.status();
+    }
+  }
+  const int64_t total = 11;
+  auto count = [&](int shard, const std::string& sql) -> int64_t {
+    auto rows = shards->Query(shard, sql);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    return rows.ok() && !rows->empty() ? std::stoll((*rows)[0][0]) : -1;
+  };
+  ASSERT_EQ(count(0, "SELECT count(*) FROM words"), 7);
+
+  int checks = 0;
+  auto check = [&](std::string_view line) {
+    if (!absl::EndsWith(ToAbsl(line), ": verify") &&
+        !absl::EndsWith(ToAbsl(line), ": cleanup")) {
+      return;
+    }
+    ++checks;
+    // Both sides hold the slice's 4 rows.
+    EXPECT_EQ(count(0, "SELECT count(*) FROM words"), 7) << line;
+    EXPECT_EQ(count(2, "SELECT count(*) FROM words"), 4) << line;
+    ASSERT_TRUE(internal::LiveMapOf(**cluster).Refresh().ok());
+    EXPECT_EQ(ScalarOf((*cluster)->Execute("SELECT count(*) FROM words")),
+              total)
+        << line;
+    EXPECT_EQ(ScalarOf((*cluster)->Execute(
+                  "SELECT count(*) FROM words WHERE k = 'b''x\\y'")),
+              1)
+        << line;
+    auto touched = (*cluster)->Execute("UPDATE words SET v = v + 1");
+    ASSERT_TRUE(touched.ok()) << touched.status();
+    EXPECT_EQ(touched->rows_affected, total) << line;
+  };
+  auto config = LoadConfig(config_path);
+  ASSERT_TRUE(config.ok()) << config.status();
+  internal::MoverOptions options;
+  options.chunk_rows = 2;
+  options.map_grace = absl::Milliseconds(100);
+  options.log = check;
+  auto mover = internal::Mover::Open(*std::move(config), options);
+  ASSERT_TRUE(mover.ok()) << mover.status();
+  auto move = (*mover)->Start({"words", "b'x\\y:m", "", "s3"});
+  ASSERT_TRUE(move.ok()) << move.status();
+  EXPECT_EQ(move->source, "s1");
+  ASSERT_TRUE((*mover)->Run(move->id).ok());
+  EXPECT_EQ(checks, 2);
+
+  auto keys_on = [&](int shard) {
+    std::vector<std::string> keys;
+    auto rows =
+        shards->Query(shard, "SELECT k FROM words ORDER BY k COLLATE \"C\"");
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    if (rows.ok()) {
+      for (const auto& row : *rows) keys.push_back(row[0]);
+    }
+    return keys;
+  };
+  EXPECT_EQ(keys_on(0), outside);
+  EXPECT_EQ(keys_on(2), inside);
+  // Each check's UPDATE reached every row once, the slice's on both sides.
+  ASSERT_TRUE(internal::LiveMapOf(**cluster).Refresh().ok());
+  EXPECT_EQ(ScalarOf((*cluster)->Execute("SELECT sum(v) FROM words")),
+            2 * total);
+  EXPECT_EQ(count(2, "SELECT count(*) FROM words WHERE v <> 2"), 0);
+}
+
 }  // namespace
 }  // namespace shardkit
