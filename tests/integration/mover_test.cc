@@ -14,6 +14,7 @@
 #include <shared_mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -787,6 +788,106 @@ TEST(MoverTextRangeTest, TextSliceIsHiddenAndCleanedUpByByteOrder) {
   EXPECT_EQ(ScalarOf((*cluster)->Execute("SELECT sum(v) FROM words")),
             2 * total);
   EXPECT_EQ(count(2, "SELECT count(*) FROM words WHERE v <> 2"), 0);
+}
+
+// Regions "eu" and "EU" both on s1, "us" on s2; the tables' region column
+// uses a case-insensitive (nondeterministic) collation, under which 'eu'
+// and 'EU' are equal: regions are told apart by their bytes.
+constexpr char kRegionMapBody[] = R"(
+[distributions.accounts]
+strategy = "region"
+key_type = "text"
+regions = { eu = "s1", EU = "s1", us = "s2" }
+[tables.accounts]
+distribution = "accounts"
+key = "region"
+)";
+
+// Region eu moves from s1 to s3: at the verify and cleanup steps reads and
+// a scatter UPDATE through the library see each row once, and the cleanup
+// deletes eu's rows from s1 but not EU's.
+TEST(MoverRegionTest, RegionIsHiddenAndCleanedUpByItsBytes) {
+  auto started = TestCluster::Start(3);
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<TestCluster> shards = *std::move(started);
+  ASSERT_TRUE(shards->Query(0, "CREATE DATABASE movecat").ok());
+  const std::string config_path = shards->WriteConfig(
+      "mover.toml", StrCat("[catalog]\ndsn = \"", shards->dsn(0),
+                           " dbname=movecat\"\n", kRegionMapBody));
+  for (int s = 0; s < 3; ++s) {
+    auto made = shards->Query(
+        s,
+        "CREATE COLLATION anycase (provider = icu, locale = "
+        "'und-u-ks-level2', deterministic = false); "
+        "CREATE TABLE accounts (region text COLLATE anycase, id int8, "
+        "v int NOT NULL DEFAULT 0, PRIMARY KEY (region, id))");
+    ASSERT_TRUE(made.ok()) << made.status();
+  }
+  auto cluster = Cluster::OpenFile(config_path);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  // eu: ids 1..30, EU: 101..120 (apart: the primary key cannot tell the
+  // regions apart), us: 201..210.
+  for (const auto& [region, from, to] :
+       {std::tuple<std::string, int, int>{"eu", 1, 30}, {"EU", 101, 120},
+        {"us", 201, 210}}) {
+    for (int id = from; id <= to; ++id) {
+      auto r = (*cluster)->Execute(
+          "INSERT INTO accounts (region, id) VALUES ($1, $2)",
+          {Param(region), Param(StrCat(id))});
+      ASSERT_TRUE(r.ok()) << region << " " << id << ": " << r.status();
+    }
+  }
+  const int64_t total = 60;
+  auto count = [&](int shard, const std::string& sql) -> int64_t {
+    auto rows = shards->Query(shard, sql);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    return rows.ok() && !rows->empty() ? std::stoll((*rows)[0][0]) : -1;
+  };
+  ASSERT_EQ(count(0, "SELECT count(*) FROM accounts"), 50);
+
+  int checks = 0;
+  auto check = [&](std::string_view line) {
+    if (!absl::EndsWith(ToAbsl(line), ": verify") &&
+        !absl::EndsWith(ToAbsl(line), ": cleanup")) {
+      return;
+    }
+    ++checks;
+    // Both sides hold eu's 30 rows.
+    EXPECT_EQ(count(0, "SELECT count(*) FROM accounts"), 50) << line;
+    EXPECT_EQ(count(2, "SELECT count(*) FROM accounts"), 30) << line;
+    ASSERT_TRUE(internal::LiveMapOf(**cluster).Refresh().ok());
+    EXPECT_EQ(ScalarOf((*cluster)->Execute("SELECT count(*) FROM accounts")),
+              total)
+        << line;
+    auto touched = (*cluster)->Execute("UPDATE accounts SET v = v + 1");
+    ASSERT_TRUE(touched.ok()) << touched.status();
+    EXPECT_EQ(touched->rows_affected, total) << line;
+  };
+  auto config = LoadConfig(config_path);
+  ASSERT_TRUE(config.ok()) << config.status();
+  internal::MoverOptions options;
+  options.chunk_rows = 7;
+  options.map_grace = absl::Milliseconds(100);
+  options.log = check;
+  auto mover = internal::Mover::Open(*std::move(config), options);
+  ASSERT_TRUE(mover.ok()) << mover.status();
+  auto move = (*mover)->Start({"accounts", "", "eu", "s3"});
+  ASSERT_TRUE(move.ok()) << move.status();
+  EXPECT_EQ(move->source, "s1");
+  ASSERT_TRUE((*mover)->Run(move->id).ok());
+  EXPECT_EQ(checks, 2);
+
+  EXPECT_EQ(count(0, "SELECT count(*) FROM accounts"), 20);
+  EXPECT_EQ(count(0, "SELECT count(*) FROM accounts WHERE region COLLATE "
+                     "\"C\" = 'EU'"),
+            20);
+  EXPECT_EQ(count(2, "SELECT count(*) FROM accounts WHERE region COLLATE "
+                     "\"C\" = 'eu'"),
+            30);
+  EXPECT_EQ(count(2, "SELECT count(*) FROM accounts"), 30);
+  ASSERT_TRUE(internal::LiveMapOf(**cluster).Refresh().ok());
+  EXPECT_EQ(ScalarOf((*cluster)->Execute("SELECT sum(v) FROM accounts")),
+            2 * total);
 }
 
 }  // namespace
