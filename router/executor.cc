@@ -165,10 +165,12 @@ void Finish(TaskRun& run, absl::Status status, Result result = {}) {
 
 // Sends the task's statement, or its pipeline (ShardTask::then).
 absl::Status SendTask(ShardConnection& conn, const ShardTask& task) {
-  if (task.then.empty()) return conn.SendStatement(task.sql, task.params);
+  if (task.then.empty() && !task.prepare) {
+    return conn.SendStatement(task.sql, task.params);
+  }
   std::vector<Statement> statements;
   statements.reserve(task.then.size() + 1);
-  statements.push_back(Statement{task.sql, task.params});
+  statements.push_back(Statement{task.sql, task.params, task.prepare});
   statements.insert(statements.end(), task.then.begin(), task.then.end());
   return conn.SendPipeline(statements);
 }

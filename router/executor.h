@@ -149,6 +149,8 @@ struct ShardTask {
   std::string sql;
   // $1..$n, as text; nullopt is NULL. Always sent as parameters.
   std::vector<std::optional<std::string>> params;
+  // `sql` runs as a named prepared statement (Statement::prepare).
+  bool prepare = false;
   // Statements run after `sql` in the same round trip (ShardConnection::
   // SendPipeline: `sql` is then a single statement too), each only if the
   // ones before it succeeded. The task's outcome is the first failure, or

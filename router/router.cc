@@ -555,6 +555,10 @@ absl::Status PlanDualWrite(Router& router, const ShardMap& map,
   if (dual->tasks.empty()) return absl::OkStatus();
   for (size_t i : dual->tasks) {
     ASSIGN_OR_RETURN(out.tasks[i].sql, router.ImageReturningSql(out.tasks[i].sql));
+    // The same statement on every write of this kind while the move
+    // lasts: prepared once per connection (it carries parameters, so it
+    // is a single statement).
+    out.tasks[i].prepare = !out.tasks[i].params.empty();
   }
   dual->image_columns.resize(dual->tasks.size());
   dual->images.resize(dual->tasks.size());
@@ -845,6 +849,7 @@ absl::StatusOr<std::shared_ptr<const Router::TableColumns>> Router::ColumnsOf(
   }
   ShardTask task = shard;
   task.then.clear();  // this statement alone
+  task.prepare = false;
   task.session = nullptr;
   task.sql =
       "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
@@ -883,6 +888,7 @@ absl::StatusOr<std::string> Router::DatabaseCollation(
   }
   ShardTask task = shard;
   task.then.clear();  // this statement alone
+  task.prepare = false;
   task.sql =
       "SELECT datcollate FROM pg_database WHERE datname = current_database()";
   task.params.clear();
@@ -903,6 +909,7 @@ absl::StatusOr<std::string> Router::ColumnCollation(const ShardTask& shard,
   if (column.table_oid == 0) return std::string("default");
   ShardTask task = shard;
   task.then.clear();  // this statement alone
+  task.prepare = false;
   task.sql =
       "SELECT c.collname, c.collprovider, c.collcollate FROM pg_attribute a "
       "JOIN pg_collation c ON c.oid = a.attcollation "
@@ -941,6 +948,7 @@ absl::StatusOr<std::vector<std::string>> Router::TypeNames(
   if (!missing.empty()) {
     ShardTask task = shard;
     task.then.clear();  // this statement alone
+    task.prepare = false;
     task.sql =
         "SELECT o::int8, format_type(o, NULL) FROM unnest($1::oid[]) AS t(o)";
     task.params = {ArrayLiteral(missing)};
@@ -976,6 +984,7 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
   // runs in a session (a transaction), which serves one task at a time.
   ShardTask probe = tasks[0];
   probe.then.clear();  // this statement alone
+  probe.prepare = false;
   probe.sql = plan.collation_sql;
   const bool alongside = !plan.collation_sql.empty() && probe.session == nullptr;
   std::vector<ShardTask> all = tasks;
@@ -1013,6 +1022,7 @@ absl::StatusOr<Result> Router::ExecuteAggregated(
                    TypeNames(tasks[0], columns, options));
   ShardTask final_task = tasks[0];
   final_task.then.clear();  // this statement alone
+  final_task.prepare = false;
   final_task.params.clear();
   std::vector<std::string> unnest_args, aliases, items;
   bool collated = false;

@@ -355,9 +355,17 @@ absl::Status ShardConnection::SendStatement(
   return StartSending();
 }
 
+namespace {
+
+// Statements one connection prepares at most (Statement::prepare); past
+// it, they run unnamed.
+constexpr size_t kMaxPrepared = 256;
+
+}  // namespace
+
 absl::Status ShardConnection::SendPipeline(
     const std::vector<Statement>& statements) {
-  if (statements.size() == 1) {
+  if (statements.size() == 1 && !statements[0].prepare) {
     return SendStatement(statements[0].sql, statements[0].params);
   }
   constexpr std::string_view kNotIdle =
@@ -373,13 +381,41 @@ absl::Status ShardConnection::SendPipeline(
         "shard ", shard_name_, ": cannot enter pipeline mode: ",
         LibpqMessage()));
   }
+  preparing_.clear();
+  size_t prepares = 0;
   for (const Statement& statement : statements) {
     const std::vector<const char*> values = ParamValues(statement.params);
-    if (PQsendQueryParams(conn_, statement.sql.c_str(),
+    const std::string* name = nullptr;
+    if (statement.prepare) {
+      auto it = prepared_.find(statement.sql);
+      if (it != prepared_.end()) {
+        name = &it->second;
+      } else if (prepared_.size() + preparing_.size() < kMaxPrepared) {
+        preparing_.emplace_back(statement.sql,
+                                absl::StrCat("shardkit_", ++prepared_count_));
+        name = &preparing_.back().second;
+        if (PQsendPrepare(conn_, name->c_str(), statement.sql.c_str(),
                           static_cast<int>(values.size()),
-                          /*paramTypes=*/nullptr, values.data(),
-                          /*paramLengths=*/nullptr, /*paramFormats=*/nullptr,
-                          /*resultFormat=*/0) == 0) {
+                          /*paramTypes=*/nullptr) == 0) {
+          absl::Status status = ConnectionLost("sending the statement");
+          FailWith(status);
+          return status;
+        }
+        ++prepares;
+      }
+    }
+    const int sent =
+        name != nullptr
+            ? PQsendQueryPrepared(conn_, name->c_str(),
+                                  static_cast<int>(values.size()),
+                                  values.data(), /*paramLengths=*/nullptr,
+                                  /*paramFormats=*/nullptr, /*resultFormat=*/0)
+            : PQsendQueryParams(conn_, statement.sql.c_str(),
+                                static_cast<int>(values.size()),
+                                /*paramTypes=*/nullptr, values.data(),
+                                /*paramLengths=*/nullptr,
+                                /*paramFormats=*/nullptr, /*resultFormat=*/0);
+    if (sent == 0) {
       // Part of the pipeline may be out already: the connection is only
       // fit to be closed.
       absl::Status status = ConnectionLost("sending the statement");
@@ -392,7 +428,7 @@ absl::Status ShardConnection::SendPipeline(
     FailWith(status);
     return status;
   }
-  pipelined_ = statements.size();
+  pipelined_ = statements.size() + prepares;
   pipeline_gaps_ = 0;
   return StartSending();
 }
@@ -473,6 +509,16 @@ void ShardConnection::AdvanceReceive() {
       if (status == PGRES_PIPELINE_SYNC) {
         PQclear(res);
         pipelined_ = 0;
+        if (statement_error_.ok()) {
+          for (auto& [sql, name] : preparing_) {
+            prepared_.emplace(std::move(sql), std::move(name));
+          }
+        } else if (SqlStateOf(statement_error_) == "26000") {
+          // A prepared statement is gone (DEALLOCATE or DISCARD ran on
+          // this connection): prepare again from the next use on.
+          prepared_.clear();
+        }
+        preparing_.clear();
         if (PQexitPipelineMode(conn_) == 0) {
           FailWith(absl::InternalError(absl::StrCat(
               "shard ", shard_name_,
@@ -649,6 +695,8 @@ void ShardConnection::Close() {
   state_ = State::kNew;
   session_ending_ = false;
   pipelined_ = 0;
+  prepared_.clear();  // they were the closed session's
+  preparing_.clear();
 }
 
 }  // namespace shardkit::internal

@@ -36,6 +36,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "shardkit/cluster.h"
@@ -66,6 +67,11 @@ absl::StatusCode StatusCodeForSqlState(std::string_view sqlstate);
 struct Statement {
   std::string sql;
   std::vector<std::optional<std::string>> params;
+  // Run as a named prepared statement of the connection, prepared (parsed
+  // and analysed by the server) on its first use there and reused after:
+  // for the library's own statements that repeat on every write of a
+  // kind (a dual-write's). `sql` must then be a single statement.
+  bool prepare = false;
 };
 
 // A cancel request on its way to a server (ShardConnection::StartCancel).
@@ -150,8 +156,10 @@ class ShardConnection {
   // statement, with its own parameters), one Sync after the last. The
   // server runs each only if every one before it succeeded; the outcome
   // (TakeResult) is the first error, or else the last statement's result.
-  // Fails as SendStatement does. REQUIRES: state() == kIdle; statements is
-  // not empty.
+  // A statement marked Statement::prepare runs as a named prepared
+  // statement (PQsendPrepare on its first use on this connection, then
+  // PQsendQueryPrepared). Fails as SendStatement does. REQUIRES: state() ==
+  // kIdle; statements is not empty.
   [[nodiscard]] absl::Status SendPipeline(
       const std::vector<Statement>& statements);
 
@@ -286,6 +294,12 @@ class ShardConnection {
   size_t pipelined_ = 0;
   // Ends of statements' results seen in the pipeline (at most one each).
   size_t pipeline_gaps_ = 0;
+  // Statement::prepare: the statements this connection has prepared, by
+  // SQL text, and those the pipeline in flight prepares (kept once it
+  // succeeds; names are never reused, so a failed one leaves no clash).
+  absl::flat_hash_map<std::string, std::string> prepared_;
+  std::vector<std::pair<std::string, std::string>> preparing_;
+  uint64_t prepared_count_ = 0;
   // While a statement is in flight: its results so far, the first error.
   std::optional<Result> last_result_;
   absl::Status statement_error_;

@@ -276,6 +276,7 @@ ShardTask DistributedTransaction::WithPending(Participant& p,
   if (all.empty()) return task;
   task.sql = std::move(all[0].sql);
   task.params = std::move(all[0].params);
+  task.prepare = all[0].prepare;
   task.then.assign(std::make_move_iterator(all.begin() + 1),
                    std::make_move_iterator(all.end()));
   return task;
@@ -441,14 +442,18 @@ absl::StatusOr<Result> DistributedTransaction::Run(Router::Prepared prepared,
                     [](const ShardTask& t) { return t.params.empty(); });
     if (without_params) {
       for (ShardTask& task : prepared.tasks) {
-        if (joins(task)) task.sql = StrCat("BEGIN; ", task.sql);
+        if (!joins(task)) continue;
+        task.sql = StrCat("BEGIN; ", task.sql);
+        task.prepare = false;  // two statements now
       }
     } else if (prepared.combine == Router::Combining::kConcat) {
       // With parameters the statement is a single one (extended protocol).
       for (ShardTask& task : prepared.tasks) {
         if (!joins(task)) continue;
         task.then.insert(task.then.begin(),
-                         Statement{std::move(task.sql), std::move(task.params)});
+                         Statement{std::move(task.sql), std::move(task.params),
+                                   task.prepare});
+        task.prepare = false;
         task.sql = "BEGIN";
         task.params.clear();
       }
@@ -699,8 +704,9 @@ absl::Status DistributedTransaction::ApplyDualWrite(
                        : StrCat("WITH ", absl::StrJoin(with, ", "), " ", main);
         // Deferred to the destination's next round trip (see Participant::
         // pending).
+        // Prepared: the same statement comes with every such write.
         destination->pending.push_back(
-            Statement{std::move(task.sql), std::move(task.params)});
+            Statement{std::move(task.sql), std::move(task.params), true});
       }
       if (list_on_source) {
         const size_t per_key = RowsPerStatement(1);
@@ -715,6 +721,7 @@ absl::Status DistributedTransaction::ApplyDualWrite(
           listing.sql = StrCat("INSERT INTO ", MoveKeysTable(move->move_id),
                                " (key) VALUES ", absl::StrJoin(values, ", "),
                                " ON CONFLICT DO NOTHING");
+          listing.prepare = true;
           source->pending.push_back(std::move(listing));
         }
       }

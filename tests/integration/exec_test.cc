@@ -851,6 +851,56 @@ TEST_F(ExecTest, APipelineRunsInOneRoundTripAndStopsAtItsFirstError) {
   EXPECT_EQ(pools.Stats()[0].idle, 1);
 }
 
+// Statement::prepare: prepared on a connection's first use, reused after
+// (one pooled connection: the server lists one prepared statement), still
+// right after DEALLOCATE ALL (once refused, then prepared again), and a
+// statement that fails to prepare fails as it would unprepared.
+TEST_F(ExecTest, PreparedStatementsArePreparedOncePerConnection) {
+  internal::ConnectionPools pools(PoolSettings{});
+  internal::ExecOptions options;
+  options.pools = &pools;
+  internal::ShardTask task;
+  task.shard = 1;
+  task.shard_name = "s2";
+  task.dsn = tc().dsn(1);
+  task.sql = "SELECT $1::int * 2";
+  task.params = {"21"};
+  task.prepare = true;
+  task.then = {{"SELECT count(*) FROM pg_prepared_statements", {}, true}};
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<Result> done = internal::RunTask(task, options);
+    ASSERT_TRUE(done.ok()) << done.status();
+    EXPECT_THAT(done->rows, ElementsAre(Row{"2"})) << "run " << i;
+  }
+  internal::ShardTask alone = task;
+  alone.then.clear();
+  absl::StatusOr<Result> doubled = internal::RunTask(alone, options);
+  ASSERT_TRUE(doubled.ok()) << doubled.status();
+  EXPECT_THAT(doubled->rows, ElementsAre(Row{"42"}));
+  EXPECT_EQ(pools.Stats()[0].idle, 1);
+
+  internal::ShardTask deallocate = alone;
+  deallocate.sql = "DEALLOCATE ALL";
+  deallocate.params.clear();
+  deallocate.prepare = false;
+  ASSERT_TRUE(internal::RunTask(deallocate, options).ok());
+  absl::StatusOr<Result> gone = internal::RunTask(alone, options);
+  EXPECT_EQ(SqlStateOf(gone.status()), "26000") << gone.status();
+  doubled = internal::RunTask(alone, options);
+  ASSERT_TRUE(doubled.ok()) << doubled.status();
+  EXPECT_THAT(doubled->rows, ElementsAre(Row{"42"}));
+
+  internal::ShardTask bad = alone;
+  bad.sql = "SELECT $1::int FROM no_such_table";
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<Result> failed = internal::RunTask(bad, options);
+    EXPECT_EQ(SqlStateOf(failed.status()), "42P01") << failed.status();
+  }
+  doubled = internal::RunTask(alone, options);
+  ASSERT_TRUE(doubled.ok()) << doubled.status();
+  EXPECT_THAT(doubled->rows, ElementsAre(Row{"42"}));
+}
+
 TEST_F(ExecTest, ShardctlExecPrintsATableAndExitsZero) {
   testing::CommandOutput run = testing::RunCommand(ShardctlExec(
       tc().config_path(), {"--all", "CREATE TABLE cli_t (id int)"}));
