@@ -513,9 +513,13 @@ void ShardConnection::AdvanceReceive() {
           for (auto& [sql, name] : preparing_) {
             prepared_.emplace(std::move(sql), std::move(name));
           }
-        } else if (SqlStateOf(statement_error_) == "26000") {
+        } else if (const std::optional<std::string> state =
+                       SqlStateOf(statement_error_);
+                   state == "26000" || state == "0A000") {
           // A prepared statement is gone (DEALLOCATE or DISCARD ran on
-          // this connection): prepare again from the next use on.
+          // this connection), or its table changed shape under it ("cached
+          // plan must not change result type"): prepare again from the
+          // next use on.
           prepared_.clear();
         }
         preparing_.clear();

@@ -890,6 +890,18 @@ TEST_F(ExecTest, PreparedStatementsArePreparedOncePerConnection) {
   ASSERT_TRUE(doubled.ok()) << doubled.status();
   EXPECT_THAT(doubled->rows, ElementsAre(Row{"42"}));
 
+  // Its table changes shape under it: refused once, then prepared again.
+  ASSERT_TRUE(tc().Query(1, "CREATE TABLE shaped (id int)").ok());
+  internal::ShardTask star = alone;
+  star.sql = "SELECT * FROM shaped WHERE id = $1";
+  ASSERT_TRUE(internal::RunTask(star, options).ok());
+  ASSERT_TRUE(tc().Query(1, "ALTER TABLE shaped ADD COLUMN v text").ok());
+  absl::StatusOr<Result> changed = internal::RunTask(star, options);
+  EXPECT_EQ(SqlStateOf(changed.status()), "0A000") << changed.status();
+  changed = internal::RunTask(star, options);
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  EXPECT_EQ(changed->columns.size(), 2u);
+
   internal::ShardTask bad = alone;
   bad.sql = "SELECT $1::int FROM no_such_table";
   for (int i = 0; i < 2; ++i) {
