@@ -33,6 +33,18 @@ using Rows = std::vector<std::vector<std::string>>;
 
 constexpr uint64_t kHalf = uint64_t{1} << 63;
 
+// Default options but the chunk size.
+BackfillOptions Chunks(int64_t rows) {
+  BackfillOptions options;
+  options.chunk_rows = rows;
+  return options;
+}
+VerifyOptions VerifyChunks(int64_t rows) {
+  VerifyOptions options;
+  options.chunk_rows = rows;
+  return options;
+}
+
 MoveSlice HashSlice(uint64_t move_id, KeyType type, uint64_t lo,
                     std::optional<uint64_t> hi) {
   MoveSlice slice;
@@ -196,7 +208,7 @@ TEST_F(BackfillTest, RangeSliceCompositeKeyIdentityAndGeneratedColumns) {
   EXPECT_EQ(stats->rows_scanned, 500);
 
   auto report = VerifyTable(source(), destination(), {"orders", "user_id"},
-                            RangeSlice(2, 100, 200), {.chunk_rows = 64});
+                            RangeSlice(2, 100, 200), VerifyChunks(64));
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_TRUE(report->ok()) << report->Summary();
   EXPECT_EQ(report->source_rows, 500);
@@ -223,7 +235,7 @@ TEST_F(BackfillTest, TextAndUuidKeysWithSpecialCharactersAndNulls) {
   const MoveSlice text_slice =
       HashSlice(3, KeyType::kText, uint64_t{1} << 62, kHalf + (kHalf >> 1));
   auto stats = BackfillTable(source(), destination(), {"notes", "name"},
-                             text_slice, {.chunk_rows = 50});
+                             text_slice, Chunks(50));
   ASSERT_TRUE(stats.ok()) << stats.status();
   const std::string notes =
       "SELECT name, u, body, extra FROM notes ORDER BY name, u";
@@ -233,7 +245,7 @@ TEST_F(BackfillTest, TextAndUuidKeysWithSpecialCharactersAndNulls) {
 
   const MoveSlice uuid_slice = HashSlice(4, KeyType::kUuid, kHalf, {});
   stats = BackfillTable(source(), destination(), {"devices", "id"},
-                        uuid_slice, {.chunk_rows = 64});
+                        uuid_slice, Chunks(64));
   ASSERT_TRUE(stats.ok()) << stats.status();
   const std::string devices = "SELECT id, label FROM devices ORDER BY id";
   const Rows expected_devices =
@@ -247,7 +259,7 @@ TEST_F(BackfillTest, TextAndUuidKeysWithSpecialCharactersAndNulls) {
        {std::tuple{"notes", "name", text_slice},
         std::tuple{"devices", "id", uuid_slice}}) {
     auto report = VerifyTable(source(), destination(), {table, key}, slice,
-                              {.chunk_rows = 30});
+                              VerifyChunks(30));
     ASSERT_TRUE(report.ok()) << report.status();
     EXPECT_TRUE(report->ok()) << report->Summary();
   }
@@ -470,7 +482,7 @@ TEST_F(BackfillTest, VerifyReportsEachPlantedDifferenceByKey) {
         "generate_series(3, 902) g");
   const MoveSlice slice = RangeSlice(8, 1, 1000);
   auto stats = BackfillTable(source(), destination(), {"pairs", "a"}, slice,
-                             {.chunk_rows = 100});
+                             Chunks(100));
   ASSERT_TRUE(stats.ok()) << stats.status();
   Query(1, "DELETE FROM pairs WHERE a = 10 AND b = 'k1'");
   Query(1, "UPDATE pairs SET v = 'changed' WHERE a = 200 AND b = 'k2'");
@@ -568,8 +580,10 @@ TEST_F(BackfillTest, WritesUnderTheFenceWithItsEpoch) {
                                slice, {});
   EXPECT_THAT(refused.status().message(), HasSubstr("SK001"));
   EXPECT_EQ(Query(1, "SELECT count(*) FROM users")[0][0], "0");
+  BackfillOptions at_epoch;
+  at_epoch.epoch = 4;
   auto passed = BackfillTable(source(), destination(), {"users", "id"}, slice,
-                              {.epoch = 4});
+                              at_epoch);
   ASSERT_TRUE(passed.ok()) << passed.status();
   EXPECT_EQ(Query(1, "SELECT count(*) FROM users")[0][0], "10");
 }
@@ -606,7 +620,7 @@ TEST_F(BackfillTest, KilledAtEachFailpointResumes) {
 
     auto resumed = BackfillTable(source(), destination(), {"users", "id"},
                                  HashSlice(11, KeyType::kInt8, 0, {}),
-                                 {.chunk_rows = 100});
+                                 Chunks(100));
     ASSERT_TRUE(resumed.ok()) << resumed.status();
     const std::string all = "SELECT id, name, score FROM users ORDER BY id";
     EXPECT_EQ(Query(1, all), Query(0, all));
@@ -624,7 +638,7 @@ TEST(BackfillChild, CopiesUsers) {
                              {"s2", std::getenv("BACKFILL_DEST_DSN")},
                              {"users", "id"},
                              HashSlice(11, KeyType::kInt8, 0, {}),
-                             {.chunk_rows = 100});
+                             Chunks(100));
   FAIL() << "the failpoint did not fire: " << stats.status();
 }
 
