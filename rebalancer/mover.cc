@@ -603,14 +603,14 @@ absl::Status Mover::Verify(const MoveRecord& move) {
 
 absl::Status Mover::Cutover(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
-  // Opened before the pause, with what it needs read: the tables' shapes
-  // and sequences, the pending copies whose source committed forgotten.
+  // Opened before the pause, with what it needs read: the tables'
+  // sequences, the pending copies whose source committed forgotten. (A
+  // resumed cutover may find the source fenced already: writes wait from
+  // here, so this is kept short.)
   ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> source,
                    OpenSession(sides.source));
   ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> destination,
                    OpenSession(sides.destination));
-  ASSIGN_OR_RETURN(std::vector<TableShape> shapes,
-                   ShapesOf(sides, *source, *destination));
   ASSIGN_OR_RETURN(std::vector<std::string> sequences,
                    SequencesOf(sides, *destination));
   RETURN_IF_ERROR(FindPendingCopies(*source, *destination, move.id,
@@ -664,8 +664,12 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
               pending.in_progress, " dual-writes to ", move.source,
               " are still in progress behind the fence"));
         }
-        RETURN_IF_ERROR(
-            RepairPendingCopies(*source, *destination, shapes, pending));
+        if (!pending.rolled_back.empty()) {
+          ASSIGN_OR_RETURN(std::vector<TableShape> shapes,
+                           ShapesOf(sides, *source, *destination));
+          RETURN_IF_ERROR(
+              RepairPendingCopies(*source, *destination, shapes, pending));
+        }
         return AdvanceSequences(sequences, *source, *destination);
       }();
     }
