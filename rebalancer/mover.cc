@@ -1,7 +1,6 @@
 #include "rebalancer/mover.h"
 
 #include <algorithm>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -637,19 +636,17 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
     const uint64_t epoch = sides.live.state.epoch + 1;
     // The pause starts: writes to the source's tables wait for the lock,
     // then find the fence above their map's epoch.
-    // The destination too, at the same time: a dual-write's copy sent
-    // before the source's fence can no longer land after it (one that
-    // the destination refuses is rolled back on the source, and retried
-    // by the new map).
-    absl::Status destination_fenced;
-    std::thread fence_destination([&] {
-      destination_fenced = FenceOn(sides, *destination, sides.destination,
-                                   epoch, options_.cutover_lock_timeout);
-    });
     last = FenceOn(sides, *source, sides.source, epoch,
                    options_.cutover_lock_timeout);
-    fence_destination.join();
-    if (last.ok()) last = destination_fenced;
+    // Then the destination, so that a dual-write's copy sent before the
+    // source's fence cannot land after it. Not at the same time: the
+    // source's fence waits for the transactions that wrote the source,
+    // whose copies go to the destination with their commit; fenced first,
+    // the destination would refuse those commits.
+    if (last.ok()) {
+      last = FenceOn(sides, *destination, sides.destination, epoch,
+                     options_.cutover_lock_timeout);
+    }
     if (last.ok()) {
       // No write to the slice can commit on either side now: repair what
       // a dual-write whose source rolled back left on the destination, and

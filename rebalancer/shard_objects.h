@@ -114,7 +114,7 @@
 // transaction ended (pg_xact_status) and puts the source's rows of those
 // keys back, with the source's tables locked before verify and under the
 // cutover's fences (rebalancer/pending_copies.h). The destination is
-// fenced at the cutover's epoch together with the source, so that no copy
+// fenced at the cutover's epoch right after the source, so that no copy
 // lands after that check.
 //
 // ## Backfill
