@@ -345,19 +345,15 @@ absl::Status Mover::Fence(const Sides& sides, const ShardEndpoint& shard,
 absl::Status Mover::FenceOn(const Sides& sides, MoveSession& session,
                             const ShardEndpoint& shard, uint64_t epoch,
                             absl::Duration lock_timeout) {
-  std::vector<std::string> quoted;
   std::string raises;
   for (const TableToMove& t : sides.tables) {
-    quoted.push_back(QuoteQualifiedName(t.name));
     StrAppend(&raises, "SELECT shardkit.raise_fence(",
               session.Literal(t.name), ", ", epoch, "); ");
   }
   // The session then writes at that epoch (the cutover's repairs).
-  const std::string sql = StrCat(
-      "SET lock_timeout = ", absl::ToInt64Milliseconds(lock_timeout), "; SET ",
-      kEpochSetting, " = '", epoch, "'; BEGIN; LOCK TABLE ",
-      absl::StrJoin(quoted, ", "),
-      " IN SHARE ROW EXCLUSIVE MODE; ", raises, "COMMIT");
+  const std::string sql =
+      StrCat("SET ", kEpochSetting, " = '", epoch, "'; ",
+             LockTablesSql(sides, lock_timeout), "; ", raises, "COMMIT");
   absl::Status fenced =
       session.Run(sql, StrCat("fencing ", shard.name, " at epoch ", epoch))
           .status();
@@ -398,21 +394,11 @@ absl::Status Mover::RepairRolledBackCopies(const MoveRecord& move,
   // The source's tables locked against writes (a short pause, only when a
   // copy needs repair), so that what is read there stays the truth until
   // the destination has it. Bounded like the fence, and retried.
-  std::vector<std::string> quoted;
-  for (const TableToMove& t : sides.tables) {
-    quoted.push_back(QuoteQualifiedName(t.name));
-  }
-  const absl::Time deadline = absl::Now() + options_.statement_timeout;
-  for (int attempt = 1;; ++attempt) {
+  return Patiently(StrCat("move ", move.id, ": repairing copies"), [&] {
     absl::Status repaired = [&]() -> absl::Status {
       RETURN_IF_ERROR(
-          source
-              ->Run(StrCat("SET lock_timeout = ",
-                           absl::ToInt64Milliseconds(
-                               options_.cutover_lock_timeout),
-                           "; BEGIN; LOCK TABLE ", absl::StrJoin(quoted, ", "),
-                           " IN SHARE ROW EXCLUSIVE MODE"),
-                    "locking the source's tables to repair copies")
+          source->Run(LockTablesSql(sides, options_.cutover_lock_timeout),
+                      "locking the source's tables to repair copies")
               .status());
       // Again under the lock: transactions in progress before have ended.
       ASSIGN_OR_RETURN(PendingCopies now,
@@ -426,13 +412,9 @@ absl::Status Mover::RepairRolledBackCopies(const MoveRecord& move,
                  " whose dual-write the source rolled back (",
                  now.rolled_back.size(), " transactions)"));
     }();
-    if (repaired.ok() || absl::Now() >= deadline) return repaired;
-    source->RollbackQuietly();
-    Log(StrCat("move ", move.id, ": repairing copies, attempt ", attempt,
-               ": ", repaired.message()));
-    absl::SleepFor(std::min(absl::Milliseconds(50) * attempt,
-                            absl::Milliseconds(500)));
-  }
+    if (!repaired.ok()) source->RollbackQuietly();
+    return repaired;
+  });
 }
 
 absl::StatusOr<std::vector<std::string>> Mover::SequencesOf(
@@ -494,16 +476,32 @@ absl::Status Mover::PatientFence(const Sides& sides,
   // attempt waits at most the cutover's bound (below the server's
   // deadlock_timeout, 1 s by default: the fence gives way, not the
   // application's transaction), and backs off before the next.
+  return Patiently(StrCat("fencing ", shard.name, " at epoch ", epoch), [&] {
+    return Fence(sides, shard, epoch, options_.cutover_lock_timeout);
+  });
+}
+
+absl::Status Mover::Patiently(std::string_view what,
+                              absl::FunctionRef<absl::Status()> attempt) {
   const absl::Time deadline = absl::Now() + options_.statement_timeout;
-  for (int attempt = 1;; ++attempt) {
-    absl::Status fenced =
-        Fence(sides, shard, epoch, options_.cutover_lock_timeout);
-    if (fenced.ok() || absl::Now() >= deadline) return fenced;
-    Log(StrCat("fencing ", shard.name, " at epoch ", epoch, ", attempt ",
-               attempt, ": ", fenced.message()));
-    absl::SleepFor(std::min(absl::Milliseconds(50) * attempt,
-                            absl::Milliseconds(500)));
+  for (int n = 1;; ++n) {
+    absl::Status done = attempt();
+    if (done.ok() || absl::Now() >= deadline) return done;
+    Log(StrCat(what, ", attempt ", n, ": ", done.message()));
+    absl::SleepFor(
+        std::min(absl::Milliseconds(50) * n, absl::Milliseconds(500)));
   }
+}
+
+std::string Mover::LockTablesSql(const Sides& sides,
+                                 absl::Duration lock_timeout) {
+  std::vector<std::string> quoted;
+  for (const TableToMove& t : sides.tables) {
+    quoted.push_back(QuoteQualifiedName(t.name));
+  }
+  return StrCat("SET lock_timeout = ", absl::ToInt64Milliseconds(lock_timeout),
+                "; BEGIN; LOCK TABLE ", absl::StrJoin(quoted, ", "),
+                " IN SHARE ROW EXCLUSIVE MODE");
 }
 
 absl::Status Mover::Backfill(const MoveRecord& move) {

@@ -46,6 +46,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -189,6 +190,15 @@ class Mover {
   // slice, hands out no value the source already gave a moved row.
   absl::Status AdvanceSequences(const std::vector<std::string>& sequences,
                                 MoveSession& source, MoveSession& destination);
+  // Runs `attempt` until it succeeds or statement_timeout has passed,
+  // logging each failure ("<what>, attempt N: ...") and backing off
+  // (50 ms more each time, at most 500 ms). Returns the last outcome.
+  absl::Status Patiently(std::string_view what,
+                         absl::FunctionRef<absl::Status()> attempt);
+  // "SET lock_timeout = ...; BEGIN; LOCK TABLE <the move's tables> IN
+  // SHARE ROW EXCLUSIVE MODE": the transaction that holds writes to them.
+  static std::string LockTablesSql(const Sides& sides,
+                                   absl::Duration lock_timeout);
   // Fence, each attempt's lock wait bounded by cutover_lock_timeout,
   // retried until statement_timeout has passed.
   absl::Status PatientFence(const Sides& sides, const ShardEndpoint& shard,
