@@ -344,16 +344,18 @@ absl::Status Mover::Fence(const Sides& sides, const ShardEndpoint& shard,
 
 absl::Status Mover::FenceOn(const Sides& sides, MoveSession& session,
                             const ShardEndpoint& shard, uint64_t epoch,
-                            absl::Duration lock_timeout) {
+                            absl::Duration lock_timeout,
+                            bool wait_for_writers) {
   std::string raises;
   for (const TableToMove& t : sides.tables) {
     StrAppend(&raises, "SELECT shardkit.raise_fence(",
               session.Literal(t.name), ", ", epoch, "); ");
   }
   // The session then writes at that epoch (the cutover's repairs).
-  const std::string sql =
-      StrCat("SET ", kEpochSetting, " = '", epoch, "'; ",
-             LockTablesSql(sides, lock_timeout), "; ", raises, "COMMIT");
+  const std::string sql = StrCat(
+      "SET ", kEpochSetting, " = '", epoch, "'; ",
+      wait_for_writers ? LockTablesSql(sides, lock_timeout) : "BEGIN", "; ",
+      raises, "COMMIT");
   absl::Status fenced =
       session.Run(sql, StrCat("fencing ", shard.name, " at epoch ", epoch))
           .status();
@@ -637,13 +639,16 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
     last = FenceOn(sides, *source, sides.source, epoch,
                    options_.cutover_lock_timeout);
     // Then the destination, so that a dual-write's copy sent before the
-    // source's fence cannot land after it. Not at the same time: the
-    // source's fence waits for the transactions that wrote the source,
-    // whose copies go to the destination with their commit; fenced first,
-    // the destination would refuse those commits.
+    // source's fence is refused rather than landing after the check
+    // below. Not at the same time: the source's fence waits for the
+    // transactions that wrote the source, whose copies go to the
+    // destination with their commit; fenced first, the destination would
+    // refuse those commits. And without waiting for the destination's
+    // writers: a transaction refused by the source's fence may hold locks
+    // there while it waits for the map this cutover is about to publish.
     if (last.ok()) {
       last = FenceOn(sides, *destination, sides.destination, epoch,
-                     options_.cutover_lock_timeout);
+                     options_.cutover_lock_timeout, /*wait_for_writers=*/false);
     }
     if (last.ok()) {
       // No write to the slice can commit on either side now: repair what

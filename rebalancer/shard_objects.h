@@ -114,8 +114,8 @@
 // transaction ended (pg_xact_status) and puts the source's rows of those
 // keys back, with the source's tables locked before verify and under the
 // cutover's fences (rebalancer/pending_copies.h). The destination is
-// fenced at the cutover's epoch right after the source, so that no copy
-// lands after that check.
+// fenced at the cutover's epoch right after the source (raised without
+// waiting for its writers), so that a copy sent later is refused.
 //
 // ## Backfill
 //
