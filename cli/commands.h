@@ -51,6 +51,7 @@ void RegisterRecover(CLI::App& app, CommandContext& ctx);
 void RegisterFailover(CLI::App& app, CommandContext& ctx);
 void RegisterMove(CLI::App& app, CommandContext& ctx);
 void RegisterRebalance(CLI::App& app, CommandContext& ctx);
+void RegisterHash(CLI::App& app, CommandContext& ctx);
 
 }  // namespace shardkit::cli
 

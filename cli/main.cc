@@ -75,6 +75,7 @@ int Run(int argc, char** argv) {
   RegisterFailover(app, ctx);
   RegisterMove(app, ctx);
   RegisterRebalance(app, ctx);
+  RegisterHash(app, ctx);
   RegisterDev(app, ctx);
 
   if (argc > 1 && argv[1][0] != '-') {

@@ -108,6 +108,7 @@ LiveState LiveStateOf(const ShardMap& map) {
     move.source = map.shard(m.source).name;
     move.destination = map.shard(m.destination).name;
     move.phase = m.phase;
+    move.server_hash = m.server_hash;
     state.moves.push_back(std::move(move));
   }
   return state;
@@ -159,6 +160,7 @@ std::string SerializeLiveState(const LiveState& state) {
     t.insert("source", m.source);
     t.insert("destination", m.destination);
     t.insert("phase", std::string(MovePhaseName(m.phase)));
+    if (m.server_hash) t.insert("server_hash", true);
     moves.push_back(std::move(t));
   }
   root.insert("moves", std::move(moves));
@@ -245,6 +247,7 @@ absl::StatusOr<LiveState> ParseLiveState(std::string_view text) {
       m.region = StringAt(*t, "region").value_or("");
       m.source = *source;
       m.destination = *destination;
+      m.server_hash = (*t)["server_hash"].value<bool>().value_or(false);
       if (*phase == MovePhaseName(MovePhase::kDualWrite)) {
         m.phase = MovePhase::kDualWrite;
       } else if (*phase == MovePhaseName(MovePhase::kCutOver)) {
@@ -384,6 +387,7 @@ absl::StatusOr<ShardMap> ApplyLiveState(const ShardMap& configured,
     ms.source = ShardRef{m.source, {}};
     ms.destination = ShardRef{m.destination, {}};
     ms.phase = m.phase;
+    ms.server_hash = m.server_hash;
     spec.moves.push_back(std::move(ms));
   }
 

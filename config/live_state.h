@@ -29,6 +29,7 @@
 //   source = "s2"
 //   destination = "s3"
 //   phase = "cut-over"
+//   server_hash = true           # the shards hash keys themselves
 //
 // Slice bounds are written as in the configuration: hash bounds as hex
 // strings, range bounds as the key's text; an absent bound is open. A region
@@ -84,6 +85,9 @@ struct LiveState {
     std::string source;
     std::string destination;
     MovePhase phase = MovePhase::kDualWrite;
+    // MovingSlice::server_hash; "server_hash = true" in the text form,
+    // absent when false.
+    bool server_hash = false;
   };
 
   uint64_t epoch = 1;

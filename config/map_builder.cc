@@ -449,6 +449,7 @@ class ShardMapBuilder::Impl {
     m.to = spec.to;
     m.region = spec.region;
     m.phase = spec.phase;
+    m.server_hash = spec.server_hash;
     std::optional<ShardId> source = ResolveShard(spec.source, path);
     std::optional<ShardId> destination =
         ResolveShard(spec.destination, path);
@@ -572,6 +573,7 @@ ShardMapSpec ShardMapBuilder::SpecOf(const ShardMap& map) {
     ms.source = ref(m.source);
     ms.destination = ref(m.destination);
     ms.phase = m.phase;
+    ms.server_hash = m.server_hash;
     spec.moves.push_back(std::move(ms));
   }
   return spec;

@@ -112,6 +112,7 @@ struct MoveSpec {
   ShardRef source;
   ShardRef destination;
   MovePhase phase = MovePhase::kDualWrite;
+  bool server_hash = false;  // see MovingSlice::server_hash
 };
 
 struct ShardMapSpec {

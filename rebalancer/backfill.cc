@@ -116,7 +116,7 @@ absl::StatusOr<int64_t> Backfill::CopyOrMerge(
 absl::Status Backfill::Prepare() {
   chunk_rows_ = options_.chunk_rows;
   condition_ = SliceCondition(shape_, slice_);
-  lists_keys_ = MoveListsKeys(slice_.strategy);
+  lists_keys_ = MoveListsKeys(slice_.strategy, slice_.server_hash);
   const std::string keys = MoveKeysTable(slice_.move_id);
   const std::string columns = shape_.ColumnList();
   copy_rows_sql_ =
@@ -197,7 +197,7 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
   std::vector<std::string_view> fields;
   absl::Status row_error;
   const bool filter = slice_.strategy == Strategy::kHash &&
-                      !slice_.IsWholeHashSpace();
+                      !slice_.server_hash && !slice_.IsWholeHashSpace();
   // Rows stream to the destination as the source sends them, in pieces of
   // this size, so that both servers work at once (as a COPY pipe does).
   constexpr size_t kSendEvery = 256 << 10;

@@ -19,7 +19,7 @@ constexpr std::string_view kPhaseNames[] = {
 constexpr std::string_view kMoveColumns =
     "id, distribution, slice_from, slice_to, region, source, destination, "
     "phase, past_point_of_no_return, error, created_at::text, "
-    "updated_at::text";
+    "updated_at::text, server_hash";
 
 absl::StatusOr<MoveRecord> RecordOf(const Row& row) {
   MoveRecord m;
@@ -43,6 +43,7 @@ absl::StatusOr<MoveRecord> RecordOf(const Row& row) {
   m.error = text(9);
   m.created_at = text(10);
   m.updated_at = text(11);
+  m.server_hash = text(12) == "t";
   return m;
 }
 
@@ -72,6 +73,9 @@ absl::Status Journal::EnsureSchema() {
       "error text NOT NULL DEFAULT '', "
       "created_at timestamptz NOT NULL DEFAULT now(), "
       "updated_at timestamptz NOT NULL DEFAULT now()); "
+      // Journals written before moves recorded it.
+      "ALTER TABLE shardkit.moves ADD COLUMN IF NOT EXISTS "
+      "server_hash bool NOT NULL DEFAULT false; "
       "CREATE TABLE IF NOT EXISTS shardkit.move_progress ("
       "move_id int8 NOT NULL REFERENCES shardkit.moves, "
       "table_name text NOT NULL, bound text[] NOT NULL, "
@@ -147,6 +151,14 @@ absl::Status Journal::SetPhase(uint64_t id, JournalPhase phase,
   return Event(id, error.empty()
                        ? StrCat("phase ", JournalPhaseName(phase))
                        : StrCat("phase ", JournalPhaseName(phase), ": ", error));
+}
+
+absl::Status Journal::SetServerHash(uint64_t id, bool server_hash) {
+  return catalog_
+      .Run("UPDATE shardkit.moves SET server_hash = $2, updated_at = now() "
+           "WHERE id = $1",
+           {StrCat(id), server_hash ? "true" : "false"})
+      .status();
 }
 
 absl::Status Journal::MarkPointOfNoReturn(uint64_t id) {

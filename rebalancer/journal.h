@@ -60,6 +60,9 @@ struct MoveRecord {
   bool past_point_of_no_return = false;
   // Why the move stopped (a failed verify, an error), empty otherwise.
   std::string error;
+  // A hash slice whose shards compute the key hash themselves (decided
+  // when the move is prepared: MovingSlice::server_hash).
+  bool server_hash = false;
   std::string created_at;
   std::string updated_at;
 };
@@ -95,6 +98,7 @@ class Journal {
   absl::Status SetPhase(uint64_t id, JournalPhase phase,
                         std::string_view error = "");
   absl::Status MarkPointOfNoReturn(uint64_t id);
+  absl::Status SetServerHash(uint64_t id, bool server_hash);
 
   absl::Status Event(uint64_t id, std::string_view message);
   [[nodiscard]] absl::StatusOr<std::vector<std::string>> Events(uint64_t id);

@@ -96,6 +96,7 @@ MoveSlice MoveSlice::FromMovingSlice(const Distribution& distribution,
   slice.from = moving.from;
   slice.to = moving.to;
   slice.region = moving.region;
+  slice.server_hash = moving.server_hash;
   return slice;
 }
 
@@ -210,17 +211,22 @@ absl::StatusOr<TableShape> DescribeTableForMove(MoveSession& source,
 }
 
 std::string SliceCondition(const TableShape& shape, const MoveSlice& slice) {
-  if (slice.strategy == Strategy::kHash) return "";
   // The routers hide the slice by this same condition (shard_objects.h).
+  const std::string& column = shape.columns[shape.key_column].quoted;
+  if (slice.strategy == Strategy::kHash) {
+    return slice.server_hash
+               ? HashSliceConditionSql(slice.hash_lo, slice.hash_hi, column)
+               : "";
+  }
   return SliceConditionSql(slice.strategy, slice.key_type, slice.from,
-                           slice.to, slice.region,
-                           shape.columns[shape.key_column].quoted);
+                           slice.to, slice.region, column);
 }
 
 absl::StatusOr<bool> RowInSlice(const TableShape& shape,
                                 const MoveSlice& slice,
                                 const std::vector<std::string_view>& fields) {
-  if (slice.strategy != Strategy::kHash || slice.IsWholeHashSpace()) {
+  if (slice.strategy != Strategy::kHash || slice.server_hash ||
+      slice.IsWholeHashSpace()) {
     return true;
   }
   const std::string_view raw = fields[shape.key_column];

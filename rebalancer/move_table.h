@@ -40,6 +40,9 @@ struct MoveSlice {
   std::optional<Key> to;
   // kRegion: the region whose rows move.
   std::string region;
+  // kHash: the shards compute the key hash themselves (MovingSlice::
+  // server_hash): the slice is filtered by SQL, and keeps no key lists.
+  bool server_hash = false;
 
   // The slice of `moving`, a move of `distribution`.
   static MoveSlice FromMovingSlice(const Distribution& distribution,
@@ -106,14 +109,15 @@ struct TableShape {
     std::string_view key_column);
 
 // The SQL condition that keeps the slice's rows, for range and region
-// slices (SliceConditionSql in shard_objects.h: the routers hide the slice
-// by the same condition); empty for hash slices, which are filtered
+// slices and hash slices with server_hash (SliceConditionSql and
+// HashSliceConditionSql in shard_objects.h: the routers hide the slice by
+// the same condition); empty for other hash slices, which are filtered
 // client-side (see RowInSlice).
 std::string SliceCondition(const TableShape& shape, const MoveSlice& slice);
 
 // Whether a row of `shape` whose raw COPY fields are `fields` belongs to
-// `slice`. Range and region slices are filtered in SQL, so only hash
-// slices test anything here. Fails with kInvalidArgument when the key
+// `slice`. Range and region slices, and hash slices with server_hash, are
+// filtered in SQL, so only the other hash slices test anything here. Fails with kInvalidArgument when the key
 // cannot be read as a key of the slice's type.
 [[nodiscard]] absl::StatusOr<bool> RowInSlice(
     const TableShape& shape, const MoveSlice& slice,

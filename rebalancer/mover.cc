@@ -11,6 +11,7 @@
 #include "rebalancer/move_session.h"
 #include "rebalancer/move_table.h"
 #include "rebalancer/pending_copies.h"
+#include "rebalancer/server_hash.h"
 #include "rebalancer/shard_objects.h"
 #include "rebalancer/verify.h"
 #include "router/failpoint.h"
@@ -71,7 +72,7 @@ int64_t RowsToScan(const ShardEndpoint& source, const TableToMove& table,
       MoveSession::Open(source, absl::Seconds(30));
   if (!session.ok()) return 0;
   std::string sql;
-  if (slice.strategy == Strategy::kHash) {
+  if (slice.strategy == Strategy::kHash && !slice.server_hash) {
     // The planner's estimate, when the table was analyzed; else a count.
     sql = StrCat(
         "SELECT CASE WHEN c.reltuples > 0 THEN c.reltuples::int8 ELSE "
@@ -209,6 +210,7 @@ absl::StatusOr<PlannedMove> Mover::Replan(const MoveRecord& move,
   request.destination = move.destination;
   ASSIGN_OR_RETURN(PlannedMove plan, PlanMove(map, request));
   plan.slice.move_id = move.id;
+  plan.slice.server_hash = move.server_hash;
   return plan;
 }
 
@@ -290,6 +292,31 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
   ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
   const MoveSlice slice = SliceOf(sides, plan);
+  // A hash slice: keys lists, unless both shards hash keys themselves.
+  bool server_hash = false;
+  std::string without;  // why not
+  if (sides.strategy == Strategy::kHash) {
+    server_hash = options_.use_server_hash;
+    if (!server_hash) without = "turned off (MoverOptions::use_server_hash)";
+    for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
+      if (!server_hash) break;
+      ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
+                       OpenSession(*shard));
+      absl::Status usable = CheckServerHash(*session, sides.key_type);
+      if (!usable.ok()) {
+        server_hash = false;
+        without = std::string(usable.message());
+      }
+    }
+    RETURN_IF_ERROR(journal_.SetServerHash(move.id, server_hash));
+    const std::string decided =
+        server_hash
+            ? std::string("the shards hash keys themselves: the slice keeps "
+                          "no key lists")
+            : StrCat("the slice keeps key lists (slower): ", without);
+    Log(StrCat("move ", move.id, ": ", decided));
+    journal_.Event(move.id, decided).IgnoreError();
+  }
   for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
     ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(*shard));
     RETURN_IF_ERROR(session->Run(InstallFenceFunctionSql(),
@@ -323,6 +350,7 @@ absl::Status Mover::StartDualWrite(const MoveRecord& move) {
                                   m.source = move.source;
                                   m.destination = move.destination;
                                   m.phase = MovePhase::kDualWrite;
+                                  m.server_hash = move.server_hash;
                                   DropMove(state, move.id);
                                   state.moves.push_back(std::move(m));
                                   return absl::OkStatus();
@@ -716,7 +744,7 @@ absl::Status Mover::DeleteSliceRows(const MoveRecord& move,
                                     const Sides& sides,
                                     const ShardEndpoint& shard,
                                     uint64_t epoch) {
-  return MoveListsKeys(sides.strategy)
+  return MoveListsKeys(sides.strategy, move.server_hash)
              ? DeleteListedRows(move, sides, shard, epoch)
              : DeleteRowsInCondition(move, sides, shard, epoch);
 }
@@ -730,8 +758,15 @@ absl::Status Mover::DeleteRowsInCondition(const MoveRecord& move,
   slice.strategy = sides.strategy;
   slice.key_type = sides.key_type;
   slice.region = move.region;
-  ASSIGN_OR_RETURN(slice.from, ParseKeyBound(sides.key_type, move.from));
-  ASSIGN_OR_RETURN(slice.to, ParseKeyBound(sides.key_type, move.to));
+  slice.server_hash = move.server_hash;
+  if (sides.strategy == Strategy::kHash) {
+    ASSIGN_OR_RETURN(std::optional<uint64_t> lo, ParseHashBound(move.from));
+    ASSIGN_OR_RETURN(slice.hash_hi, ParseHashBound(move.to));
+    slice.hash_lo = lo.value_or(0);
+  } else {
+    ASSIGN_OR_RETURN(slice.from, ParseKeyBound(sides.key_type, move.from));
+    ASSIGN_OR_RETURN(slice.to, ParseKeyBound(sides.key_type, move.to));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(shard));
   RETURN_IF_ERROR(
       session->Run(StrCat("SET shardkit.epoch = ", epoch)).status());

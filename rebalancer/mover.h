@@ -89,6 +89,10 @@ struct MoverOptions {
   // stale router still reads them there), the keys tables after the move
   // left the map; well above the routers' catalog poll interval (1 s).
   absl::Duration map_grace = absl::Seconds(3);
+  // A hash slice moves without key lists when both shards have shardkit's
+  // hash functions (rebalancer/server_hash.h) and they agree with the
+  // library; false: always with lists.
+  bool use_server_hash = true;
   // Called with each event line ("move 4: phase backfill") and progress.
   std::function<void(std::string_view)> log;
   std::function<void(const MoveProgress&)> progress;

@@ -34,7 +34,9 @@ std::string CreateMoveTablesSql(uint64_t move_id, KeyType type) {
                 " (xid xid8 NOT NULL, key ", KeySqlType(type), " NOT NULL)");
 }
 
-bool MoveListsKeys(Strategy strategy) { return strategy == Strategy::kHash; }
+bool MoveListsKeys(Strategy strategy, bool server_hash) {
+  return strategy == Strategy::kHash && !server_hash;
+}
 
 namespace {
 
@@ -86,6 +88,36 @@ std::string SliceConditionSql(Strategy strategy, KeyType key_type,
   if (to) {
     StrAppend(&out, out.empty() ? "" : " AND ", ref, " < ",
               KeyLiteral(key_type, *to));
+  }
+  return out.empty() ? "true" : out;
+}
+
+std::string InstallServerHashSql(std::string_view module_path) {
+  std::string out = "CREATE SCHEMA IF NOT EXISTS shardkit;";
+  for (std::string_view type : {"int8", "text", "uuid"}) {
+    StrAppend(&out, " CREATE OR REPLACE FUNCTION ", kServerHashFunction, "(",
+              type, ") RETURNS int8 AS ", EscapedString(module_path), ", ",
+              "'shardkit_hash_key_v1_", type,
+              "' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;");
+  }
+  return out;
+}
+
+std::string HashSliceConditionSql(uint64_t hash_lo,
+                                  const std::optional<uint64_t>& hash_hi,
+                                  std::string_view column) {
+  // The function returns the hash with its top bit flipped (the hash minus
+  // 2^63 as an int8), so that int8 order is the hash's unsigned order.
+  auto bound = [](uint64_t hash) {
+    return StrCat("'", static_cast<int64_t>(hash ^ (uint64_t{1} << 63)),
+                  "'::int8");
+  };
+  const std::string hashed = StrCat(kServerHashFunction, "(", column, ")");
+  std::string out;
+  if (hash_lo != 0) StrAppend(&out, hashed, " >= ", bound(hash_lo));
+  if (hash_hi) {
+    StrAppend(&out, out.empty() ? "" : " AND ", hashed, " < ",
+              bound(*hash_hi));
   }
   return out.empty() ? "true" : out;
 }

@@ -55,8 +55,16 @@
 // dual-writes add no key anywhere, the cleanup and the abort delete the
 // rows in the condition, in primary-key batches.
 //
-// Hash slices: the server cannot compute XXH3 (shardkit does), so each
-// side keeps the list of the slice's keys it holds:
+// Hash slices, when both shards have shardkit's hash functions
+// (extension/shardkit_pg.c, created by `shardctl hash install`; the mover
+// checks at plan time that they agree with HashKey and records the answer
+// in the move, `server_hash`): by their SQL condition too,
+//   shardkit.hash_key_v1(key) >= lo AND shardkit.hash_key_v1(key) < hi
+// (HashSliceConditionSql; the function returns the hash minus 2^63, so
+// the bounds are the slice's minus 2^63), and nothing is listed either.
+//
+// Hash slices without them: the server cannot compute XXH3 (shardkit
+// does), so each side keeps the list of the slice's keys it holds:
 //
 //   shardkit.move_<id>_keys (key <the distribution's key type> PRIMARY KEY)
 //
@@ -166,10 +174,28 @@ std::string_view KeySqlType(KeyType type);
 std::string CreateMoveTablesSql(uint64_t move_id, KeyType type);
 
 // Whether a move of a distribution of `strategy` keeps the lists of its
-// keys (hash: the server cannot tell the slice's rows apart) or is hidden,
-// cleaned up and aborted by its SQL condition (range, region); see "Keys
-// of a moving slice" above.
-bool MoveListsKeys(Strategy strategy);
+// keys (hash, unless the shards compute the hash themselves:
+// `server_hash`) or is hidden, cleaned up and aborted by its SQL condition
+// (range, region, hash with server_hash); see "Keys of a moving slice"
+// above.
+bool MoveListsKeys(Strategy strategy, bool server_hash);
+
+// The SQL function, on a shard, that hashes a key as HashKey does, minus
+// 2^63 (extension/shardkit_pg.c): "shardkit.hash_key_v1".
+inline constexpr std::string_view kServerHashFunction = "shardkit.hash_key_v1";
+
+// Creates (idempotently) shardkit.hash_key_v1(int8 | text | uuid) from the
+// module at `module_path` (a path the server can read, or
+// "$libdir/shardkit_pg" once installed in the server's library directory).
+// Creating C functions needs a superuser.
+std::string InstallServerHashSql(std::string_view module_path);
+
+// The SQL condition that holds for exactly the keys of the hash slice
+// [hash_lo, hash_hi) (hash_hi nullopt: to 2^64), by kServerHashFunction;
+// "true" for the whole hash space. `column` as for SliceConditionSql.
+std::string HashSliceConditionSql(uint64_t hash_lo,
+                                  const std::optional<uint64_t>& hash_hi,
+                                  std::string_view column);
 
 // The SQL condition that holds for exactly the rows of a range or region
 // slice (see "Keys of a moving slice"), `column` being the key column as

@@ -71,7 +71,9 @@ class Rewrite {
 
  private:
   // For every move the shard hides, ANDed: "NOT EXISTS (SELECT 1 FROM
-  // shardkit.move_4_keys h WHERE h.key = ref.key)" for a hash slice;
+  // shardkit.move_4_keys h WHERE h.key = ref.key)" for a hash slice with
+  // key lists; "NOT COALESCE(shardkit.hash_key_v1(ref.key) >= ..., false)"
+  // for one the shards hash themselves;
   // "NOT COALESCE(ref.key >= 10 AND ref.key < 20, false)" for a range or
   // region slice (its condition, SliceConditionSql; shard_objects.h says
   // why not IS NOT TRUE).
@@ -81,10 +83,14 @@ class Rewrite {
     std::string out;
     for (const MovingSlice* move : moves_) {
       if (!out.empty()) out += " AND ";
-      if (MoveListsKeys(distribution.strategy())) {
+      if (MoveListsKeys(distribution.strategy(), move->server_hash)) {
         StrAppend(&out, "NOT EXISTS (SELECT 1 FROM ",
                   MoveKeysTable(move->move_id),
                   " shardkit_hidden WHERE shardkit_hidden.key = ", key, ")");
+      } else if (distribution.strategy() == Strategy::kHash) {
+        StrAppend(&out, "NOT COALESCE(",
+                  HashSliceConditionSql(move->hash_lo, move->hash_hi, key),
+                  ", false)");
       } else {
         StrAppend(&out, "NOT COALESCE(",
                   SliceConditionSql(distribution.strategy(),

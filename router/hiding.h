@@ -14,7 +14,14 @@
 //   ... FROM (SELECT * FROM users WHERE NOT COALESCE(users.id >=
 //       '100'::int8 AND users.id < '200'::int8, false)) AS u JOIN ...
 //
-// for a hash slice those whose key is listed in shardkit.move_<id>_keys,
+// for a hash slice whose shards hash keys themselves (server_hash) those
+// in its hash condition (HashSliceConditionSql),
+//
+//   ... WHERE NOT COALESCE(shardkit.hash_key_v1(users.id) >=
+//       '0'::int8, false) ...
+//
+// and for any other hash slice those whose key is listed in
+// shardkit.move_<id>_keys,
 //
 //   ... FROM (SELECT * FROM users WHERE NOT EXISTS (SELECT 1 FROM
 //       shardkit.move_4_keys h WHERE h.key = users.id)) AS u JOIN ...

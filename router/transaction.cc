@@ -624,8 +624,10 @@ absl::Status DistributedTransaction::ApplyDualWrite(
       // passed); a single statement's copies are recorded with the source
       // transaction's id (see CommitMirrored).
       const std::string& xid = dual.xids[j];
-      // A range or region slice is hidden by its condition: no lists.
-      const bool lists = MoveListsKeys(distribution.strategy());
+      // A range or region slice, or a hash slice the shards hash
+      // themselves, is hidden by its condition: no lists.
+      const bool lists =
+          MoveListsKeys(distribution.strategy(), move->server_hash);
       const bool list_on_source = lists && dual.kind == StatementKind::kInsert;
       const bool list_on_destination =
           lists && dual.kind != StatementKind::kDelete;

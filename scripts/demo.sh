@@ -25,7 +25,7 @@ show() { printf '$ %s\n' "$*"; "$@"; }
 step "Build (installs missing Debian packages first)"
 scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build --target shardctl
+cmake --build build --target shardctl shardkit_pg
 shardctl=build/shardctl
 cfg=$dir/shards.toml
 
@@ -142,6 +142,11 @@ show $shardctl exec -c "$bank" --all "
   CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text NOT NULL);
   CREATE TABLE IF NOT EXISTS accounts (user_id int8 PRIMARY KEY,
                                        balance numeric(10,2) NOT NULL CHECK (balance >= 0))"
+# shardkit's hash functions on every shard (the shardkit_pg module, copied
+# where the servers' user can read it): the moves of hash slices then keep
+# no key lists.
+install -m 644 build/shardkit_pg.so "$dir/shardkit_pg.so"
+show $shardctl hash install -c "$bank" --module "$dir/shardkit_pg.so"
 show $shardctl rebalance -c "$bank" --dry-run
 # The workload: new orders and renamed users, one statement per line
 # through one open cluster, until the rebalance is done.

@@ -9,7 +9,7 @@ packages=(
   libpq-dev libabsl-dev libcli11-dev libtomlplusplus-dev libxxhash-dev
   libpg-query-dev libprotobuf-c-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  postgresql-15 postgresql-client-15
+  postgresql-15 postgresql-client-15 postgresql-server-dev-15
 )
 
 missing=()

@@ -275,6 +275,10 @@ struct MovingSlice {
   ShardId source = 0;
   ShardId destination = 0;
   MovePhase phase = MovePhase::kDualWrite;
+  // A hash slice whose shards compute the key hash themselves (shardkit's
+  // SQL functions, checked by the mover): the slice is told apart by a SQL
+  // condition on them, not by lists of its keys.
+  bool server_hash = false;
 
   // Whether `placement` of a key of this slice's distribution (as
   // Distribution::Place returned it, with `key` the key placed) is in the

@@ -5,15 +5,20 @@
 // least 0.8.
 //
 //   build/tests/bench/backfill_bench [--rows N] [--reps R] [--chunk C]
-//                                     [--strategy hash|range]
+//                                     [--strategy hash|hash-lists|range]
 //                                     (defaults 200,000, 5, 20,000, hash)
 //
 // The table has a bigint primary key and three more columns; every row
-// moves. --strategy hash: the slice is a whole shard's (the full hash
-// space), its keys listed on both sides as a hash slice's are;
+// moves. --strategy hash: the hash slice [0x8000000000000000, 2^64), the
+// table holding only keys in it (N of the first 2N or so integers), the
+// shards having shardkit's hash functions (rebalancer/server_hash.h): the
+// source filters the rows by shardkit.hash_key_v1, and no keys are
+// listed; --strategy hash-lists: the same without the functions, the rows
+// filtered client-side and their keys listed on both sides;
 // --strategy range: the range slice [0, N + 1), which the server filters
 // (id >= 0 AND id < N + 1) and which keeps no key lists
-// (rebalancer/shard_objects.h). The pipe
+// (rebalancer/shard_objects.h). The pipe copies the whole table, no
+// filter. The pipe
 // streams each row from the source's COPY into the destination's COPY as
 // it arrives, in one transaction (what `psql -c "COPY ... TO STDOUT" |
 // psql -c "COPY ... FROM STDIN"` does). The two take turns, the order
@@ -95,7 +100,8 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-int Run(int64_t rows, int reps, int64_t chunk, Strategy strategy) {
+int Run(int64_t rows, int reps, int64_t chunk, Strategy strategy,
+        bool server_hash) {
   auto shards = testing::TestCluster::Start(2);
   if (!shards.ok()) {
     std::cerr << "cannot start the shards: " << shards.status() << "\n";
@@ -111,10 +117,23 @@ int Run(int64_t rows, int reps, int64_t chunk, Strategy strategy) {
       return 1;
     }
   }
+  for (int i = 0; i < 2; ++i) {
+    if (absl::Status s = cluster.InstallServerHash(i); !s.ok()) {
+      std::cerr << s << "\n";
+      return 1;
+    }
+  }
+  // Hash: only keys of the slice [0x8000000000000000, 2^64), whose
+  // hash_key_v1 (the hash minus 2^63) is >= 0.
   if (auto r = cluster.Query(
           0, absl::StrCat("INSERT INTO big SELECT g, 'user ' || g, g % 1000, "
                           "md5(g::text) FROM generate_series(1, ",
-                          rows, ") g"));
+                          strategy == Strategy::kHash ? 3 * rows : rows,
+                          ") g",
+                          strategy == Strategy::kHash
+                              ? " WHERE shardkit.hash_key_v1(g) >= 0"
+                              : "",
+                          " ORDER BY g LIMIT ", rows));
       !r.ok()) {
     std::cerr << r.status() << "\n";
     return 1;
@@ -135,10 +154,13 @@ int Run(int64_t rows, int reps, int64_t chunk, Strategy strategy) {
   internal::MoveSlice slice;
   slice.move_id = 1;
   slice.strategy = strategy;
+  slice.key_type = KeyType::kInt8;
   if (strategy == Strategy::kRange) {
-    slice.key_type = KeyType::kInt8;
     slice.from = Key::Integer(0);
     slice.to = Key::Integer(rows + 1);
+  } else {
+    slice.hash_lo = uint64_t{1} << 63;
+    slice.server_hash = server_hash;
   }
   internal::BackfillOptions options;
   options.chunk_rows = chunk;
@@ -157,8 +179,9 @@ int Run(int64_t rows, int reps, int64_t chunk, Strategy strategy) {
   auto reset = [&]() -> absl::Status {
     for (int i = 0; i < 2; ++i) {
       auto r = cluster.Query(
-          i, i == 1 ? "TRUNCATE big; DROP SCHEMA IF EXISTS shardkit CASCADE"
-                    : "DROP SCHEMA IF EXISTS shardkit CASCADE");
+          i, absl::StrCat(i == 1 ? "TRUNCATE big; " : "",
+                          "DROP TABLE IF EXISTS shardkit.move_1_keys, "
+                          "shardkit.move_1_pending"));
       if (!r.ok()) return r.status();
     }
     return absl::OkStatus();
@@ -192,7 +215,11 @@ int Run(int64_t rows, int reps, int64_t chunk, Strategy strategy) {
       "raw COPY pipe   %8.3f s  %10.0f rows/s\n"
       "backfill        %8.3f s  %10.0f rows/s\n"
       "ratio (backfill / pipe throughput): %.2f (goal >= 0.8)\n",
-      rows, chunk, strategy == Strategy::kRange ? "range" : "hash", reps, p, rows / p, b, rows / b, p / b);
+      rows, chunk,
+      strategy == Strategy::kRange ? "range"
+      : server_hash                ? "hash (the shards hash)"
+                                   : "hash (key lists)",
+      reps, p, rows / p, b, rows / b, p / b);
   return 0;
 }
 
@@ -204,6 +231,7 @@ int main(int argc, char** argv) {
   int reps = 5;
   int64_t chunk = 20000;
   shardkit::Strategy strategy = shardkit::Strategy::kHash;
+  bool server_hash = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--rows") == 0) {
       rows = std::atoll(argv[i + 1]);
@@ -213,13 +241,15 @@ int main(int argc, char** argv) {
       chunk = std::atoll(argv[i + 1]);
     } else if (std::strcmp(argv[i], "--strategy") == 0 &&
                (std::strcmp(argv[i + 1], "hash") == 0 ||
+                std::strcmp(argv[i + 1], "hash-lists") == 0 ||
                 std::strcmp(argv[i + 1], "range") == 0)) {
       strategy = std::strcmp(argv[i + 1], "range") == 0
                      ? shardkit::Strategy::kRange
                      : shardkit::Strategy::kHash;
+      server_hash = std::strcmp(argv[i + 1], "hash-lists") != 0;
     } else {
       std::cerr << "usage: backfill_bench [--rows N] [--reps R] [--chunk C] "
-                   "[--strategy hash|range]\n";
+                   "[--strategy hash|hash-lists|range]\n";
       return 2;
     }
   }
@@ -227,5 +257,5 @@ int main(int argc, char** argv) {
     std::cerr << "--rows, --reps and --chunk must be positive\n";
     return 2;
   }
-  return shardkit::Run(rows, reps, chunk, strategy);
+  return shardkit::Run(rows, reps, chunk, strategy, server_hash);
 }

@@ -227,6 +227,30 @@ TEST_F(MoveCliTest, MoveSplitAndTheJournal) {
 }
 
 TEST_F(MoveCliTest, RebalanceOntoAnEmptyShardWhileWriting) {
+  // shardkit's hash functions, installed as the README says, so that the
+  // moves keep no key lists; first what check and install say when they
+  // cannot.
+  CommandOutput missing = Shardctl({"hash", "check", "-c", config_});
+  EXPECT_EQ(missing.exit_code, 1) << missing.out;
+  EXPECT_THAT(missing.out, HasSubstr("cannot hash int8 keys itself"));
+  EXPECT_THAT(missing.out, HasSubstr("`shardctl hash install`"));
+  EXPECT_THAT(missing.err, HasSubstr("3 shard(s) cannot hash keys"));
+  CommandOutput unreadable =
+      Shardctl({"hash", "install", "-c", config_, "--module",
+                "/nonexistent/shardkit_pg.so"});
+  EXPECT_EQ(unreadable.exit_code, 1) << unreadable.out;
+  EXPECT_THAT(unreadable.out, HasSubstr("pg_config --pkglibdir"));
+  absl::StatusOr<std::string> module = shards_->ServerHashModule();
+  ASSERT_TRUE(module.ok()) << module.status();
+  CommandOutput installed =
+      Shardctl({"hash", "install", "-c", config_, "--module", *module});
+  ASSERT_EQ(installed.exit_code, 0) << installed.out << installed.err;
+  EXPECT_THAT(installed.out, HasSubstr("installed, hashes as shardkit does"));
+  CommandOutput checked =
+      Shardctl({"hash", "check", "-c", config_, "--format", "json"});
+  EXPECT_EQ(checked.exit_code, 0) << checked.out << checked.err;
+  EXPECT_THAT(checked.out, HasSubstr("{\"shard\":\"s3\",\"ok\":true"));
+
   CommandOutput plan =
       Shardctl({"rebalance", "-c", config_, "--dry-run", "--format", "json"});
   ASSERT_EQ(plan.exit_code, 0) << plan.err;
@@ -270,6 +294,7 @@ TEST_F(MoveCliTest, RebalanceOntoAnEmptyShardWhileWriting) {
   ASSERT_EQ(rebalance.exit_code, 0) << rebalance.err;
   EXPECT_THAT(rebalance.out, HasSubstr("Rebalanced:"));
   EXPECT_THAT(rebalance.err, HasSubstr("copying reference table countries"));
+  EXPECT_THAT(rebalance.err, HasSubstr("the shards hash keys themselves"));
   EXPECT_EQ(failures, 0) << first_failure;
   ASSERT_FALSE(inserted.empty());
 

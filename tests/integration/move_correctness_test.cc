@@ -481,6 +481,9 @@ class MoveCorrectnessTest : public ::testing::Test {
   // The configuration's distribution and the slice that moves (from s1).
   virtual std::string MapBody() const { return kMapBody; }
   virtual const char* Slice() const { return kSlice; }
+  // Whether the shards get shardkit's hash functions, so that a hash slice
+  // moves without key lists (rebalancer/server_hash.h).
+  virtual bool ServerHash() const { return false; }
 
   void SetUp() override {
     auto started = TestCluster::Start(3);
@@ -501,6 +504,10 @@ class MoveCorrectnessTest : public ::testing::Test {
           "INSERT INTO countries VALUES ('fr', 'France'), ('de', 'Germany'), "
           "('jp', 'Japan')");
       ASSERT_TRUE(made.ok()) << made.status();
+      if (ServerHash()) {
+        absl::Status installed = shards_->InstallServerHash(s);
+        ASSERT_TRUE(installed.ok()) << installed;
+      }
     }
     auto cluster = Cluster::OpenFile(config_path_);
     ASSERT_TRUE(cluster.ok()) << cluster.status();
@@ -550,6 +557,9 @@ class MoveCorrectnessTest : public ::testing::Test {
   // Writers run while the mover moves Slice() to s3 in this process;
   // then the shards are checked, and the check is shown to catch faults.
   void WritersDuringAMoveInProcess();
+
+  // Moves killed at each failpoint of kAbortAfter, each then aborted.
+  void KilledBeforeThePointOfNoReturnThenAborted();
 
   // See its definition.
   void KillThen(Workload& writers, const char* failpoint, const std::string& to,
@@ -723,6 +733,11 @@ void MoveCorrectnessTest::WritersDuringAMoveInProcess() {
   ASSERT_TRUE(move.ok()) << move.status();
   absl::Status ran = (*mover)->Run(move->id);
   EXPECT_TRUE(ran.ok()) << ran;
+  // A hash slice kept key lists exactly when the shards could not hash.
+  auto journaled = (*mover)->journal().Get(move->id);
+  ASSERT_TRUE(journaled.ok()) << journaled.status();
+  EXPECT_EQ(journaled->server_hash,
+            ServerHash() && MapBody().find("\"hash\"") != std::string::npos);
   const int64_t at_end = writers.Total().acknowledged;
   EXPECT_TRUE(Eventually(
       [&] { return writers.Total().acknowledged >= at_end + 200; }));
@@ -806,6 +821,18 @@ class MoveCorrectnessRangeTest : public MoveCorrectnessTest {
 };
 
 TEST_F(MoveCorrectnessRangeTest, WritersDuringARangeMoveInProcess) {
+  WritersDuringAMoveInProcess();
+}
+
+// The hash move again, the shards computing the key hash themselves
+// (shardkit.hash_key_v1, extension/shardkit_pg.c): the slice is filtered,
+// hidden, cleaned up and aborted by its hash condition, with no key lists.
+class MoveCorrectnessServerHashTest : public MoveCorrectnessTest {
+ protected:
+  bool ServerHash() const override { return true; }
+};
+
+TEST_F(MoveCorrectnessServerHashTest, WritersDuringAMoveInProcess) {
   WritersDuringAMoveInProcess();
 }
 
@@ -923,6 +950,15 @@ TEST_F(MoveCorrectnessTest, MoverKilledAtEachFailpointThenResumed) {
 }
 
 TEST_F(MoveCorrectnessTest, MoverKilledBeforeThePointOfNoReturnThenAborted) {
+  KilledBeforeThePointOfNoReturnThenAborted();
+}
+
+TEST_F(MoveCorrectnessServerHashTest,
+       MoverKilledBeforeThePointOfNoReturnThenAborted) {
+  KilledBeforeThePointOfNoReturnThenAborted();
+}
+
+void MoveCorrectnessTest::KilledBeforeThePointOfNoReturnThenAborted() {
   Workload writers(*cluster_, ledgers_);
   const int on_s1 = RowsOn(0);
   for (const char* failpoint : kAbortAfter) {

@@ -19,6 +19,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
@@ -165,6 +166,86 @@ TEST_F(MoverTest, MovesAHashSliceEndToEnd) {
   auto sum = (*fresh)->Execute("SELECT sum(n), count(*) FROM users");
   ASSERT_TRUE(sum.ok()) << sum.status();
   EXPECT_EQ(*sum->rows[0][0], StrCat(kUsers));
+}
+
+// A hash slice moves without key lists only when both shards hash keys as
+// the library does (rebalancer/server_hash.h): a shard whose
+// shardkit.hash_key_v1 hashes differently makes the move keep lists, and
+// says why; with the real functions on both, the slice's rows are told
+// apart by the shards, and exactly they move.
+TEST_F(MoverTest, HashesOnTheShardsOnlyWhenBothAgreeWithTheLibrary) {
+  for (int s = 0; s < 3; ++s) {
+    absl::Status installed = shards_->InstallServerHash(s);
+    ASSERT_TRUE(installed.ok()) << installed;
+  }
+  ASSERT_TRUE(shards_
+                  ->Query(2,
+                          "CREATE OR REPLACE FUNCTION shardkit.hash_key_v1("
+                          "int8) RETURNS int8 LANGUAGE sql IMMUTABLE AS "
+                          "'SELECT $1'")
+                  .ok());
+  auto mover = OpenMover();
+  ASSERT_TRUE(mover.ok()) << mover.status();
+  auto move_slice = [&](const char* slice) -> uint64_t {
+    internal::MoveRequest request;
+    request.distribution = "users";
+    request.slice = slice;
+    request.destination = "s3";
+    auto move = (*mover)->Start(request);
+    EXPECT_TRUE(move.ok()) << move.status();
+    if (!move.ok()) return 0;
+    absl::Status ran = (*mover)->Run(move->id);
+    EXPECT_TRUE(ran.ok()) << ran;
+    return move->id;
+  };
+
+  const uint64_t listed = move_slice("0x8000000000000000:0xc000000000000000");
+  auto first = (*mover)->journal().Get(listed);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->phase, internal::JournalPhase::kDone);
+  EXPECT_FALSE(first->server_hash);
+  auto events = (*mover)->journal().Events(listed);
+  ASSERT_TRUE(events.ok());
+  EXPECT_NE(absl::StrJoin(*events, "\n").find("key lists (slower): shard s3: "
+                                              "shardkit.hash_key_v1(int8) "
+                                              "hashes '0' to "),
+            std::string::npos)
+      << absl::StrJoin(*events, "\n");
+
+  absl::Status reinstalled = shards_->InstallServerHash(2);
+  ASSERT_TRUE(reinstalled.ok()) << reinstalled;
+  const uint64_t hashed = move_slice("0xc000000000000000:0xe000000000000000");
+  auto second = (*mover)->journal().Get(hashed);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->phase, internal::JournalPhase::kDone);
+  EXPECT_TRUE(second->server_hash);
+
+  // Each shard holds exactly the users (and their orders) the final map
+  // places there: s3 got both slices, s2 kept the rest of its half.
+  auto fresh = Cluster::OpenFile(config_path_);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  const ShardMap& map = *(*fresh)->map();
+  int64_t total = 0;
+  for (int s = 0; s < 3; ++s) {
+    auto ids = shards_->Query(s, "SELECT id FROM users");
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    for (const auto& row : *ids) {
+      int64_t id = 0;
+      ASSERT_TRUE(absl::SimpleAtoi(row[0], &id));
+      const Distribution& d = *map.FindDistribution("users");
+      auto placed = d.Place(Key::Integer(id));
+      ASSERT_TRUE(placed.ok()) << placed.status();
+      EXPECT_EQ(map.shard(placed->shard).name, StrCat("s", s + 1))
+          << "user " << id;
+    }
+    total += static_cast<int64_t>(ids->size());
+    EXPECT_EQ(Count(s, "SELECT count(*) FROM orders o WHERE NOT EXISTS "
+                       "(SELECT 1 FROM users u WHERE u.id = o.user_id)"),
+              0);
+  }
+  EXPECT_EQ(total, kUsers);
+  EXPECT_GT(Count(2, "SELECT count(*) FROM users"), 0);
+  EXPECT_GT(Count(1, "SELECT count(*) FROM users"), 0);
 }
 
 TEST_F(MoverTest, VerifyMismatchStopsTheMoveAndAbortRollsItBack) {

@@ -28,6 +28,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
+#include "rebalancer/server_hash.h"
 
 namespace shardkit::testing {
 namespace {
@@ -188,6 +189,32 @@ std::string TestCluster::WriteConfig(std::string_view name,
 absl::StatusOr<std::vector<std::vector<std::string>>> TestCluster::Query(
     int index, const std::string& sql) const {
   return QueryInstance(cluster_.instances.at(index), sql);
+}
+
+absl::StatusOr<std::string> TestCluster::ServerHashModule() const {
+  // A copy in the cluster's directory, which the servers' user can read
+  // (the build tree may sit where it cannot, e.g. under /root).
+  const std::string module = cluster_.dir + "/shardkit_pg.so";
+  std::error_code error;
+  std::filesystem::copy_file(SHARDKIT_PG_MODULE, module,
+                             std::filesystem::copy_options::overwrite_existing,
+                             error);
+  if (error) {
+    return absl::InternalError(absl::StrCat("cannot copy ", SHARDKIT_PG_MODULE,
+                                            " to ", module, ": ",
+                                            error.message()));
+  }
+  std::filesystem::permissions(module, std::filesystem::perms(0644), error);
+  return module;
+}
+
+absl::Status TestCluster::InstallServerHash(int index) const {
+  ASSIGN_OR_RETURN(const std::string module, ServerHashModule());
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<internal::MoveSession> session,
+      internal::MoveSession::Open({absl::StrCat("s", index + 1), dsn(index)},
+                                  absl::Seconds(30)));
+  return internal::InstallServerHash(*session, module);
 }
 
 absl::StatusOr<std::vector<std::vector<std::string>>> TestCluster::QueryReplica(

@@ -90,6 +90,16 @@ class TestCluster {
   [[nodiscard]] absl::StatusOr<std::vector<std::vector<std::string>>> Query(
       int index, const std::string& sql) const;
 
+  // Creates shardkit's hash functions (rebalancer/server_hash.h) on shard
+  // `index` from the module this build made (extension/shardkit_pg.c,
+  // copied into the cluster's directory for the servers to read), so
+  // that a move of a hash slice there keeps no key lists.
+  // REQUIRES: 0 <= index < size().
+  [[nodiscard]] absl::Status InstallServerHash(int index) const;
+  // The path of that copy (made if missing), for `shardctl hash install
+  // --module`.
+  [[nodiscard]] absl::StatusOr<std::string> ServerHashModule() const;
+
   // Stops (fast shutdown) / starts one server, to test a shard that is
   // down. Both are fine if it already is in that state.
   // REQUIRES: 0 <= index < size().

@@ -81,6 +81,38 @@ TEST(LiveStateTest, TextRoundTrip) {
   EXPECT_EQ(back->moves[0].to, "2000");
 }
 
+// A hash move whose shards hash keys themselves says so in the text, and
+// the map built from it carries it to the routers (hiding, dual-writes);
+// a move without it reads as before (a state written by an older version).
+TEST(LiveStateTest, ServerHashOfAMoveReachesTheMap) {
+  const Config config = MustParse();
+  LiveState state = LiveStateOf(config.map);
+  state.epoch = 4;
+  LiveState::Move move{5, "users", "0x8000000000000000", "", "", "s2", "s3",
+                       MovePhase::kDualWrite};
+  move.server_hash = true;
+  state.moves.push_back(move);
+  const std::string text = SerializeLiveState(state);
+  EXPECT_NE(text.find("server_hash = true"), std::string::npos) << text;
+  absl::StatusOr<LiveState> back = ParseLiveState(text);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->moves.size(), 1u);
+  EXPECT_TRUE(back->moves[0].server_hash);
+  absl::StatusOr<ShardMap> map = ApplyLiveState(config.map, *back);
+  ASSERT_TRUE(map.ok()) << map.status();
+  ASSERT_EQ(map->moves().size(), 1u);
+  EXPECT_TRUE(map->moves()[0].server_hash);
+  // And back from the map to a state.
+  EXPECT_TRUE(LiveStateOf(*map).moves.at(0).server_hash);
+
+  back->moves[0].server_hash = false;
+  const std::string without = SerializeLiveState(*back);
+  EXPECT_EQ(without.find("server_hash"), std::string::npos) << without;
+  absl::StatusOr<LiveState> old = ParseLiveState(without);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_FALSE(old->moves[0].server_hash);
+}
+
 TEST(LiveStateTest, PromotionMakesTheReplicaPrimaryAndDropsTheRetired) {
   const Config config = MustParse();
   LiveState state = LiveStateOf(config.map);
