@@ -326,9 +326,13 @@ absl::Status DistributedTransaction::Fail(absl::Status status,
   if (SqlStateOf(status) == kStaleEpochSqlState) {
     // Nothing more of the transaction may run on its map: a move changed
     // ownership since. It is the caller's to run it again, from its
-    // start, by the newer map (once it is there).
+    // start, by the newer map (once it is there). Its locks go first: the
+    // cutover that raised the fence may be waiting for them (its fence on
+    // the destination waits for the writers there) before it publishes
+    // the map awaited here.
+    ReleaseParts();
     if (await_newer_map && newer_map_) {
-      newer_map_(map_->epoch(), status).status().IgnoreError();
+      newer_map_(map_->epoch(), status, /*wait=*/true).status().IgnoreError();
     }
     status = WithSqlState(
         absl::AbortedError(StrCat(
@@ -341,6 +345,18 @@ absl::Status DistributedTransaction::Fail(absl::Status status,
   state_ = State::kAborted;
   abort_reason_ = status;
   return status;
+}
+
+std::vector<TaskOutcome> DistributedTransaction::ReleaseParts() {
+  std::vector<Participant*> open;
+  for (auto& [id, p] : participants_) {
+    p.pending.clear();  // never sent: nothing to undo
+    if (p.session->InTransaction()) open.push_back(&p);
+  }
+  std::vector<TaskOutcome> done =
+      RunOn(open, std::vector<std::string>(open.size(), "ROLLBACK"));
+  for (auto& [id, p] : participants_) p.session->Release();
+  return done;
 }
 
 absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
@@ -360,9 +376,19 @@ absl::StatusOr<Result> DistributedTransaction::Execute(std::string_view sql,
         Run(*std::move(prepared), params,
             attempt < kStaleMapAttempts ? &replayable : nullptr);
     if (!replayable) return result;
+    // The statement's parts are rolled back. Parts of earlier statements
+    // on other shards may not be held through a wait for the map: the
+    // cutover that raised the fence may be waiting for their locks before
+    // it publishes it. With such parts, only a newer map known already
+    // lets the statement run again; else the transaction fails, rolled
+    // back everywhere before it waits (Fail).
+    const bool holds_parts = !participants_.empty();
     absl::StatusOr<std::shared_ptr<const ShardMap>> newer =
-        newer_map_(map_->epoch(), result.status());
-    if (!newer.ok()) return Fail(newer.status(), /*await_newer_map=*/false);
+        newer_map_(map_->epoch(), result.status(), /*wait=*/!holds_parts);
+    if (!newer.ok()) {
+      return holds_parts ? Fail(result.status())
+                         : Fail(newer.status(), /*await_newer_map=*/false);
+    }
     // The shards it keeps must be the same ones in the newer map.
     for (const auto& [id, p] : participants_) {
       if (id >= (*newer)->shards().size() ||
@@ -758,13 +784,7 @@ void DistributedTransaction::EndCommitted(
 
 absl::Status DistributedTransaction::Rollback() {
   if (state_ == State::kEnded) return absl::OkStatus();
-  std::vector<Participant*> parts;
-  for (auto& [id, p] : participants_) {
-    p.pending.clear();  // never sent: nothing to undo
-    if (p.session->InTransaction()) parts.push_back(&p);
-  }
-  std::vector<TaskOutcome> done =
-      RunOn(parts, std::vector<std::string>(parts.size(), "ROLLBACK"));
+  std::vector<TaskOutcome> done = ReleaseParts();
   End();
   for (TaskOutcome& outcome : done) {
     if (!outcome.status.ok()) {

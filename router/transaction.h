@@ -146,18 +146,27 @@ class DistributedTransaction {
 
   // Given the epoch of a map a shard refused a statement for (SQLSTATE
   // SK001: a move fenced the table) and that refusal, returns a newer map,
-  // or the refusal (with SK001) saying that none came. Cluster::Begin's
-  // waits for its live map to be newer, up to the connect timeout.
+  // or the refusal (with SK001) saying that none came. With `wait`, waits
+  // for one (Cluster::Begin's: for its live map to be newer, up to the
+  // connect timeout); without, answers at once from the map known already
+  // (no catalog read, no wait).
   using NewerMap = std::function<absl::StatusOr<std::shared_ptr<const ShardMap>>(
-      uint64_t stale_epoch, const absl::Status& refused)>;
+      uint64_t stale_epoch, const absl::Status& refused, bool wait)>;
   // Called when a shard refuses a statement for this transaction's stale
-  // map epoch. Where the refused statement is the first of the transaction
-  // on every shard it ran on (those parts hold nothing else), their parts
-  // are rolled back, and it is routed again by the newer map, which later
-  // statements use too (at most kStaleMapAttempts times). Otherwise the
-  // transaction fails with the retryable SK001 error, after waiting for
-  // the newer map, so that its retry routes by it. May be empty: then the
-  // transaction fails at once (Cluster::Execute retries on its own).
+  // map epoch. The transaction holds nothing anywhere while it waits for
+  // the newer map: the cutover that raised the fence may be waiting for
+  // its locks (its fence on the move's destination waits for the writers
+  // there) before it publishes that map. So, where the refused statement
+  // is the first of the transaction on every shard it ran on, their parts
+  // are rolled back; if the transaction has no part left, it waits for
+  // the newer map and the statement is routed again by it, which later
+  // statements use too (at most kStaleMapAttempts times); if it has parts
+  // on other shards (earlier work), the statement is routed again only by
+  // a newer map known already, without waiting. Otherwise the transaction
+  // is rolled back on every shard, then waits for the newer map, so that
+  // its retry routes by it, and fails with the retryable SK001 error. May
+  // be empty: then the transaction fails at once (Cluster::Execute
+  // retries on its own).
   void set_newer_map(NewerMap newer_map) { newer_map_ = std::move(newer_map); }
 
   // Called once Commit has succeeded, with the participants that wrote
@@ -191,9 +200,17 @@ class DistributedTransaction {
   // FailedPrecondition once ended, 25P02 once aborted; else OK.
   absl::Status CheckOpen() const;
   // Aborts the transaction with `status`, and returns it. A stale map
-  // (SK001) gets the message of a retryable error, after waiting for the
-  // newer map unless `await_newer_map` is false (waited already).
+  // (SK001) first rolls back the transaction's part on every shard
+  // (ReleaseParts), then gets the message of a retryable error, after
+  // waiting for the newer map unless `await_newer_map` is false (waited
+  // already).
   absl::Status Fail(absl::Status status, bool await_newer_map = true);
+  // Rolls back the transaction's part on every shard that holds one (what
+  // is pending is dropped: never sent), and gives back every session (to
+  // the pool, or closed: one that could not be told rolls back as its
+  // connection closes). The participants stay listed. Returns the
+  // ROLLBACKs' outcomes.
+  std::vector<TaskOutcome> ReleaseParts();
   // The task of `sql` on participant `p`'s session.
   static ShardTask On(const Participant& p, std::string sql);
   // The task of `p`'s pending statements then `statement` (none when its

@@ -83,10 +83,14 @@ class Transaction {
   // cutover): where the statement is the first of the transaction on
   // every shard it ran on, their parts are rolled back and it runs again,
   // inside this call, by the newer map, which the transaction's later
-  // statements use too. Otherwise (that shard holds earlier work of the
-  // transaction, which a refused statement aborts there) it fails with
-  // kAborted and SQLSTATE SK001: roll back and run the whole transaction
-  // again, and it is routed by the newer map. Also
+  // statements use too; that waits for the newer map only when the
+  // transaction holds nothing on other shards (else it must be known
+  // already). Otherwise (that shard holds earlier work of the
+  // transaction, which a refused statement aborts there, or the
+  // transaction's work elsewhere would stay locked while it waits) it is
+  // rolled back on every shard, waits for the newer map, and fails with
+  // kAborted and SQLSTATE SK001: run the whole transaction again, and it
+  // is routed by the newer map. Also
   // fails (kUnavailable) when the statement completed but its shard's
   // connection was closed meanwhile (it completed just as its statement
   // timeout cancelled it): that shard rolls back its part.

@@ -4,6 +4,7 @@
 // published by hand through the catalog, and the shard objects created by
 // hand, as the mover would.
 
+#include <atomic>
 #include <string>
 #include <thread>
 #include <vector>
@@ -789,6 +790,81 @@ TEST_F(TransactionAtCutoverTest, TransactionThatWroteOnTheOldOwnerFailsRetryably
   EXPECT_EQ(ItemsOn(from, a), 0);
   EXPECT_EQ(ItemsOn(from, b), 0);
   DeleteItems({a, b});
+}
+
+// A transaction refused by a fence lets go of what it holds on every
+// shard before it waits for the newer map: the cutover that raised the
+// fence waits for the writers of the move's destination before it
+// publishes that map, and this transaction may be one of them (rows it
+// wrote there earlier). Whether the refused statement was its first on
+// the fenced shard or not, it had earlier work on another shard, which it
+// cannot keep while it waits: it fails with the retryable error, and that
+// shard's lock is free while it still waits for the map.
+TEST_F(TransactionAtCutoverTest, RefusedTransactionReleasesItsLocksBeforeWaiting) {
+  std::unique_ptr<Cluster> cluster = Open();
+  ASSERT_NE(cluster, nullptr);
+  const int64_t a = SliceKey(50), b = SliceKey(51);
+  for (const bool wrote_fenced_shard : {false, true}) {
+    SCOPED_TRACE(wrote_fenced_shard
+                     ? "it wrote on the fenced shard before"
+                     : "its first statement on the fenced shard is refused");
+    ASSERT_TRUE(testing::Eventually(
+        [&] { return cluster->map()->epoch() == state_->epoch; }));
+    const int from = items_owner_;
+    const int to = 1 - from;
+    // Outside the slice: on the shard that is not fenced, in both maps.
+    const int64_t other = [to] {
+      for (int64_t id = 1000;; ++id) {
+        if (!InSlice(id) && OwnerBefore(id) == to) return id;
+      }
+    }();
+    absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster->Begin();
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    if (wrote_fenced_shard) {
+      ASSERT_TRUE((*txn)
+                      ->Execute("INSERT INTO items (id, v) VALUES ($1, 'txn')",
+                                {std::to_string(a)})
+                      .ok());
+    }
+    ASSERT_TRUE((*txn)
+                    ->Execute("INSERT INTO items (id, v) VALUES ($1, 'txn')",
+                              {std::to_string(other)})
+                    .ok());
+    ASSERT_EQ(FenceItemsOwner(), from);
+    // Refused on `from`; no newer map is published until the lock below
+    // has been tried, so the transaction waits for one (up to the connect
+    // timeout, 5 s).
+    std::atomic<bool> returned = false;
+    absl::StatusOr<Result> refused;
+    std::thread writer([&] {
+      refused = (*txn)->Execute("INSERT INTO items (id, v) VALUES ($1, 'txn')",
+                                {std::to_string(b)});
+      returned = true;
+    });
+    testing::Session locker(shards_->dsn(to));
+    ASSERT_TRUE(locker.ok()) << locker.error();
+    EXPECT_EQ(locker.Scalar("SET lock_timeout = '1s'"), "");
+    EXPECT_EQ(locker.Scalar("BEGIN"), "");
+    EXPECT_EQ(locker.Scalar("LOCK TABLE items IN SHARE ROW EXCLUSIVE MODE"), "");
+    // Released while it waits, not once it gave up waiting.
+    EXPECT_FALSE(returned);
+    EXPECT_EQ(locker.Scalar("ROLLBACK"), "");
+    HandOverItems();
+    writer.join();
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kAborted)
+        << refused.status();
+    EXPECT_EQ(SqlStateOf(refused.status()), "SK001") << refused.status();
+    EXPECT_THAT(std::string(refused.status().message()),
+                ::testing::HasSubstr("retry the transaction"));
+    EXPECT_EQ(SqlStateOf((*txn)->Execute("SELECT 1", {}).status()), "25P02");
+    EXPECT_EQ((*txn)->Commit().code(), absl::StatusCode::kAborted);
+    for (int s = 0; s < 2; ++s) {
+      EXPECT_EQ(ItemsOn(s, a), 0);
+      EXPECT_EQ(ItemsOn(s, b), 0);
+      EXPECT_EQ(ItemsOn(s, other), 0);
+    }
+  }
 }
 
 }  // namespace
