@@ -372,18 +372,16 @@ absl::Status Mover::Fence(const Sides& sides, const ShardEndpoint& shard,
 
 absl::Status Mover::FenceOn(const Sides& sides, MoveSession& session,
                             const ShardEndpoint& shard, uint64_t epoch,
-                            absl::Duration lock_timeout,
-                            bool wait_for_writers) {
+                            absl::Duration lock_timeout) {
   std::string raises;
   for (const TableToMove& t : sides.tables) {
     StrAppend(&raises, "SELECT shardkit.raise_fence(",
               session.Literal(t.name), ", ", epoch, "); ");
   }
   // The session then writes at that epoch (the cutover's repairs).
-  const std::string sql = StrCat(
-      "SET ", kEpochSetting, " = '", epoch, "'; ",
-      wait_for_writers ? LockTablesSql(sides, lock_timeout) : "BEGIN", "; ",
-      raises, "COMMIT");
+  const std::string sql =
+      StrCat("SET ", kEpochSetting, " = '", epoch, "'; ",
+             LockTablesSql(sides, lock_timeout), "; ", raises, "COMMIT");
   absl::Status fenced =
       session.Run(sql, StrCat("fencing ", shard.name, " at epoch ", epoch))
           .status();
@@ -666,17 +664,19 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
     // then find the fence above their map's epoch.
     last = FenceOn(sides, *source, sides.source, epoch,
                    options_.cutover_lock_timeout);
-    // Then the destination, so that a dual-write's copy sent before the
-    // source's fence is refused rather than landing after the check
-    // below. Not at the same time: the source's fence waits for the
+    // Then the destination, waiting for its writers as the source's fence
+    // does, so that a dual-write's copy already under way there commits
+    // (or rolls back) before the check below, and one sent later is
+    // refused. Not at the same time: the source's fence waits for the
     // transactions that wrote the source, whose copies go to the
     // destination with their commit; fenced first, the destination would
-    // refuse those commits. And without waiting for the destination's
-    // writers: a transaction refused by the source's fence may hold locks
-    // there while it waits for the map this cutover is about to publish.
+    // refuse those commits. A transaction refused by the source's fence
+    // rolls back its parts on every shard before it waits for the map
+    // this cutover publishes (DistributedTransaction), so it does not
+    // hold this wait up.
     if (last.ok()) {
       last = FenceOn(sides, *destination, sides.destination, epoch,
-                     options_.cutover_lock_timeout, /*wait_for_writers=*/false);
+                     options_.cutover_lock_timeout);
     }
     if (last.ok()) {
       // No write to the slice can commit on either side now: repair what

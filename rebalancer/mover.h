@@ -172,13 +172,10 @@ class Mover {
   // Fences `shard`'s tables of the move's distribution at `epoch`.
   absl::Status Fence(const Sides& sides, const ShardEndpoint& shard,
                      uint64_t epoch, absl::Duration lock_timeout);
-  // Fence on an open session of `shard`. Without `wait_for_writers` the
-  // fence is raised without LOCK TABLE: later writes routed by an older
-  // map are refused, the writes under way are not waited for.
+  // Fence on an open session of `shard`.
   absl::Status FenceOn(const Sides& sides, MoveSession& session,
                        const ShardEndpoint& shard, uint64_t epoch,
-                       absl::Duration lock_timeout,
-                       bool wait_for_writers = true);
+                       absl::Duration lock_timeout);
   // The shapes of the move's tables (DescribeTableForMove).
   absl::StatusOr<std::vector<TableShape>> ShapesOf(const Sides& sides,
                                                    MoveSession& source,

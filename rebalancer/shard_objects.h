@@ -122,8 +122,12 @@
 // transaction ended (pg_xact_status) and puts the source's rows of those
 // keys back, with the source's tables locked before verify and under the
 // cutover's fences (rebalancer/pending_copies.h). The destination is
-// fenced at the cutover's epoch right after the source (raised without
-// waiting for its writers), so that a copy sent later is refused.
+// fenced at the cutover's epoch right after the source, like it waiting
+// for the writes in flight (LOCK TABLE), so that a copy already under way
+// there has committed or rolled back before that check, and a copy sent
+// later is refused. A transaction that a fence refused holds nothing
+// while it waits for the newer map (it rolls back its parts on every
+// shard first), so the cutover does not wait for it.
 //
 // ## Backfill
 //
