@@ -31,8 +31,11 @@
 // from the error, refreshes its map (LiveMap::Refresh), sets its
 // connections' epoch, and retries the statement. Inside a transaction it
 // does so when the statement was the transaction's first on every shard
-// it ran on (rolling back those parts first); otherwise the refusal has
-// aborted work of the transaction on that shard, and the transaction
+// it ran on (rolling back those parts first) and the transaction holds
+// nothing elsewhere, or the newer map is known already; otherwise (the
+// refusal has aborted work of the transaction on that shard, or its work
+// elsewhere would stay locked while it waits for the map) the transaction
+// is rolled back on every shard before it waits for the newer map, and
 // fails with the retryable error, message saying to retry it.
 //
 // ## Keys of a moving slice

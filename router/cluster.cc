@@ -497,19 +497,19 @@ absl::StatusOr<std::unique_ptr<Transaction>> Cluster::Begin(
   // the statement the transaction replays, or the application's retry of
   // the transaction, is routed by that map, as Execute's retry is, rather
   // than refused again.
-  txn->set_newer_map([live = live_.get(), timeout = config_.timeouts.connect](
-                         uint64_t stale, const absl::Status& refused,
-                         bool wait)
-                         -> absl::StatusOr<std::shared_ptr<const ShardMap>> {
-    if (!wait) {
-      // The transaction still holds locks: the map as this process knows
-      // it, nothing read or awaited.
-      std::shared_ptr<const ShardMap> now = live->current();
-      if (now->epoch() > stale) return now;
-      return refused;
-    }
-    return NewerMap(*live, stale, refused, timeout);
-  });
+  txn->set_newer_map(
+      [live = live_.get(), timeout = config_.timeouts.connect](
+          uint64_t stale, const absl::Status& refused,
+          bool wait) -> absl::StatusOr<std::shared_ptr<const ShardMap>> {
+        if (!wait) {
+          // The transaction still holds locks: the map as this process
+          // knows it, nothing read or awaited.
+          std::shared_ptr<const ShardMap> now = live->current();
+          if (now->epoch() > stale) return now;
+          return refused;
+        }
+        return NewerMap(*live, stale, refused, timeout);
+      });
   if (options.read_your_writes != nullptr) {
     txn->set_on_commit(RecorderOf(exec, *options.read_your_writes));
   }

@@ -800,7 +800,8 @@ TEST_F(TransactionAtCutoverTest, TransactionThatWroteOnTheOldOwnerFailsRetryably
 // the fenced shard or not, it had earlier work on another shard, which it
 // cannot keep while it waits: it fails with the retryable error, and that
 // shard's lock is free while it still waits for the map.
-TEST_F(TransactionAtCutoverTest, RefusedTransactionReleasesItsLocksBeforeWaiting) {
+TEST_F(TransactionAtCutoverTest,
+       RefusedTransactionReleasesItsLocksBeforeWaiting) {
   std::unique_ptr<Cluster> cluster = Open();
   ASSERT_NE(cluster, nullptr);
   const int64_t a = SliceKey(50), b = SliceKey(51);
@@ -845,7 +846,8 @@ TEST_F(TransactionAtCutoverTest, RefusedTransactionReleasesItsLocksBeforeWaiting
     ASSERT_TRUE(locker.ok()) << locker.error();
     EXPECT_EQ(locker.Scalar("SET lock_timeout = '1s'"), "");
     EXPECT_EQ(locker.Scalar("BEGIN"), "");
-    EXPECT_EQ(locker.Scalar("LOCK TABLE items IN SHARE ROW EXCLUSIVE MODE"), "");
+    EXPECT_EQ(locker.Scalar("LOCK TABLE items IN SHARE ROW EXCLUSIVE MODE"),
+              "");
     // Released while it waits, not once it gave up waiting.
     EXPECT_FALSE(returned);
     EXPECT_EQ(locker.Scalar("ROLLBACK"), "");
