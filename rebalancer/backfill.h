@@ -17,12 +17,14 @@
 //
 // Source, in a transaction: the next `chunk_rows` rows after the bound in
 // primary-key order, read and locked by
-//   COPY (SELECT cols FROM t WHERE (pk) > (bound) [AND range/region filter]
+//   COPY (SELECT cols FROM t WHERE (pk) > (bound) [AND the slice's filter]
 //         ORDER BY pk LIMIT n FOR SHARE) TO STDOUT
 // (a dual-write of one of them waits until the chunk is on the destination,
 // and a row deleted before the read is simply not there, so the backfill
-// never resurrects a deleted row). A hash slice cannot be filtered in SQL:
-// its rows are kept client-side by HashKey of the key column's value; the
+// never resurrects a deleted row). The filter is the slice's SQL condition
+// (range, region, and hash slices whose shards hash keys themselves:
+// MoveSlice::server_hash); any other hash slice cannot be filtered in SQL:
+// its rows are kept client-side by HashKey of the key column's value. The
 // rows are passed on as their COPY text lines, never re-encoded.
 // Destination, in a transaction: COPY the slice's rows into the table as
 // the source sends them; when one is already there (unique violation), back
@@ -30,12 +32,12 @@
 //   INSERT INTO t (cols) [OVERRIDING SYSTEM VALUE] SELECT cols FROM staging
 //     ON CONFLICT DO NOTHING
 // (a row already there was dual-written, so it is newer: kept); for a hash
-// slice, list the keys in shardkit.move_<id>_keys (range and region slices
-// keep no lists: shard_objects.h); then the destination commits, then the
-// source (releasing the locks), and then, for a hash slice, the source
-// lists the keys too, in a transaction of its own (while it held the rows,
-// its listing could deadlock with a dual-write listing the same key and
-// waiting for one of the rows). The bound after a chunk is the primary key
+// slice with key lists, list the keys in shardkit.move_<id>_keys (other
+// slices keep no lists: shard_objects.h); then the destination commits,
+// then the source (releasing the locks), and then, for such a slice, the
+// source lists the keys too, in a transaction of its own (while it held
+// the rows, its listing could deadlock with a dual-write listing the same
+// key and waiting for one of the rows). The bound after a chunk is the primary key
 // of the last row it scanned.
 //
 // Every lock wait of the backfill is bounded (lock_timeout 300 ms, under
@@ -47,10 +49,10 @@
 // Resuming from any earlier bound (or from the start) is harmless: a chunk
 // copied again inserts nothing and lists keys already listed.
 //
-// A killed mover leaves at most one chunk of a hash slice committed on the
-// destination whose keys the source has not listed: the resume copies it
-// again, which lists them; the move must not cut over before a backfill
-// finished.
+// A killed mover leaves at most one chunk of a hash slice with key lists
+// committed on the destination whose keys the source has not listed: the
+// resume copies it again, which lists them; the move must not cut over
+// before a backfill finished.
 //
 // Failpoints (router/failpoint.h, SHARDKIT_FAILPOINTS):
 //   move-backfill-after-chunk  a chunk committed on the destination, not
@@ -138,8 +140,8 @@ struct BackfillOptions {
 
 // Creates, if missing, shardkit.move_<id>_keys and move_<id>_pending
 // (shard_objects.h) for `slice` on the session's shard. Only hash slices
-// list keys in the first (MoveListsKeys); the backfill of a range or region
-// slice does not call it.
+// without server_hash list keys in the first (MoveListsKeys); the backfill
+// of any other slice does not call it.
 [[nodiscard]] absl::Status EnsureMoveKeysTable(MoveSession& session,
                                                const MoveSlice& slice);
 

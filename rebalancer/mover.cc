@@ -64,8 +64,9 @@ void DropMove(LiveState& state, uint64_t id) {
 }
 
 // About how many rows a backfill of `table` scans on `source` (for the
-// progress display): the table's rows for a hash slice (filtered
-// client-side), the slice's for a range or region slice; 0 if unknown.
+// progress display): the table's rows for a hash slice filtered
+// client-side, the slice's for one filtered by its SQL condition; 0 if
+// unknown.
 int64_t RowsToScan(const ShardEndpoint& source, const TableToMove& table,
                    const MoveSlice& slice) {
   absl::StatusOr<std::unique_ptr<MoveSession>> session =

@@ -145,7 +145,8 @@ show $shardctl exec -c "$bank" --all "
 # shardkit's hash functions on every shard (the shardkit_pg module, copied
 # where the servers' user can read it): the moves of hash slices then keep
 # no key lists.
-install -m 644 build/shardkit_pg.so "$dir/shardkit_pg.so"
+install -m 644 build/shardkit_pg.so "$dir/shardkit_pg.so.new"
+mv -f "$dir/shardkit_pg.so.new" "$dir/shardkit_pg.so"  # a new file: servers may have the old one loaded
 show $shardctl hash install -c "$bank" --module "$dir/shardkit_pg.so"
 show $shardctl rebalance -c "$bank" --dry-run
 # The workload: new orders and renamed users, one statement per line

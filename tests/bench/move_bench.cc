@@ -3,7 +3,12 @@
 // and the pause the cutover costs them, in one run.
 //
 //   build/tests/bench/move_bench [--rows N] [--writers W] [--seconds S]
-//                                [--reps R]   (defaults 200,000, 4, 5, 3)
+//                                [--reps R] [--hash server|lists]
+//                                (defaults 200,000, 4, 5, 3, server)
+//
+// --hash server: the servers get shardkit's hash functions
+// (rebalancer/server_hash.h, as `shardctl hash install` creates them), so
+// the moves keep no key lists; --hash lists: without them.
 //
 // Three throwaway servers (s1, s2, s3); the catalog is a database of s1's
 // server, as in mover_test. A hash distribution over s1 and s2 with two
@@ -225,7 +230,7 @@ struct RepResult {
   int failed = 0;
 };
 
-int Run(int64_t rows, int threads, int seconds, int reps) {
+int Run(int64_t rows, int threads, int seconds, int reps, bool server_hash) {
   auto started = TestCluster::Start(3);
   if (!started.ok()) {
     std::cerr << "cannot start the servers: " << started.status() << "\n";
@@ -249,6 +254,11 @@ int Run(int64_t rows, int threads, int seconds, int reps) {
         "n int NOT NULL DEFAULT 0); CREATE TABLE orders (user_id int8, "
         "id int8, note text, PRIMARY KEY (user_id, id))");
     if (!r.ok()) return fail(r.status());
+    if (server_hash) {
+      if (absl::Status h = servers.InstallServerHash(s); !h.ok()) {
+        return fail(h);
+      }
+    }
   }
   auto cluster = Cluster::OpenFile(config_path);
   if (!cluster.ok()) return fail(cluster.status());
@@ -496,6 +506,7 @@ int Run(int64_t rows, int threads, int seconds, int reps) {
 int main(int argc, char** argv) {
   int64_t rows = 200000;
   int writers = 4, seconds = 5, reps = 3;
+  bool server_hash = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--rows") == 0) {
       rows = std::atoll(argv[i + 1]);
@@ -505,16 +516,20 @@ int main(int argc, char** argv) {
       seconds = std::atoi(argv[i + 1]);
     } else if (std::strcmp(argv[i], "--reps") == 0) {
       reps = std::atoi(argv[i + 1]);
+    } else if (std::strcmp(argv[i], "--hash") == 0 &&
+               (std::strcmp(argv[i + 1], "server") == 0 ||
+                std::strcmp(argv[i + 1], "lists") == 0)) {
+      server_hash = std::strcmp(argv[i + 1], "server") == 0;
     } else {
       std::cerr << "usage: move_bench [--rows N] [--writers W] [--seconds S] "
-                   "[--reps R]\n";
+                   "[--reps R] [--hash server|lists]\n";
       return 2;
     }
   }
   if (argc % 2 == 0 || rows < 1 || writers < 1 || seconds < 1 || reps < 1) {
     std::cerr << "usage: move_bench [--rows N] [--writers W] [--seconds S] "
-                 "[--reps R], each positive\n";
+                 "[--reps R] [--hash server|lists], each positive\n";
     return 2;
   }
-  return shardkit::Run(rows, writers, seconds, reps);
+  return shardkit::Run(rows, writers, seconds, reps, server_hash);
 }

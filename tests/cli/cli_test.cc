@@ -203,7 +203,7 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
                      "shardctl: unknown command 'frobnicate' (commands: "
                      "validate, map, route, sql, exec, recover, load, health, "
                      "failover, switchover, move, split, moves, rebalance, "
-                     "dev; see 'shardctl --help')");
+                     "hash, dev; see 'shardctl --help')");
   ExpectOneLineError(Shardctl({"route", "users", "1"}), 2,
                      "--config is required (see 'shardctl route --help')");
   ExpectOneLineError(Shardctl({"recover"}), 2,

@@ -194,17 +194,25 @@ absl::StatusOr<std::vector<std::vector<std::string>>> TestCluster::Query(
 absl::StatusOr<std::string> TestCluster::ServerHashModule() const {
   // A copy in the cluster's directory, which the servers' user can read
   // (the build tree may sit where it cannot, e.g. under /root).
+  // Copied once: overwriting a module that servers have loaded (mapped)
+  // would crash them.
   const std::string module = cluster_.dir + "/shardkit_pg.so";
+  if (std::filesystem::exists(module)) return module;
+  const std::string temporary = module + ".tmp";
   std::error_code error;
-  std::filesystem::copy_file(SHARDKIT_PG_MODULE, module,
+  std::filesystem::copy_file(SHARDKIT_PG_MODULE, temporary,
                              std::filesystem::copy_options::overwrite_existing,
                              error);
+  if (!error) {
+    std::filesystem::permissions(temporary, std::filesystem::perms(0644),
+                                 error);
+  }
+  if (!error) std::filesystem::rename(temporary, module, error);
   if (error) {
     return absl::InternalError(absl::StrCat("cannot copy ", SHARDKIT_PG_MODULE,
                                             " to ", module, ": ",
                                             error.message()));
   }
-  std::filesystem::permissions(module, std::filesystem::perms(0644), error);
   return module;
 }
 
