@@ -22,9 +22,10 @@ constexpr char kStagingTable[] = "shardkit_backfill_staging";
 class Backfill {
  public:
   Backfill(std::unique_ptr<MoveSession> source,
+           std::unique_ptr<MoveSession> next_source,
            std::unique_ptr<MoveSession> destination, TableShape shape,
            const MoveSlice& slice, const BackfillOptions& options)
-      : source_(std::move(source)),
+      : sources_{std::move(source), std::move(next_source)},
         destination_(std::move(destination)),
         shape_(std::move(shape)),
         slice_(slice),
@@ -34,16 +35,44 @@ class Backfill {
   absl::StatusOr<BackfillStats> Run();
 
  private:
-  // Copies the chunk after `bound` (nullopt: the first); sets `bound` to
-  // its last row's key. Returns its stats; chunks == 0 when the source
-  // had no row left.
-  absl::StatusOr<BackfillStats> CopyChunk(
-      std::optional<std::vector<std::string>>& bound);
+  // A chunk read from the source, its rows still locked there (its
+  // session's transaction is open).
+  struct Chunk {
+    MoveSession* source = nullptr;
+    BackfillStats stats;
+    std::string data;       // the slice's rows, COPY text
+    std::string keys;       // their keys, COPY text (slices with key lists)
+    std::string last_line;  // the last row scanned
+  };
+
+  // Chunks from the last committed bound until the source has no more
+  // rows or a chunk fails; adds each committed chunk to `total` and moves
+  // `bound` past it.
+  absl::Status CopyChunks(std::optional<std::vector<std::string>>& bound,
+                          BackfillStats& total);
+  // Reads the chunk after `bound` on `source` into `chunk`, in a
+  // transaction left open; meanwhile sends the destination what it takes
+  // of the chunk queued before (`feeding`).
+  absl::Status ReadChunk(MoveSession& source,
+                         const std::optional<std::vector<std::string>>& bound,
+                         bool feeding, Chunk& chunk);
+  // Starts `chunk`'s transaction and COPY on the destination and queues
+  // its rows (sent while the next chunk is read).
+  absl::Status StartWrite(const Chunk& chunk);
+  // Finishes it: the rows (merged if some were there already), the keys,
+  // the destination's commit, then the source's, then the source's keys.
+  absl::Status FinishWrite(Chunk& chunk);
+  // The primary key of `chunk`'s last row.
+  absl::StatusOr<std::vector<std::string>> BoundAfter(const Chunk& chunk);
+  void RollbackAll() {
+    destination_->RollbackQuietly();
+    for (const auto& source : sources_) source->RollbackQuietly();
+  }
   std::string ReadChunkSql(
       const std::optional<std::vector<std::string>>& bound) const;
   absl::Status FieldCountError(size_t fields) const {
     return absl::InternalError(
-        StrCat("shard ", source_->shard_name(), ": a row of ", shape_.name,
+        StrCat("shard ", sources_[0]->shard_name(), ": a row of ", shape_.name,
                " has ", fields, " fields, not ", shape_.columns.size()));
   }
   std::string Context(std::string_view what) const {
@@ -51,7 +80,10 @@ class Backfill {
                   ")");
   }
 
-  const std::unique_ptr<MoveSession> source_;
+  // Two sessions on the source: while the destination writes the chunk
+  // one of them read (its rows locked until then), the other reads the
+  // next one.
+  const std::unique_ptr<MoveSession> sources_[2];
   const std::unique_ptr<MoveSession> destination_;
   const TableShape shape_;
   const MoveSlice& slice_;
@@ -132,7 +164,8 @@ absl::Status Backfill::Prepare() {
   merge_keys_sql_ =
       StrCat("INSERT INTO ", keys, " (key) SELECT DISTINCT key FROM ",
              kKeyStagingTable, " ON CONFLICT DO NOTHING");
-  for (MoveSession* s : {source_.get(), destination_.get()}) {
+  for (MoveSession* s :
+       {sources_[0].get(), sources_[1].get(), destination_.get()}) {
     if (options_.epoch) {
       RETURN_IF_ERROR(
           s->Run(StrCat("SET ", kEpochSetting, " = '", *options_.epoch, "'"),
@@ -156,7 +189,8 @@ absl::Status Backfill::Prepare() {
   // one that waits for a copied row: deadlocks across two servers, which
   // neither detects. The backfill's waits are bounded on both sides: the
   // chunk gives way, and runs again.
-  for (MoveSession* s : {source_.get(), destination_.get()}) {
+  for (MoveSession* s :
+       {sources_[0].get(), sources_[1].get(), destination_.get()}) {
     RETURN_IF_ERROR(s->Run(StrCat("SET lock_timeout = ",
                                   absl::ToInt64Milliseconds(kGiveWayAfter)),
                            Context("bounding the backfill's lock waits"))
@@ -176,7 +210,7 @@ absl::Status Backfill::Prepare() {
 std::string Backfill::ReadChunkSql(
     const std::optional<std::vector<std::string>>& bound) const {
   std::string where;
-  if (bound) where = shape_.After(*source_, *bound);
+  if (bound) where = shape_.After(*sources_[0], *bound);
   if (!condition_.empty()) {
     where = where.empty() ? condition_ : StrCat(where, " AND ", condition_);
   }
@@ -186,49 +220,36 @@ std::string Backfill::ReadChunkSql(
                 " FOR SHARE) TO STDOUT");
 }
 
-absl::StatusOr<BackfillStats> Backfill::CopyChunk(
-    std::optional<std::vector<std::string>>& bound) {
-  BackfillStats stats;
-  std::string data;       // the slice's rows, COPY text
-  std::string keys;       // their keys, COPY text
-  std::string last_line;  // the last row scanned
-  std::string last_key;   // the last key listed
-  size_t sent = 0;        // bytes of `data` sent to the destination
+absl::Status Backfill::ReadChunk(
+    MoveSession& source, const std::optional<std::vector<std::string>>& bound,
+    bool feeding, Chunk& chunk) {
+  chunk = Chunk();
+  chunk.source = &source;
+  std::string last_key;  // the last key listed
   std::vector<std::string_view> fields;
   absl::Status row_error;
   const bool filter = slice_.strategy == Strategy::kHash &&
                       !slice_.server_hash && !slice_.IsWholeHashSpace();
-  // Rows stream to the destination as the source sends them, in pieces of
-  // this size, so that both servers work at once (as a COPY pipe does).
-  constexpr size_t kSendEvery = 256 << 10;
-
-  RETURN_IF_ERROR(source_->Run("BEGIN", Context("the backfill")).status());
-  RETURN_IF_ERROR(destination_
-                      ->Run(StrCat("BEGIN; SAVEPOINT ", kSavepoint),
-                            Context("the backfill"))
-                      .status());
-  // The fast path: straight into the table. A row already there fails the
-  // COPY (unique violation) and sends the chunk through the staging table.
-  RETURN_IF_ERROR(destination_->StartCopyIn(copy_rows_sql_,
-                                            Context("copying a chunk")));
-  RETURN_IF_ERROR(source_->CopyOut(
+  // How often the destination is given what it takes of the chunk before.
+  constexpr size_t kFeedEvery = 64 << 10;
+  size_t fed = 0;
+  RETURN_IF_ERROR(source.Run("BEGIN", Context("the backfill")).status());
+  RETURN_IF_ERROR(source.CopyOut(
       ReadChunkSql(bound),
       [&](std::string_view line) {
-        ++stats.rows_scanned;
-        last_line.assign(line);
+        ++chunk.stats.rows_scanned;
+        chunk.last_line.assign(line);
         if (!row_error.ok()) return;
+        if (feeding && chunk.data.size() - fed >= kFeedEvery) {
+          row_error = destination_->FlushCopyData(Context("copying a chunk"));
+          fed = chunk.data.size();
+        }
         if (!filter && !lists_keys_) {
-          // A range or region slice (filtered by the server, unlisted): the
-          // line as it came; the destination's COPY checks its fields.
-          ++stats.rows_in_slice;
-          data.append(line);
-          data += '\n';
-          if (data.size() - sent >= kSendEvery) {
-            row_error = destination_->PutCopyData(
-                std::string_view(data).substr(sent),
-                Context("copying a chunk"));
-            sent = data.size();
-          }
+          // Filtered by the server, unlisted: the line as it came; the
+          // destination's COPY checks its fields.
+          ++chunk.stats.rows_in_slice;
+          chunk.data.append(line);
+          chunk.data += '\n';
           return;
         }
         SplitCopyLine(line, fields);
@@ -244,74 +265,121 @@ absl::StatusOr<BackfillStats> Backfill::CopyChunk(
           }
           if (!*in) return;
         }
-        ++stats.rows_in_slice;
-        data.append(line);
-        data += '\n';
+        ++chunk.stats.rows_in_slice;
+        chunk.data.append(line);
+        chunk.data += '\n';
         // A raw COPY field is a valid line of a one-column COPY. Rows of
         // one key follow each other when the key leads the primary key:
         // list it once (a repeat would fail the fast COPY of the keys).
         const std::string_view key = fields[shape_.key_column];
-        if (lists_keys_ && (keys.empty() || key != last_key)) {
-          keys.append(key);
-          keys += '\n';
+        if (lists_keys_ && (chunk.keys.empty() || key != last_key)) {
+          chunk.keys.append(key);
+          chunk.keys += '\n';
           last_key.assign(key);
-        }
-        if (data.size() - sent >= kSendEvery) {
-          row_error = destination_->PutCopyData(
-              std::string_view(data).substr(sent), Context("copying a chunk"));
-          sent = data.size();
         }
       },
       Context("reading a chunk for the backfill")));
-  RETURN_IF_ERROR(row_error);
-  RETURN_IF_ERROR(destination_->PutCopyData(
-      std::string_view(data).substr(sent), Context("copying a chunk")));
-  ASSIGN_OR_RETURN(stats.rows_copied,
+  return row_error;
+}
+
+absl::Status Backfill::StartWrite(const Chunk& chunk) {
+  RETURN_IF_ERROR(destination_
+                      ->Run(StrCat("BEGIN; SAVEPOINT ", kSavepoint),
+                            Context("the backfill"))
+                      .status());
+  // The fast path: straight into the table. A row already there fails the
+  // COPY (unique violation) and sends the chunk through the staging table.
+  RETURN_IF_ERROR(destination_->StartCopyIn(copy_rows_sql_,
+                                            Context("copying a chunk")));
+  return destination_->QueueCopyData(chunk.data, Context("copying a chunk"));
+}
+
+absl::Status Backfill::FinishWrite(Chunk& chunk) {
+  RETURN_IF_ERROR(destination_->FinishCopyData(Context("copying a chunk")));
+  ASSIGN_OR_RETURN(chunk.stats.rows_copied,
                    CopyOrMerge(*destination_, /*started=*/true,
                                copy_rows_sql_, stage_rows_sql_,
-                               merge_rows_sql_, data, "copying a chunk"));
-  if (stats.rows_scanned == 0) {
-    RETURN_IF_ERROR(destination_->Run("COMMIT").status());
-    RETURN_IF_ERROR(source_->Run("COMMIT").status());
-    return stats;
-  }
-  stats.chunks = 1;
-  stats.bytes = static_cast<int64_t>(data.size());
-
-  if (!keys.empty()) {
+                               merge_rows_sql_, chunk.data, "copying a chunk"));
+  chunk.stats.chunks = 1;
+  chunk.stats.bytes = static_cast<int64_t>(chunk.data.size());
+  if (!chunk.keys.empty()) {
     RETURN_IF_ERROR(CopyOrMerge(*destination_, /*started=*/false,
                                 copy_keys_sql_, stage_keys_sql_,
-                                merge_keys_sql_, keys,
+                                merge_keys_sql_, chunk.keys,
                                 "listing the keys copied")
                         .status());
   }
   RETURN_IF_ERROR(
       destination_->Run("COMMIT", Context("committing a chunk")).status());
   Failpoint("move-backfill-after-chunk");
+  MoveSession& source = *chunk.source;
   RETURN_IF_ERROR(
-      source_->Run("COMMIT", Context("committing a chunk")).status());
+      source.Run("COMMIT", Context("committing a chunk")).status());
   // The source lists the keys once its rows are unlocked: its insert may
   // wait for a dual-write's listing of the same key, whose transaction may
   // wait for one of those rows (a deadlock the server resolves by
   // cancelling one of them, perhaps the application's). A mover killed
   // before this resumes at this chunk again (its progress is reported
   // after), which lists them.
-  if (!keys.empty()) {
-    RETURN_IF_ERROR(source_->Run("BEGIN", Context("the backfill")).status());
-    RETURN_IF_ERROR(CopyOrMerge(*source_, /*started=*/false, copy_keys_sql_,
-                                stage_keys_sql_, merge_keys_sql_, keys,
+  if (!chunk.keys.empty()) {
+    RETURN_IF_ERROR(source.Run("BEGIN", Context("the backfill")).status());
+    RETURN_IF_ERROR(CopyOrMerge(source, /*started=*/false, copy_keys_sql_,
+                                stage_keys_sql_, merge_keys_sql_, chunk.keys,
                                 "listing the keys copied")
                         .status());
     RETURN_IF_ERROR(
-        source_->Run("COMMIT", Context("listing the keys copied")).status());
+        source.Run("COMMIT", Context("listing the keys copied")).status());
   }
+  return absl::OkStatus();
+}
 
-  SplitCopyLine(last_line, fields);
+absl::StatusOr<std::vector<std::string>> Backfill::BoundAfter(
+    const Chunk& chunk) {
+  std::vector<std::string_view> fields;
+  SplitCopyLine(chunk.last_line, fields);
   if (fields.size() != shape_.columns.size()) {
     return FieldCountError(fields.size());
   }
-  bound = PrimaryKeyOf(shape_, fields);
-  return stats;
+  return PrimaryKeyOf(shape_, fields);
+}
+
+absl::Status Backfill::CopyChunks(
+    std::optional<std::vector<std::string>>& bound, BackfillStats& total) {
+  // A pipeline of two chunks: while the destination writes chunk k (its
+  // rows queued, sent as it takes them), the source reads chunk k + 1 on
+  // its other session; then chunk k commits on the destination and on the
+  // source, and chunk k + 1 goes to the destination. Each chunk's rows stay
+  // locked on the source until it is on the destination, as before; the
+  // two servers and this process just never wait for each other between
+  // chunks.
+  Chunk chunks[2];
+  int current = 0;
+  RETURN_IF_ERROR(ReadChunk(*sources_[0], bound, /*feeding=*/false,
+                            chunks[current]));
+  while (true) {
+    Chunk& chunk = chunks[current];
+    if (chunk.stats.rows_scanned == 0) {
+      return chunk.source->Run("COMMIT", Context("the backfill")).status();
+    }
+    ASSIGN_OR_RETURN(std::vector<std::string> after, BoundAfter(chunk));
+    const bool last = chunk.stats.rows_scanned < chunk_rows_;
+    RETURN_IF_ERROR(StartWrite(chunk));
+    if (!last) {
+      MoveSession& other =
+          chunk.source == sources_[0].get() ? *sources_[1] : *sources_[0];
+      RETURN_IF_ERROR(ReadChunk(other, after, /*feeding=*/true,
+                                chunks[1 - current]));
+    }
+    RETURN_IF_ERROR(FinishWrite(chunk));
+    bound = std::move(after);
+    total.Add(chunk.stats);
+    if (options_.on_chunk) {
+      RETURN_IF_ERROR(options_.on_chunk({chunk.stats, total, *bound}));
+    }
+    if (total.chunks == 1) Failpoint("move-backfill-mid");
+    if (last) return absl::OkStatus();
+    current = 1 - current;
+  }
 }
 
 absl::StatusOr<BackfillStats> Backfill::Run() {
@@ -319,34 +387,21 @@ absl::StatusOr<BackfillStats> Backfill::Run() {
   BackfillStats total;
   int gave_way = 0;
   while (true) {
-    const std::optional<std::vector<std::string>> chunk_start = bound;
-    absl::StatusOr<BackfillStats> chunk = CopyChunk(bound);
-    if (!chunk.ok()) {
-      // Closing the sessions would roll back as well; this keeps a caller
-      // that retries on the same process from waiting on our locks.
-      destination_->RollbackQuietly();
-      source_->RollbackQuietly();
-      if (SqlStateOf(chunk.status()) != kLockNotAvailable ||
-          ++gave_way > kMaxGiveWays) {
-        return chunk.status();
-      }
-      // Gave way to the application's writes: the same chunk again, after
-      // they had time to finish, and smaller.
-      bound = chunk_start;
-      chunk_rows_ = std::max<int64_t>(1, chunk_rows_ / 2);
-      absl::SleepFor(std::min(absl::Milliseconds(20) * gave_way,
-                              absl::Milliseconds(500)));
-      continue;
+    absl::Status copied = CopyChunks(bound, total);
+    if (copied.ok()) return total;
+    // Closing the sessions would roll back as well; this keeps a caller
+    // that retries on the same process from waiting on our locks.
+    RollbackAll();
+    if (SqlStateOf(copied) != kLockNotAvailable ||
+        ++gave_way > kMaxGiveWays) {
+      return copied;
     }
-    if (chunk->chunks == 0) break;
-    total.Add(*chunk);
-    if (options_.on_chunk) {
-      RETURN_IF_ERROR(options_.on_chunk({*chunk, total, *bound}));
-    }
-    if (total.chunks == 1) Failpoint("move-backfill-mid");
-    if (chunk->rows_scanned < chunk_rows_) break;  // the last one
+    // Gave way to the application's writes: again from the last chunk
+    // committed, after they had time to finish, in smaller chunks.
+    chunk_rows_ = std::max<int64_t>(1, chunk_rows_ / 2);
+    absl::SleepFor(std::min(absl::Milliseconds(20) * gave_way,
+                            absl::Milliseconds(500)));
   }
-  return total;
 }
 
 absl::StatusOr<std::pair<std::unique_ptr<MoveSession>,
@@ -409,8 +464,13 @@ absl::StatusOr<BackfillStats> BackfillTable(const ShardEndpoint& source,
                options.resume_after->size(), " values, its primary key ",
                shape.primary_key.size(), " columns"));
   }
-  Backfill backfill(std::move(sessions.first), std::move(sessions.second),
-                    std::move(shape), slice, options);
+  // The source's second session: it reads a chunk while the destination
+  // writes the one before (Backfill::CopyChunks).
+  ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> next_source,
+                   MoveSession::Open(source, options.statement_timeout));
+  Backfill backfill(std::move(sessions.first), std::move(next_source),
+                    std::move(sessions.second), std::move(shape), slice,
+                    options);
   RETURN_IF_ERROR(backfill.Prepare());
   return backfill.Run();
 }

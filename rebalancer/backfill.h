@@ -37,14 +37,27 @@
 // then the source (releasing the locks), and then, for such a slice, the
 // source lists the keys too, in a transaction of its own (while it held
 // the rows, its listing could deadlock with a dual-write listing the same
-// key and waiting for one of the rows). The bound after a chunk is the primary key
-// of the last row it scanned.
+// key and waiting for one of the rows). The bound after a chunk is the
+// primary key of the last row it scanned.
+//
+// ## Two chunks at a time
+//
+// The source has two sessions. While the destination writes chunk k (its
+// rows handed to libpq at once, sent as the server takes them), the other
+// source session reads chunk k + 1 (locked as above); then chunk k
+// commits (destination, then source), and chunk k + 1 goes to the
+// destination while chunk k + 2 is read. So neither server waits for the
+// other between chunks: timed on two cores, the backfill went from 0.76 to
+// 0.82-0.86 of a raw COPY pipe. At most two chunks' rows are locked on the
+// source at once.
 //
 // Every lock wait of the backfill is bounded (lock_timeout 300 ms, under
 // the servers' deadlock_timeout): with the source's rows locked and its
 // copies uncommitted, waiting on a dual-write that waits on one of them
 // would be a deadlock across two servers that neither detects. A chunk
-// that times out rolls back on both sides and runs again, halved.
+// that times out rolls back on both sides, with the chunk read after it,
+// and the backfill runs again from the last chunk committed, in chunks of
+// half the size.
 //
 // Resuming from any earlier bound (or from the start) is harmless: a chunk
 // copied again inserts nothing and lists keys already listed.
@@ -128,7 +141,9 @@ struct BackfillOptions {
   absl::Duration statement_timeout = absl::Minutes(5);
   // Called after each chunk committed on both shards, on the calling
   // thread; a non-OK status stops the backfill and is returned (the chunk
-  // stays committed). May be empty.
+  // stays committed). The next chunk has been read by then, its rows
+  // locked on the source until it is written: return promptly. May be
+  // empty.
   std::function<absl::Status(const BackfillChunk&)> on_chunk;
 };
 

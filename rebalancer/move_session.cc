@@ -1,6 +1,9 @@
 #include "rebalancer/move_session.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <memory>
@@ -255,6 +258,41 @@ absl::Status MoveSession::PutCopyData(std::string_view data,
   return absl::OkStatus();
 }
 
+absl::Status MoveSession::QueueCopyData(std::string_view data,
+                                        std::string_view context) {
+  if (!PQisnonblocking(conn_) && PQsetnonblocking(conn_, 1) != 0) {
+    return Error("COPY FROM", context);
+  }
+  // Nonblocking, libpq grows its buffer to take it all (0: out of memory).
+  if (!data.empty() &&
+      PQputCopyData(conn_, data.data(), static_cast<int>(data.size())) != 1) {
+    return Error("COPY FROM", context);
+  }
+  return FlushCopyData(context);
+}
+
+absl::Status MoveSession::FlushCopyData(std::string_view context) {
+  if (PQflush(conn_) < 0) return Error("COPY FROM", context);
+  return absl::OkStatus();
+}
+
+absl::Status MoveSession::FinishCopyData(std::string_view context) {
+  if (!PQisnonblocking(conn_)) return absl::OkStatus();
+  while (true) {
+    const int flushed = PQflush(conn_);
+    if (flushed < 0) return Error("COPY FROM", context);
+    if (flushed == 0) break;
+    // The server reads slower than we queued: wait until it takes more
+    // (or says something, which PQflush reads, so it never stalls on us).
+    pollfd fd{PQsocket(conn_), POLLOUT | POLLIN, 0};
+    if (poll(&fd, 1, 1000) < 0 && errno != EINTR) {
+      return Error("COPY FROM", context);
+    }
+  }
+  if (PQsetnonblocking(conn_, 0) != 0) return Error("COPY FROM", context);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int64_t> MoveSession::EndCopyIn(std::string_view context) {
   if (PQputCopyEnd(conn_, nullptr) != 1) return Error("COPY FROM", context);
   absl::Status status;
@@ -300,6 +338,10 @@ bool MoveSession::InTransaction() const {
 }
 
 void MoveSession::RollbackQuietly() {
+  // Back to blocking (a chunk stopped while its rows were queued); what is
+  // still queued is sent first or the connection is dead anyway.
+  if (PQisnonblocking(conn_)) FinishCopyData("").IgnoreError();
+  if (PQisnonblocking(conn_)) PQsetnonblocking(conn_, 0);
   // A COPY FROM STDIN left open (a backfill chunk stopped half-way by the
   // source): end it as failed, or the session refuses every later command.
   if (PQtransactionStatus(conn_) == PQTRANS_ACTIVE &&

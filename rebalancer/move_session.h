@@ -111,6 +111,16 @@ class MoveSession {
   [[nodiscard]] absl::StatusOr<int64_t> EndCopyIn(
       std::string_view context = "");
 
+  // PutCopyData without waiting for the server, for a session that feeds
+  // one server while the caller reads another: QueueCopyData hands `data`
+  // to libpq (the connection is nonblocking until FinishCopyData) and sends
+  // what the server takes at once; FlushCopyData sends what it takes now;
+  // FinishCopyData waits until all is sent (then EndCopyIn as usual).
+  [[nodiscard]] absl::Status QueueCopyData(std::string_view data,
+                                           std::string_view context = "");
+  [[nodiscard]] absl::Status FlushCopyData(std::string_view context = "");
+  [[nodiscard]] absl::Status FinishCopyData(std::string_view context = "");
+
   // `value` as an SQL string literal ('...', E'...' where needed).
   std::string Literal(std::string_view value) const;
 

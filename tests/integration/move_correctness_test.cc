@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -700,20 +701,25 @@ std::string Report(const WriterStats& s) {
 void MoveCorrectnessTest::WritersDuringAMoveInProcess() {
   const int on_s1 = RowsOn(0);
   Workload writers(*cluster_, ledgers_);
-  // The move waits (in its progress callback) until the writers have
-  // written while it dual-writes, and again while it is cut over, so that
-  // the test does not depend on how fast either side runs.
+  // The move waits until the writers have written while it dual-writes
+  // (in its log callback, as the backfill starts: nothing of the source is
+  // locked yet), and again while it is cut over (in its progress
+  // callback), so that the test does not depend on how fast either side
+  // runs.
   internal::MoverOptions options;
   options.chunk_rows = 150;
   options.map_grace = absl::Milliseconds(1200);
   bool waited_dual = false, waited_cut = false;
-  options.progress = [&](const internal::MoveProgress& p) {
-    if (p.phase == "backfill" && !waited_dual) {
+  options.log = [&](std::string_view line) {
+    const absl::string_view text(line.data(), line.size());
+    if (absl::EndsWith(text, ": backfill") && !waited_dual) {
       waited_dual = true;
       EXPECT_TRUE(Eventually([&] {
         return writers.AcknowledgedIn(MovePhase::kDualWrite) >= 100;
       }));
     }
+  };
+  options.progress = [&](const internal::MoveProgress& p) {
     if (p.phase == "cleanup" && !waited_cut) {
       waited_cut = true;
       EXPECT_TRUE(Eventually([&] {
