@@ -125,7 +125,11 @@ void RegisterHash(CLI::App& app, CommandContext& ctx) {
           ->capture_default_str();
       cmd->footer(
           "Creating C functions needs a superuser connection. Installing "
-          "again replaces the functions (e.g. after an upgrade).\n"
+          "again replaces the functions (e.g. after an upgrade): put the new "
+          "module in place by rename (a new file), never by overwriting the "
+          "one servers have loaded, which crashes them. Every program that "
+          "routes by the cluster's map must run this shardkit or a later "
+          "one before a move uses the functions.\n"
           "Exit status: 0 when every shard hashes as shardkit does; 1 "
           "otherwise (the table says why, per shard).\n"
           "Example:\n"

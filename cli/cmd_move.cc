@@ -26,7 +26,7 @@ using internal::Mover;
 std::unique_ptr<Mover> OpenMoverOrFail(CommandContext& ctx,
                                        const std::string& config_path,
                                        MoveProgressDisplay* display,
-                                       int64_t chunk_rows,
+                                       const CopyFlags& copy,
                                        const std::string& map_grace) {
   internal::MoverOptions options;
   if (!map_grace.empty() &&
@@ -40,7 +40,9 @@ std::unique_ptr<Mover> OpenMoverOrFail(CommandContext& ctx,
   std::optional<Config> config = LoadConfigOrFail(ctx, config_path);
   if (!config) return nullptr;
   options.connect_timeout = config->timeouts.connect;
-  if (chunk_rows > 0) options.chunk_rows = chunk_rows;
+  if (copy.chunk_rows > 0) options.chunk_rows = copy.chunk_rows;
+  options.max_rows_per_second = copy.max_rate;
+  options.use_server_hash = !copy.key_lists;
   if (display != nullptr) display->Attach(options);
   absl::StatusOr<std::unique_ptr<Mover>> mover =
       Mover::Open(*std::move(config), std::move(options));
@@ -49,6 +51,22 @@ std::unique_ptr<Mover> OpenMoverOrFail(CommandContext& ctx,
     return nullptr;
   }
   return *std::move(mover);
+}
+
+void AddCopyOptions(CLI::App* cmd, CopyFlags* flags) {
+  cmd->add_option("--chunk-rows", flags->chunk_rows,
+                  "Rows per backfill chunk (default 20000)")
+      ->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+  cmd->add_option("--max-rate", flags->max_rate,
+                  "At most this many source rows per second per table in "
+                  "the backfill and the verify, to leave the application its "
+                  "share of the shards (default: as fast as they go)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000000}))
+      ->option_text("ROWS");
+  cmd->add_flag("--key-lists", flags->key_lists,
+                "Move a hash slice with key lists even when its shards have "
+                "shardkit's hash functions (`shardctl hash`), e.g. while "
+                "programs older than them still route by the map");
 }
 
 std::string SliceText(const MoveRecord& move) {
@@ -141,7 +159,7 @@ struct MoveArgs {
   std::string slice;
   std::string region;
   std::string destination;
-  int64_t chunk_rows = 0;
+  CopyFlags copy;
   std::string map_grace;
   Format format = Format::kTable;
 };
@@ -150,7 +168,7 @@ void RunMove(const MoveArgs& args, CommandContext& ctx) {
   MoveProgressDisplay display(*ctx.err,
                               MoveProgressDisplay::StderrIsTerminal());
   std::unique_ptr<Mover> mover =
-      OpenMoverOrFail(ctx, args.config_path, &display, args.chunk_rows,
+      OpenMoverOrFail(ctx, args.config_path, &display, args.copy,
                       args.map_grace);
   if (mover == nullptr) return;
   internal::MoveRequest request;
@@ -196,7 +214,7 @@ void RunSplit(const SplitArgs& args, CommandContext& ctx) {
   MoveProgressDisplay display(*ctx.err,
                               MoveProgressDisplay::StderrIsTerminal());
   std::unique_ptr<Mover> mover =
-      OpenMoverOrFail(ctx, args.config_path, &display, 0);
+      OpenMoverOrFail(ctx, args.config_path, &display);
   if (mover == nullptr) return;
   absl::StatusOr<Mover::Live> live = mover->Current();
   if (!live.ok()) {
@@ -299,12 +317,13 @@ struct MovesArgs {
   uint64_t id = 0;
   bool active = false;
   std::string map_grace;  // resume, abort
+  CopyFlags copy;         // resume
   Format format = Format::kTable;
 };
 
 void RunList(const MovesArgs& args, CommandContext& ctx) {
   std::unique_ptr<Mover> mover = OpenMoverOrFail(ctx, args.config_path,
-                                                 nullptr, 0);
+                                                 nullptr);
   if (mover == nullptr) return;
   absl::StatusOr<std::vector<MoveRecord>> moves =
       args.active ? mover->journal().Active() : mover->journal().List();
@@ -339,7 +358,7 @@ void RunList(const MovesArgs& args, CommandContext& ctx) {
 
 void RunStatus(const MovesArgs& args, CommandContext& ctx) {
   std::unique_ptr<Mover> mover = OpenMoverOrFail(ctx, args.config_path,
-                                                 nullptr, 0);
+                                                 nullptr);
   if (mover == nullptr) return;
   absl::StatusOr<MoveRecord> move = mover->journal().Get(args.id);
   if (!move.ok()) {
@@ -405,7 +424,8 @@ void RunResume(const MovesArgs& args, CommandContext& ctx) {
   MoveProgressDisplay display(*ctx.err,
                               MoveProgressDisplay::StderrIsTerminal());
   std::unique_ptr<Mover> mover =
-      OpenMoverOrFail(ctx, args.config_path, &display, 0, args.map_grace);
+      OpenMoverOrFail(ctx, args.config_path, &display, args.copy,
+                      args.map_grace);
   if (mover == nullptr) return;
   RunMoveToEnd(ctx, *mover, args.id, args.format);
 }
@@ -414,7 +434,7 @@ void RunAbort(const MovesArgs& args, CommandContext& ctx) {
   MoveProgressDisplay display(*ctx.err,
                               MoveProgressDisplay::StderrIsTerminal());
   std::unique_ptr<Mover> mover =
-      OpenMoverOrFail(ctx, args.config_path, &display, 0, args.map_grace);
+      OpenMoverOrFail(ctx, args.config_path, &display, {}, args.map_grace);
   if (mover == nullptr) return;
   absl::Status aborted = mover->Abort(args.id);
   if (!aborted.ok()) {
@@ -460,6 +480,7 @@ CLI::App* AddMovesCommand(CLI::App* moves, CommandContext& ctx,
   if (std::string_view(name) == "resume" || std::string_view(name) == "abort") {
     AddMapGraceOption(cmd, &args->map_grace);
   }
+  if (std::string_view(name) == "resume") AddCopyOptions(cmd, &args->copy);
   AddFormatOption(cmd, &args->format);
   cmd->callback([args, run, &ctx] { run(*args, ctx); });
   return cmd;
@@ -517,9 +538,7 @@ void RegisterMove(CLI::App& app, CommandContext& ctx) {
     cmd->add_option("--to", args->destination, "The shard that gets the keys")
         ->required()
         ->option_text("SHARD");
-    cmd->add_option("--chunk-rows", args->chunk_rows,
-                    "Rows per backfill chunk (default 20000)")
-        ->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+    AddCopyOptions(cmd, &args->copy);
     AddMapGraceOption(cmd, &args->map_grace);
     AddFormatOption(cmd, &args->format);
     cmd->footer(StrCat(

@@ -33,7 +33,7 @@ struct RebalanceArgs {
   double tolerance_percent = 10;
   int max_moves = 16;
   bool dry_run = false;
-  int64_t chunk_rows = 0;
+  CopyFlags copy;
   Format format = Format::kTable;
 };
 
@@ -133,7 +133,7 @@ void RunRebalance(const RebalanceArgs& args, CommandContext& ctx) {
   MoveProgressDisplay display(*ctx.err,
                               MoveProgressDisplay::StderrIsTerminal());
   std::unique_ptr<internal::Mover> mover =
-      OpenMoverOrFail(ctx, args.config_path, &display, args.chunk_rows);
+      OpenMoverOrFail(ctx, args.config_path, &display, args.copy);
   if (mover == nullptr) return;
   absl::StatusOr<std::vector<internal::MoveRecord>> active =
       mover->journal().Active();
@@ -351,9 +351,7 @@ void RegisterRebalance(CLI::App& app, CommandContext& ctx) {
                   "At most this many moves per distribution")
       ->check(CLI::Range(1, 1000))
       ->default_str("16");
-  cmd->add_option("--chunk-rows", args->chunk_rows,
-                  "Rows per backfill chunk (default 20000)")
-      ->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+  AddCopyOptions(cmd, &args->copy);
   AddFormatOption(cmd, &args->format);
   cmd->footer(
       "Measures each shard's rows (count(*)) or bytes of each distribution, "

@@ -17,14 +17,25 @@
 
 namespace shardkit::cli {
 
+// How a command's backfill copies: --chunk-rows and --max-rate (0: the
+// defaults, MoverOptions::chunk_rows and max_rows_per_second).
+struct CopyFlags {
+  int64_t chunk_rows = 0;
+  int64_t max_rate = 0;
+  bool key_lists = false;  // --key-lists: MoverOptions::use_server_hash off
+};
+
+// Adds --chunk-rows, --max-rate and --key-lists to `cmd`.
+void AddCopyOptions(CLI::App* cmd, CopyFlags* flags);
+
 // Loads the configuration and opens a mover over its [catalog], with
-// `display` (may be null) attached, `chunk_rows` (0: the default) and
-// `map_grace` (a duration such as "500ms"; empty: the default, see
-// MoverOptions::map_grace). On failure prints why, sets exit status 1 (2
-// for a map_grace that is not a duration) and returns null.
+// `display` (may be null) attached, `copy` and `map_grace` (a duration
+// such as "500ms"; empty: the default, see MoverOptions::map_grace). On
+// failure prints why, sets exit status 1 (2 for a map_grace that is not a
+// duration) and returns null.
 std::unique_ptr<internal::Mover> OpenMoverOrFail(
     CommandContext& ctx, const std::string& config_path,
-    MoveProgressDisplay* display, int64_t chunk_rows,
+    MoveProgressDisplay* display, const CopyFlags& copy = {},
     const std::string& map_grace = "");
 
 // "FROM:TO" or "region NAME".

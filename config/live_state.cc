@@ -247,7 +247,13 @@ absl::StatusOr<LiveState> ParseLiveState(std::string_view text) {
       m.region = StringAt(*t, "region").value_or("");
       m.source = *source;
       m.destination = *destination;
-      m.server_hash = (*t)["server_hash"].value<bool>().value_or(false);
+      if (const toml::node* h = t->get("server_hash")) {
+        if (!h->is_boolean()) {
+          return Invalid(StrCat("move ", m.id, ": server_hash is not true "
+                                "or false"));
+        }
+        m.server_hash = h->as_boolean()->get();
+      }
       if (*phase == MovePhaseName(MovePhase::kDualWrite)) {
         m.phase = MovePhase::kDualWrite;
       } else if (*phase == MovePhaseName(MovePhase::kCutOver)) {

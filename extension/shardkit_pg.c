@@ -67,7 +67,9 @@ shardkit_hash_key_v1_text(PG_FUNCTION_ARGS)
 	{
 		char	   *utf8 = pg_server_to_any(bytes, len, PG_UTF8);
 
-		h = XXH3_64bits(utf8, strlen(utf8));
+		/* Unconverted (nothing to convert), it is the input: not
+		 * NUL-terminated. */
+		h = XXH3_64bits(utf8, utf8 == bytes ? (size_t) len : strlen(utf8));
 		if (utf8 != bytes)
 			pfree(utf8);
 	}

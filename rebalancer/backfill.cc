@@ -65,8 +65,10 @@ class Backfill {
   // The primary key of `chunk`'s last row.
   absl::StatusOr<std::vector<std::string>> BoundAfter(const Chunk& chunk);
   void RollbackAll() {
-    destination_->RollbackQuietly();
+    // The sources first: their locks hold the application's writes, and
+    // the destination may still have a chunk's rows to take in.
     for (const auto& source : sources_) source->RollbackQuietly();
+    destination_->RollbackQuietly();
   }
   std::string ReadChunkSql(
       const std::optional<std::vector<std::string>>& bound) const;
@@ -103,6 +105,10 @@ class Backfill {
   std::string condition_;  // the range/region filter, or empty
   // The slice keeps key lists (hash slices; shard_objects.h).
   bool lists_keys_ = false;
+  // The pace's account (BackfillOptions::max_rows_per_second): rows of
+  // the chunks committed since started_.
+  absl::Time started_;
+  int64_t scanned_ = 0;
   // Rows per chunk: options_.chunk_rows, halved after a chunk gave way to
   // the application's writes (see Run) so that a busy table still moves.
   int64_t chunk_rows_ = 0;
@@ -354,6 +360,15 @@ absl::Status Backfill::CopyChunks(
   // chunks.
   Chunk chunks[2];
   int current = 0;
+  // Paced (max_rows_per_second): one chunk at a time, nothing locked
+  // while it waits.
+  const bool paced = options_.max_rows_per_second > 0;
+  // A slice with key lists lists the keys of chunk k on the source after
+  // its commit; with chunk k + 1 locked meanwhile, a dual-write listing one
+  // of those keys while it waits for a row of chunk k + 1 would make the
+  // listing give way (a wait through this process, which the server does
+  // not see as a deadlock). Such a slice reads one chunk at a time.
+  const bool ahead = !paced && !lists_keys_;
   RETURN_IF_ERROR(ReadChunk(*sources_[0], bound, /*feeding=*/false,
                             chunks[current]));
   while (true) {
@@ -364,9 +379,9 @@ absl::Status Backfill::CopyChunks(
     ASSIGN_OR_RETURN(std::vector<std::string> after, BoundAfter(chunk));
     const bool last = chunk.stats.rows_scanned < chunk_rows_;
     RETURN_IF_ERROR(StartWrite(chunk));
-    if (!last) {
-      MoveSession& other =
-          chunk.source == sources_[0].get() ? *sources_[1] : *sources_[0];
+    MoveSession& other =
+        chunk.source == sources_[0].get() ? *sources_[1] : *sources_[0];
+    if (!last && ahead) {
       RETURN_IF_ERROR(ReadChunk(other, after, /*feeding=*/true,
                                 chunks[1 - current]));
     }
@@ -379,10 +394,20 @@ absl::Status Backfill::CopyChunks(
     if (total.chunks == 1) Failpoint("move-backfill-mid");
     if (last) return absl::OkStatus();
     current = 1 - current;
+    if (!ahead) {
+      scanned_ += chunk.stats.rows_scanned;
+      if (paced) {
+        absl::SleepFor(PaceDelay(scanned_, options_.max_rows_per_second,
+                                 absl::Now() - started_));
+      }
+      RETURN_IF_ERROR(
+          ReadChunk(other, bound, /*feeding=*/false, chunks[current]));
+    }
   }
 }
 
 absl::StatusOr<BackfillStats> Backfill::Run() {
+  started_ = absl::Now();
   std::optional<std::vector<std::string>> bound = options_.resume_after;
   BackfillStats total;
   int gave_way = 0;
@@ -416,6 +441,13 @@ OpenBoth(const ShardEndpoint& source, const ShardEndpoint& destination,
 }
 
 }  // namespace
+
+absl::Duration PaceDelay(int64_t rows, int64_t rows_per_second,
+                         absl::Duration elapsed) {
+  const absl::Duration due =
+      absl::Seconds(static_cast<double>(rows) / rows_per_second);
+  return due > elapsed ? due - elapsed : absl::ZeroDuration();
+}
 
 void BackfillStats::Add(const BackfillStats& other) {
   chunks += other.chunks;

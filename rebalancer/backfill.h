@@ -139,6 +139,11 @@ struct BackfillOptions {
   std::optional<uint64_t> epoch;
   // Bounds each statement on either shard (including waits for row locks).
   absl::Duration statement_timeout = absl::Minutes(5);
+  // At most this many rows read from the source per second (on average
+  // since the call; 0: as fast as the shards go), so that the copy leaves
+  // the application's writes their share of the servers. A paced backfill
+  // reads one chunk at a time and waits between chunks with no row locked.
+  int64_t max_rows_per_second = 0;
   // Called after each chunk committed on both shards, on the calling
   // thread; a non-OK status stops the backfill and is returned (the chunk
   // stays committed). The next chunk has been read by then, its rows
@@ -146,6 +151,12 @@ struct BackfillOptions {
   // empty.
   std::function<absl::Status(const BackfillChunk&)> on_chunk;
 };
+
+// How long a backfill paced at `rows_per_second` (> 0) waits, having read
+// `rows` in `elapsed`, so that its average stays at or under the pace:
+// zero when it is behind.
+absl::Duration PaceDelay(int64_t rows, int64_t rows_per_second,
+                         absl::Duration elapsed);
 
 // Checks that `table` can move from `source` to `destination` (see
 // DescribeTableForMove) and returns its shape. For the plan phase.

@@ -2,6 +2,7 @@
 
 #include <libpq-fe.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 
@@ -80,6 +81,7 @@ absl::StatusOr<std::unique_ptr<MoveSession>> MoveSession::Open(
   PQsetNoticeProcessor(
       conn, [](void*, const char*) {}, nullptr);
   std::unique_ptr<MoveSession> session(new MoveSession(shard.name, conn));
+  session->statement_timeout_ = statement_timeout;
   const std::string setup = StrCat(
       "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, MDY'; "
       "SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; "
@@ -263,12 +265,32 @@ absl::Status MoveSession::QueueCopyData(std::string_view data,
   if (!PQisnonblocking(conn_) && PQsetnonblocking(conn_, 1) != 0) {
     return Error("COPY FROM", context);
   }
-  // Nonblocking, libpq grows its buffer to take it all (0: out of memory).
-  if (!data.empty() &&
-      PQputCopyData(conn_, data.data(), static_cast<int>(data.size())) != 1) {
-    return Error("COPY FROM", context);
+  // In messages of at most 1 MiB (the server refuses one over 1 GiB);
+  // nonblocking, libpq grows its buffer to take them all, and says 0 only
+  // when it cannot: then wait until the server has taken some.
+  constexpr size_t kPiece = 1 << 20;
+  for (size_t at = 0; at < data.size();) {
+    const size_t n = std::min(kPiece, data.size() - at);
+    const int put = PQputCopyData(conn_, data.data() + at, static_cast<int>(n));
+    if (put < 0) return Error("COPY FROM", context);
+    if (put == 0) {
+      RETURN_IF_ERROR(WaitToSend(context));
+      continue;
+    }
+    at += n;
   }
   return FlushCopyData(context);
+}
+
+absl::Status MoveSession::WaitToSend(std::string_view context) {
+  pollfd fd{PQsocket(conn_), POLLOUT | POLLIN, 0};
+  if (poll(&fd, 1, 100) < 0 && errno != EINTR) {
+    return Error("COPY FROM", context);
+  }
+  if ((fd.revents & POLLIN) && PQconsumeInput(conn_) == 0) {
+    return Error("COPY FROM", context);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status MoveSession::FlushCopyData(std::string_view context) {
@@ -278,16 +300,24 @@ absl::Status MoveSession::FlushCopyData(std::string_view context) {
 
 absl::Status MoveSession::FinishCopyData(std::string_view context) {
   if (!PQisnonblocking(conn_)) return absl::OkStatus();
+  // Bounded like a statement: a server that stops reading (and says
+  // nothing) does not keep the caller, and the rows it holds, waiting.
+  const absl::Time deadline =
+      absl::Now() + (statement_timeout_ > absl::ZeroDuration()
+                         ? statement_timeout_
+                         : absl::Minutes(5));
   while (true) {
     const int flushed = PQflush(conn_);
     if (flushed < 0) return Error("COPY FROM", context);
     if (flushed == 0) break;
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(StrCat(
+          "shard ", shard_name_, ": the server took no more COPY data for ",
+          absl::FormatDuration(statement_timeout_), Suffix(context)));
+    }
     // The server reads slower than we queued: wait until it takes more
     // (or says something, which PQflush reads, so it never stalls on us).
-    pollfd fd{PQsocket(conn_), POLLOUT | POLLIN, 0};
-    if (poll(&fd, 1, 1000) < 0 && errno != EINTR) {
-      return Error("COPY FROM", context);
-    }
+    RETURN_IF_ERROR(WaitToSend(context));
   }
   if (PQsetnonblocking(conn_, 0) != 0) return Error("COPY FROM", context);
   return absl::OkStatus();
@@ -340,7 +370,12 @@ bool MoveSession::InTransaction() const {
 void MoveSession::RollbackQuietly() {
   // Back to blocking (a chunk stopped while its rows were queued); what is
   // still queued is sent first or the connection is dead anyway.
-  if (PQisnonblocking(conn_)) FinishCopyData("").IgnoreError();
+  if (PQisnonblocking(conn_) && !FinishCopyData("").ok()) {
+    // Still unsent after the statement timeout: give the connection up
+    // (the server rolls back when it sees it closed; every later use of
+    // the session fails).
+    shutdown(PQsocket(conn_), SHUT_RDWR);
+  }
   if (PQisnonblocking(conn_)) PQsetnonblocking(conn_, 0);
   // A COPY FROM STDIN left open (a backfill chunk stopped half-way by the
   // source): end it as failed, or the session refuses every later command.

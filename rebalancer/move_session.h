@@ -136,9 +136,13 @@ class MoveSession {
   MoveSession(std::string shard_name, PGconn* conn)
       : shard_name_(std::move(shard_name)), conn_(conn) {}
   absl::Status Error(std::string_view what, std::string_view context) const;
+  // Waits (up to 100 ms) until the socket takes more or the server sent
+  // something, which it reads.
+  absl::Status WaitToSend(std::string_view context);
 
   const std::string shard_name_;
   PGconn* const conn_;  // owned
+  absl::Duration statement_timeout_;  // as set by Open
 };
 
 // `name` as an SQL identifier, always double-quoted.

@@ -73,12 +73,21 @@ int64_t RowsToScan(const ShardEndpoint& source, const TableToMove& table,
       MoveSession::Open(source, absl::Seconds(30));
   if (!session.ok()) return 0;
   std::string sql;
-  if (slice.strategy == Strategy::kHash && !slice.server_hash) {
-    // The planner's estimate, when the table was analyzed; else a count.
+  if (slice.strategy == Strategy::kHash) {
+    // The planner's estimate, when the table was analyzed; else a count;
+    // filtered by the shards, the slice's share of it (XXH3 spreads keys
+    // evenly).
+    const double share =
+        slice.server_hash
+            ? ((slice.hash_hi ? static_cast<double>(*slice.hash_hi)
+                              : 18446744073709551616.0) -
+               static_cast<double>(slice.hash_lo)) /
+                  18446744073709551616.0
+            : 1.0;
     sql = StrCat(
-        "SELECT CASE WHEN c.reltuples > 0 THEN c.reltuples::int8 ELSE "
+        "SELECT (CASE WHEN c.reltuples > 0 THEN c.reltuples::int8 ELSE "
         "(SELECT count(*) FROM ", QuoteQualifiedName(table.name),
-        ") END FROM pg_class c WHERE c.oid = ",
+        ") END * ", share, ")::int8 FROM pg_class c WHERE c.oid = ",
         (*session)->Literal(QuoteQualifiedName(table.name)), "::regclass");
   } else {
     absl::StatusOr<TableShape> shape =
@@ -549,6 +558,7 @@ absl::Status Mover::Backfill(const MoveRecord& move) {
     const int64_t rows_to_scan = RowsToScan(sides.source, table, slice);
     BackfillOptions options;
     options.chunk_rows = options_.chunk_rows;
+    options.max_rows_per_second = options_.max_rows_per_second;
     options.statement_timeout = options_.statement_timeout;
     options.epoch = sides.live.map.epoch();
     if (!p.bound.empty()) options.resume_after = p.bound;
@@ -596,6 +606,7 @@ absl::Status Mover::Verify(const MoveRecord& move) {
     for (const TableToMove& table : sides.tables) {
       VerifyOptions options;
       options.chunk_rows = options_.chunk_rows;
+      options.max_rows_per_second = options_.max_rows_per_second;
       options.statement_timeout = options_.statement_timeout;
       ASSIGN_OR_RETURN(VerifyReport report,
                        VerifyTable(sides.source, sides.destination, table,

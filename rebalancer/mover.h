@@ -80,6 +80,10 @@ struct MoverOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   absl::Duration statement_timeout = absl::Minutes(5);
   int64_t chunk_rows = 20000;
+  // Paces each table's backfill and verify at this many source rows per
+  // second (0: as fast as the shards go), to leave the application its
+  // share of the shards; see BackfillOptions::max_rows_per_second.
+  int64_t max_rows_per_second = 0;
   // The longest the cutover waits to fence the source (the write pause's
   // bound); past it the cutover backs off and tries again.
   absl::Duration cutover_lock_timeout = absl::Milliseconds(500);
@@ -93,7 +97,12 @@ struct MoverOptions {
   // hash functions (rebalancer/server_hash.h) and they agree with the
   // library; false: always with lists.
   bool use_server_hash = true;
+  // (Every process that routes by the cluster's map must run a shardkit
+  // that knows MovingSlice::server_hash, this one or later: an older one
+  // would hide such a slice by its empty key lists.)
   // Called with each event line ("move 4: phase backfill") and progress.
+  // During the backfill, progress runs while the next chunk's rows are
+  // locked on the source: return promptly.
   std::function<void(std::string_view)> log;
   std::function<void(const MoveProgress&)> progress;
 };

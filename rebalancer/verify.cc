@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "rebalancer/backfill.h"
 #include "shardkit/cluster.h"
 
 namespace shardkit::internal {
@@ -282,6 +283,8 @@ absl::StatusOr<VerifyReport> Verifier::Run() {
   VerifyReport report;
   report.table = shape_.name;
   std::optional<std::vector<std::string>> after;
+  const absl::Time started = absl::Now();
+  int64_t scanned_in_all = 0;
   while (true) {
     ChunkRows source, destination;
     int64_t scanned = 0;
@@ -315,6 +318,11 @@ absl::StatusOr<VerifyReport> Verifier::Run() {
     report.destination_rows += static_cast<int64_t>(destination.rows.size());
     if (last_chunk) break;
     after = std::move(up_to);
+    scanned_in_all += scanned;
+    if (options_.max_rows_per_second > 0) {
+      absl::SleepFor(PaceDelay(scanned_in_all, options_.max_rows_per_second,
+                               absl::Now() - started));
+    }
   }
   return report;
 }

@@ -63,6 +63,9 @@ struct VerifyOptions {
   int max_differences = 10;
   // Bounds each statement on either shard.
   absl::Duration statement_timeout = absl::Minutes(5);
+  // At most this many source rows per second (0: unpaced), as
+  // BackfillOptions::max_rows_per_second; it waits between chunks.
+  int64_t max_rows_per_second = 0;
 };
 
 // One row that differs.

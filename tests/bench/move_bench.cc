@@ -4,8 +4,11 @@
 //
 //   build/tests/bench/move_bench [--rows N] [--writers W] [--seconds S]
 //                                [--reps R] [--hash server|lists]
-//                                (defaults 200,000, 4, 5, 3, server)
+//                                [--backfill-rate R]
+//                                (defaults 200,000, 4, 5, 3, server, 0)
 //
+// --backfill-rate R: MoverOptions::max_rows_per_second (default 0:
+// unpaced), to see what pacing the copy leaves the writers.
 // --hash server: the servers get shardkit's hash functions
 // (rebalancer/server_hash.h, as `shardctl hash install` creates them), so
 // the moves keep no key lists; --hash lists: without them.
@@ -230,7 +233,8 @@ struct RepResult {
   int failed = 0;
 };
 
-int Run(int64_t rows, int threads, int seconds, int reps, bool server_hash) {
+int Run(int64_t rows, int threads, int seconds, int reps, bool server_hash,
+        int64_t backfill_rate) {
   auto started = TestCluster::Start(3);
   if (!started.ok()) {
     std::cerr << "cannot start the servers: " << started.status() << "\n";
@@ -310,6 +314,7 @@ int Run(int64_t rows, int threads, int seconds, int reps, bool server_hash) {
     if (!config.ok()) return fail(config.status());
     PhaseTimes& t = times[rep];
     internal::MoverOptions options;
+    options.max_rows_per_second = backfill_rate;
     options.log = [&](std::string_view line) {
       const size_t colon = line.find(": ");
       if (colon == std::string_view::npos) return;
@@ -507,6 +512,7 @@ int main(int argc, char** argv) {
   int64_t rows = 200000;
   int writers = 4, seconds = 5, reps = 3;
   bool server_hash = true;
+  int64_t backfill_rate = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--rows") == 0) {
       rows = std::atoll(argv[i + 1]);
@@ -520,16 +526,20 @@ int main(int argc, char** argv) {
                (std::strcmp(argv[i + 1], "server") == 0 ||
                 std::strcmp(argv[i + 1], "lists") == 0)) {
       server_hash = std::strcmp(argv[i + 1], "server") == 0;
+    } else if (std::strcmp(argv[i], "--backfill-rate") == 0) {
+      backfill_rate = std::atoll(argv[i + 1]);
     } else {
       std::cerr << "usage: move_bench [--rows N] [--writers W] [--seconds S] "
-                   "[--reps R] [--hash server|lists]\n";
+                   "[--reps R] [--hash server|lists] [--backfill-rate R]\n";
       return 2;
     }
   }
   if (argc % 2 == 0 || rows < 1 || writers < 1 || seconds < 1 || reps < 1) {
     std::cerr << "usage: move_bench [--rows N] [--writers W] [--seconds S] "
-                 "[--reps R] [--hash server|lists], each positive\n";
+                 "[--reps R] [--hash server|lists] [--backfill-rate R], each "
+                 "positive\n";
     return 2;
   }
-  return shardkit::Run(rows, writers, seconds, reps, server_hash);
+  return shardkit::Run(rows, writers, seconds, reps, server_hash,
+                       backfill_rate);
 }

@@ -303,6 +303,55 @@ TEST_F(BackfillTest, ResumesFromAnEarlierBoundAndCopiesNothingTwice) {
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Unpaced, the next chunk of a slice without key lists is read (and
+// locked on the source) while the destination writes the one before;
+// paced (max_rows_per_second), the
+// backfill reads one chunk at a time and waits with nothing locked. Either
+// way every row arrives once.
+TEST_F(BackfillTest, PacedBackfillWaitsWithNothingLocked) {
+  Both(kUsers);
+  Query(0,
+        "INSERT INTO users SELECT g, 'u' || g, 0 FROM "
+        "generate_series(1, 400) g");
+  // A range slice (no key lists: a slice with lists reads one chunk at a
+  // time, paced or not).
+  MoveSlice slice;
+  slice.move_id = 8;
+  slice.strategy = Strategy::kRange;
+  slice.key_type = KeyType::kInt8;
+  slice.from = Key::Integer(1);
+  for (const int64_t pace : {int64_t{0}, int64_t{1000000}}) {
+    SCOPED_TRACE(pace == 0 ? "unpaced" : "paced");
+    Query(1, "TRUNCATE users");
+    Query(1, "DROP TABLE IF EXISTS shardkit.move_8_keys");
+    Query(0, "DROP TABLE IF EXISTS shardkit.move_8_keys");
+    BackfillOptions options;
+    options.chunk_rows = 100;
+    options.max_rows_per_second = pace;
+    std::vector<std::string> locked;  // per chunk: could rows after it lock?
+    options.on_chunk = [&](const BackfillChunk& c) {
+      auto after = shards_->Query(
+          0, absl::StrCat("SET lock_timeout = '100ms'; SELECT id FROM users WHERE "
+                    "id > ", c.bound.at(0),
+                    " ORDER BY id LIMIT 1 FOR UPDATE"));
+      locked.push_back(after.ok() ? "free" : "locked");
+      return absl::OkStatus();
+    };
+    auto stats =
+        BackfillTable(source(), destination(), {"users", "id"}, slice, options);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_EQ(stats->rows_copied, 400);
+    const std::string all = "SELECT id, name, score FROM users ORDER BY id";
+    EXPECT_EQ(Query(1, all), Query(0, all));
+    // Four chunks; after the last there is nothing left to lock.
+    ASSERT_EQ(locked.size(), 4u);
+    EXPECT_EQ(locked, (pace == 0 ? std::vector<std::string>{"locked", "locked",
+                                                            "locked", "free"}
+                                 : std::vector<std::string>{"free", "free",
+                                                            "free", "free"}));
+  }
+}
+
 TEST_F(BackfillTest, NewerRowsAndDeletesWin) {
   Both(kUsers);
   Query(0,

@@ -98,6 +98,13 @@ TEST(LiveStateTest, ServerHashOfAMoveReachesTheMap) {
   ASSERT_TRUE(back.ok()) << back.status();
   ASSERT_EQ(back->moves.size(), 1u);
   EXPECT_TRUE(back->moves[0].server_hash);
+  std::string wrong = text;
+  wrong.replace(wrong.find("server_hash = true"), 18, "server_hash = 'yes'");
+  absl::StatusOr<LiveState> refused = ParseLiveState(wrong);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("server_hash is not true or false"),
+            std::string::npos)
+      << refused.status();
   absl::StatusOr<ShardMap> map = ApplyLiveState(config.map, *back);
   ASSERT_TRUE(map.ok()) << map.status();
   ASSERT_EQ(map->moves().size(), 1u);
