@@ -559,6 +559,9 @@ class MoveCorrectnessTest : public ::testing::Test {
   // then the shards are checked, and the check is shown to catch faults.
   void WritersDuringAMoveInProcess();
 
+  // Moves killed at each failpoint of kFailpoints, each then resumed.
+  void KilledAtEachFailpointThenResumed();
+
   // Moves killed at each failpoint of kAbortAfter, each then aborted.
   void KilledBeforeThePointOfNoReturnThenAborted();
 
@@ -937,6 +940,16 @@ void MoveCorrectnessTest::KillThen(Workload& writers, const char* failpoint,
 }
 
 TEST_F(MoveCorrectnessTest, MoverKilledAtEachFailpointThenResumed) {
+  KilledAtEachFailpointThenResumed();
+}
+
+// With the shards hashing keys, the backfill reads a chunk ahead (no key
+// lists): killed with two chunks locked, resumed from the journal's bound.
+TEST_F(MoveCorrectnessServerHashTest, MoverKilledAtEachFailpointThenResumed) {
+  KilledAtEachFailpointThenResumed();
+}
+
+void MoveCorrectnessTest::KilledAtEachFailpointThenResumed() {
   Workload writers(*cluster_, ledgers_);
   // The slice goes back and forth between s1 and s3.
   std::string to = "s3";
