@@ -87,6 +87,7 @@ void WriteMoveJson(JsonWriter& json, const MoveRecord& move) {
       .Key("destination").String(move.destination)
       .Key("phase").String(internal::JournalPhaseName(move.phase))
       .Key("past_point_of_no_return").Bool(move.past_point_of_no_return)
+      .Key("server_hash").Bool(move.server_hash)
       .Key("error").String(move.error)
       .Key("created_at").String(move.created_at)
       .Key("updated_at").String(move.updated_at)

@@ -181,9 +181,13 @@ TEST_F(MoveCliTest, MoveSplitAndTheJournal) {
   EXPECT_THAT(status.out, HasSubstr(StrCat("\"table\":\"users\",\"rows_scanned\":")));
   EXPECT_THAT(status.out, HasSubstr(StrCat("\"rows_copied\":", on_s3)));
   EXPECT_THAT(status.out, HasSubstr("\"next\":\"\""));
+  // These shards have no hash functions: the move kept key lists, and says
+  // so.
+  EXPECT_THAT(status.out, HasSubstr("\"server_hash\":false"));
   CommandOutput text = Shardctl({"moves", "status", "1", "-c", config_});
   EXPECT_THAT(text.out, HasSubstr("Phase: done (cut over"));
   EXPECT_THAT(text.out, HasSubstr("phase verify"));
+  EXPECT_THAT(text.out, HasSubstr("the slice keeps key lists (slower)"));
   // A finished move can be neither aborted nor moved again.
   CommandOutput abort = Shardctl({"moves", "abort", "1", "-c", config_});
   EXPECT_EQ(abort.exit_code, 1);
