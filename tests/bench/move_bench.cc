@@ -245,19 +245,14 @@ int Run(int64_t rows, int threads, int seconds, int reps, bool server_hash,
     std::cerr << s << "\n";
     return 1;
   };
-  if (auto r = servers.Query(0, "CREATE DATABASE movecat"); !r.ok()) {
-    return fail(r.status());
-  }
-  const std::string config_path = servers.WriteConfig(
-      "move_bench.toml", absl::StrCat("[catalog]\ndsn = \"", servers.dsn(0),
-                                      " dbname=movecat\"\n", kMapBody));
+  absl::StatusOr<std::string> written = servers.WriteMoveConfig(
+      "move_bench.toml", kMapBody,
+      "CREATE TABLE users (id int8 PRIMARY KEY, name text, "
+      "n int NOT NULL DEFAULT 0); CREATE TABLE orders (user_id int8, "
+      "id int8, note text, PRIMARY KEY (user_id, id))");
+  if (!written.ok()) return fail(written.status());
+  const std::string config_path = *written;
   for (int s = 0; s < 3; ++s) {
-    auto r = servers.Query(
-        s,
-        "CREATE TABLE users (id int8 PRIMARY KEY, name text, "
-        "n int NOT NULL DEFAULT 0); CREATE TABLE orders (user_id int8, "
-        "id int8, note text, PRIMARY KEY (user_id, id))");
-    if (!r.ok()) return fail(r.status());
     if (server_hash) {
       if (absl::Status h = servers.InstallServerHash(s); !h.ok()) {
         return fail(h);

@@ -59,21 +59,14 @@ class MoveCliTest : public ::testing::Test {
     auto started = TestCluster::Start(3);
     ASSERT_TRUE(started.ok()) << started.status();
     shards_ = *std::move(started);
-    ASSERT_TRUE(shards_->Query(0, "CREATE DATABASE movecat").ok());
-    config_ = shards_->WriteConfig(
-        "move_cli.toml", StrCat("[catalog]\ndsn = \"", shards_->dsn(0),
-                                " dbname=movecat\"\n", kMapBody));
-    for (int s = 0; s < 3; ++s) {
-      ASSERT_TRUE(shards_
-                      ->Query(s,
-                              "CREATE TABLE users (id int8 PRIMARY KEY, "
-                              "name text, n int NOT NULL DEFAULT 0); "
-                              "CREATE TABLE orders (user_id int8, id int8, "
-                              "PRIMARY KEY (user_id, id)); "
-                              "CREATE TABLE countries (code text PRIMARY KEY, "
-                              "name text)")
-                      .ok());
-    }
+    auto config = shards_->WriteMoveConfig(
+        "move_cli.toml", kMapBody,
+        "CREATE TABLE users (id int8 PRIMARY KEY, name text, n int NOT NULL "
+        "DEFAULT 0); CREATE TABLE orders (user_id int8, id int8, PRIMARY KEY "
+        "(user_id, id)); CREATE TABLE countries (code text PRIMARY KEY, name "
+        "text)");
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = *config;
     // The new shard's copy of the reference table is empty.
     for (int s = 0; s < 2; ++s) {
       ASSERT_TRUE(shards_

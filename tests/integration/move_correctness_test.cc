@@ -490,21 +490,18 @@ class MoveCorrectnessTest : public ::testing::Test {
     auto started = TestCluster::Start(3);
     ASSERT_TRUE(started.ok()) << started.status();
     shards_ = *std::move(started);
-    ASSERT_TRUE(shards_->Query(0, "CREATE DATABASE movecat").ok());
-    config_path_ = shards_->WriteConfig(
-        "move.toml", StrCat("[catalog]\ndsn = \"", shards_->dsn(0),
-                            " dbname=movecat\"\n", MapBody()));
+    auto config = shards_->WriteMoveConfig(
+        "move.toml", MapBody(),
+        "CREATE TABLE accounts (id int8 PRIMARY KEY, n int NOT NULL, "
+        "note text); "
+        "CREATE TABLE entries (account_id int8, seq int8, n int NOT NULL, "
+        "PRIMARY KEY (account_id, seq)); "
+        "CREATE TABLE countries (code text PRIMARY KEY, name text); "
+        "INSERT INTO countries VALUES ('fr', 'France'), ('de', 'Germany'), "
+        "('jp', 'Japan')");
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_path_ = *config;
     for (int s = 0; s < shards_->size(); ++s) {
-      auto made = shards_->Query(
-          s,
-          "CREATE TABLE accounts (id int8 PRIMARY KEY, n int NOT NULL, "
-          "note text); "
-          "CREATE TABLE entries (account_id int8, seq int8, n int NOT NULL, "
-          "PRIMARY KEY (account_id, seq)); "
-          "CREATE TABLE countries (code text PRIMARY KEY, name text); "
-          "INSERT INTO countries VALUES ('fr', 'France'), ('de', 'Germany'), "
-          "('jp', 'Japan')");
-      ASSERT_TRUE(made.ok()) << made.status();
       if (ServerHash()) {
         absl::Status installed = shards_->InstallServerHash(s);
         ASSERT_TRUE(installed.ok()) << installed;

@@ -65,23 +65,18 @@ class MoveRoutingTest : public ::testing::Test {
     auto started = TestCluster::Start(2);
     ASSERT_TRUE(started.ok()) << started.status();
     shards_ = started->release();
-    ASSERT_TRUE(shards_->Query(0, "CREATE DATABASE movecat").ok());
-    const std::string body =
-        StrCat("[catalog]\ndsn = \"", shards_->dsn(0), " dbname=movecat\"\n",
-               kMapBody);
-    config_path_ = new std::string(shards_->WriteConfig("move.toml", body));
-    for (int s = 0; s < 2; ++s) {
-      auto made = shards_->Query(
-          s, StrCat("CREATE TABLE users (id int8 PRIMARY KEY, name text);"
-                    "CREATE TABLE orders (user_id int8, id int8, amount int,"
-                    " PRIMARY KEY (user_id, id));"
-                    "CREATE TABLE items (id int8 PRIMARY KEY, v text);",
-                    internal::InstallFenceFunctionSql(),
-                    internal::InstallFenceTriggerSql("users"), ";",
-                    internal::InstallFenceTriggerSql("orders"), ";",
-                    internal::CreateMoveTablesSql(1, KeyType::kInt8)));
-      ASSERT_TRUE(made.ok()) << made.status();
-    }
+    auto written = shards_->WriteMoveConfig(
+        "move.toml", kMapBody,
+        StrCat("CREATE TABLE users (id int8 PRIMARY KEY, name text);"
+               "CREATE TABLE orders (user_id int8, id int8, amount int,"
+               " PRIMARY KEY (user_id, id));"
+               "CREATE TABLE items (id int8 PRIMARY KEY, v text);",
+               internal::InstallFenceFunctionSql(),
+               internal::InstallFenceTriggerSql("users"), ";",
+               internal::InstallFenceTriggerSql("orders"), ";",
+               internal::CreateMoveTablesSql(1, KeyType::kInt8)));
+    ASSERT_TRUE(written.ok()) << written.status();
+    config_path_ = new std::string(*written);
     // Rows on their owners; the slice's rows also copied to s2 (as the
     // backfill would) and listed on both sides.
     for (int64_t id = 1; id <= 60; ++id) {

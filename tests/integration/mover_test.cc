@@ -51,25 +51,22 @@ key = "user_id"
 
 constexpr int kUsers = 1500;
 
+// The tables of kMapBody and kRangeMapBody, on every shard.
+constexpr char kUsersAndOrders[] =
+    "CREATE TABLE users (id int8 PRIMARY KEY, name text, n int NOT NULL "
+    "DEFAULT 0); CREATE TABLE orders (user_id int8, id int8, note text, "
+    "PRIMARY KEY (user_id, id))";
+
 class MoverTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto started = TestCluster::Start(3);
     ASSERT_TRUE(started.ok()) << started.status();
     shards_ = *std::move(started);
-    ASSERT_TRUE(shards_->Query(0, "CREATE DATABASE movecat").ok());
-    config_path_ = shards_->WriteConfig(
-        "mover.toml", StrCat("[catalog]\ndsn = \"", shards_->dsn(0),
-                             " dbname=movecat\"\n", kMapBody));
-    for (int s = 0; s < 3; ++s) {
-      ASSERT_TRUE(shards_
-                      ->Query(s,
-                              "CREATE TABLE users (id int8 PRIMARY KEY, "
-                              "name text, n int NOT NULL DEFAULT 0); "
-                              "CREATE TABLE orders (user_id int8, id int8, "
-                              "note text, PRIMARY KEY (user_id, id))")
-                      .ok());
-    }
+    auto config = shards_->WriteMoveConfig("mover.toml", kMapBody,
+                                           kUsersAndOrders);
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_path_ = *config;
     auto cluster = Cluster::OpenFile(config_path_);
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     for (int i = 1; i <= kUsers; i += 100) {
@@ -512,19 +509,10 @@ class MoverRangeTest : public ::testing::Test {
     auto started = TestCluster::Start(3);
     ASSERT_TRUE(started.ok()) << started.status();
     shards_ = *std::move(started);
-    ASSERT_TRUE(shards_->Query(0, "CREATE DATABASE movecat").ok());
-    config_path_ = shards_->WriteConfig(
-        "mover.toml", StrCat("[catalog]\ndsn = \"", shards_->dsn(0),
-                             " dbname=movecat\"\n", kRangeMapBody));
-    for (int s = 0; s < 3; ++s) {
-      ASSERT_TRUE(shards_
-                      ->Query(s,
-                              "CREATE TABLE users (id int8 PRIMARY KEY, "
-                              "name text, n int NOT NULL DEFAULT 0); "
-                              "CREATE TABLE orders (user_id int8, id int8, "
-                              "note text, PRIMARY KEY (user_id, id))")
-                      .ok());
-    }
+    auto config = shards_->WriteMoveConfig("mover.toml", kRangeMapBody,
+                                           kUsersAndOrders);
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_path_ = *config;
     auto cluster = Cluster::OpenFile(config_path_);
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     for (int i = 1; i <= kUsers; i += 100) {
@@ -786,16 +774,12 @@ TEST(MoverTextRangeTest, TextSliceIsHiddenAndCleanedUpByByteOrder) {
   auto started = TestCluster::Start(3);
   ASSERT_TRUE(started.ok()) << started.status();
   std::unique_ptr<TestCluster> shards = *std::move(started);
-  ASSERT_TRUE(shards->Query(0, "CREATE DATABASE movecat").ok());
-  const std::string config_path = shards->WriteConfig(
-      "mover.toml", StrCat("[catalog]\ndsn = \"", shards->dsn(0),
-                           " dbname=movecat\"\n", kTextMapBody));
-  for (int s = 0; s < 3; ++s) {
-    auto made = shards->Query(s,
-                              "CREATE TABLE words (k text COLLATE "
-                              "\"en-x-icu\" PRIMARY KEY, v int NOT NULL)");
-    ASSERT_TRUE(made.ok()) << made.status();
-  }
+  auto written = shards->WriteMoveConfig(
+      "mover.toml", kTextMapBody,
+      "CREATE TABLE words (k text COLLATE \"en-x-icu\" PRIMARY KEY, v int "
+      "NOT NULL)");
+  ASSERT_TRUE(written.ok()) << written.status();
+  const std::string config_path = *written;
   const std::vector<std::string> outside = {"Z", "a", "b'x"};
   const std::vector<std::string> inside = {"b'x\\y", "b'x\\z", "c", "l\\"};
   const std::vector<std::string> on_s2 = {"m", "n", "zz", "\xC3\xA9"};
@@ -891,19 +875,14 @@ TEST(MoverRegionTest, RegionIsHiddenAndCleanedUpByItsBytes) {
   auto started = TestCluster::Start(3);
   ASSERT_TRUE(started.ok()) << started.status();
   std::unique_ptr<TestCluster> shards = *std::move(started);
-  ASSERT_TRUE(shards->Query(0, "CREATE DATABASE movecat").ok());
-  const std::string config_path = shards->WriteConfig(
-      "mover.toml", StrCat("[catalog]\ndsn = \"", shards->dsn(0),
-                           " dbname=movecat\"\n", kRegionMapBody));
-  for (int s = 0; s < 3; ++s) {
-    auto made = shards->Query(
-        s,
-        "CREATE COLLATION anycase (provider = icu, locale = "
-        "'und-u-ks-level2', deterministic = false); "
-        "CREATE TABLE accounts (region text COLLATE anycase, id int8, "
-        "v int NOT NULL DEFAULT 0, PRIMARY KEY (region, id))");
-    ASSERT_TRUE(made.ok()) << made.status();
-  }
+  auto written = shards->WriteMoveConfig(
+      "mover.toml", kRegionMapBody,
+      "CREATE COLLATION anycase (provider = icu, locale = "
+      "'und-u-ks-level2', deterministic = false); "
+      "CREATE TABLE accounts (region text COLLATE anycase, id int8, "
+      "v int NOT NULL DEFAULT 0, PRIMARY KEY (region, id))");
+  ASSERT_TRUE(written.ok()) << written.status();
+  const std::string config_path = *written;
   auto cluster = Cluster::OpenFile(config_path);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   // eu: ids 1..30, EU: 101..120 (apart: the primary key cannot tell the

@@ -191,6 +191,20 @@ absl::StatusOr<std::vector<std::vector<std::string>>> TestCluster::Query(
   return QueryInstance(cluster_.instances.at(index), sql);
 }
 
+absl::StatusOr<std::string> TestCluster::WriteMoveConfig(
+    std::string_view name, std::string_view body,
+    const std::string& schema) const {
+  RETURN_IF_ERROR(Query(0, "CREATE DATABASE movecat").status());
+  const std::string path = WriteConfig(
+      name,
+      absl::StrCat("[catalog]\ndsn = \"", dsn(0), " dbname=movecat\"\n",
+                   absl::string_view(body.data(), body.size())));
+  if (!schema.empty()) {
+    for (int s = 0; s < size(); ++s) RETURN_IF_ERROR(Query(s, schema).status());
+  }
+  return path;
+}
+
 absl::StatusOr<std::string> TestCluster::ServerHashModule() const {
   // A copy in the cluster's directory, which the servers' user can read
   // (the build tree may sit where it cannot, e.g. under /root).

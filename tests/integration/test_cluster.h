@@ -81,6 +81,14 @@ class TestCluster {
   // test then fails on reading it.
   std::string WriteConfig(std::string_view name, std::string_view body) const;
 
+  // For online moves: creates the catalog database "movecat" on shard 0's
+  // server, writes DIR/<name> (WriteConfig) with a [catalog] naming it
+  // before `body`, and runs `schema` (if not empty) on every shard.
+  // Returns the configuration's path.
+  [[nodiscard]] absl::StatusOr<std::string> WriteMoveConfig(
+      std::string_view name, std::string_view body,
+      const std::string& schema) const;
+
   // Runs `sql` (one or more statements, simple query protocol) on shard
   // `index` with plain libpq, independently of shardkit: for test setup and
   // as the oracle. Returns the last statement's rows as text, SQL NULL as
