@@ -101,6 +101,23 @@ int64_t RowsToScan(const ShardEndpoint& source, const TableToMove& table,
       .value_or(0);
 }
 
+// For a move whose shards tell its slice apart by their hash functions
+// (MoveRecord::server_hash): OK while `session`'s shard still hashes as
+// the library does. Replaced or dropped since the move was prepared, the
+// slice's condition would copy, hide or delete the wrong rows: the phase
+// stops before it changes anything.
+absl::Status CheckStillHashing(const MoveRecord& move, KeyType type,
+                               MoveSession& session) {
+  if (!move.server_hash) return absl::OkStatus();
+  absl::Status usable = CheckServerHash(session, type);
+  if (usable.ok()) return usable;
+  return absl::FailedPreconditionError(StrCat(
+      "move ", move.id, " tells its slice apart by the shards' hash "
+      "functions, which no longer hash as this shardkit does (",
+      usable.message(), "); nothing was changed: run `shardctl hash "
+      "install`, then `shardctl moves resume ", move.id, "` (or abort)"));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Mover>> Mover::Open(Config config,
@@ -546,6 +563,7 @@ absl::Status Mover::Backfill(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
   ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
   const MoveSlice slice = SliceOf(sides, plan);
+  RETURN_IF_ERROR(CheckBothStillHashing(move, sides));
   ASSIGN_OR_RETURN(std::vector<TableProgress> progress,
                    journal_.Progress(move.id));
   for (const TableToMove& table : sides.tables) {
@@ -595,6 +613,7 @@ absl::Status Mover::Verify(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
   ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
   const MoveSlice slice = SliceOf(sides, plan);
+  RETURN_IF_ERROR(CheckBothStillHashing(move, sides));
   std::vector<std::string> failures;
   // A single statement's dual-write whose source rolled back after its
   // destination committed left a copy there (pending_copies.h): put the
@@ -648,6 +667,9 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
                    OpenSession(sides.source));
   ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> destination,
                    OpenSession(sides.destination));
+  for (MoveSession* session : {source.get(), destination.get()}) {
+    RETURN_IF_ERROR(CheckStillHashing(move, sides.key_type, *session));
+  }
   ASSIGN_OR_RETURN(std::vector<std::string> sequences,
                    SequencesOf(sides, *destination));
   RETURN_IF_ERROR(FindPendingCopies(*source, *destination, move.id,
@@ -752,6 +774,17 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
   return Phase(move, JournalPhase::kCleanup);
 }
 
+absl::Status Mover::CheckBothStillHashing(const MoveRecord& move,
+                                          const Sides& sides) {
+  if (!move.server_hash) return absl::OkStatus();
+  for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
+    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
+                     OpenSession(*shard));
+    RETURN_IF_ERROR(CheckStillHashing(move, sides.key_type, *session));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Mover::DeleteSliceRows(const MoveRecord& move,
                                     const Sides& sides,
                                     const ShardEndpoint& shard,
@@ -780,6 +813,7 @@ absl::Status Mover::DeleteRowsInCondition(const MoveRecord& move,
     ASSIGN_OR_RETURN(slice.to, ParseKeyBound(sides.key_type, move.to));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(shard));
+  RETURN_IF_ERROR(CheckStillHashing(move, sides.key_type, *session));
   RETURN_IF_ERROR(
       session->Run(StrCat("SET shardkit.epoch = ", epoch)).status());
   int64_t deleted = 0;

@@ -172,6 +172,11 @@ class Mover {
                                               std::string_view reason);
 
   absl::Status Prepare(const MoveRecord& move);
+  // For a move with server_hash: OK while both of its shards still hash
+  // keys as the library does; kFailedPrecondition saying what to do
+  // otherwise (checked before each phase that relies on it).
+  absl::Status CheckBothStillHashing(const MoveRecord& move,
+                                     const Sides& sides);
   absl::Status StartDualWrite(const MoveRecord& move);
   absl::Status Backfill(const MoveRecord& move);
   absl::Status Verify(const MoveRecord& move);

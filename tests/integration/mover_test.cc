@@ -245,6 +245,79 @@ TEST_F(MoverTest, HashesOnTheShardsOnlyWhenBothAgreeWithTheLibrary) {
   EXPECT_GT(Count(1, "SELECT count(*) FROM users"), 0);
 }
 
+// The shards' hash functions are checked again before each phase that
+// relies on them: replaced by one that hashes differently after the move
+// was prepared, the backfill stops before it copies anything, and says
+// what to do; installed again, the move resumes and finishes.
+TEST_F(MoverTest, StopsWhenTheShardsNoLongerHashAsPrepared) {
+  for (int s = 0; s < 3; ++s) {
+    absl::Status installed = shards_->InstallServerHash(s);
+    ASSERT_TRUE(installed.ok()) << installed;
+  }
+  auto config = LoadConfig(config_path_);
+  ASSERT_TRUE(config.ok()) << config.status();
+  internal::MoverOptions options;
+  options.chunk_rows = 170;
+  options.map_grace = absl::Milliseconds(100);
+  bool replaced = false;
+  options.log = [&](std::string_view line) {
+    if (!replaced && absl::EndsWith(absl::string_view(line.data(), line.size()),
+                                    ": backfill")) {
+      replaced = true;
+      EXPECT_TRUE(shards_
+                      ->Query(2,
+                              "CREATE OR REPLACE FUNCTION "
+                              "shardkit.hash_key_v1(int8) RETURNS int8 "
+                              "LANGUAGE sql IMMUTABLE AS 'SELECT $1'")
+                      .ok());
+    }
+  };
+  auto mover = internal::Mover::Open(*std::move(config), options);
+  ASSERT_TRUE(mover.ok()) << mover.status();
+  internal::MoveRequest request;
+  request.distribution = "users";
+  request.slice = "0x8000000000000000:0xc000000000000000";
+  request.destination = "s3";
+  auto move = (*mover)->Start(request);
+  ASSERT_TRUE(move.ok()) << move.status();
+  absl::Status stopped = (*mover)->Run(move->id);
+  ASSERT_TRUE(replaced);
+  EXPECT_EQ(stopped.code(), absl::StatusCode::kFailedPrecondition) << stopped;
+  EXPECT_NE(stopped.message().find("no longer hash as this shardkit does"),
+            std::string::npos)
+      << stopped;
+  EXPECT_NE(stopped.message().find(
+                StrCat("`shardctl moves resume ", move->id, "`")),
+            std::string::npos)
+      << stopped;
+  EXPECT_EQ(Count(2, "SELECT count(*) FROM users"), 0);  // nothing copied
+
+  absl::Status reinstalled = shards_->InstallServerHash(2);
+  ASSERT_TRUE(reinstalled.ok()) << reinstalled;
+  absl::Status resumed = (*mover)->Run(move->id);
+  ASSERT_TRUE(resumed.ok()) << resumed;
+  auto fresh = Cluster::OpenFile(config_path_);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  const ShardMap& map = *(*fresh)->map();
+  const Distribution& d = *map.FindDistribution("users");
+  int64_t total = 0;
+  for (int s = 0; s < 3; ++s) {
+    auto ids = shards_->Query(s, "SELECT id FROM users");
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    for (const auto& row : *ids) {
+      int64_t id = 0;
+      ASSERT_TRUE(absl::SimpleAtoi(row[0], &id));
+      auto placed = d.Place(Key::Integer(id));
+      ASSERT_TRUE(placed.ok()) << placed.status();
+      EXPECT_EQ(map.shard(placed->shard).name, StrCat("s", s + 1))
+          << "user " << id;
+    }
+    total += static_cast<int64_t>(ids->size());
+  }
+  EXPECT_EQ(total, kUsers);
+  EXPECT_GT(Count(2, "SELECT count(*) FROM users"), 0);
+}
+
 TEST_F(MoverTest, VerifyMismatchStopsTheMoveAndAbortRollsItBack) {
   // A row of the slice that s3 already holds with other values: the
   // backfill keeps it (it could be a newer dual-write), so verify finds it.
