@@ -50,10 +50,7 @@ void RunHash(const HashArgs& args, CommandContext& ctx) {
     } else if (args.install) {
       done = internal::InstallServerHash(**session, args.module);
     } else {
-      for (KeyType type : {KeyType::kInt8, KeyType::kText, KeyType::kUuid}) {
-        done = internal::CheckServerHash(**session, type);
-        if (!done.ok()) break;
-      }
+      done = internal::CheckServerHashOfEveryType(**session);
     }
     if (!done.ok()) ++failed;
     const std::string result =

@@ -105,10 +105,9 @@ class Backfill {
   std::string condition_;  // the range/region filter, or empty
   // The slice keeps key lists (hash slices; shard_objects.h).
   bool lists_keys_ = false;
-  // The pace's account (BackfillOptions::max_rows_per_second): rows of
-  // the chunks committed since started_.
+  // When Run started: the pace (BackfillOptions::max_rows_per_second) is
+  // the rows of the chunks committed since, over the time since.
   absl::Time started_;
-  int64_t scanned_ = 0;
   // Rows per chunk: options_.chunk_rows, halved after a chunk gave way to
   // the application's writes (see Run) so that a busy table still moves.
   int64_t chunk_rows_ = 0;
@@ -395,9 +394,9 @@ absl::Status Backfill::CopyChunks(
     if (last) return absl::OkStatus();
     current = 1 - current;
     if (!ahead) {
-      scanned_ += chunk.stats.rows_scanned;
       if (paced) {
-        absl::SleepFor(PaceDelay(scanned_, options_.max_rows_per_second,
+        absl::SleepFor(PaceDelay(total.rows_scanned,
+                                 options_.max_rows_per_second,
                                  absl::Now() - started_));
       }
       RETURN_IF_ERROR(

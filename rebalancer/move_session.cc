@@ -249,25 +249,10 @@ absl::Status MoveSession::StartCopyIn(std::string_view sql,
 absl::Status MoveSession::PutCopyData(std::string_view data,
                                       std::string_view context) {
   // libpq buffers what it is given and flushes in its own blocks; pieces of
-  // 1 MiB keep a call's cost per byte low without one huge send buffer.
-  constexpr size_t kPiece = 1 << 20;
-  for (size_t at = 0; at < data.size(); at += kPiece) {
-    const size_t n = std::min(kPiece, data.size() - at);
-    if (PQputCopyData(conn_, data.data() + at, static_cast<int>(n)) != 1) {
-      return Error("COPY FROM", context);
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status MoveSession::QueueCopyData(std::string_view data,
-                                        std::string_view context) {
-  if (!PQisnonblocking(conn_) && PQsetnonblocking(conn_, 1) != 0) {
-    return Error("COPY FROM", context);
-  }
-  // In messages of at most 1 MiB (the server refuses one over 1 GiB);
-  // nonblocking, libpq grows its buffer to take them all, and says 0 only
-  // when it cannot: then wait until the server has taken some.
+  // 1 MiB keep a call's cost per byte low without one huge send buffer
+  // (and the server refuses a message over 1 GiB). Nonblocking (after
+  // QueueCopyData), libpq grows its buffer to take them all, and says 0
+  // only when it cannot: then wait until the server has taken some.
   constexpr size_t kPiece = 1 << 20;
   for (size_t at = 0; at < data.size();) {
     const size_t n = std::min(kPiece, data.size() - at);
@@ -279,6 +264,15 @@ absl::Status MoveSession::QueueCopyData(std::string_view data,
     }
     at += n;
   }
+  return absl::OkStatus();
+}
+
+absl::Status MoveSession::QueueCopyData(std::string_view data,
+                                        std::string_view context) {
+  if (!PQisnonblocking(conn_) && PQsetnonblocking(conn_, 1) != 0) {
+    return Error("COPY FROM", context);
+  }
+  RETURN_IF_ERROR(PutCopyData(data, context));
   return FlushCopyData(context);
 }
 
@@ -302,10 +296,10 @@ absl::Status MoveSession::FinishCopyData(std::string_view context) {
   if (!PQisnonblocking(conn_)) return absl::OkStatus();
   // Bounded like a statement: a server that stops reading (and says
   // nothing) does not keep the caller, and the rows it holds, waiting.
-  const absl::Time deadline =
-      absl::Now() + (statement_timeout_ > absl::ZeroDuration()
-                         ? statement_timeout_
-                         : absl::Minutes(5));
+  const absl::Duration bound = statement_timeout_ > absl::ZeroDuration()
+                                   ? statement_timeout_
+                                   : absl::Minutes(5);
+  const absl::Time deadline = absl::Now() + bound;
   while (true) {
     const int flushed = PQflush(conn_);
     if (flushed < 0) return Error("COPY FROM", context);
@@ -313,7 +307,7 @@ absl::Status MoveSession::FinishCopyData(std::string_view context) {
     if (absl::Now() > deadline) {
       return absl::DeadlineExceededError(StrCat(
           "shard ", shard_name_, ": the server took no more COPY data for ",
-          absl::FormatDuration(statement_timeout_), Suffix(context)));
+          absl::FormatDuration(bound), Suffix(context)));
     }
     // The server reads slower than we queued: wait until it takes more
     // (or says something, which PQflush reads, so it never stalls on us).

@@ -319,33 +319,19 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
   ASSIGN_OR_RETURN(Sides sides, SidesOf(move));
   ASSIGN_OR_RETURN(PlannedMove plan, Replan(move, sides.live));
   const MoveSlice slice = SliceOf(sides, plan);
-  // A hash slice: keys lists, unless both shards hash keys themselves.
-  bool server_hash = false;
-  std::string without;  // why not
-  if (sides.strategy == Strategy::kHash) {
-    server_hash = options_.use_server_hash;
-    if (!server_hash) without = "turned off (MoverOptions::use_server_hash)";
-    for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
-      if (!server_hash) break;
-      ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session,
-                       OpenSession(*shard));
+  // A hash slice keeps key lists unless both shards hash keys themselves.
+  const bool hash = sides.strategy == Strategy::kHash;
+  bool server_hash = hash && options_.use_server_hash;
+  std::string without = "turned off (MoverOptions::use_server_hash)";
+  for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
+    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(*shard));
+    if (server_hash) {
       absl::Status usable = CheckServerHash(*session, sides.key_type);
       if (!usable.ok()) {
         server_hash = false;
         without = std::string(usable.message());
       }
     }
-    RETURN_IF_ERROR(journal_.SetServerHash(move.id, server_hash));
-    const std::string decided =
-        server_hash
-            ? std::string("the shards hash keys themselves: the slice keeps "
-                          "no key lists")
-            : StrCat("the slice keeps key lists (slower): ", without);
-    Log(StrCat("move ", move.id, ": ", decided));
-    journal_.Event(move.id, decided).IgnoreError();
-  }
-  for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
-    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(*shard));
     RETURN_IF_ERROR(session->Run(InstallFenceFunctionSql(),
                                  "installing the epoch fence").status());
     for (const TableToMove& table : sides.tables) {
@@ -358,6 +344,16 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
     // in the pending table (a range or region slice leaves the keys table
     // empty).
     RETURN_IF_ERROR(EnsureMoveKeysTable(*session, slice));
+  }
+  if (hash) {
+    RETURN_IF_ERROR(journal_.SetServerHash(move.id, server_hash));
+    const std::string decided =
+        server_hash
+            ? std::string("the shards hash keys themselves: the slice keeps "
+                          "no key lists")
+            : StrCat("the slice keeps key lists (slower): ", without);
+    Log(StrCat("move ", move.id, ": ", decided));
+    journal_.Event(move.id, decided).IgnoreError();
   }
   return Phase(move, JournalPhase::kDualWrite);
 }

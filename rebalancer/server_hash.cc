@@ -30,33 +30,24 @@ std::vector<std::string> Samples(KeyType type) {
   return {};
 }
 
-// The function's argument type for keys of `type` (int2 and int4 keys are
-// hashed as 64-bit integers: key.h).
-std::string_view ArgumentType(KeyType type) {
-  switch (type) {
-    case KeyType::kText:
-      return "text";
-    case KeyType::kUuid:
-      return "uuid";
-    default:
-      return "int8";
-  }
+// The key type whose function hashes keys of `type`: int2 and int4 keys
+// are hashed as 64-bit integers (key.h).
+KeyType HashedAs(KeyType type) {
+  return type == KeyType::kInt2 || type == KeyType::kInt4 ? KeyType::kInt8
+                                                          : type;
 }
 
 }  // namespace
 
 absl::Status CheckServerHash(MoveSession& session, KeyType type) {
   const std::vector<std::string> samples = Samples(type);
-  std::vector<std::string> casts;
+  const std::string_view argument = KeySqlType(HashedAs(type));
   std::vector<std::optional<std::string>> params;
-  for (size_t i = 0; i < samples.size(); ++i) {
-    casts.push_back(StrCat(kServerHashFunction, "($", i + 1, "::",
-                           ArgumentType(type), ")::text"));
-    params.push_back(samples[i]);
-  }
   std::string sql = "SELECT ";
-  for (size_t i = 0; i < casts.size(); ++i) {
-    StrAppend(&sql, i ? ", " : "", casts[i]);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    StrAppend(&sql, i ? ", " : "", kServerHashFunction, "($", i + 1, "::",
+              argument, ")::text");
+    params.push_back(samples[i]);
   }
   absl::StatusOr<std::vector<MoveSession::Row>> rows =
       session.Query(sql, params, "checking shardkit's hash functions");
@@ -67,8 +58,7 @@ absl::Status CheckServerHash(MoveSession& session, KeyType type) {
         "); `shardctl hash install` creates shardkit's hash functions"));
   }
   for (size_t i = 0; i < samples.size(); ++i) {
-    absl::StatusOr<Key> key = Key::Parse(
-        ArgumentType(type) == "int8" ? KeyType::kInt8 : type, samples[i]);
+    absl::StatusOr<Key> key = Key::Parse(HashedAs(type), samples[i]);
     if (!key.ok()) return key.status();
     const uint64_t want = HashKey(*key) ^ (uint64_t{1} << 63);
     int64_t got = 0;
@@ -77,7 +67,7 @@ absl::Status CheckServerHash(MoveSession& session, KeyType type) {
         static_cast<uint64_t>(got) != want) {
       return absl::FailedPreconditionError(StrCat(
           "shard ", session.shard_name(), ": ", kServerHashFunction, "(",
-          ArgumentType(type), ") hashes '", samples[i], "' to ",
+          argument, ") hashes '", samples[i], "' to ",
           value.value_or("NULL"), ", not ", static_cast<int64_t>(want),
           " as this shardkit does; install the shardkit_pg module of this "
           "version (`shardctl hash install`)"));
@@ -98,6 +88,10 @@ absl::Status InstallServerHash(MoveSession& session,
         "`pg_config --pkglibdir` prints and use $libdir/shardkit_pg), and "
         "creating C functions needs a superuser"));
   }
+  return CheckServerHashOfEveryType(session);
+}
+
+absl::Status CheckServerHashOfEveryType(MoveSession& session) {
   for (KeyType type : {KeyType::kInt8, KeyType::kText, KeyType::kUuid}) {
     RETURN_IF_ERROR(CheckServerHash(session, type));
   }

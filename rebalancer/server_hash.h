@@ -43,6 +43,9 @@ inline constexpr std::string_view kServerHashModule = "$libdir/shardkit_pg";
 [[nodiscard]] absl::Status CheckServerHash(MoveSession& session,
                                            KeyType type);
 
+// CheckServerHash for each function (int8, text, uuid).
+[[nodiscard]] absl::Status CheckServerHashOfEveryType(MoveSession& session);
+
 }  // namespace shardkit::internal
 
 #endif  // SHARDKIT_REBALANCER_SERVER_HASH_H_

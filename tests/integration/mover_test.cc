@@ -93,6 +93,30 @@ class MoverTest : public ::testing::Test {
     return n;
   }
 
+  // Each of the kUsers users is on exactly one shard, the one the live
+  // map places it on.
+  void ExpectUsersOnTheirOwners() {
+    auto fresh = Cluster::OpenFile(config_path_);
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    const ShardMap& map = *(*fresh)->map();
+    const Distribution& d = *map.FindDistribution("users");
+    int64_t total = 0;
+    for (int s = 0; s < 3; ++s) {
+      auto ids = shards_->Query(s, "SELECT id FROM users");
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      for (const auto& row : *ids) {
+        int64_t id = 0;
+        ASSERT_TRUE(absl::SimpleAtoi(row[0], &id));
+        auto placed = d.Place(Key::Integer(id));
+        ASSERT_TRUE(placed.ok()) << placed.status();
+        EXPECT_EQ(map.shard(placed->shard).name, StrCat("s", s + 1))
+            << "user " << id;
+      }
+      total += static_cast<int64_t>(ids->size());
+    }
+    EXPECT_EQ(total, kUsers);
+  }
+
   absl::StatusOr<std::unique_ptr<internal::Mover>> OpenMover() {
     ASSIGN_OR_RETURN(Config config, LoadConfig(config_path_));
     internal::MoverOptions options;
@@ -219,28 +243,12 @@ TEST_F(MoverTest, HashesOnTheShardsOnlyWhenBothAgreeWithTheLibrary) {
 
   // Each shard holds exactly the users (and their orders) the final map
   // places there: s3 got both slices, s2 kept the rest of its half.
-  auto fresh = Cluster::OpenFile(config_path_);
-  ASSERT_TRUE(fresh.ok()) << fresh.status();
-  const ShardMap& map = *(*fresh)->map();
-  int64_t total = 0;
+  ExpectUsersOnTheirOwners();
   for (int s = 0; s < 3; ++s) {
-    auto ids = shards_->Query(s, "SELECT id FROM users");
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    for (const auto& row : *ids) {
-      int64_t id = 0;
-      ASSERT_TRUE(absl::SimpleAtoi(row[0], &id));
-      const Distribution& d = *map.FindDistribution("users");
-      auto placed = d.Place(Key::Integer(id));
-      ASSERT_TRUE(placed.ok()) << placed.status();
-      EXPECT_EQ(map.shard(placed->shard).name, StrCat("s", s + 1))
-          << "user " << id;
-    }
-    total += static_cast<int64_t>(ids->size());
     EXPECT_EQ(Count(s, "SELECT count(*) FROM orders o WHERE NOT EXISTS "
                        "(SELECT 1 FROM users u WHERE u.id = o.user_id)"),
               0);
   }
-  EXPECT_EQ(total, kUsers);
   EXPECT_GT(Count(2, "SELECT count(*) FROM users"), 0);
   EXPECT_GT(Count(1, "SELECT count(*) FROM users"), 0);
 }
@@ -296,25 +304,7 @@ TEST_F(MoverTest, StopsWhenTheShardsNoLongerHashAsPrepared) {
   ASSERT_TRUE(reinstalled.ok()) << reinstalled;
   absl::Status resumed = (*mover)->Run(move->id);
   ASSERT_TRUE(resumed.ok()) << resumed;
-  auto fresh = Cluster::OpenFile(config_path_);
-  ASSERT_TRUE(fresh.ok()) << fresh.status();
-  const ShardMap& map = *(*fresh)->map();
-  const Distribution& d = *map.FindDistribution("users");
-  int64_t total = 0;
-  for (int s = 0; s < 3; ++s) {
-    auto ids = shards_->Query(s, "SELECT id FROM users");
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    for (const auto& row : *ids) {
-      int64_t id = 0;
-      ASSERT_TRUE(absl::SimpleAtoi(row[0], &id));
-      auto placed = d.Place(Key::Integer(id));
-      ASSERT_TRUE(placed.ok()) << placed.status();
-      EXPECT_EQ(map.shard(placed->shard).name, StrCat("s", s + 1))
-          << "user " << id;
-    }
-    total += static_cast<int64_t>(ids->size());
-  }
-  EXPECT_EQ(total, kUsers);
+  ExpectUsersOnTheirOwners();
   EXPECT_GT(Count(2, "SELECT count(*) FROM users"), 0);
 }
 
