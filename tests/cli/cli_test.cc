@@ -344,6 +344,12 @@ TEST_F(CliTest, MoveCommandsHelpAndUsageErrors) {
   ExpectOneLineError(Shardctl({"moves"}), 2, "A subcommand is required");
   ExpectOneLineError(Shardctl({"rebalance", "-c", kExample, "--by", "cpu"}),
                      2, "--by");
+  ExpectOneLineError(
+      Shardctl({"move", "-c", kExample, "--distribution", "users", "--slice",
+                ":0x10", "--to", "s2", "--max-rate", "0"}),
+      2, "--max-rate: Value 0 not in range 1 to 1000000000");
+  ExpectOneLineError(Shardctl({"hash"}), 2,
+                     "A subcommand is required (see 'shardctl hash --help')");
 
   // Without a [catalog] there is no live map to move in: each says so.
   const std::string no_catalog = ExampleWithoutCatalog();

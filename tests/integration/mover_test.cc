@@ -241,8 +241,33 @@ TEST_F(MoverTest, HashesOnTheShardsOnlyWhenBothAgreeWithTheLibrary) {
   EXPECT_EQ(second->phase, internal::JournalPhase::kDone);
   EXPECT_TRUE(second->server_hash);
 
+  // Turned off (shardctl --key-lists), the move keeps lists and says why.
+  auto config = LoadConfig(config_path_);
+  ASSERT_TRUE(config.ok()) << config.status();
+  internal::MoverOptions with_lists = (*mover)->options();
+  with_lists.use_server_hash = false;
+  auto lists_mover = internal::Mover::Open(*std::move(config), with_lists);
+  ASSERT_TRUE(lists_mover.ok()) << lists_mover.status();
+  internal::MoveRequest request;
+  request.distribution = "users";
+  request.slice = "0x0000000000000000:0x1000000000000000";  // s1's
+  request.destination = "s3";
+  auto third = (*lists_mover)->Start(request);
+  ASSERT_TRUE(third.ok()) << third.status();
+  ASSERT_TRUE((*lists_mover)->Run(third->id).ok());
+  auto turned_off = (*lists_mover)->journal().Get(third->id);
+  ASSERT_TRUE(turned_off.ok());
+  EXPECT_FALSE(turned_off->server_hash);
+  auto said = (*lists_mover)->journal().Events(third->id);
+  ASSERT_TRUE(said.ok());
+  EXPECT_NE(absl::StrJoin(*said, "\n").find(
+                "key lists (slower): turned off "
+                "(MoverOptions::use_server_hash)"),
+            std::string::npos)
+      << absl::StrJoin(*said, "\n");
+
   // Each shard holds exactly the users (and their orders) the final map
-  // places there: s3 got both slices, s2 kept the rest of its half.
+  // places there: s3 got all three slices, s1 and s2 kept the rest.
   ExpectUsersOnTheirOwners();
   for (int s = 0; s < 3; ++s) {
     EXPECT_EQ(Count(s, "SELECT count(*) FROM orders o WHERE NOT EXISTS "
