@@ -4,15 +4,15 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include <cerrno>
-
 #include <algorithm>
+#include <cerrno>
 #include <memory>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "rebalancer/shard_objects.h"
 #include "router/copy_writer.h"
 #include "router/shard_connection.h"
 #include "shardkit/shard_map.h"
@@ -85,7 +85,9 @@ absl::StatusOr<std::unique_ptr<MoveSession>> MoveSession::Open(
   const std::string setup = StrCat(
       "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, MDY'; "
       "SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; "
-      "SET extra_float_digits = 1; SET bytea_output = 'hex'; "
+      "SET extra_float_digits = 1; SET bytea_output = 'hex'; SET ",
+      kMoverSetting,
+      " = 'on'; "
       "SET statement_timeout = ",
       absl::ToInt64Milliseconds(statement_timeout));
   absl::StatusOr<std::vector<int64_t>> set =

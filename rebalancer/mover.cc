@@ -336,8 +336,15 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
                                  "installing the epoch fence").status());
     for (const TableToMove& table : sides.tables) {
       RETURN_IF_ERROR(
-          session->Run(InstallFenceTriggerSql(QuoteQualifiedName(table.name)),
-                       StrCat("installing the epoch fence on ", table.name))
+          session
+              ->Run(
+                  StrCat(
+                      InstallFenceTriggerSql(QuoteQualifiedName(table.name)),
+                      "; ",
+                      AddWriteGuardSql(session->Literal(table.name), move.id)),
+                  StrCat("installing the epoch fence and the write "
+                         "guard on ",
+                         table.name))
               .status());
     }
     // Every strategy: a single statement's dual-write records its copies
@@ -766,6 +773,18 @@ absl::Status Mover::Cutover(const MoveRecord& move) {
         "` tries again"));
   }
   RETURN_IF_ERROR(journal_.MarkPointOfNoReturn(move.id));
+  // The destination owns the slice: nothing is dual-written any more, so
+  // writes the router did not route may go to either side again. (If this
+  // fails, the cleanup's end removes the guards.)
+  for (MoveSession* session : {source.get(), destination.get()}) {
+    absl::Status released =
+        session->Run(RemoveWriteGuardsSql(move.id), "removing the write guard")
+            .status();
+    if (!released.ok()) {
+      Log(StrCat("move ", move.id, ": ", released.message(),
+                 " (removed again at the end of the cleanup)"));
+    }
+  }
   Failpoint("move-after-cutover");
   return Phase(move, JournalPhase::kCleanup);
 }
@@ -910,12 +929,14 @@ absl::Status Mover::DeleteListedRows(const MoveRecord& move,
 absl::Status Mover::DropKeysTables(const MoveRecord& move, const Sides& sides) {
   for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
     ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(*shard));
-    RETURN_IF_ERROR(session
-                        ->Run(StrCat("DROP TABLE IF EXISTS ",
-                                     MoveKeysTable(move.id), ", ",
-                                     MovePendingTable(move.id)),
-                              "dropping the move's keys table")
-                        .status());
+    RETURN_IF_ERROR(
+        session
+            ->Run(StrCat("DROP TABLE IF EXISTS ", MoveKeysTable(move.id), ", ",
+                         MovePendingTable(move.id), "; ",
+                         RemoveWriteGuardsSql(move.id)),
+                  "dropping the move's keys table and write "
+                  "guards")
+            .status());
   }
   return absl::OkStatus();
 }

@@ -235,6 +235,8 @@ class Mover {
                                      const Sides& sides,
                                      const ShardEndpoint& shard,
                                      uint64_t epoch);
+  // Drops the move's keys and pending tables and removes its write guards
+  // on both shards (the end of a cleanup or an abort).
   absl::Status DropKeysTables(const MoveRecord& move, const Sides& sides);
 
   const Config config_;

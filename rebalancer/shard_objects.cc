@@ -134,6 +134,14 @@ CREATE TABLE IF NOT EXISTS shardkit.fences (
   table_name text PRIMARY KEY,
   min_epoch int8 NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shardkit.write_guards (
+  table_name text NOT NULL,
+  move_id int8 NOT NULL,
+  PRIMARY KEY (table_name, move_id)
+);
+CREATE OR REPLACE FUNCTION shardkit.write_mark(written text)
+RETURNS text LANGUAGE sql IMMUTABLE AS
+$mark$ SELECT '/* shardkit writes ' || translate(written, '*/', '__') || ' */ ' $mark$;
 CREATE OR REPLACE FUNCTION shardkit.fence_sequence(fenced text)
 RETURNS text LANGUAGE sql IMMUTABLE AS
 $seq$ SELECT 'shardkit.' || quote_ident('fence_' || md5(fenced)) $seq$;
@@ -160,6 +168,8 @@ DECLARE
   required int8;
   sequence regclass := to_regclass(shardkit.fence_sequence(fenced));
   setting text := nullif(current_setting('shardkit.epoch', true), '');
+  guarding int8;
+  statement text;
 BEGIN
   SELECT min_epoch INTO required FROM shardkit.fences
    WHERE table_name = fenced;
@@ -179,10 +189,62 @@ BEGIN
       HINT = 'refresh the shard map from the catalog and retry the '
              'statement (shardkit clients do so on their own)';
   END IF;
+  -- The write guard (see "Write guard" in the header): a write of a table
+  -- under a move that its router did not route as one.
+  statement := coalesce(current_query(), '');
+  IF pg_trigger_depth() = 1 AND
+     NOT starts_with(statement, shardkit.write_mark(fenced)) AND
+     current_setting('shardkit.mover', true) IS DISTINCT FROM 'on' THEN
+    SELECT min(move_id) INTO guarding FROM shardkit.write_guards
+     WHERE table_name = fenced;
+    IF guarding IS NOT NULL THEN
+      RAISE EXCEPTION USING
+        ERRCODE = '55000',
+        MESSAGE = format('table %s is under move %s, which copies only the '
+                         'writes shardkit routes as writes of it; this one '
+                         'comes from a function, a rule or a client that '
+                         'shardkit did not route as such (statement: %s)',
+                         fenced, guarding, left(statement, 200)),
+        HINT = format('write the table with INSERT, UPDATE or DELETE '
+                      'statements through shardkit, or wait until the move '
+                      'has finished (shardctl moves status %s)', guarding);
+    END IF;
+  END IF;
   RETURN NULL;
 END
 $fence$;
 )sql";
+}
+
+std::string WriteMark(std::string_view table) {
+  std::string out = "/* shardkit writes ";
+  for (char c : table) out += (c == '*' || c == '/') ? '_' : c;
+  out += " */ ";
+  return out;
+}
+
+std::string_view LeadingWriteMark(std::string_view sql) {
+  constexpr std::string_view kStart = "/* shardkit writes ";
+  if (sql.substr(0, kStart.size()) != kStart) return {};
+  const size_t end = sql.find(" */ ", kStart.size());
+  return end == std::string_view::npos ? std::string_view()
+                                       : sql.substr(0, end + 4);
+}
+
+std::string AddWriteGuardSql(std::string_view table_literal, uint64_t move_id) {
+  return StrCat(
+      "INSERT INTO shardkit.write_guards (table_name, move_id) "
+      "VALUES (",
+      table_literal, ", ", move_id, ") ON CONFLICT DO NOTHING");
+}
+
+std::string RemoveWriteGuardsSql(uint64_t move_id) {
+  // A shard prepared by a shardkit without guards has no table for them.
+  return StrCat(
+      "DO $guards$ BEGIN IF to_regclass('shardkit.write_guards') "
+      "IS NOT NULL THEN DELETE FROM shardkit.write_guards WHERE "
+      "move_id = ",
+      move_id, "; END IF; END $guards$");
 }
 
 std::string InstallFenceTriggerSql(std::string_view quoted_table) {

@@ -26,9 +26,9 @@
 // takes the greater. A sequence is read as it is now, not through the
 // transaction's snapshot: a REPEATABLE READ or SERIALIZABLE transaction
 // whose snapshot predates the fence still sees it (the fences table alone
-// would show it the older value). So once the fence for epoch E is committed, no write
-// routed by a map older than E can land on that table: a router learns it
-// from the error, refreshes its map (LiveMap::Refresh), sets its
+// would show it the older value). So once the fence for epoch E is committed,
+// no write routed by a map older than E can land on that table: a router learns
+// it from the error, refreshes its map (LiveMap::Refresh), sets its
 // connections' epoch, and retries the statement. Inside a transaction it
 // does so when the statement was the transaction's first on every shard
 // it ran on (rolling back those parts first) and the transaction holds
@@ -132,6 +132,33 @@
 // while it waits for the newer map (it rolls back its parts on every
 // shard first), so the cutover does not wait for it.
 //
+// ## Write guard (from the plan until the cutover)
+//
+// The router dual-writes what it sees as a write of a table: an INSERT,
+// UPDATE or DELETE it routed. A write the shard makes on its own inside a
+// statement the router saw as something else (a function called by a
+// SELECT, a rule, a data-modifying function in an UPDATE of another
+// table) would reach one side only: lost on the destination at the
+// cutover, or changing a hidden copy. So every write statement the library
+// sends to a table of the map starts with the comment WriteMark(table)
+// ("/* shardkit writes <table> */ "), and while a move is being prepared
+// and dual-written, each of its two shards holds, per table,
+//
+//   shardkit.write_guards (table_name text, move_id int8,
+//                          PRIMARY KEY (table_name, move_id))
+//
+// The fence trigger then refuses (SQLSTATE 55000, kMoveUnderWaySqlState)
+// a write of a guarded table made at trigger depth 1 (by the client's
+// statement itself, or a function or rule it called: not by a trigger,
+// whose writes are repeated on the destination when the row is applied
+// there, nor by a foreign key's cascade) unless the client's statement
+// (current_query()) starts with the table's mark, or the session is the
+// mover's (kMoverSetting = on). The mover adds the rows when it prepares a
+// move and removes them once the cutover is published (the destination
+// owns the slice then: nothing is dual-written) or the move is aborted.
+// A write of an unguarded table is never checked, and a marked one costs
+// a string comparison.
+//
 // ## Backfill
 //
 // Chunks in primary-key order. Each chunk: on the source, in a transaction,
@@ -165,6 +192,25 @@ inline constexpr std::string_view kStaleEpochSqlState = "SK001";
 
 // The session setting that carries a connection's map epoch.
 inline constexpr std::string_view kEpochSetting = "shardkit.epoch";
+
+// The session setting the mover's sessions set to "on": their writes of a
+// guarded table pass the write guard (see "Write guard").
+inline constexpr std::string_view kMoverSetting = "shardkit.mover";
+
+// The comment that starts every write statement the library sends to
+// `table` (its name in the shard map): "/* shardkit writes <table> */ ",
+// with '*' and '/' of the name read as '_'. See "Write guard".
+std::string WriteMark(std::string_view table);
+
+// The WriteMark `sql` starts with, or "" when it starts with none.
+std::string_view LeadingWriteMark(std::string_view sql);
+
+// Guards `table_literal` (the table's map name as an SQL string literal)
+// for move `move_id` on the shard it runs on (idempotent).
+std::string AddWriteGuardSql(std::string_view table_literal, uint64_t move_id);
+
+// Removes move `move_id`'s write guards from the shard it runs on.
+std::string RemoveWriteGuardsSql(uint64_t move_id);
 
 // "shardkit.move_<id>_keys".
 std::string MoveKeysTable(uint64_t move_id);
@@ -222,7 +268,9 @@ std::string SliceConditionSql(Strategy strategy, KeyType key_type,
                               std::string_view region,
                               std::string_view column);
 
-// Creates (idempotently) shardkit.fences, shardkit.check_epoch() and
+// Creates (idempotently) shardkit.fences, shardkit.write_guards,
+// shardkit.check_epoch() (the fence and the write guard),
+// shardkit.write_mark(table_name text) and
 // shardkit.raise_fence(table_name text, epoch int8).
 std::string InstallFenceFunctionSql();
 

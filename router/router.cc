@@ -17,6 +17,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "rebalancer/shard_objects.h"
 #include "router/hiding.h"
 #include "router/merge.h"
 #include "router/move_guard.h"
@@ -567,6 +568,17 @@ absl::Status PlanDualWrite(Router& router, const ShardMap& map,
   return absl::OkStatus();
 }
 
+// Starts every task of a write of a sharded table with the table's
+// WriteMark, by which the write guard of a table under a move tells the
+// writes the router routed (and dual-writes) from those it did not see
+// (rebalancer/shard_objects.h, "Write guard"). After PlanDualWrite, whose
+// rewrite would drop the comment.
+void MarkWrites(const Router::Plan& plan, Router::Prepared& out) {
+  if (plan.write_table == nullptr) return;
+  const std::string mark = WriteMark(plan.write_table->name);
+  for (ShardTask& task : out.tasks) task.sql.insert(0, mark);
+}
+
 // Takes the row images off the results of the dual-write's source tasks
 // (Prepared::DualWrite), leaving what the user's statement returns.
 absl::Status TakeImages(Router::Prepared::DualWrite& dual,
@@ -746,6 +758,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     for (ShardTask& task : out.tasks) task.epoch = map->epoch();
     RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
     RETURN_IF_ERROR(PlanDualWrite(*this, *map, params, out));
+    MarkWrites(plan, out);
     return out;
   }
   ASSIGN_OR_RETURN(std::vector<ShardId> targets,
@@ -790,6 +803,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
   }
   RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
   RETURN_IF_ERROR(PlanDualWrite(*this, *map, params, out));
+  MarkWrites(plan, out);
   return out;
 }
 

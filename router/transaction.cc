@@ -469,7 +469,8 @@ absl::StatusOr<Result> DistributedTransaction::Run(Router::Prepared prepared,
     if (without_params) {
       for (ShardTask& task : prepared.tasks) {
         if (!joins(task)) continue;
-        task.sql = StrCat("BEGIN; ", task.sql);
+        // A write's mark stays first, where the write guard reads it.
+        task.sql = StrCat(LeadingWriteMark(task.sql), "BEGIN; ", task.sql);
         task.prepare = false;  // two statements now
       }
     } else if (prepared.combine == Router::Combining::kConcat) {
@@ -727,9 +728,11 @@ absl::Status DistributedTransaction::ApplyDualWrite(
                               : StrCat("UPDATE SET ",
                                        absl::StrJoin(updates, ", ")));
         }
-        task.sql = with.empty()
-                       ? std::move(main)
-                       : StrCat("WITH ", absl::StrJoin(with, ", "), " ", main);
+        // Marked as the router's write of the table (the destination's
+        // write guard lets it pass).
+        task.sql = with.empty() ? StrCat(WriteMark(table.name), main)
+                                : StrCat(WriteMark(table.name), "WITH ",
+                                         absl::StrJoin(with, ", "), " ", main);
         // Deferred to the destination's next round trip (see Participant::
         // pending).
         // Prepared: the same statement comes with every such write.

@@ -333,6 +333,121 @@ TEST_F(MoverTest, StopsWhenTheShardsNoLongerHashAsPrepared) {
   EXPECT_GT(Count(2, "SELECT count(*) FROM users"), 0);
 }
 
+// The write guard (rebalancer/shard_objects.h): from the plan until the
+// cutover, a write of a moving table that the router did not route as one
+// (here: a function called by a SELECT) is refused on both of the move's
+// shards, with a message that says what to do; other shards, and the
+// router's own writes, are not affected; once cut over the function
+// writes again, on the new owner.
+TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
+  const std::string bump =
+      "CREATE FUNCTION bump(k int8) RETURNS int8 LANGUAGE sql AS "
+      "'UPDATE users SET n = n + 1 WHERE id = k RETURNING n'";
+  // A trigger's writes pass: the trigger runs on the destination too when
+  // the router applies the row there.
+  const std::string touch =
+      "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+      "UPDATE users SET name = name WHERE id = NEW.user_id; RETURN NULL; "
+      "END $$; CREATE TRIGGER touch AFTER UPDATE ON orders FOR EACH ROW "
+      "EXECUTE FUNCTION touch()";
+  for (int s = 0; s < 3; ++s) {
+    ASSERT_TRUE(shards_->Query(s, bump).ok());
+    ASSERT_TRUE(shards_->Query(s, touch).ok());
+  }
+  auto cluster = Cluster::OpenFile(config_path_);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const Distribution& users = *(*cluster)->map()->FindDistribution("users");
+  int64_t moving = 0, staying = 0;  // users of s2 (the slice) and of s1
+  for (int64_t id = 1; moving == 0 || staying == 0; ++id) {
+    const ShardId owner = users.Place(Key::Integer(id))->shard;
+    (owner == 1 ? moving : staying) = id;
+  }
+  const std::string moving_text = std::to_string(moving);
+  const std::string staying_text = std::to_string(staying);
+
+  auto config = LoadConfig(config_path_);
+  ASSERT_TRUE(config.ok()) << config.status();
+  internal::MoverOptions options;
+  options.chunk_rows = 170;
+  options.map_grace = absl::Milliseconds(100);
+  absl::Status in_dual_write, on_destination, after_cutover;
+  int64_t staying_bumps = 0;
+  options.log = [&](std::string_view line) {
+    const absl::string_view l(line.data(), line.size());
+    if (absl::EndsWith(l, ": backfill")) {
+      in_dual_write = (*cluster)
+                          ->Execute("SELECT bump(id) FROM users WHERE id = $1",
+                                    {moving_text})
+                          .status();
+      staying_bumps += (*cluster)
+                           ->Execute("SELECT bump(id) FROM users WHERE id = $1",
+                                     {staying_text})
+                           .ok();
+      // The router's own writes pass, with parameters or without, alone
+      // or in a transaction, and so do the writes of their triggers.
+      EXPECT_TRUE((*cluster)
+                      ->Execute("UPDATE users SET name = name WHERE id = $1",
+                                {moving_text})
+                      .ok());
+      auto txn = (*cluster)->Begin();
+      ASSERT_TRUE(txn.ok()) << txn.status();
+      absl::Status in_txn =
+          (*txn)
+              ->Execute(StrCat("UPDATE orders SET note = note WHERE "
+                               "user_id = ",
+                               moving))
+              .status();
+      EXPECT_TRUE(in_txn.ok()) << in_txn;
+      EXPECT_TRUE((*txn)->Commit().ok());
+      // A client that is not shardkit's, on the destination (the source
+      // refuses it by its fence already).
+      on_destination =
+          shards_->Query(2, "DELETE FROM users WHERE id = -1").status();
+    } else if (absl::EndsWith(l, ": cleanup")) {
+      after_cutover = (*cluster)
+                          ->Execute("SELECT bump(id) FROM users WHERE id = $1",
+                                    {moving_text})
+                          .status();
+    }
+  };
+  auto mover = internal::Mover::Open(*std::move(config), options);
+  ASSERT_TRUE(mover.ok()) << mover.status();
+  internal::MoveRequest request;
+  request.distribution = "users";
+  request.slice = "0x8000000000000000:";
+  request.destination = "s3";
+  auto move = (*mover)->Start(request);
+  ASSERT_TRUE(move.ok()) << move.status();
+  ASSERT_TRUE((*mover)->Run(move->id).ok());
+
+  EXPECT_EQ(in_dual_write.code(), absl::StatusCode::kFailedPrecondition)
+      << in_dual_write;
+  EXPECT_EQ(SqlStateOf(in_dual_write), "55000") << in_dual_write;
+  for (const std::string_view want :
+       {"table users is under move 1", "statement: SELECT bump(id) FROM users",
+        "shardctl moves status 1"}) {
+    EXPECT_NE(in_dual_write.message().find(ToAbsl(want)), std::string::npos)
+        << in_dual_write;
+  }
+  EXPECT_NE(on_destination.message().find("table users is under move 1"),
+            std::string::npos)
+      << on_destination;
+  EXPECT_EQ(staying_bumps, 1);
+  EXPECT_TRUE(after_cutover.ok()) << after_cutover;
+  // The refused bump changed nothing; the one after the cutover is on s3.
+  EXPECT_EQ(Count(2, StrCat("SELECT n FROM users WHERE id = ", moving)), 1);
+  EXPECT_EQ(Count(0, StrCat("SELECT n FROM users WHERE id = ", staying)), 1);
+  for (int s = 0; s < 3; ++s) {
+    auto guards = shards_->Query(
+        s, "SELECT count(*) FROM pg_class WHERE relname = 'write_guards'");
+    ASSERT_TRUE(guards.ok());
+    if ((*guards)[0][0] == "1") {
+      EXPECT_EQ(Count(s, "SELECT count(*) FROM shardkit.write_guards"), 0);
+    }
+  }
+  ExpectUsersOnTheirOwners();
+}
+
 TEST_F(MoverTest, VerifyMismatchStopsTheMoveAndAbortRollsItBack) {
   // A row of the slice that s3 already holds with other values: the
   // backfill keeps it (it could be a newer dual-write), so verify finds it.
