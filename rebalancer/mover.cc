@@ -334,6 +334,23 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
     }
     RETURN_IF_ERROR(session->Run(InstallFenceFunctionSql(),
                                  "installing the epoch fence").status());
+    ASSIGN_OR_RETURN(const int64_t superuser,
+                     session->QueryInt("SELECT rolsuper::int FROM pg_roles "
+                                       "WHERE rolname = current_user",
+                                       {}, "asking for the mover's role"));
+    if (superuser == 1) {
+      RETURN_IF_ERROR(
+          session->Run(InstallDdlGuardSql(), "installing the DDL guard")
+              .status());
+    } else {
+      const std::string unguarded = StrCat(
+          "DDL on ", shard->name,
+          " is not refused during the move (its "
+          "event triggers need a superuser, and the mover's user is not "
+          "one): change no moving table's schema there until the cutover");
+      Log(StrCat("move ", move.id, ": ", unguarded));
+      journal_.Event(move.id, unguarded).IgnoreError();
+    }
     for (const TableToMove& table : sides.tables) {
       RETURN_IF_ERROR(
           session

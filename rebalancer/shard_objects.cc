@@ -247,6 +247,85 @@ std::string RemoveWriteGuardsSql(uint64_t move_id) {
       move_id, "; END IF; END $guards$");
 }
 
+std::string InstallDdlGuardSql() {
+  // The event triggers' functions name a table as the shard map does (bare
+  // in schema public), like the fence trigger. An index stands for its
+  // table.
+  return R"sql(
+CREATE SCHEMA IF NOT EXISTS shardkit;
+CREATE OR REPLACE FUNCTION shardkit.refuse_ddl(guarded text, move_id int8,
+                                               command text)
+RETURNS void LANGUAGE plpgsql AS $refuse$
+BEGIN
+  RAISE EXCEPTION USING
+    ERRCODE = '55000',
+    MESSAGE = format('%s of table %s cannot run while move %s copies it: '
+                     'the move copies the columns the table had when it '
+                     'started', command, guarded, move_id),
+    HINT = format('run it once the move has cut over (shardctl moves '
+                  'status %s), or abort the move (shardctl moves abort %s)',
+                  move_id, move_id);
+END
+$refuse$;
+CREATE OR REPLACE FUNCTION shardkit.guard_ddl() RETURNS event_trigger
+LANGUAGE plpgsql AS $ddl$
+DECLARE
+  hit record;
+BEGIN
+  IF current_setting('shardkit.mover', true) IS NOT DISTINCT FROM 'on' THEN
+    RETURN;
+  END IF;
+  SELECT g.table_name, g.move_id, c.command_tag INTO hit
+    FROM pg_event_trigger_ddl_commands() c
+    JOIN pg_class r
+      ON c.classid = 'pg_class'::regclass
+     AND r.oid = coalesce((SELECT i.indrelid FROM pg_index i
+                            WHERE i.indexrelid = c.objid), c.objid)
+    JOIN pg_namespace n ON n.oid = r.relnamespace
+    JOIN shardkit.write_guards g
+      ON g.table_name = CASE WHEN n.nspname = 'public' THEN r.relname::text
+                             ELSE n.nspname || '.' || r.relname END
+   LIMIT 1;
+  IF FOUND THEN
+    PERFORM shardkit.refuse_ddl(hit.table_name, hit.move_id, hit.command_tag);
+  END IF;
+END
+$ddl$;
+CREATE OR REPLACE FUNCTION shardkit.guard_drop() RETURNS event_trigger
+LANGUAGE plpgsql AS $drop$
+DECLARE
+  hit record;
+BEGIN
+  IF current_setting('shardkit.mover', true) IS NOT DISTINCT FROM 'on' THEN
+    RETURN;
+  END IF;
+  SELECT g.table_name, g.move_id INTO hit
+    FROM pg_event_trigger_dropped_objects() d
+    JOIN shardkit.write_guards g
+      ON g.table_name = CASE WHEN d.schema_name = 'public' THEN d.object_name
+                             ELSE d.schema_name || '.' || d.object_name END
+   WHERE d.object_type = 'table'
+   LIMIT 1;
+  IF FOUND THEN
+    PERFORM shardkit.refuse_ddl(hit.table_name, hit.move_id, 'DROP');
+  END IF;
+END
+$drop$;
+DO $install$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger
+                  WHERE evtname = 'shardkit_guard_ddl') THEN
+    CREATE EVENT TRIGGER shardkit_guard_ddl ON ddl_command_end
+      EXECUTE FUNCTION shardkit.guard_ddl();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger
+                  WHERE evtname = 'shardkit_guard_drop') THEN
+    CREATE EVENT TRIGGER shardkit_guard_drop ON sql_drop
+      EXECUTE FUNCTION shardkit.guard_drop();
+  END IF;
+END $install$;
+)sql";
+}
+
 std::string InstallFenceTriggerSql(std::string_view quoted_table) {
   return StrCat(
       "CREATE OR REPLACE TRIGGER shardkit_epoch_fence BEFORE INSERT OR UPDATE "

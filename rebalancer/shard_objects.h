@@ -159,6 +159,15 @@
 // A write of an unguarded table is never checked, and a marked one costs
 // a string comparison.
 //
+// Schema changes too: the move copies a table by the columns it had when
+// it started (the backfill, the verify, the dual-write's upserts), so a
+// column added or changed meanwhile would be lost or refused on the
+// destination. The router refuses DDL of a moving table while the move is
+// in its map (router/move_guard.h); on the shards, where the mover's user
+// is a superuser, event triggers refuse DDL of a guarded table from any
+// other session (InstallDdlGuardSql); otherwise the mover says so in the
+// move's journal.
+//
 // ## Backfill
 //
 // Chunks in primary-key order. Each chunk: on the source, in a transaction,
@@ -273,6 +282,14 @@ std::string SliceConditionSql(Strategy strategy, KeyType key_type,
 // shardkit.write_mark(table_name text) and
 // shardkit.raise_fence(table_name text, epoch int8).
 std::string InstallFenceFunctionSql();
+
+// Creates (idempotently) the event triggers shardkit_guard_ddl and
+// shardkit_guard_drop and their functions, which refuse (SQLSTATE 55000)
+// DDL that changes or drops a table (or an index of it) guarded by
+// shardkit.write_guards, except in the mover's sessions (see "Write
+// guard"). Event triggers need a superuser. REQUIRES: InstallFenceFunctionSql
+// ran (the guards table).
+std::string InstallDdlGuardSql();
 
 // Creates (idempotently) the fence trigger on `table` (a quoted, possibly
 // qualified name).

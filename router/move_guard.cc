@@ -132,6 +132,24 @@ absl::Status RefuseWritingWithDuringMove(
   return absl::OkStatus();
 }
 
+absl::Status RefuseDdlDuringMove(const ShardMap& map,
+                                 const std::vector<const Table*>& tables,
+                                 const std::vector<ShardId>& shards) {
+  for (const Table* table : tables) {
+    const MovingSlice* move = MoveTouching(map, *table, shards);
+    if (move == nullptr) continue;
+    return Refusal(StrCat(
+        "DDL or TRUNCATE of table ", table->name, " cannot run while ",
+        MoveText(map, *move),
+        " is under way: the move copies the columns and rows the table had "
+        "when it started, so a changed table would lose data on the "
+        "destination; wait until the move has finished (`shardctl moves "
+        "list`), or abort it (`shardctl moves abort ",
+        move->move_id, "`)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RefuseUnroutedWriteDuringMove(const ShardMap& map,
                                            std::string_view sql,
                                            std::string_view path,

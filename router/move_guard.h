@@ -3,11 +3,13 @@
 // While a slice of a distribution moves (ShardMap::moves()), the router
 // applies a plain INSERT, UPDATE or DELETE of the distribution's tables on
 // the move's destination too (dual-write) and hides the slice's second copy
-// (router/hiding.h). Three paths write without that:
+// (router/hiding.h). These paths write without that:
 //   - a data-modifying WITH (WITH d AS (DELETE ...) ...): only the top
 //     statement's row images are mirrored;
 //   - Cluster::ExecuteOnShardOf and Cluster::ExecuteOnAllShards: their SQL
-//     runs unanalysed.
+//     runs unanalysed;
+//   - DDL and TRUNCATE (Cluster::Execute runs them on every shard): the
+//     move copies the table as it was when it started.
 // A write of a table of a moving distribution on the move's source or
 // destination through one of them could be lost on the destination,
 // resurrect a deleted row or change a hidden copy; so, while the move is
@@ -44,6 +46,14 @@ bool HasWritingWith(const PgQuery__Node& statement);
 absl::Status RefuseWritingWithDuringMove(
     const ShardMap& map, const std::vector<const Table*>& tables,
     const std::vector<ShardId>& shards);
+
+// For DDL or TRUNCATE naming the map tables `tables`, routed to `shards`
+// by `map`: the refusal when one of those tables belongs to a distribution
+// with a move in `map` whose source or destination is among `shards` (the
+// move copies the table as it was when it started); OK otherwise.
+absl::Status RefuseDdlDuringMove(const ShardMap& map,
+                                 const std::vector<const Table*>& tables,
+                                 const std::vector<ShardId>& shards);
 
 // For `sql` about to run unanalysed on `shards` (`path` names the API in
 // the message, e.g. "ExecuteOnShardOf"): the refusal when a statement of

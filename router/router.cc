@@ -614,14 +614,18 @@ absl::Status TakeImages(Router::Prepared::DualWrite& dual,
   return absl::OkStatus();
 }
 
-// A data-modifying WITH reaching a shard of a move is refused
-// (router/move_guard.h).
-absl::Status GuardWritingWith(const ShardMap& map, const Router::Plan& plan,
-                              const std::vector<ShardTask>& tasks) {
-  if (!plan.writing_with || map.moves().empty()) return absl::OkStatus();
+// A data-modifying WITH, DDL or TRUNCATE reaching a shard of a move is
+// refused (router/move_guard.h).
+absl::Status GuardMoveBypass(const ShardMap& map, const Router::Plan& plan,
+                             const std::vector<ShardTask>& tasks) {
+  const bool ddl = plan.routing.kind == StatementKind::kDdl;
+  if ((!plan.writing_with && !ddl) || map.moves().empty()) {
+    return absl::OkStatus();
+  }
   std::vector<ShardId> shards;
   for (const ShardTask& task : tasks) shards.push_back(task.shard);
-  return RefuseWritingWithDuringMove(map, plan.routing.tables, shards);
+  return ddl ? RefuseDdlDuringMove(map, plan.routing.tables, shards)
+             : RefuseWritingWithDuringMove(map, plan.routing.tables, shards);
 }
 
 }  // namespace
@@ -756,7 +760,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
   if (routing.kind == StatementKind::kInsert && routing.distribution != nullptr) {
     ASSIGN_OR_RETURN(out.tasks, InsertTasks(*out.plan, *map, sql, params));
     for (ShardTask& task : out.tasks) task.epoch = map->epoch();
-    RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
+    RETURN_IF_ERROR(GuardMoveBypass(*map, plan, out.tasks));
     RETURN_IF_ERROR(PlanDualWrite(*this, *map, params, out));
     MarkWrites(plan, out);
     return out;
@@ -801,7 +805,7 @@ absl::StatusOr<Router::Prepared> Router::Prepare(
     }
     out.tasks.push_back(std::move(task));
   }
-  RETURN_IF_ERROR(GuardWritingWith(*map, plan, out.tasks));
+  RETURN_IF_ERROR(GuardMoveBypass(*map, plan, out.tasks));
   RETURN_IF_ERROR(PlanDualWrite(*this, *map, params, out));
   MarkWrites(plan, out);
   return out;

@@ -338,7 +338,8 @@ TEST_F(MoverTest, StopsWhenTheShardsNoLongerHashAsPrepared) {
 // (here: a function called by a SELECT) is refused on both of the move's
 // shards, with a message that says what to do; other shards, and the
 // router's own writes, are not affected; once cut over the function
-// writes again, on the new owner.
+// writes again, on the new owner. Schema changes of the moving tables are
+// refused meanwhile too, by the router and by the shards.
 TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
   const std::string bump =
       "CREATE FUNCTION bump(k int8) RETURNS int8 LANGUAGE sql AS "
@@ -370,7 +371,9 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
   internal::MoverOptions options;
   options.chunk_rows = 170;
   options.map_grace = absl::Milliseconds(100);
-  absl::Status in_dual_write, on_destination, after_cutover;
+  absl::Status in_dual_write, on_destination, after_cutover, ddl_routed;
+  std::vector<std::pair<std::string, absl::Status>> ddl_on_shards;
+  absl::Status other_ddl;
   int64_t staying_bumps = 0;
   options.log = [&](std::string_view line) {
     const absl::string_view l(line.data(), line.size());
@@ -403,6 +406,20 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
       // refuses it by its fence already).
       on_destination =
           shards_->Query(2, "DELETE FROM users WHERE id = -1").status();
+      // Schema changes of the moving tables: refused by the router, and on
+      // the shards (the test's user is a superuser: event triggers).
+      ddl_routed = (*cluster)
+                       ->Execute("ALTER TABLE users ADD COLUMN extra int")
+                       .status();
+      for (const auto& [shard, ddl] : std::vector<std::pair<int, std::string>>{
+               {2, "ALTER TABLE users ADD COLUMN extra int"},
+               {1, "CREATE INDEX ON orders (note)"},
+               {1, "DROP TABLE orders"}}) {
+        ddl_on_shards.emplace_back(ddl, shards_->Query(shard, ddl).status());
+      }
+      other_ddl =
+          shards_->Query(1, "CREATE TABLE side (x int); DROP TABLE side")
+              .status();
     } else if (absl::EndsWith(l, ": cleanup")) {
       after_cutover = (*cluster)
                           ->Execute("SELECT bump(id) FROM users WHERE id = $1",
@@ -433,6 +450,18 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
             std::string::npos)
       << on_destination;
   EXPECT_EQ(staying_bumps, 1);
+  EXPECT_EQ(SqlStateOf(ddl_routed), "55000") << ddl_routed;
+  EXPECT_NE(ddl_routed.message().find("DDL or TRUNCATE of table users cannot "
+                                      "run while move 1"),
+            std::string::npos)
+      << ddl_routed;
+  for (const auto& [ddl, status] : ddl_on_shards) {
+    SCOPED_TRACE(ddl);
+    EXPECT_NE(status.message().find("cannot run while move 1 copies it"),
+              std::string::npos)
+        << status;
+  }
+  EXPECT_TRUE(other_ddl.ok()) << other_ddl;
   EXPECT_TRUE(after_cutover.ok()) << after_cutover;
   // The refused bump changed nothing; the one after the cutover is on s3.
   EXPECT_EQ(Count(2, StrCat("SELECT n FROM users WHERE id = ", moving)), 1);
@@ -446,6 +475,9 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
     }
   }
   ExpectUsersOnTheirOwners();
+  // Once the move is done, the schema may change again.
+  auto altered = (*cluster)->Execute("ALTER TABLE users ADD COLUMN extra int");
+  EXPECT_TRUE(altered.ok()) << altered.status();
 }
 
 TEST_F(MoverTest, VerifyMismatchStopsTheMoveAndAbortRollsItBack) {
