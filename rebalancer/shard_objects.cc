@@ -257,6 +257,9 @@ CREATE OR REPLACE FUNCTION shardkit.refuse_ddl(guarded text, move_id int8,
                                                command text)
 RETURNS void LANGUAGE plpgsql AS $refuse$
 BEGIN
+  IF current_setting('shardkit.mover', true) IS NOT DISTINCT FROM 'on' THEN
+    RETURN;  -- the mover's own
+  END IF;
   RAISE EXCEPTION USING
     ERRCODE = '55000',
     MESSAGE = format('%s of table %s cannot run while move %s copies it: '
@@ -272,9 +275,6 @@ LANGUAGE plpgsql AS $ddl$
 DECLARE
   hit record;
 BEGIN
-  IF current_setting('shardkit.mover', true) IS NOT DISTINCT FROM 'on' THEN
-    RETURN;
-  END IF;
   SELECT g.table_name, g.move_id, c.command_tag INTO hit
     FROM pg_event_trigger_ddl_commands() c
     JOIN pg_class r
@@ -296,9 +296,6 @@ LANGUAGE plpgsql AS $drop$
 DECLARE
   hit record;
 BEGIN
-  IF current_setting('shardkit.mover', true) IS NOT DISTINCT FROM 'on' THEN
-    RETURN;
-  END IF;
   SELECT g.table_name, g.move_id INTO hit
     FROM pg_event_trigger_dropped_objects() d
     JOIN shardkit.write_guards g
