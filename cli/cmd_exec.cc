@@ -138,14 +138,10 @@ void RunExec(const ExecArgs& args, CommandContext& ctx) {
   }
   std::optional<Config> config = LoadConfigOrFail(ctx, args.config_path);
   if (!config.has_value()) return;
-  absl::StatusOr<std::unique_ptr<Cluster>> cluster =
-      Cluster::Open(*std::move(config));
-  if (!cluster.ok()) {
-    Fail(ctx, cluster.status());
-    return;
-  }
+  std::unique_ptr<Cluster> cluster = OpenClusterOrFail(ctx, *std::move(config));
+  if (cluster == nullptr) return;
   const std::vector<ShardOutcome> outcomes =
-      (*cluster)->ExecuteOnAllShards(args.sql);
+      cluster->ExecuteOnAllShards(args.sql);
 
   if (args.format == Format::kJson) {
     PrintExecJson(*ctx.out, outcomes);

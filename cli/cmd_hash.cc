@@ -30,18 +30,14 @@ void RunHash(const HashArgs& args, CommandContext& ctx) {
   const absl::Duration connect = config->timeouts.connect;
   // The live map (after failovers, the shards' current primaries).
   config->transactions.recover_in_background = false;
-  absl::StatusOr<std::unique_ptr<Cluster>> cluster =
-      Cluster::Open(*std::move(config));
-  if (!cluster.ok()) {
-    Fail(ctx, cluster.status());
-    return;
-  }
+  std::unique_ptr<Cluster> cluster = OpenClusterOrFail(ctx, *std::move(config));
+  if (cluster == nullptr) return;
   std::vector<std::vector<std::string>> rows;
   JsonWriter json;
   json.BeginObject().Key("shards").BeginArray();
   int failed = 0;
   for (const internal::ShardEndpoint& shard :
-       internal::ShardEndpoints(*(*cluster)->map(), connect)) {
+       internal::ShardEndpoints(*cluster->map(), connect)) {
     absl::Status done;
     absl::StatusOr<std::unique_ptr<internal::MoveSession>> session =
         internal::MoveSession::Open(shard, absl::Minutes(1));

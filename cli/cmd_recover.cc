@@ -69,13 +69,9 @@ void RunRecover(const RecoverArgs& args, CommandContext& ctx) {
   const absl::Duration grace = config->transactions.recovery_grace;
   // Only this command's own pass, so that its report lists all it did.
   config->transactions.recover_in_background = false;
-  absl::StatusOr<std::unique_ptr<Cluster>> cluster =
-      Cluster::Open(*std::move(config));
-  if (!cluster.ok()) {
-    Fail(ctx, cluster.status());
-    return;
-  }
-  absl::StatusOr<RecoveryReport> report = (*cluster)->Recover();
+  std::unique_ptr<Cluster> cluster = OpenClusterOrFail(ctx, *std::move(config));
+  if (cluster == nullptr) return;
+  absl::StatusOr<RecoveryReport> report = cluster->Recover();
   if (!report.ok()) {
     Fail(ctx, absl::StrCat("recovery failed, nothing was resolved: ",
                            report.status().message()));

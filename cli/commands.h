@@ -9,11 +9,13 @@
 #define SHARDKIT_CLI_COMMANDS_H_
 
 #include <iostream>
+#include <memory>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "cli/output.h"
+#include "shardkit/cluster.h"
 #include "shardkit/config.h"
 
 namespace shardkit::cli {
@@ -33,6 +35,10 @@ void Fail(CommandContext& ctx, const absl::Status& status);
 // exit status 1 and returns nullopt.
 std::optional<Config> LoadConfigOrFail(CommandContext& ctx,
                                        const std::string& path);
+
+// Opens a Cluster on `config` (Cluster::Open). On failure prints the
+// error, sets exit status 1 and returns nullptr.
+std::unique_ptr<Cluster> OpenClusterOrFail(CommandContext& ctx, Config config);
 
 // `-c,--config FILE` (required).
 CLI::Option* AddConfigOption(CLI::App* cmd, std::string* path);

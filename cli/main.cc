@@ -35,6 +35,14 @@ std::optional<Config> LoadConfigOrFail(CommandContext& ctx,
   return std::nullopt;
 }
 
+std::unique_ptr<Cluster> OpenClusterOrFail(CommandContext& ctx, Config config) {
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster =
+      Cluster::Open(std::move(config));
+  if (cluster.ok()) return *std::move(cluster);
+  Fail(ctx, cluster.status());
+  return nullptr;
+}
+
 CLI::Option* AddConfigOption(CLI::App* cmd, std::string* path) {
   return cmd
       ->add_option("-c,--config", *path,
