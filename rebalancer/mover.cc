@@ -369,6 +369,28 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
     // empty).
     RETURN_IF_ERROR(EnsureMoveKeysTable(*session, slice));
   }
+  // Their replicas too: reads of the moving slice sent to one run the
+  // condition there, and a replica has the functions (from the WAL) but
+  // perhaps not the module's file. One that cannot be asked counts as
+  // without.
+  for (const std::string* name : {&move.source, &move.destination}) {
+    const std::optional<ShardId> id = sides.live.map.FindShard(*name);
+    if (!server_hash || !id) break;
+    for (const Backend& replica : sides.live.map.shard(*id).replicas) {
+      const ShardEndpoint endpoint{StrCat(*name, "/", replica.name),
+                                   replica.dsn, sides.source.connect_timeout};
+      absl::StatusOr<std::unique_ptr<MoveSession>> session =
+          OpenSession(endpoint);
+      absl::Status usable = session.ok()
+                                ? CheckServerHash(**session, sides.key_type)
+                                : session.status();
+      if (!usable.ok()) {
+        server_hash = false;
+        without = std::string(usable.message());
+        break;
+      }
+    }
+  }
   if (hash) {
     RETURN_IF_ERROR(journal_.SetServerHash(move.id, server_hash));
     const std::string decided =

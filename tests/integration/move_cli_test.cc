@@ -231,7 +231,7 @@ TEST_F(MoveCliTest, RebalanceOntoAnEmptyShardWhileWriting) {
   EXPECT_EQ(missing.exit_code, 1) << missing.out;
   EXPECT_THAT(missing.out, HasSubstr("cannot hash int8 keys itself"));
   EXPECT_THAT(missing.out, HasSubstr("`shardctl hash install`"));
-  EXPECT_THAT(missing.err, HasSubstr("3 shard(s) cannot hash keys"));
+  EXPECT_THAT(missing.err, HasSubstr("3 server(s) cannot hash keys"));
   CommandOutput unreadable =
       Shardctl({"hash", "install", "-c", config_, "--module",
                 "/nonexistent/shardkit_pg.so"});
