@@ -9,9 +9,10 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "rebalancer/shard_objects.h"
 #include "router/copy_writer.h"
-#include "router/transaction.h"
 #include "router/csv.h"
+#include "router/transaction.h"
 
 namespace shardkit {
 namespace {
@@ -383,11 +384,16 @@ absl::StatusOr<LoadReport> LoadCsv(const Cluster& cluster,
 
   std::vector<std::string> quoted;
   for (const std::string& c : columns) quoted.push_back(QuoteIdentifier(c));
-  const std::string copy_sql = StrCat(
-      "COPY ", target.relation, " (", absl::StrJoin(quoted, ", "),
-      ") FROM STDIN (FORMAT csv, DELIMITER ",
-      QuoteLiteral(std::string_view(&options.delimiter, 1)), ", NULL ",
-      QuoteLiteral(options.null_string), ")");
+  // Marked as the library's write of the table, as the router's are
+  // (rebalancer/shard_objects.h, "Write guard").
+  const std::string mark = target.spec != nullptr && !target.spec->reference
+                               ? internal::WriteMark(target.spec->name)
+                               : std::string();
+  const std::string copy_sql =
+      StrCat(mark, "COPY ", target.relation, " (", absl::StrJoin(quoted, ", "),
+             ") FROM STDIN (FORMAT csv, DELIMITER ",
+             QuoteLiteral(std::string_view(&options.delimiter, 1)), ", NULL ",
+             QuoteLiteral(options.null_string), ")");
   for (auto& w : writers) w->Start(copy_sql, target.relname);
 
   std::vector<CopyBatch> batches(writers.size());
