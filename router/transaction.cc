@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <numeric>
 #include <random>
 #include <set>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "rebalancer/shard_objects.h"
@@ -23,6 +25,24 @@ constexpr char kGidPrefix[] = "shardkit_";
 
 // Finished decisions deleted along with one new decision, at most.
 constexpr size_t kForgetPerDecision = 64;
+
+// What COMMIT PREPARED and ROLLBACK PREPARED answer for a prepared
+// transaction that is gone: another session finished it.
+constexpr char kNoSuchPrepared[] = "42704";
+// And for one that another session (recovery, or its coordinator) is
+// committing or rolling back at that very moment ("prepared transaction
+// with identifier ... is busy", object_not_in_prerequisite_state; not
+// 55006, object_in_use): neither finished nor refused, for that session
+// may still fail and leave it prepared.
+constexpr char kPreparedBusy[] = "55000";
+
+// A prepared transaction found busy is asked again up to kBusyRetries
+// times, after pauses doubling from kFirstBusyPause to kMaxBusyPause (1.3 s
+// in all): another session's COMMIT PREPARED takes milliseconds, unless it
+// waits for a synchronous standby.
+constexpr int kBusyRetries = 10;
+constexpr absl::Duration kFirstBusyPause = absl::Milliseconds(5);
+constexpr absl::Duration kMaxBusyPause = absl::Milliseconds(250);
 
 // 128 random bits as 32 hex digits: a transaction's id.
 std::string NewTxid() {
@@ -86,6 +106,53 @@ absl::Status PrepareFailure(const absl::Status& status) {
                                          "on every shard"));
   const std::optional<std::string> sqlstate = SqlStateOf(status);
   return sqlstate ? WithSqlState(std::move(out), *sqlstate) : out;
+}
+
+// Runs statements 0..n-1 of COMMIT or ROLLBACK PREPARED by `run` (given
+// which to run, returns their statuses in that order), then again, after a
+// pause, those that found their prepared transaction busy, until none does
+// or kBusyRetries retries ran. Returns each statement's last status.
+std::vector<absl::Status> FinishPrepared(
+    size_t n, const std::function<std::vector<absl::Status>(
+                  const std::vector<size_t>& which)>& run) {
+  std::vector<size_t> which(n);
+  std::iota(which.begin(), which.end(), size_t{0});
+  std::vector<absl::Status> out(n);
+  absl::Duration pause = kFirstBusyPause;
+  for (int retry = 0;; ++retry) {
+    std::vector<absl::Status> done = run(which);
+    std::vector<size_t> busy;
+    for (size_t k = 0; k < which.size(); ++k) {
+      if (SqlStateOf(done[k]) == kPreparedBusy) busy.push_back(which[k]);
+      out[which[k]] = std::move(done[k]);
+    }
+    if (busy.empty() || retry == kBusyRetries) return out;
+    absl::SleepFor(pause);
+    pause = std::min(pause * 2, kMaxBusyPause);
+    which = std::move(busy);
+  }
+}
+
+// The tasks that list, on each of `shards`, the prepared transactions
+// whose names start as GidOf's, each with whether it is older than
+// `grace`, oldest first.
+std::vector<ShardTask> PreparedScans(const ShardMap& map,
+                                     const std::vector<ShardId>& shards,
+                                     absl::Duration grace) {
+  std::vector<ShardTask> scans;
+  for (ShardId id : shards) {
+    ShardTask task;
+    task.shard = id;
+    task.shard_name = map.shard(id).name;
+    task.dsn = map.shard(id).dsn;
+    task.sql =
+        "SELECT gid, now() - prepared > make_interval(secs => $1::float8) "
+        "FROM pg_prepared_xacts WHERE database = current_database() AND "
+        "gid LIKE 'shardkit\\_%' ORDER BY prepared";
+    task.params = {StrCat(absl::ToDoubleSeconds(grace))};
+    scans.push_back(std::move(task));
+  }
+  return scans;
 }
 
 }  // namespace
@@ -1005,7 +1072,15 @@ absl::Status TwoPhaseCommit(size_t readers,
     for (size_t i : which) {
       statements.push_back(StrCat(verb, " PREPARED ", Quoted(gid(i))));
     }
-    return run(which, statements);
+    return FinishPrepared(which.size(), [&](const std::vector<size_t>& again) {
+      std::vector<size_t> parts;
+      std::vector<std::string> sql;
+      for (size_t k : again) {
+        parts.push_back(which[k]);
+        sql.push_back(statements[k]);
+      }
+      return run(parts, sql);
+    });
   };
   if (!failed.ok()) {
     // A failed PREPARE rolled that shard back; undo the prepared ones.
@@ -1044,11 +1119,13 @@ absl::Status TwoPhaseCommit(size_t readers,
   }
   bool all = true;
   for (const absl::Status& c : finish(prepared, "COMMIT")) {
-    // 42704: recovery committed it first.
-    if (!c.ok() && SqlStateOf(c) != "42704") all = false;
+    // Gone: recovery committed it first. Still busy after the retries:
+    // recovery is committing it, and might yet fail.
+    if (!c.ok() && SqlStateOf(c) != kNoSuchPrepared) all = false;
   }
   // Committed: a shard that could not be told now is told by recovery,
-  // which then finds the decision. Deleting it is not on the commit's path.
+  // which then finds the decision (and its Purge deletes it a minute on).
+  // Deleting it is not on the commit's path.
   if (all) log.ForgetLater(txid);
   return absl::OkStatus();
 }
@@ -1062,19 +1139,9 @@ absl::StatusOr<RecoveryReport> RecoverPrepared(const ShardMap& map,
   RecoveryReport report;
   // Before the scans: the bound of what Purge may delete (empty: unknown).
   const std::string scan_start = log.ForgetFinished(options).value_or("");
-  std::vector<ShardTask> scans;
-  for (ShardId id = 0; id < map.shards().size(); ++id) {
-    ShardTask task;
-    task.shard = id;
-    task.shard_name = map.shard(id).name;
-    task.dsn = map.shard(id).dsn;
-    task.sql =
-        "SELECT gid, now() - prepared > make_interval(secs => $1::float8) "
-        "FROM pg_prepared_xacts WHERE database = current_database() AND "
-        "gid LIKE 'shardkit\\_%' ORDER BY prepared";
-    task.params = {StrCat(absl::ToDoubleSeconds(grace))};
-    scans.push_back(std::move(task));
-  }
+  std::vector<ShardId> every(map.shards().size());
+  std::iota(every.begin(), every.end(), ShardId{0});
+  const std::vector<ShardTask> scans = PreparedScans(map, every, grace);
   std::vector<TaskOutcome> scanned = RunOnShards(scans, options);
   struct Found {
     ShardTask shard;
@@ -1106,6 +1173,34 @@ absl::StatusOr<RecoveryReport> RecoverPrepared(const ShardMap& map,
     return report;
   }
   ASSIGN_OR_RETURN(auto decisions, log.Lookup(txids, options));
+  // Those without a decision and older than the grace are rolled back, once
+  // 'abort' is recorded, only if still prepared now: the scan came before
+  // the lookup, and in between their coordinator may have recorded
+  // 'commit', committed every part and forgotten the decision (an 'abort'
+  // recorded then would stand a week for a committed transaction). A part
+  // still prepared after the lookup proves that no decision was recorded
+  // before it (one is deleted only once no part is left prepared, and a
+  // name is never prepared again); one recorded since, Decide returns.
+  std::set<ShardId> to_check;
+  for (const auto& [txid, parts] : by_txid) {
+    if (decisions.contains(txid) || young.contains(txid)) continue;
+    for (const Found& found : parts) to_check.insert(found.shard.shard);
+  }
+  std::set<std::pair<ShardId, std::string>> prepared_now;
+  if (!to_check.empty()) {
+    const std::vector<ShardTask> checks = PreparedScans(
+        map, std::vector<ShardId>(to_check.begin(), to_check.end()), grace);
+    std::vector<TaskOutcome> checked = RunOnShards(checks, options);
+    for (size_t i = 0; i < checks.size(); ++i) {
+      if (!checked[i].status.ok()) {
+        report.unreachable.push_back(std::string(checked[i].status.message()));
+        continue;
+      }
+      for (const Row& row : checked[i].result.rows) {
+        if (row[0]) prepared_now.emplace(checks[i].shard, *row[0]);
+      }
+    }
+  }
   std::vector<ShardTask> resolutions;
   std::vector<const Found*> resolving;
   std::vector<bool> commits;
@@ -1116,6 +1211,12 @@ absl::StatusOr<RecoveryReport> RecoverPrepared(const ShardMap& map,
       outcome = it->second;
     } else if (young.contains(txid)) {
       report.left_in_progress += static_cast<int>(parts.size());
+      continue;
+    } else if (std::none_of(parts.begin(), parts.end(), [&](const Found& f) {
+                 return prepared_now.contains({f.shard.shard, f.gid});
+               })) {
+      // Finished since the scan by a session that knew its outcome (or on
+      // a shard that could not be checked again: listed as unreachable).
       continue;
     } else {
       ASSIGN_OR_RETURN(outcome, log.Decide(txid, "abort", options));
@@ -1130,13 +1231,24 @@ absl::StatusOr<RecoveryReport> RecoverPrepared(const ShardMap& map,
       commits.push_back(outcome == "commit");
     }
   }
-  std::vector<TaskOutcome> resolved = RunOnShards(resolutions, options);
+  const std::vector<absl::Status> resolved = FinishPrepared(
+      resolutions.size(), [&](const std::vector<size_t>& which) {
+        std::vector<ShardTask> tasks;
+        for (size_t k : which) tasks.push_back(resolutions[k]);
+        std::vector<absl::Status> out;
+        for (TaskOutcome& o : RunOnShards(tasks, options)) {
+          out.push_back(std::move(o.status));
+        }
+        return out;
+      });
   for (size_t i = 0; i < resolved.size(); ++i) {
-    if (resolved[i].status.ok()) {
+    if (resolved[i].ok()) {
       report.resolved.push_back(RecoveryReport::Resolved{
           resolving[i]->shard.shard_name, resolving[i]->gid, commits[i]});
-    } else if (SqlStateOf(resolved[i].status) != "42704") {  // done already
-      report.unreachable.push_back(std::string(resolved[i].status.message()));
+    } else if (SqlStateOf(resolved[i]) != kNoSuchPrepared) {
+      // Not reached, or still busy: another session is finishing it and
+      // may yet fail. Either way its decision must stay: no Purge.
+      report.unreachable.push_back(std::string(resolved[i].message()));
     }
   }
   if (report.unreachable.empty()) {

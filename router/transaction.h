@@ -11,10 +11,16 @@
 //
 // A coordinator records 'commit' for its transaction once every writer has
 // prepared; recovery records 'abort' for a prepared transaction without a
-// decision that is older than the grace. Both insert with ON CONFLICT DO
+// decision that is older than the grace, and still prepared after the
+// decisions were read (its scan came before: a transaction committed and
+// forgotten in between has none). Both insert with ON CONFLICT DO
 // NOTHING, so the first to record wins and the other learns the outcome:
 // a coordinator that finds 'abort' rolls back, recovery that finds
-// 'commit' commits.
+// 'commit' commits. Both may COMMIT (or ROLLBACK) PREPARED the same one at
+// once: the one that finds it gone (42704) counts it done; the one that
+// finds it busy (55000: the other is finishing it, and may yet fail) asks
+// again a few times over about a second, and failing that counts it not
+// done.
 //
 // A 'commit' decision is finished with once every writer has committed.
 // The coordinator that saw them all commit does not delete it on the
@@ -307,8 +313,11 @@ DecisionLog& DecisionLogOf(const Cluster& cluster);
 // One pass of recovery over every shard of `map` (see the file comment):
 // commits prepared transactions whose decision is 'commit', rolls back
 // those whose decision is 'abort', and records 'abort' for those without
-// a decision older than `grace` first. Fails only when the decision log
-// cannot be reached; a shard that cannot be is listed in the report.
+// a decision older than `grace` (and still prepared once the decisions
+// were read) first. Fails only when the decision log cannot be reached; a
+// shard that cannot be, or whose prepared transaction another session was
+// still finishing, is listed in the report (unreachable), and then no
+// decision is purged.
 [[nodiscard]] absl::StatusOr<RecoveryReport> RecoverPrepared(
     const ShardMap& map, DecisionLog& log, const ExecOptions& options,
     absl::Duration grace);

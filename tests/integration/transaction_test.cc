@@ -7,16 +7,20 @@
 
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "shardkit/cluster.h"
+#include "shardkit/config.h"
 #include "tests/integration/test_cluster.h"
 
 namespace shardkit {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 
 constexpr char kMapBody[] = R"(
 [distributions.accounts]
@@ -309,6 +313,264 @@ TEST_F(TransactionTest, RecoveryResolvesWhatACrashLeft) {
   EXPECT_EQ(Scalar(0, "SELECT string_agg(substr(txid, 1, 1), ',' ORDER BY "
                       "txid) FROM shardkit.commit_decisions"),
             "d,e");
+}
+
+// Recovery and a coordinator at work on the same transaction at once.
+//
+// A prepared transaction that another session is committing at that moment
+// ("is busy", SQLSTATE 55000, to any other COMMIT or ROLLBACK PREPARED of
+// it) is neither done nor failed: the coordinator and recovery wait for it
+// to be gone. Without that, the coordinator left its decision in the log
+// (purged only a minute later) and a recovery pass reported the shard
+// unreachable and purged nothing. And a pass must not take a transaction
+// finished since its scan for one without a decision.
+
+constexpr char kRacingMapBody[] = R"(
+[distributions.accounts]
+strategy = "range"
+key_type = "int8"
+slices = [ { to = 100, shard = "s1" }, { from = 100, shard = "s2" } ]
+[tables.accounts]
+distribution = "accounts"
+key = "id"
+[timeouts]
+connect = "2s"
+statement = "10s"
+[transactions]
+recovery_grace = "1ms"
+)";
+
+// Holds prepared transaction `gid` on shard `index` busy: a session of its
+// own runs COMMIT PREPARED on it, which then waits for a synchronous
+// standby that never comes (the servers name one; only this session sets
+// synchronous_commit on). Release cancels the wait: the commit is then
+// done, locally.
+class BusyHolder {
+ public:
+  BusyHolder(testing::TestCluster& shards, int index, const std::string& gid)
+      : shards_(shards), index_(index), session_(shards.dsn(index)) {
+    pid_ = session_.Scalar("SELECT pg_backend_pid()");
+    if (session_.Scalar("SET synchronous_commit = on; "
+                        "SET client_min_messages = error") != "") {
+      return;
+    }
+    thread_ = std::thread([this, gid] {
+      result_ = session_.Scalar("COMMIT PREPARED '" + gid + "'");
+    });
+    holding_ = testing::Eventually(
+        [&] {
+          return Activity("count(*)", "pid = " + pid_ +
+                                          " AND wait_event = 'SyncRep'") == "1";
+        },
+        absl::Seconds(10));
+  }
+  ~BusyHolder() { Release(); }
+
+  bool holding() const { return holding_; }
+
+  // Whether another session has run `sql` and now waits, idle, after it.
+  bool Tried(const std::string& sql) {
+    std::string quoted;
+    for (char c : sql) {
+      quoted += c;
+      if (c == '\'') quoted += c;
+    }
+    return Activity("count(*)", "pid <> " + pid_ + " AND state = 'idle' AND "
+                                "query = '" + quoted + "'") != "0";
+  }
+
+  // Ends the hold; returns the holder's COMMIT PREPARED outcome ("": done).
+  std::string Release() {
+    if (thread_.joinable()) {
+      Activity("pg_cancel_backend(pid)", "pid = " + pid_);
+      thread_.join();
+    }
+    return result_;
+  }
+
+ private:
+  std::string Activity(const std::string& what, const std::string& where) {
+    auto rows = shards_.Query(
+        index_, "SELECT " + what + " FROM pg_stat_activity WHERE " + where);
+    return rows.ok() && !rows->empty() ? (*rows)[0][0] : "?";
+  }
+
+  testing::TestCluster& shards_;
+  const int index_;
+  testing::Session session_;
+  std::string pid_;
+  std::thread thread_;
+  std::string result_ = "not run";
+  bool holding_ = false;
+};
+
+class RacingRecoveryTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto shards = testing::TestCluster::Start(
+        2, {"synchronous_standby_names = 'nobody'"});
+    ASSERT_TRUE(shards.ok()) << shards.status();
+    shards_ = shards->release();
+    absl::StatusOr<Config> config =
+        LoadConfig(shards_->WriteConfig("racing.toml", kRacingMapBody));
+    ASSERT_TRUE(config.ok()) << config.status();
+    // Only the tests' own recovery passes.
+    config->transactions.recover_in_background = false;
+    auto cluster = Cluster::Open(*std::move(config));
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = cluster->release();
+    // Across both shards: two-phase commit, which creates the decision log.
+    absl::StatusOr<Result> r =
+        cluster_->Execute("CREATE TABLE accounts (id int8 PRIMARY KEY)");
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE(cluster_->Recover().ok());
+  }
+
+  static void TearDownTestSuite() {
+    delete cluster_;
+    delete shards_;
+  }
+
+  // Nothing prepared, an empty decision log and nothing queued for it.
+  void SetUp() override {
+    ASSERT_TRUE(cluster_->Recover().ok());
+    ASSERT_EQ(Scalar(1, "SELECT count(*) FROM pg_prepared_xacts"), "0");
+    ASSERT_TRUE(
+        shards_->Query(0, "DELETE FROM shardkit.commit_decisions").ok());
+  }
+
+  static std::string Decisions() {
+    return Scalar(0, "SELECT coalesce(string_agg(outcome, ','), '') FROM "
+                     "shardkit.commit_decisions");
+  }
+
+  static std::string Scalar(int shard, const std::string& sql) {
+    auto rows = shards_->Query(shard, sql);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    return rows.ok() && !rows->empty() ? (*rows)[0][0] : "";
+  }
+
+  static testing::TestCluster* shards_;
+  static Cluster* cluster_;
+};
+
+testing::TestCluster* RacingRecoveryTest::shards_ = nullptr;
+Cluster* RacingRecoveryTest::cluster_ = nullptr;
+
+TEST_F(RacingRecoveryTest, CoordinatorWaitsWhileAnotherSessionCommitsItsPart) {
+  absl::StatusOr<std::unique_ptr<Transaction>> txn = cluster_->Begin();
+  ASSERT_TRUE(txn.ok());
+  absl::StatusOr<Result> inserted =
+      (*txn)->Execute("INSERT INTO accounts (id) VALUES (1), (101)");
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  // The decision waits for this lock, with both writers prepared.
+  testing::Session locker(shards_->dsn(0));
+  ASSERT_EQ(locker.Scalar("BEGIN; LOCK shardkit.commit_decisions IN "
+                          "EXCLUSIVE MODE"),
+            "");
+  absl::Status committed;
+  std::thread commit([&] { committed = (*txn)->Commit(); });
+  std::string gid;
+  const bool prepared = testing::Eventually([&] {
+    gid = Scalar(1, "SELECT coalesce(max(gid), '') FROM pg_prepared_xacts");
+    return !gid.empty();
+  });
+  EXPECT_TRUE(prepared);
+  {
+    // s2's part is being committed by another session (as recovery would,
+    // once the decision is in) when the coordinator commits it.
+    BusyHolder holder(*shards_, 1, gid);
+    EXPECT_TRUE(holder.holding());
+    EXPECT_EQ(locker.Scalar("COMMIT"), "");
+    EXPECT_TRUE(testing::Eventually(
+        [&] { return holder.Tried("COMMIT PREPARED '" + gid + "'"); },
+        absl::Seconds(10)));
+    EXPECT_EQ(holder.Release(), "");
+  }
+  commit.join();
+  ASSERT_TRUE(prepared);
+  ASSERT_TRUE(committed.ok()) << committed;
+  EXPECT_EQ(Scalar(0, "SELECT count(*) FROM accounts WHERE id = 1"), "1");
+  EXPECT_EQ(Scalar(1, "SELECT count(*) FROM accounts WHERE id = 101"), "1");
+  EXPECT_EQ(Scalar(1, "SELECT count(*) FROM pg_prepared_xacts"), "0");
+  // Every part committed, so the coordinator queued its decision for
+  // deletion, which the next pass does.
+  ASSERT_TRUE(cluster_->Recover().ok());
+  EXPECT_EQ(Decisions(), "");
+}
+
+TEST_F(RacingRecoveryTest, RecoveryWaitsWhileAnotherSessionCommitsAPart) {
+  const std::string txid(32, 'f');
+  const std::string gid = "shardkit_" + txid + "_1";
+  ASSERT_TRUE(shards_->Query(1, "BEGIN; INSERT INTO accounts (id) VALUES "
+                                "(102); PREPARE TRANSACTION '" + gid + "'")
+                  .ok());
+  // Decided two minutes ago: the pass purges it once nothing of it is left
+  // prepared anywhere.
+  ASSERT_TRUE(shards_->Query(0, "INSERT INTO shardkit.commit_decisions VALUES "
+                                "('" + txid + "', 'commit', now() - interval "
+                                "'2 minutes')")
+                  .ok());
+  // A recovery pass connects for each statement: a failed one counts as a
+  // rollback in the database's statistics as its connection closes.
+  const std::string rollbacks =
+      "SELECT xact_rollback FROM pg_stat_database WHERE datname = "
+      "current_database()";
+  absl::StatusOr<RecoveryReport> report;
+  {
+    BusyHolder holder(*shards_, 1, gid);
+    ASSERT_TRUE(holder.holding());
+    const std::string before = Scalar(1, rollbacks);
+    std::thread recover([&] { report = cluster_->Recover(); });
+    EXPECT_TRUE(testing::Eventually(
+        [&] { return Scalar(1, rollbacks) != before; }, absl::Seconds(10)));
+    EXPECT_EQ(holder.Release(), "");
+    recover.join();
+  }
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(report->unreachable, IsEmpty());
+  EXPECT_THAT(report->resolved, IsEmpty());  // the other session did it
+  EXPECT_EQ(Scalar(1, "SELECT count(*) FROM accounts WHERE id = 102"), "1");
+  EXPECT_EQ(Decisions(), "");
+}
+
+// A pass's scan comes before its look at the decisions. A transaction it
+// found prepared, and whose decision its coordinator recorded, committed
+// everywhere and deleted in between, is no transaction without a decision:
+// the pass must not record 'abort' for it (which would stand a week).
+TEST_F(RacingRecoveryTest, RecoveryLeavesATransactionCommittedSinceItsScan) {
+  const std::string txid(32, 'c');
+  const std::string gid = "shardkit_" + txid + "_1";
+  ASSERT_TRUE(shards_->Query(1, "BEGIN; INSERT INTO accounts (id) VALUES "
+                                "(103); PREPARE TRANSACTION '" + gid + "'")
+                  .ok());
+  ASSERT_TRUE(shards_->Query(0, "INSERT INTO shardkit.commit_decisions (txid, "
+                                "outcome) VALUES ('" + txid + "', 'commit')")
+                  .ok());
+  // The pass's look at the decisions waits for this lock, after its scan.
+  testing::Session locker(shards_->dsn(0));
+  ASSERT_EQ(locker.Scalar("BEGIN; LOCK shardkit.commit_decisions IN ACCESS "
+                          "EXCLUSIVE MODE"),
+            "");
+  absl::StatusOr<RecoveryReport> report;
+  std::thread recover([&] { report = cluster_->Recover(); });
+  EXPECT_TRUE(testing::Eventually(
+      [&] {
+        return Scalar(0, "SELECT count(*) FROM pg_stat_activity WHERE "
+                         "wait_event_type = 'Lock' AND query LIKE 'SELECT "
+                         "txid, outcome FROM shardkit.commit_decisions%'") ==
+               "1";
+      },
+      absl::Seconds(10)));
+  // Meanwhile its coordinator commits it and forgets the decision.
+  EXPECT_TRUE(shards_->Query(1, "COMMIT PREPARED '" + gid + "'").ok());
+  EXPECT_EQ(locker.Scalar("DELETE FROM shardkit.commit_decisions; COMMIT"), "");
+  recover.join();
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(report->resolved, IsEmpty());
+  EXPECT_THAT(report->unreachable, IsEmpty());
+  EXPECT_EQ(Decisions(), "");
+  EXPECT_EQ(Scalar(1, "SELECT count(*) FROM accounts WHERE id = 103"), "1");
 }
 
 TEST(TransactionSetupTest, ShardsWithoutPreparedTransactionsSaySo) {
