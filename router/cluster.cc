@@ -430,10 +430,10 @@ absl::StatusOr<Result> Cluster::ExecuteRouted(
         internal::NeverSent(result.status())) {
       if (std::shared_ptr<const ShardMap> next = AwaitNewPrimary(
               *live_, reads_.get(), *map, prepared.tasks[0].shard)) {
-        ASSIGN_OR_RETURN(internal::Router::Prepared again,
-                         router_->Prepare(next, sql, params));
-        result = router_->Run(again, params, options);
-        prepared = std::move(again);
+        // From the start by the newer map: it may route the statement to
+        // several shards, or have a move dual-write it (which a plain Run
+        // would not apply on the destination).
+        return ExecuteRouted(next, sql, params, execute, options, retryable);
       }
     }
     if (result.ok() && prepared.routing->writes &&
