@@ -118,6 +118,31 @@ absl::Status CheckStillHashing(const MoveRecord& move, KeyType type,
       "install`, then `shardctl moves resume ", move.id, "` (or abort)"));
 }
 
+// What keeps the mover's user from preparing a move of `tables` on
+// `session`'s shard (MissingPrivilegesSql), as a clause for the operator
+// ("on s2 (user app), as a superuser: `GRANT ...;`"); "" when nothing.
+absl::StatusOr<std::string> MissingPrivileges(
+    MoveSession& session, const std::vector<TableToMove>& tables) {
+  std::vector<std::string> names;
+  for (const TableToMove& t : tables) names.push_back(t.name);
+  ASSIGN_OR_RETURN(std::vector<MoveSession::Row> rows,
+                   session.Query(MissingPrivilegesSql(names), {},
+                                 "checking the mover's privileges"));
+  const MoveSession::Row& row = rows.at(0);
+  std::vector<std::string> lacks;
+  if (row[2]) {
+    lacks.push_back(StrCat("it does not own ", *row[2],
+                           ", which get the fence's trigger: run the move as "
+                           "their owner"));
+  }
+  if (!row[1].value_or("").empty()) {
+    lacks.push_back(StrCat("as a superuser: `", *row[1], "`"));
+  }
+  if (lacks.empty()) return std::string();
+  return StrCat("on ", session.shard_name(), " (user ", row[0].value_or(""),
+                "), ", absl::StrJoin(lacks, ", and "));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Mover>> Mover::Open(Config config,
@@ -323,8 +348,28 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
   const bool hash = sides.strategy == Strategy::kHash;
   bool server_hash = hash && options_.use_server_hash;
   std::string without = "turned off (MoverOptions::use_server_hash)";
-  for (const ShardEndpoint* shard : {&sides.source, &sides.destination}) {
-    ASSIGN_OR_RETURN(std::unique_ptr<MoveSession> session, OpenSession(*shard));
+  // Both shards checked before anything is installed on either: a write
+  // guard left on the source by a move that cannot be prepared would
+  // refuse writes until the move is aborted.
+  const ShardEndpoint* const shards[] = {&sides.source, &sides.destination};
+  std::unique_ptr<MoveSession> sessions[2];
+  std::vector<std::string> missing;
+  for (int i = 0; i < 2; ++i) {
+    ASSIGN_OR_RETURN(sessions[i], OpenSession(*shards[i]));
+    ASSIGN_OR_RETURN(std::string lacks,
+                     MissingPrivileges(*sessions[i], sides.tables));
+    if (!lacks.empty()) missing.push_back(std::move(lacks));
+  }
+  if (!missing.empty()) {
+    return absl::FailedPreconditionError(StrCat(
+        "move ", move.id, " cannot install its fence and write guard: the "
+        "mover's user lacks privileges on the shards (nothing was "
+        "installed); ", absl::StrJoin(missing, "; "),
+        "; then `shardctl moves resume ", move.id, "`"));
+  }
+  for (int i = 0; i < 2; ++i) {
+    const ShardEndpoint* shard = shards[i];
+    MoveSession* session = sessions[i].get();
     if (server_hash) {
       absl::Status usable = CheckServerHash(*session, sides.key_type);
       if (!usable.ok()) {

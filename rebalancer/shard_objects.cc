@@ -2,8 +2,11 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "absl/strings/str_join.h"
 #include "common/strings.h"
+#include "rebalancer/move_session.h"
 
 namespace shardkit::internal {
 
@@ -26,9 +29,20 @@ std::string_view KeySqlType(KeyType type) {
   return "text";
 }
 
+namespace {
+
+// CREATE SCHEMA IF NOT EXISTS asks for CREATE on the database even when the
+// schema exists: a mover's user given the schema, not the database, would
+// be refused.
+constexpr std::string_view kCreateSchemaSql =
+    "DO $schema$ BEGIN IF to_regnamespace('shardkit') IS NULL THEN "
+    "CREATE SCHEMA IF NOT EXISTS shardkit; END IF; END $schema$;";
+
+}  // namespace
+
 std::string CreateMoveTablesSql(uint64_t move_id, KeyType type) {
-  return StrCat("CREATE SCHEMA IF NOT EXISTS shardkit; "
-                "CREATE TABLE IF NOT EXISTS ", MoveKeysTable(move_id),
+  return StrCat(kCreateSchemaSql,
+                " CREATE TABLE IF NOT EXISTS ", MoveKeysTable(move_id),
                 " (key ", KeySqlType(type), " PRIMARY KEY); "
                 "CREATE TABLE IF NOT EXISTS ", MovePendingTable(move_id),
                 " (xid xid8 NOT NULL, key ", KeySqlType(type), " NOT NULL)");
@@ -128,8 +142,7 @@ std::string InstallFenceFunctionSql() {
   // runs in the writer's statement after it took its table lock, so under
   // READ COMMITTED it sees any fence committed before that lock was
   // granted (see the header).
-  return R"sql(
-CREATE SCHEMA IF NOT EXISTS shardkit;
+  return StrCat(kCreateSchemaSql, R"sql(
 CREATE TABLE IF NOT EXISTS shardkit.fences (
   table_name text PRIMARY KEY,
   min_epoch int8 NOT NULL
@@ -213,7 +226,44 @@ BEGIN
   RETURN NULL;
 END
 $fence$;
-)sql";
+)sql");
+}
+
+std::string MissingPrivilegesSql(const std::vector<std::string>& tables) {
+  // What InstallFenceFunctionSql replaces (its functions: only their owner
+  // may) and writes (its tables, the tables' fence sequences), and the
+  // moving tables (their triggers: only their owner may add one). A role
+  // the user belongs to counts as the user.
+  std::vector<std::string> sequences, quoted;
+  for (const std::string& table : tables) {
+    sequences.push_back(StrCat("'fence_' || md5(", EscapedString(table), ")"));
+    quoted.push_back(StrCat(EscapedString(QuoteQualifiedName(table)),
+                            "::regclass"));
+  }
+  return StrCat(
+      "SELECT current_user::text, concat_ws(' ', "
+      "CASE WHEN n.oid IS NULL AND NOT has_database_privilege("
+      "current_database(), 'CREATE') THEN format('CREATE SCHEMA shardkit "
+      "AUTHORIZATION %I;', current_user) END, "
+      "CASE WHEN n.oid IS NOT NULL AND NOT (has_schema_privilege(n.oid, "
+      "'USAGE') AND has_schema_privilege(n.oid, 'CREATE')) THEN format("
+      "'GRANT USAGE, CREATE ON SCHEMA shardkit TO %I;', current_user) END, "
+      "(SELECT string_agg(format('ALTER %s %s OWNER TO %I;', kind, name, "
+      "current_user), ' ' ORDER BY kind, name) FROM ("
+      "SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, "
+      "c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = n.oid "
+      "AND NOT pg_has_role(c.relowner, 'USAGE') AND c.relname IN ("
+      "'fences', 'write_guards', ", absl::StrJoin(sequences, ", "), ") "
+      "UNION ALL SELECT 'FUNCTION', p.oid::regprocedure::text FROM pg_proc p "
+      "WHERE p.pronamespace = n.oid AND NOT pg_has_role(p.proowner, 'USAGE') "
+      "AND p.proname IN ('write_mark', 'fence_sequence', 'raise_fence', "
+      "'check_epoch')) AS theirs (kind, name))), "
+      "(SELECT string_agg(format('%s (owner %I)', c.oid::regclass, "
+      "pg_get_userbyid(c.relowner)), ', ' ORDER BY c.oid::regclass::text) "
+      "FROM pg_class c WHERE c.oid IN (", absl::StrJoin(quoted, ", "),
+      ") AND NOT pg_has_role(c.relowner, 'USAGE')) "
+      "FROM (VALUES (1)) AS one (x) "
+      "LEFT JOIN pg_namespace n ON n.nspname = 'shardkit'");
 }
 
 std::string WriteMark(std::string_view table) {

@@ -168,6 +168,19 @@
 // other session (InstallDdlGuardSql); otherwise the mover says so in the
 // move's journal.
 //
+// ## The mover's user
+//
+// Need not be a superuser: the owner of the moving tables (the fence is a
+// trigger on them), who may create schema shardkit (CREATE on the
+// database) or has been given it, and owns the objects in it that
+// InstallFenceFunctionSql replaces and the fence writes. Created by a
+// superuser (a move run as one; `shardctl hash install` creates the
+// schema), they are not its: the mover checks both shards before it
+// installs anything on either (MissingPrivilegesSql) and stops with the
+// statements that would give it what it lacks. The fence trigger and the
+// dual-write use schema shardkit with the privileges of the writing
+// session, so the routers connect as a role that may too.
+//
 // ## Backfill
 //
 // Chunks in primary-key order. Each chunk: on the source, in a transaction,
@@ -190,6 +203,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "shardkit/key.h"
 #include "shardkit/shard_map.h"
@@ -282,6 +296,19 @@ std::string SliceConditionSql(Strategy strategy, KeyType key_type,
 // shardkit.write_mark(table_name text) and
 // shardkit.raise_fence(table_name text, epoch int8).
 std::string InstallFenceFunctionSql();
+
+// One row on the shard it runs on, about what keeps the session's user from
+// preparing a move of `tables` (their map names) there: the user; the
+// statements that a superuser (or the owner of what they name) would run
+// to let it install the fence and the write guard (CREATE SCHEMA shardkit
+// AUTHORIZATION, GRANT USAGE, CREATE ON SCHEMA shardkit, ALTER ... OWNER
+// TO for the objects of InstallFenceFunctionSql and the tables' fence
+// sequences that another role owns), "" when none; and the moving tables
+// the user does not own, as "users (owner app)", NULL when none (adding
+// the fence trigger needs their owner). Installed once by a superuser (a
+// move run as one, `shardctl hash install`), those belong to it.
+// REQUIRES: `tables` is not empty and each exists on the shard.
+std::string MissingPrivilegesSql(const std::vector<std::string>& tables);
 
 // Creates (idempotently) the event triggers shardkit_guard_ddl and
 // shardkit_guard_drop and their functions, which refuse (SQLSTATE 55000)

@@ -716,6 +716,100 @@ TEST_F(MoverTest, MovesAsTheTablesOwnerWithoutASuperuser) {
             2 * kUsers + inserted.load());
 }
 
+// What a superuser made in schema shardkit (`shardctl hash install`
+// creates the schema; a move run as a superuser, the fence's functions,
+// tables and sequences) is not the mover's to use or replace when it runs
+// as the tables' owner, and neither is a moving table another role owns.
+// The move stops before it installs anything on either shard and says, per
+// shard, what to run as a superuser (or that it must run as the tables'
+// owner); once that is done, it resumes and finishes, the shards hashing
+// the slice.
+TEST_F(MoverTest, SaysWhatToGrantWhenShardkitsObjectsAreAnotherRoles) {
+  auto owner_config = WriteOwnerConfig();
+  ASSERT_TRUE(owner_config.ok()) << owner_config.status();
+  for (int s = 0; s < 3; ++s) {
+    // No CREATE on the database: schema shardkit is given to the role.
+    ASSERT_TRUE(shards_
+                    ->Query(s, StrCat("ALTER TABLE users OWNER TO ", kOwner,
+                                      s == 2 ? ""
+                                             : StrCat("; ALTER TABLE orders "
+                                                      "OWNER TO ",
+                                                      kOwner)))
+                    .ok());
+    absl::Status installed = shards_->InstallServerHash(s);
+    ASSERT_TRUE(installed.ok()) << installed;
+  }
+  // On s3, what a move run as a superuser leaves.
+  ASSERT_TRUE(shards_
+                  ->Query(2, StrCat(internal::InstallFenceFunctionSql(),
+                                    "; SELECT shardkit.raise_fence('users', "
+                                    "0)"))
+                  .ok());
+  config_path_ = *owner_config;
+  auto mover = OpenMover();
+  ASSERT_TRUE(mover.ok()) << mover.status();
+  auto move = (*mover)->Start({"users", "0x8000000000000000:", "", "s3"});
+  ASSERT_TRUE(move.ok()) << move.status();
+  absl::Status refused = (*mover)->Run(move->id);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  const std::string schema =
+      StrCat("GRANT USAGE, CREATE ON SCHEMA shardkit TO ", kOwner, ";");
+  for (const std::string& want : {
+           StrCat("move ", move->id, " cannot install its fence and write "
+                  "guard: the mover's user lacks privileges on the shards "
+                  "(nothing was installed); on s2 (user shardkit_owner), as "
+                  "a superuser: `", schema, "`; on s3 (user shardkit_owner), "
+                  "it does not own orders (owner postgres), which get the "
+                  "fence's trigger: run the move as their owner, and as a "
+                  "superuser: `", schema, " ALTER FUNCTION "
+                  "shardkit.check_epoch() OWNER TO shardkit_owner; ALTER "
+                  "FUNCTION shardkit.fence_sequence(text) OWNER TO "
+                  "shardkit_owner; ALTER FUNCTION shardkit.raise_fence(text,"
+                  "bigint) OWNER TO shardkit_owner; ALTER FUNCTION "
+                  "shardkit.write_mark(text) OWNER TO shardkit_owner; ALTER "
+                  "SEQUENCE shardkit.fence_"),
+           StrCat(" OWNER TO shardkit_owner; ALTER TABLE shardkit.fences "
+                  "OWNER TO shardkit_owner; ALTER TABLE shardkit.write_guards "
+                  "OWNER TO shardkit_owner;`; then `shardctl moves resume ",
+                  move->id, "`")}) {
+    EXPECT_NE(refused.message().find(want), std::string::npos)
+        << refused << "\nwants: " << want;
+  }
+  auto stopped = (*mover)->journal().Get(move->id);
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_EQ(stopped->phase, internal::JournalPhase::kPlanned);
+  for (int s : {1, 2}) {
+    EXPECT_EQ(Count(s, "SELECT count(*) FROM pg_trigger WHERE tgname = "
+                       "'shardkit_epoch_fence'"),
+              0);
+  }
+  EXPECT_EQ(Count(2, "SELECT count(*) FROM shardkit.write_guards"), 0);
+
+  // The operator runs what the message says, as a superuser, and makes the
+  // role the owner of s3's orders.
+  for (int s : {1, 2}) {
+    const std::string clause = StrCat("on s", s + 1, " (user ", kOwner, ")");
+    const size_t at = refused.message().find(ToAbsl(clause));
+    ASSERT_NE(at, std::string::npos) << refused;
+    constexpr std::string_view kRun = "as a superuser: `";
+    const size_t from = refused.message().find(ToAbsl(kRun), at) + kRun.size();
+    const size_t to = refused.message().find('`', from);
+    const std::string grants(refused.message().substr(from, to - from));
+    auto granted = shards_->Query(s, grants);
+    ASSERT_TRUE(granted.ok()) << granted.status() << "\n" << grants;
+  }
+  ASSERT_TRUE(
+      shards_->Query(2, StrCat("ALTER TABLE orders OWNER TO ", kOwner)).ok());
+  absl::Status resumed = (*mover)->Run(move->id);
+  ASSERT_TRUE(resumed.ok()) << resumed;
+  auto done = (*mover)->journal().Get(move->id);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->phase, internal::JournalPhase::kDone);
+  EXPECT_TRUE(done->server_hash);
+  ExpectUsersOnTheirOwners();
+  EXPECT_EQ(Count(1, "SELECT count(*) FROM users"), 0);
+}
+
 TEST_F(MoverTest, VerifyMismatchStopsTheMoveAndAbortRollsItBack) {
   // A row of the slice that s3 already holds with other values: the
   // backfill keeps it (it could be a newer dual-write), so verify finds it.
