@@ -8,9 +8,12 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <iostream>
 #include <memory>
 #include <set>
 #include <string>
@@ -19,6 +22,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "rebalancer/verify.h"
 #include "router/failpoint.h"
 #include "shardkit/key.h"
@@ -635,6 +639,113 @@ TEST_F(BackfillTest, WritesUnderTheFenceWithItsEpoch) {
                               at_epoch);
   ASSERT_TRUE(passed.ok()) << passed.status();
   EXPECT_EQ(Query(1, "SELECT count(*) FROM users")[0][0], "10");
+}
+
+// A server backend stopped with SIGSTOP, as a hung server leaves it: it
+// reads nothing and enforces none of its timeouts. Terminated and resumed
+// when the guard goes, so that a failed assertion leaves no stopped process
+// (nor its transaction's locks) behind. The test runs as root, the servers
+// as postgres: kill() is allowed.
+class StoppedBackend {
+ public:
+  explicit StoppedBackend(pid_t pid)
+      : pid_(pid), stopped_(kill(pid, SIGSTOP) == 0) {}
+  StoppedBackend(const StoppedBackend&) = delete;
+  StoppedBackend& operator=(const StoppedBackend&) = delete;
+  // SIGTERM first: stopped, the backend cannot exit, so its pid is still
+  // its own; resumed, it terminates at once.
+  ~StoppedBackend() {
+    if (!stopped_) return;
+    kill(pid_, SIGTERM);
+    kill(pid_, SIGCONT);
+  }
+
+  bool stopped() const { return stopped_; }
+
+ private:
+  const pid_t pid_;
+  const bool stopped_;
+};
+
+// A destination that stops reading in the middle of a chunk (a hung
+// server, a partition: no error, no FIN) fails the backfill after about
+// its statement timeout, naming the shard, instead of keeping it, and the
+// source rows it locked, waiting forever. The server's own
+// statement_timeout cannot help: the backend is stopped. The chunk (some
+// 80 MB of COPY text) is far more than the loopback socket buffers take,
+// so the mover's sends block; a trigger holds the backend at an early row
+// of the chunk, where the test stops it.
+TEST_F(BackfillTest, DestinationThatStopsReadingFailsTheBackfill) {
+  Both(kUsers);
+  constexpr int kRows = 40000;  // 2 KB each
+  constexpr int kHeldRow = 100;
+  Query(0, absl::StrCat("INSERT INTO users SELECT g, repeat(md5(g::text), "
+                        "64), 0 FROM generate_series(1, ",
+                        kRows, ") g"));
+  // lock_timeout 0 for the wait: the mover's 300 ms would end it before
+  // the test stops the backend; its statement_timeout (2 s) still would.
+  Query(1, absl::StrCat(
+               "CREATE FUNCTION hold_row() RETURNS trigger LANGUAGE plpgsql "
+               "SET lock_timeout = 0 AS $$ BEGIN IF NEW.id = ",
+               kHeldRow,
+               " THEN PERFORM pg_advisory_xact_lock(4711); END IF; RETURN "
+               "NEW; END $$;"
+               "CREATE TRIGGER hold BEFORE INSERT ON users FOR EACH ROW "
+               "EXECUTE FUNCTION hold_row()"));
+  testing::Session holder(shards_->dsn(1));
+  ASSERT_TRUE(holder.ok()) << holder.error();
+  ASSERT_EQ(holder.Scalar("SELECT pg_advisory_lock(4711)"), "");
+
+  BackfillOptions options;
+  options.chunk_rows = kRows;
+  options.statement_timeout = absl::Seconds(2);
+  std::atomic<bool> done{false};
+  absl::StatusOr<BackfillStats> result;
+  absl::Duration took;
+  std::jthread backfill([&] {
+    const absl::Time start = absl::Now();
+    result = BackfillTable(source(), destination(), {"users", "id"},
+                           RangeSlice(12, 1, kRows + 1), options);
+    took = absl::Now() - start;
+    done = true;
+  });
+  pid_t pid = 0;
+  ASSERT_TRUE(testing::Eventually([&] {
+    if (done) return true;
+    auto waiting = shards_->Query(
+        1,
+        "SELECT pid FROM pg_stat_activity WHERE application_name = "
+        "'shardkit-mover' AND wait_event = 'advisory' AND query LIKE 'COPY%'");
+    if (waiting.ok() && !waiting->empty()) pid = std::stoi((*waiting)[0][0]);
+    return pid != 0;
+  }));
+  ASSERT_NE(pid, 0) << "the backfill ended before its COPY reached row "
+                    << kHeldRow << ": " << result.status();
+  {
+    StoppedBackend stopped(pid);
+    ASSERT_TRUE(stopped.stopped()) << "kill(" << pid << ", SIGSTOP) failed";
+    // Generous: this bounds a hang, it does not time the deadline.
+    ASSERT_TRUE(testing::Eventually([&] { return done.load(); },
+                                    absl::Seconds(30)))
+        << "the backfill still waits on the stopped destination";
+    std::cout << "the backfill failed after " << took << "\n";
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded)
+        << result.status();
+    EXPECT_THAT(result.status().message(),
+                HasSubstr("shard s2: the server took no more COPY data for "
+                          "2s (while copying a chunk of table users"));
+    // The backfill rolled back the source: its rows are free.
+    EXPECT_EQ(Query(0, "SET lock_timeout = '1s'; SELECT count(*) FROM "
+                       "(SELECT id FROM users FOR UPDATE) x"),
+              (Rows{{std::to_string(kRows)}}));
+  }
+  // Terminated, the backend's transaction rolled back: nothing copied.
+  EXPECT_TRUE(testing::Eventually([&] {
+    auto left = shards_->Query(
+        1, absl::StrCat("SELECT 1 FROM pg_stat_activity WHERE pid = ", pid));
+    return left.ok() && left->empty();
+  }));
+  EXPECT_EQ(Query(1, "SELECT count(*) FROM users")[0][0], "0");
 }
 
 // A mover killed at a failpoint (in a child process: this test binary run
