@@ -307,6 +307,10 @@ absl::Status MoveSession::FinishCopyData(std::string_view context) {
     if (flushed < 0) return Error("COPY FROM", context);
     if (flushed == 0) break;
     if (absl::Now() > deadline) {
+      // Give the connection up (the server rolls back when it sees it
+      // closed): a later use, RollbackQuietly's too, fails at once instead
+      // of waiting for the bound again.
+      shutdown(PQsocket(conn_), SHUT_RDWR);
       return absl::DeadlineExceededError(StrCat(
           "shard ", shard_name_, ": the server took no more COPY data for ",
           absl::FormatDuration(bound), Suffix(context)));
@@ -365,13 +369,9 @@ bool MoveSession::InTransaction() const {
 
 void MoveSession::RollbackQuietly() {
   // Back to blocking (a chunk stopped while its rows were queued); what is
-  // still queued is sent first or the connection is dead anyway.
-  if (PQisnonblocking(conn_) && !FinishCopyData("").ok()) {
-    // Still unsent after the statement timeout: give the connection up
-    // (the server rolls back when it sees it closed; every later use of
-    // the session fails).
-    shutdown(PQsocket(conn_), SHUT_RDWR);
-  }
+  // still queued is sent first, or FinishCopyData gave the connection up
+  // (then every later use of the session fails).
+  if (PQisnonblocking(conn_)) FinishCopyData("").IgnoreError();
   if (PQisnonblocking(conn_)) PQsetnonblocking(conn_, 0);
   // A COPY FROM STDIN left open (a backfill chunk stopped half-way by the
   // source): end it as failed, or the session refuses every later command.

@@ -115,7 +115,12 @@ class MoveSession {
   // one server while the caller reads another: QueueCopyData hands `data`
   // to libpq (the connection is nonblocking until FinishCopyData) and sends
   // what the server takes at once; FlushCopyData sends what it takes now;
-  // FinishCopyData waits until all is sent (then EndCopyIn as usual).
+  // FinishCopyData waits until all is sent (then EndCopyIn as usual). A
+  // server that has not taken it all within the statement timeout (5
+  // minutes without one) fails FinishCopyData with kDeadlineExceeded
+  // naming the shard; the connection is given up then: every later use of
+  // the session fails at once (the server rolls back when it sees it
+  // closed).
   [[nodiscard]] absl::Status QueueCopyData(std::string_view data,
                                            std::string_view context = "");
   [[nodiscard]] absl::Status FlushCopyData(std::string_view context = "");
