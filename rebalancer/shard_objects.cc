@@ -34,6 +34,13 @@ namespace {
 // CREATE SCHEMA IF NOT EXISTS asks for CREATE on the database even when the
 // schema exists: a mover's user given the schema, not the database, would
 // be refused.
+// Taken first by the scripts that replace shardkit's shared functions
+// and triggers (until their implicit transaction ends): two movers
+// preparing at once on one shard would otherwise fail with "tuple
+// concurrently updated". The key is "shardkit" in ASCII.
+constexpr std::string_view kInstallLockSql =
+    "SELECT pg_advisory_xact_lock(8316003855878547828);";
+
 constexpr std::string_view kCreateSchemaSql =
     "DO $schema$ BEGIN IF to_regnamespace('shardkit') IS NULL THEN "
     "CREATE SCHEMA IF NOT EXISTS shardkit; END IF; END $schema$;";
@@ -41,11 +48,18 @@ constexpr std::string_view kCreateSchemaSql =
 }  // namespace
 
 std::string CreateMoveTablesSql(uint64_t move_id, KeyType type) {
-  return StrCat(kCreateSchemaSql,
-                " CREATE TABLE IF NOT EXISTS ", MoveKeysTable(move_id),
-                " (key ", KeySqlType(type), " PRIMARY KEY); "
-                "CREATE TABLE IF NOT EXISTS ", MovePendingTable(move_id),
-                " (xid xid8 NOT NULL, key ", KeySqlType(type), " NOT NULL)");
+  // The application's sessions read and write these (hiding, dual-write)
+  // with their own rights, as whatever role they connect as: granted to
+  // all, with the schema when the mover may grant it.
+  return StrCat(
+      kCreateSchemaSql, " CREATE TABLE IF NOT EXISTS ", MoveKeysTable(move_id),
+      " (key ", KeySqlType(type), " PRIMARY KEY); CREATE TABLE IF NOT EXISTS ",
+      MovePendingTable(move_id), " (xid xid8 NOT NULL, key ", KeySqlType(type),
+      " NOT NULL); GRANT SELECT, INSERT ON ", MoveKeysTable(move_id), ", ",
+      MovePendingTable(move_id),
+      " TO PUBLIC; DO $usage$ BEGIN IF pg_has_role((SELECT nspowner FROM "
+      "pg_namespace WHERE nspname = 'shardkit'), 'USAGE') THEN GRANT USAGE "
+      "ON SCHEMA shardkit TO PUBLIC; END IF; END $usage$");
 }
 
 bool MoveListsKeys(Strategy strategy, bool server_hash) {
@@ -142,7 +156,7 @@ std::string InstallFenceFunctionSql() {
   // runs in the writer's statement after it took its table lock, so under
   // READ COMMITTED it sees any fence committed before that lock was
   // granted (see the header).
-  return StrCat(kCreateSchemaSql, R"sql(
+  return StrCat(kInstallLockSql, kCreateSchemaSql, R"sql(
 CREATE TABLE IF NOT EXISTS shardkit.fences (
   table_name text PRIMARY KEY,
   min_epoch int8 NOT NULL
@@ -155,6 +169,46 @@ CREATE TABLE IF NOT EXISTS shardkit.write_guards (
 CREATE OR REPLACE FUNCTION shardkit.write_mark(written text)
 RETURNS text LANGUAGE sql IMMUTABLE AS
 $mark$ SELECT '/* shardkit writes ' || translate(written, '*/', '__') || ' */ ' $mark$;
+CREATE OR REPLACE FUNCTION shardkit.guard_sequence(guarded text)
+RETURNS text LANGUAGE sql IMMUTABLE AS
+$seq$ SELECT 'shardkit.' || quote_ident('guard_' || md5(guarded)) $seq$;
+CREATE OR REPLACE FUNCTION shardkit.guarding_move(guarded text)
+RETURNS int8 LANGUAGE plpgsql STABLE AS $guarding$
+DECLARE
+  sequence regclass := to_regclass(shardkit.guard_sequence(guarded));
+BEGIN
+  -- As it is now, not through the snapshot (as the fence's sequence).
+  RETURN CASE WHEN sequence IS NULL THEN 0
+              ELSE coalesce(pg_sequence_last_value(sequence), 0) END;
+END
+$guarding$;
+CREATE OR REPLACE FUNCTION shardkit.add_write_guard(guarded text,
+                                                    guarding int8)
+RETURNS void LANGUAGE plpgsql AS $add$
+DECLARE
+  sequence text := shardkit.guard_sequence(guarded);
+BEGIN
+  EXECUTE format('CREATE SEQUENCE IF NOT EXISTS %s MINVALUE 0', sequence);
+  PERFORM setval(sequence::regclass, guarding, true);
+  INSERT INTO shardkit.write_guards (table_name, move_id)
+  VALUES (guarded, guarding) ON CONFLICT DO NOTHING;
+END
+$add$;
+CREATE OR REPLACE FUNCTION shardkit.remove_write_guards(guarding int8)
+RETURNS void LANGUAGE plpgsql AS $remove$
+DECLARE
+  g record;
+BEGIN
+  FOR g IN SELECT table_name FROM shardkit.write_guards
+            WHERE move_id = guarding LOOP
+    IF shardkit.guarding_move(g.table_name) = guarding THEN
+      PERFORM setval(shardkit.guard_sequence(g.table_name)::regclass, 0,
+                     true);
+    END IF;
+  END LOOP;
+  DELETE FROM shardkit.write_guards WHERE move_id = guarding;
+END
+$remove$;
 CREATE OR REPLACE FUNCTION shardkit.fence_sequence(fenced text)
 RETURNS text LANGUAGE sql IMMUTABLE AS
 $seq$ SELECT 'shardkit.' || quote_ident('fence_' || md5(fenced)) $seq$;
@@ -174,7 +228,8 @@ BEGIN
 END
 $raise$;
 CREATE OR REPLACE FUNCTION shardkit.check_epoch() RETURNS trigger
-LANGUAGE plpgsql AS $fence$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fence$
 DECLARE
   fenced text := CASE WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
                       ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME END;
@@ -183,6 +238,7 @@ DECLARE
   setting text := nullif(current_setting('shardkit.epoch', true), '');
   guarding int8;
   statement text;
+  marked text;
 BEGIN
   SELECT min_epoch INTO required FROM shardkit.fences
    WHERE table_name = fenced;
@@ -204,25 +260,36 @@ BEGIN
   END IF;
   -- The write guard (see "Write guard" in the header): a write of a table
   -- under a move that its router did not route as one.
+  IF current_setting('shardkit.mover', true) IS NOT DISTINCT FROM 'on' THEN
+    RETURN NULL;  -- the mover's own
+  END IF;
   statement := coalesce(current_query(), '');
   IF pg_trigger_depth() = 1 AND
-     NOT starts_with(statement, shardkit.write_mark(fenced)) AND
-     current_setting('shardkit.mover', true) IS DISTINCT FROM 'on' THEN
-    SELECT min(move_id) INTO guarding FROM shardkit.write_guards
-     WHERE table_name = fenced;
-    IF guarding IS NOT NULL THEN
-      RAISE EXCEPTION USING
-        ERRCODE = '55000',
-        MESSAGE = format('table %s is under move %s, which copies only the '
-                         'writes shardkit routes as writes of it; this one '
-                         'comes from a function, a rule or a client that '
-                         'shardkit did not route as such (statement: %s)',
-                         fenced, guarding, left(statement, 200)),
-        HINT = format('write the table with INSERT, UPDATE or DELETE '
-                      'statements through shardkit, or wait until the move '
-                      'has finished (shardctl moves status %s)', guarding);
+     starts_with(statement, shardkit.write_mark(fenced)) THEN
+    RETURN NULL;  -- the router's write of this table
+  END IF;
+  guarding := shardkit.guarding_move(fenced);
+  IF guarding = 0 THEN
+    RETURN NULL;
+  END IF;
+  IF pg_trigger_depth() > 1 THEN
+    -- A trigger's or a foreign key's write, which passes when the client's
+    -- statement is the router's write of a table this move guards too.
+    marked := substring(statement from '^/\* shardkit writes (.*?) \*/ ');
+    IF marked IS NOT NULL AND shardkit.guarding_move(marked) = guarding THEN
+      RETURN NULL;
     END IF;
   END IF;
+  RAISE EXCEPTION USING
+    ERRCODE = '55000',
+    MESSAGE = format('table %s is under move %s, which copies only the '
+                     'writes shardkit routes as writes of it; this one '
+                     'comes from a function, a rule, a trigger or a client '
+                     'that shardkit did not route as such (statement: %s)',
+                     fenced, guarding, left(statement, 200)),
+    HINT = format('write the table with INSERT, UPDATE or DELETE '
+                  'statements through shardkit, or wait until the move '
+                  'has finished (shardctl moves status %s)', guarding);
   RETURN NULL;
 END
 $fence$;
@@ -237,6 +304,7 @@ std::string MissingPrivilegesSql(const std::vector<std::string>& tables) {
   std::vector<std::string> sequences, quoted;
   for (const std::string& table : tables) {
     sequences.push_back(StrCat("'fence_' || md5(", EscapedString(table), ")"));
+    sequences.push_back(StrCat("'guard_' || md5(", EscapedString(table), ")"));
     quoted.push_back(StrCat(EscapedString(QuoteQualifiedName(table)),
                             "::regclass"));
   }
@@ -253,14 +321,18 @@ std::string MissingPrivilegesSql(const std::vector<std::string>& tables) {
       "SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, "
       "c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = n.oid "
       "AND NOT pg_has_role(c.relowner, 'USAGE') AND c.relname IN ("
-      "'fences', 'write_guards', ", absl::StrJoin(sequences, ", "), ") "
+      "'fences', 'write_guards', ",
+      absl::StrJoin(sequences, ", "),
+      ") "
       "UNION ALL SELECT 'FUNCTION', p.oid::regprocedure::text FROM pg_proc p "
       "WHERE p.pronamespace = n.oid AND NOT pg_has_role(p.proowner, 'USAGE') "
       "AND p.proname IN ('write_mark', 'fence_sequence', 'raise_fence', "
-      "'check_epoch')) AS theirs (kind, name))), "
+      "'check_epoch', 'guard_sequence', 'guarding_move', 'add_write_guard', "
+      "'remove_write_guards')) AS theirs (kind, name))), "
       "(SELECT string_agg(format('%s (owner %I)', c.oid::regclass, "
       "pg_get_userbyid(c.relowner)), ', ' ORDER BY c.oid::regclass::text) "
-      "FROM pg_class c WHERE c.oid IN (", absl::StrJoin(quoted, ", "),
+      "FROM pg_class c WHERE c.oid IN (",
+      absl::StrJoin(quoted, ", "),
       ") AND NOT pg_has_role(c.relowner, 'USAGE')) "
       "FROM (VALUES (1)) AS one (x) "
       "LEFT JOIN pg_namespace n ON n.nspname = 'shardkit'");
@@ -282,30 +354,32 @@ std::string_view LeadingWriteMark(std::string_view sql) {
 }
 
 std::string AddWriteGuardSql(std::string_view table_literal, uint64_t move_id) {
-  return StrCat(
-      "INSERT INTO shardkit.write_guards (table_name, move_id) "
-      "VALUES (",
-      table_literal, ", ", move_id, ") ON CONFLICT DO NOTHING");
+  return StrCat("SELECT shardkit.add_write_guard(", table_literal, ", ",
+                move_id, ")");
 }
 
 std::string RemoveWriteGuardsSql(uint64_t move_id) {
-  // A shard prepared by a shardkit without guards has no table for them.
+  // A shard the move never prepared has no function for it.
   return StrCat(
-      "DO $guards$ BEGIN IF to_regclass('shardkit.write_guards') "
-      "IS NOT NULL THEN DELETE FROM shardkit.write_guards WHERE "
-      "move_id = ",
-      move_id, "; END IF; END $guards$");
+      "DO $guards$ BEGIN IF to_regprocedure("
+      "'shardkit.remove_write_guards(int8)') IS NOT NULL THEN PERFORM "
+      "shardkit.remove_write_guards(",
+      move_id, "); END IF; END $guards$");
 }
 
 std::string InstallDdlGuardSql() {
   // The event triggers' functions name a table as the shard map does (bare
-  // in schema public), like the fence trigger. An index stands for its
-  // table.
-  return R"sql(
+  // in schema public), like the fence trigger; an index or a rule stands
+  // for its table. They run on every DDL in the database, for any role:
+  // as their owner (SECURITY DEFINER), so that a role without rights on
+  // schema shardkit can still run DDL, and they refuse only while a guard
+  // is up (shardkit.guarding_move, read as it is now).
+  return StrCat(kInstallLockSql, R"sql(
 CREATE SCHEMA IF NOT EXISTS shardkit;
 CREATE OR REPLACE FUNCTION shardkit.refuse_ddl(guarded text, move_id int8,
                                                command text)
-RETURNS void LANGUAGE plpgsql AS $refuse$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $refuse$
 BEGIN
   IF current_setting('shardkit.mover', true) IS NOT DISTINCT FROM 'on' THEN
     RETURN;  -- the mover's own
@@ -321,20 +395,27 @@ BEGIN
 END
 $refuse$;
 CREATE OR REPLACE FUNCTION shardkit.guard_ddl() RETURNS event_trigger
-LANGUAGE plpgsql AS $ddl$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $ddl$
 DECLARE
   hit record;
 BEGIN
   SELECT g.table_name, g.move_id, c.command_tag INTO hit
     FROM pg_event_trigger_ddl_commands() c
     JOIN pg_class r
-      ON c.classid = 'pg_class'::regclass
-     AND r.oid = coalesce((SELECT i.indrelid FROM pg_index i
-                            WHERE i.indexrelid = c.objid), c.objid)
+      ON r.oid = CASE c.classid
+                   WHEN 'pg_class'::regclass THEN
+                     coalesce((SELECT i.indrelid FROM pg_index i
+                                WHERE i.indexrelid = c.objid), c.objid)
+                   WHEN 'pg_rewrite'::regclass THEN
+                     (SELECT w.ev_class FROM pg_rewrite w
+                       WHERE w.oid = c.objid)
+                 END
     JOIN pg_namespace n ON n.oid = r.relnamespace
     JOIN shardkit.write_guards g
       ON g.table_name = CASE WHEN n.nspname = 'public' THEN r.relname::text
                              ELSE n.nspname || '.' || r.relname END
+   WHERE shardkit.guarding_move(g.table_name) = g.move_id
    LIMIT 1;
   IF FOUND THEN
     PERFORM shardkit.refuse_ddl(hit.table_name, hit.move_id, hit.command_tag);
@@ -342,19 +423,28 @@ BEGIN
 END
 $ddl$;
 CREATE OR REPLACE FUNCTION shardkit.guard_drop() RETURNS event_trigger
-LANGUAGE plpgsql AS $drop$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $drop$
 DECLARE
   hit record;
 BEGIN
-  SELECT g.table_name, g.move_id INTO hit
+  -- A guarded table, one of its columns (DROP TYPE ... CASCADE), or a
+  -- fence trigger while any guard is up.
+  SELECT g.table_name, g.move_id, upper(d.object_type) AS what INTO hit
     FROM pg_event_trigger_dropped_objects() d
     JOIN shardkit.write_guards g
-      ON g.table_name = CASE WHEN d.schema_name = 'public' THEN d.object_name
-                             ELSE d.schema_name || '.' || d.object_name END
-   WHERE d.object_type = 'table'
+      ON (d.object_type IN ('table', 'table column') AND
+          g.table_name = CASE WHEN d.schema_name = 'public'
+                              THEN d.address_names[2]
+                              ELSE d.schema_name || '.' || d.address_names[2]
+                         END)
+      OR (d.object_type = 'trigger' AND
+          d.object_identity LIKE 'shardkit_epoch_fence on %')
+   WHERE shardkit.guarding_move(g.table_name) = g.move_id
    LIMIT 1;
   IF FOUND THEN
-    PERFORM shardkit.refuse_ddl(hit.table_name, hit.move_id, 'DROP');
+    PERFORM shardkit.refuse_ddl(hit.table_name, hit.move_id,
+                                'DROP ' || hit.what);
   END IF;
 END
 $drop$;
@@ -370,7 +460,7 @@ DO $install$ BEGIN
       EXECUTE FUNCTION shardkit.guard_drop();
   END IF;
 END $install$;
-)sql";
+)sql");
 }
 
 std::string InstallFenceTriggerSql(std::string_view quoted_table) {

@@ -142,31 +142,44 @@
 // cutover, or changing a hidden copy. So every write statement the library
 // sends to a table of the map starts with the comment WriteMark(table)
 // ("/* shardkit writes <table> */ "), and while a move is being prepared
-// and dual-written, each of its two shards holds, per table,
-//
-//   shardkit.write_guards (table_name text, move_id int8,
-//                          PRIMARY KEY (table_name, move_id))
-//
-// The fence trigger then refuses (SQLSTATE 55000, kMoveUnderWaySqlState)
-// a write of a guarded table made at trigger depth 1 (by the client's
-// statement itself, or a function or rule it called: not by a trigger,
-// whose writes are repeated on the destination when the row is applied
-// there, nor by a foreign key's cascade) unless the client's statement
-// (current_query()) starts with the table's mark, or the session is the
-// mover's (kMoverSetting = on). The mover adds the rows when it prepares a
-// move and removes them once the cutover is published (the destination
+// and dual-written, each of its two shards marks each of its tables as
+// guarded by it: the last value of a sequence per table,
+// shardkit.guard_<md5 of table_name>, is the move's id (0: none), read as
+// it is now like the fence's (a REPEATABLE READ transaction older than the
+// guard still meets it); shardkit.write_guards (table_name, move_id) lists
+// what each move guarded, for its removal and the DDL guard. The fence
+// trigger then refuses (SQLSTATE 55000, kMoveUnderWaySqlState) a write of
+// a guarded table unless
+//   - it is the client's statement itself (trigger depth 1) and that
+//     statement (current_query()) starts with the table's mark; or
+//   - it is made by a trigger or a foreign key's cascade (depth > 1) and
+//     the client's statement starts with the mark of a table the same move
+//     guards (its dual-written row reaches the destination, whose triggers
+//     and cascades run there too); or
+//   - the session is the mover's (kMoverSetting = on).
+// So a function or rule called by a statement, or a trigger fired by a
+// write of another table, or a client that is not shardkit's, is refused.
+// Not seen: a function called by the router's own write of the same table
+// (UPDATE t SET x = f(id), f writing other rows of t) writes at depth 1
+// under the table's mark. The mover adds the guard when it prepares a
+// move and removes it once the cutover is published (the destination
 // owns the slice then: nothing is dual-written) or the move is aborted.
-// A write of an unguarded table is never checked, and a marked one costs
-// a string comparison.
+// A marked write costs a string comparison; an unmarked one, a sequence
+// read. The trigger function runs as its owner (SECURITY DEFINER, with a
+// fixed search_path), so a writer needs no rights on schema shardkit.
 //
 // Schema changes too: the move copies a table by the columns it had when
 // it started (the backfill, the verify, the dual-write's upserts), so a
 // column added or changed meanwhile would be lost or refused on the
 // destination. The router refuses DDL of a moving table while the move is
 // in its map (router/move_guard.h); on the shards, where the mover's user
-// is a superuser, event triggers refuse DDL of a guarded table from any
-// other session (InstallDdlGuardSql); otherwise the mover says so in the
-// move's journal.
+// is a superuser, event triggers refuse DDL of a guarded table (an index
+// or a rule on it, one of its columns dropped by a cascade, a fence
+// trigger) from any other session (InstallDdlGuardSql); otherwise the
+// mover says so in the move's journal. They know a table by its name: a
+// table renamed or moved to another schema is not recognised (nor is it by
+// the fence); CREATE INDEX CONCURRENTLY is refused only once its index is
+// built (an invalid index remains, to drop).
 //
 // ## The mover's user
 //

@@ -6,6 +6,7 @@
 
 #include "rebalancer/mover.h"
 
+#include <libpq-fe.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -73,6 +74,34 @@ int64_t ScalarOf(const absl::StatusOr<Result>& r) {
   EXPECT_TRUE(absl::SimpleAtoi(*r->rows[0][0], &n));
   return n;
 }
+
+// A libpq session of its own on a shard, for what TestCluster::Query (a
+// connection per call) cannot show: a transaction held open, another role.
+class RawSession {
+ public:
+  explicit RawSession(const std::string& dsn)
+      : conn_(PQconnectdb(dsn.c_str())) {}
+  ~RawSession() { PQfinish(conn_); }
+  RawSession(const RawSession&) = delete;
+  RawSession& operator=(const RawSession&) = delete;
+
+  // Runs `sql`; "" when it succeeded, else the server's message.
+  std::string Run(const std::string& sql) {
+    if (PQstatus(conn_) != CONNECTION_OK) return PQerrorMessage(conn_);
+    std::string error;
+    PQsendQuery(conn_, sql.c_str());
+    while (PGresult* result = PQgetResult(conn_)) {
+      if (PQresultStatus(result) == PGRES_FATAL_ERROR && error.empty()) {
+        error = PQresultErrorMessage(result);
+      }
+      PQclear(result);
+    }
+    return error;
+  }
+
+ private:
+  PGconn* conn_;
+};
 
 class MoverTest : public ::testing::Test {
  protected:
@@ -427,6 +456,47 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
   absl::Status other_ddl;
   int64_t staying_bumps = 0;
   absl::Status loaded = absl::UnknownError("no load");
+  // A REPEATABLE READ transaction on the destination whose snapshot
+  // predates the guard still meets it (the guard is read as it is now).
+  RawSession old_snapshot(shards_->dsn(2));
+  ASSERT_EQ(old_snapshot.Run("BEGIN ISOLATION LEVEL REPEATABLE READ; "
+                             "SELECT count(*) FROM users"),
+            "");
+  // The application as a role with rights on its tables only (none on
+  // schema shardkit), writing and reading through the library meanwhile.
+  for (int shard = 0; shard < 3; ++shard) {
+    ASSERT_TRUE(shards_
+                    ->Query(shard,
+                            "CREATE ROLE app_rw LOGIN; GRANT SELECT, INSERT, "
+                            "UPDATE, DELETE ON users, orders TO app_rw")
+                    .ok());
+  }
+  std::string app_config;
+  {
+    std::ifstream in(config_path_);
+    for (std::string line; std::getline(in, line);) {
+      if (!absl::StrContains(line, "dbname=movecat")) {
+        line = absl::StrReplaceAll(line, {{"user=postgres", "user=app_rw"}});
+      }
+      app_config += line + "\n";
+    }
+  }
+  const std::string app_path = shards_->cluster().dir + "/app.toml";
+  std::ofstream(app_path) << app_config;
+  auto app_cluster = Cluster::OpenFile(app_path);
+  ASSERT_TRUE(app_cluster.ok()) << app_cluster.status();
+  absl::Status app_write = absl::UnknownError("not run");
+  int64_t app_count = -1;
+  std::string in_old_snapshot = "not run", by_other_trigger = "not run";
+  ASSERT_TRUE(shards_
+                  ->Query(1,
+                          "CREATE TABLE audit (x int8); CREATE FUNCTION "
+                          "audited() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                          "BEGIN UPDATE users SET n = n + 1 WHERE id = NEW.x; "
+                          "RETURN NULL; END $$; CREATE TRIGGER audited AFTER "
+                          "INSERT ON audit FOR EACH ROW EXECUTE FUNCTION "
+                          "audited()")
+                  .ok());
   options.log = [&](std::string_view line) {
     const absl::string_view l(line.data(), line.size());
     if (absl::EndsWith(l, ": dual-write")) {
@@ -463,6 +533,20 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
       // refuses it by its fence already).
       on_destination =
           shards_->Query(2, "DELETE FROM users WHERE id = -1").status();
+      app_write = (*app_cluster)
+                      ->Execute("UPDATE users SET name = name WHERE id = $1",
+                                {moving_text})
+                      .status();
+      app_count =
+          ScalarOf((*app_cluster)->Execute("SELECT count(*) FROM users"));
+      in_old_snapshot = old_snapshot.Run("DELETE FROM users WHERE id = -1");
+      // A trigger of a table the move does not guard, writing a guarded
+      // one, in a session at the map's epoch (as the library's are).
+      RawSession local(shards_->dsn(1));
+      by_other_trigger = local.Run(
+          StrCat("SET shardkit.epoch = 1000000; INSERT INTO audit VALUES (",
+                 moving, ")"));
+      old_snapshot.Run("ROLLBACK");  // holds no lock for the cutover
       // Schema changes of the moving tables: refused by the router, and on
       // the shards (the test's user is a superuser: event triggers).
       ddl_routed = (*cluster)
@@ -471,7 +555,9 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
       for (const auto& [shard, ddl] : std::vector<std::pair<int, std::string>>{
                {2, "ALTER TABLE users ADD COLUMN extra int"},
                {1, "CREATE INDEX ON orders (note)"},
-               {1, "DROP TABLE orders"}}) {
+               {1, "DROP TABLE orders"},
+               {1, "CREATE RULE r AS ON UPDATE TO users DO ALSO NOTIFY r"},
+               {2, "DROP TRIGGER shardkit_epoch_fence ON users"}}) {
         ddl_on_shards.emplace_back(ddl, shards_->Query(shard, ddl).status());
       }
       other_ddl =
@@ -506,6 +592,14 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
   EXPECT_NE(on_destination.message().find("table users is under move 1"),
             std::string::npos)
       << on_destination;
+  EXPECT_TRUE(app_write.ok()) << app_write;
+  EXPECT_EQ(app_count, kUsers + 1);  // with the row loaded at the plan
+  EXPECT_NE(in_old_snapshot.find("table users is under move 1"),
+            std::string::npos)
+      << in_old_snapshot;
+  EXPECT_NE(by_other_trigger.find("table users is under move 1"),
+            std::string::npos)
+      << by_other_trigger;
   EXPECT_TRUE(loaded.ok()) << loaded;
   EXPECT_EQ(staying_bumps, 1);
   EXPECT_EQ(SqlStateOf(ddl_routed), "55000") << ddl_routed;
@@ -539,6 +633,18 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
   EXPECT_EQ(*loaded_rows->rows[0][0], "1");
   ASSERT_TRUE((*cluster)->Execute("DELETE FROM users WHERE id > 100000").ok());
   ExpectUsersOnTheirOwners();
+  // A role with rights on the tables only (none on schema shardkit) still
+  // writes them where the fence stays, and runs DDL where the event
+  // triggers stay.
+  for (int shard : {1, 2}) {
+    RawSession app(shards_->dsn(shard) + " user=app_rw");
+    EXPECT_EQ(app.Run("SET shardkit.epoch = 1000000; UPDATE users SET n = n "
+                      "WHERE id = 1"),
+              "")
+        << "s" << shard + 1;
+    EXPECT_EQ(app.Run("CREATE TEMP TABLE scratch (x int)"), "")
+        << "s" << shard + 1;
+  }
   // Once the move is done, the schema may change again.
   auto altered = (*cluster)->Execute("ALTER TABLE users ADD COLUMN extra int");
   EXPECT_TRUE(altered.ok()) << altered.status();
@@ -754,24 +860,35 @@ TEST_F(MoverTest, SaysWhatToGrantWhenShardkitsObjectsAreAnotherRoles) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
   const std::string schema =
       StrCat("GRANT USAGE, CREATE ON SCHEMA shardkit TO ", kOwner, ";");
-  for (const std::string& want : {
-           StrCat("move ", move->id, " cannot install its fence and write "
-                  "guard: the mover's user lacks privileges on the shards "
-                  "(nothing was installed); on s2 (user shardkit_owner), as "
-                  "a superuser: `", schema, "`; on s3 (user shardkit_owner), "
-                  "it does not own orders (owner postgres), which get the "
-                  "fence's trigger: run the move as their owner, and as a "
-                  "superuser: `", schema, " ALTER FUNCTION "
-                  "shardkit.check_epoch() OWNER TO shardkit_owner; ALTER "
-                  "FUNCTION shardkit.fence_sequence(text) OWNER TO "
-                  "shardkit_owner; ALTER FUNCTION shardkit.raise_fence(text,"
-                  "bigint) OWNER TO shardkit_owner; ALTER FUNCTION "
-                  "shardkit.write_mark(text) OWNER TO shardkit_owner; ALTER "
-                  "SEQUENCE shardkit.fence_"),
-           StrCat(" OWNER TO shardkit_owner; ALTER TABLE shardkit.fences "
-                  "OWNER TO shardkit_owner; ALTER TABLE shardkit.write_guards "
-                  "OWNER TO shardkit_owner;`; then `shardctl moves resume ",
-                  move->id, "`")}) {
+  for (const std::string& want :
+       {StrCat("move ", move->id,
+               " cannot install its fence and write "
+               "guard: the mover's user lacks privileges on the shards "
+               "(nothing was installed); on s2 (user shardkit_owner), as "
+               "a superuser: `",
+               schema,
+               "`; on s3 (user shardkit_owner), "
+               "it does not own orders (owner postgres), which get the "
+               "fence's trigger: run the move as their owner, and as a "
+               "superuser: `",
+               schema,
+               " ALTER FUNCTION "
+               "shardkit.add_write_guard(text,bigint) OWNER TO "
+               "shardkit_owner; ALTER FUNCTION shardkit.check_epoch() "
+               "OWNER TO shardkit_owner; ALTER FUNCTION "
+               "shardkit.fence_sequence(text) OWNER TO shardkit_owner; "
+               "ALTER FUNCTION shardkit.guard_sequence(text) OWNER TO "
+               "shardkit_owner; ALTER FUNCTION "
+               "shardkit.guarding_move(text) OWNER TO shardkit_owner; "
+               "ALTER FUNCTION shardkit.raise_fence(text,bigint) OWNER TO "
+               "shardkit_owner; ALTER FUNCTION "
+               "shardkit.remove_write_guards(bigint) OWNER TO "
+               "shardkit_owner; ALTER FUNCTION shardkit.write_mark(text) "
+               "OWNER TO shardkit_owner; ALTER SEQUENCE shardkit.fence_"),
+        StrCat(" OWNER TO shardkit_owner; ALTER TABLE shardkit.fences "
+               "OWNER TO shardkit_owner; ALTER TABLE shardkit.write_guards "
+               "OWNER TO shardkit_owner;`; then `shardctl moves resume ",
+               move->id, "`")}) {
     EXPECT_NE(refused.message().find(want), std::string::npos)
         << refused << "\nwants: " << want;
   }
