@@ -67,6 +67,15 @@ constexpr char kUsersAndOrders[] =
     "DEFAULT 0); CREATE TABLE orders (user_id int8, id int8, note text, "
     "PRIMARY KEY (user_id, id))";
 
+// A move of users' `slice` to s3 (which owns nothing at first).
+internal::MoveRequest UsersToS3(std::string slice) {
+  internal::MoveRequest request;
+  request.distribution = "users";
+  request.slice = std::move(slice);
+  request.destination = "s3";
+  return request;
+}
+
 int64_t ScalarOf(const absl::StatusOr<Result>& r) {
   EXPECT_TRUE(r.ok()) << r.status();
   if (!r.ok() || r->rows.empty() || !r->rows[0][0]) return -1;
@@ -214,11 +223,7 @@ TEST_F(MoverTest, MovesAHashSliceEndToEnd) {
 
   auto mover = OpenMover();
   ASSERT_TRUE(mover.ok()) << mover.status();
-  internal::MoveRequest request;
-  request.distribution = "users";
-  request.slice = "0x8000000000000000:";
-  request.destination = "s3";
-  auto move = (*mover)->Start(request);
+  auto move = (*mover)->Start(UsersToS3("0x8000000000000000:"));
   ASSERT_TRUE(move.ok()) << move.status();
   EXPECT_EQ(move->source, "s2");
   ASSERT_TRUE((*mover)->Run(move->id).ok());
@@ -285,11 +290,7 @@ TEST_F(MoverTest, HashesOnTheShardsOnlyWhenBothAgreeWithTheLibrary) {
   auto mover = OpenMover();
   ASSERT_TRUE(mover.ok()) << mover.status();
   auto move_slice = [&](const char* slice) -> uint64_t {
-    internal::MoveRequest request;
-    request.distribution = "users";
-    request.slice = slice;
-    request.destination = "s3";
-    auto move = (*mover)->Start(request);
+    auto move = (*mover)->Start(UsersToS3(slice));
     EXPECT_TRUE(move.ok()) << move.status();
     if (!move.ok()) return 0;
     absl::Status ran = (*mover)->Run(move->id);
@@ -325,11 +326,9 @@ TEST_F(MoverTest, HashesOnTheShardsOnlyWhenBothAgreeWithTheLibrary) {
   with_lists.use_server_hash = false;
   auto lists_mover = internal::Mover::Open(*std::move(config), with_lists);
   ASSERT_TRUE(lists_mover.ok()) << lists_mover.status();
-  internal::MoveRequest request;
-  request.distribution = "users";
-  request.slice = "0x0000000000000000:0x1000000000000000";  // s1's
-  request.destination = "s3";
-  auto third = (*lists_mover)->Start(request);
+  // A slice of s1's.
+  auto third =
+      (*lists_mover)->Start(UsersToS3("0x0000000000000000:0x1000000000000000"));
   ASSERT_TRUE(third.ok()) << third.status();
   ASSERT_TRUE((*lists_mover)->Run(third->id).ok());
   auto turned_off = (*lists_mover)->journal().Get(third->id);
@@ -384,11 +383,8 @@ TEST_F(MoverTest, StopsWhenTheShardsNoLongerHashAsPrepared) {
   };
   auto mover = internal::Mover::Open(*std::move(config), options);
   ASSERT_TRUE(mover.ok()) << mover.status();
-  internal::MoveRequest request;
-  request.distribution = "users";
-  request.slice = "0x8000000000000000:0xc000000000000000";
-  request.destination = "s3";
-  auto move = (*mover)->Start(request);
+  auto move =
+      (*mover)->Start(UsersToS3("0x8000000000000000:0xc000000000000000"));
   ASSERT_TRUE(move.ok()) << move.status();
   absl::Status stopped = (*mover)->Run(move->id);
   ASSERT_TRUE(replaced);
@@ -572,11 +568,7 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
   };
   auto mover = internal::Mover::Open(*std::move(config), options);
   ASSERT_TRUE(mover.ok()) << mover.status();
-  internal::MoveRequest request;
-  request.distribution = "users";
-  request.slice = "0x8000000000000000:";
-  request.destination = "s3";
-  auto move = (*mover)->Start(request);
+  auto move = (*mover)->Start(UsersToS3("0x8000000000000000:"));
   ASSERT_TRUE(move.ok()) << move.status();
   ASSERT_TRUE((*mover)->Run(move->id).ok());
 
@@ -772,11 +764,7 @@ TEST_F(MoverTest, MovesAsTheTablesOwnerWithoutASuperuser) {
   };
   auto mover = internal::Mover::Open(*std::move(config), options);
   ASSERT_TRUE(mover.ok()) << mover.status();
-  internal::MoveRequest request;
-  request.distribution = "users";
-  request.slice = "0x8000000000000000:";
-  request.destination = "s3";
-  auto move = (*mover)->Start(request);
+  auto move = (*mover)->Start(UsersToS3("0x8000000000000000:"));
   absl::Status ran = move.ok() ? (*mover)->Run(move->id) : move.status();
   stop = true;
   writer.join();
@@ -1086,11 +1074,7 @@ TEST_F(MoverTest, RepairsCopiesTheSourceRolledBackAndAdvancesSequences) {
   };
   auto mover = internal::Mover::Open(*LoadConfig(config_path_), options);
   ASSERT_TRUE(mover.ok()) << mover.status();
-  internal::MoveRequest request;
-  request.distribution = "users";
-  request.slice = "0x8000000000000000:";
-  request.destination = "s3";
-  auto move = (*mover)->Start(request);
+  auto move = (*mover)->Start(UsersToS3("0x8000000000000000:"));
   ASSERT_TRUE(move.ok()) << move.status();
   absl::Status ran;
   std::thread runner([&] { ran = (*mover)->Run(move->id); });
@@ -1363,11 +1347,7 @@ TEST_F(MoverRangeTest, ScatterReadsSeeEachRowOnceWhileARangeSliceMoves) {
   ASSERT_TRUE(mover.ok()) << mover.status();
   std::vector<std::thread> threads;
   for (int w = 0; w < 2; ++w) threads.emplace_back(writer, w);
-  internal::MoveRequest request;
-  request.distribution = "users";
-  request.slice = "1200:";
-  request.destination = "s3";
-  auto move = (*mover)->Start(request);
+  auto move = (*mover)->Start(UsersToS3("1200:"));
   if (move.ok()) checked_move = move->id;
   absl::Status ran = move.ok() ? (*mover)->Run(move->id) : move.status();
   stop = true;
