@@ -459,6 +459,8 @@ DO $install$ BEGIN
     CREATE EVENT TRIGGER shardkit_guard_drop ON sql_drop
       EXECUTE FUNCTION shardkit.guard_drop();
   END IF;
+  ALTER EVENT TRIGGER shardkit_guard_ddl ENABLE ALWAYS;
+  ALTER EVENT TRIGGER shardkit_guard_drop ENABLE ALWAYS;
 END $install$;
 )sql");
 }
@@ -468,7 +470,11 @@ std::string InstallFenceTriggerSql(std::string_view quoted_table) {
       "CREATE OR REPLACE TRIGGER shardkit_epoch_fence BEFORE INSERT OR UPDATE "
       "OR DELETE OR TRUNCATE ON ",
       quoted_table,
-      " FOR EACH STATEMENT EXECUTE FUNCTION shardkit.check_epoch()");
+      " FOR EACH STATEMENT EXECUTE FUNCTION shardkit.check_epoch(); "
+      // Also in sessions that apply rows as replication does (the mover's
+      // own: session_replication_role = replica).
+      "ALTER TABLE ",
+      quoted_table, " ENABLE ALWAYS TRIGGER shardkit_epoch_fence");
 }
 
 std::string RemoveFenceSql(std::string_view quoted_table,

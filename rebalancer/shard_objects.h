@@ -166,7 +166,11 @@
 // owns the slice then: nothing is dual-written) or the move is aborted.
 // A marked write costs a string comparison; an unmarked one, a sequence
 // read. The trigger function runs as its owner (SECURITY DEFINER, with a
-// fixed search_path), so a writer needs no rights on schema shardkit.
+// fixed search_path), so a writer needs no rights on schema shardkit. The
+// fence trigger and the DDL guard's event triggers are ENABLE ALWAYS: they
+// fire in sessions with session_replication_role = replica too (the
+// mover's sessions, when it is a superuser, copy rows that way: no user
+// trigger fires and no foreign key is checked for a copied row).
 //
 // Schema changes too: the move copies a table by the columns it had when
 // it started (the backfill, the verify, the dual-write's upserts), so a

@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "rebalancer/shard_objects.h"
 #include "rebalancer/verify.h"
 #include "router/failpoint.h"
 #include "shardkit/key.h"
@@ -624,10 +625,8 @@ TEST_F(BackfillTest, WritesUnderTheFenceWithItsEpoch) {
         "plpgsql AS $$ BEGIN IF coalesce(nullif(current_setting("
         "'shardkit.epoch', true), '')::int8, 0) < 4 THEN RAISE EXCEPTION "
         "USING ERRCODE = 'SK001', MESSAGE = 'stale epoch'; END IF; RETURN "
-        "NULL; END $$;"
-        "CREATE TRIGGER shardkit_epoch_fence BEFORE INSERT OR UPDATE OR "
-        "DELETE ON users FOR EACH STATEMENT EXECUTE FUNCTION "
-        "shardkit.check_epoch()");
+        "NULL; END $$;" +
+            internal::InstallFenceTriggerSql("users"));
   const MoveSlice slice = HashSlice(10, KeyType::kInt8, 0, {});
   auto refused = BackfillTable(source(), destination(), {"users", "id"},
                                slice, {});
@@ -691,7 +690,8 @@ TEST_F(BackfillTest, DestinationThatStopsReadingFailsTheBackfill) {
                " THEN PERFORM pg_advisory_xact_lock(4711); END IF; RETURN "
                "NEW; END $$;"
                "CREATE TRIGGER hold BEFORE INSERT ON users FOR EACH ROW "
-               "EXECUTE FUNCTION hold_row()"));
+               "EXECUTE FUNCTION hold_row(); ALTER TABLE users ENABLE "
+               "ALWAYS TRIGGER hold"));  // the mover's sessions are replicas
   testing::Session holder(shards_->dsn(1));
   ASSERT_TRUE(holder.ok()) << holder.error();
   ASSERT_EQ(holder.Scalar("SELECT pg_advisory_lock(4711)"), "");
