@@ -6,7 +6,6 @@
 
 #include "rebalancer/mover.h"
 
-#include <libpq-fe.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,34 +82,6 @@ int64_t ScalarOf(const absl::StatusOr<Result>& r) {
   EXPECT_TRUE(absl::SimpleAtoi(*r->rows[0][0], &n));
   return n;
 }
-
-// A libpq session of its own on a shard, for what TestCluster::Query (a
-// connection per call) cannot show: a transaction held open, another role.
-class RawSession {
- public:
-  explicit RawSession(const std::string& dsn)
-      : conn_(PQconnectdb(dsn.c_str())) {}
-  ~RawSession() { PQfinish(conn_); }
-  RawSession(const RawSession&) = delete;
-  RawSession& operator=(const RawSession&) = delete;
-
-  // Runs `sql`; "" when it succeeded, else the server's message.
-  std::string Run(const std::string& sql) {
-    if (PQstatus(conn_) != CONNECTION_OK) return PQerrorMessage(conn_);
-    std::string error;
-    PQsendQuery(conn_, sql.c_str());
-    while (PGresult* result = PQgetResult(conn_)) {
-      if (PQresultStatus(result) == PGRES_FATAL_ERROR && error.empty()) {
-        error = PQresultErrorMessage(result);
-      }
-      PQclear(result);
-    }
-    return error;
-  }
-
- private:
-  PGconn* conn_;
-};
 
 class MoverTest : public ::testing::Test {
  protected:
@@ -454,9 +425,9 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
   absl::Status loaded = absl::UnknownError("no load");
   // A REPEATABLE READ transaction on the destination whose snapshot
   // predates the guard still meets it (the guard is read as it is now).
-  RawSession old_snapshot(shards_->dsn(2));
-  ASSERT_EQ(old_snapshot.Run("BEGIN ISOLATION LEVEL REPEATABLE READ; "
-                             "SELECT count(*) FROM users"),
+  testing::Session old_snapshot(shards_->dsn(2));
+  ASSERT_EQ(old_snapshot.Scalar("BEGIN ISOLATION LEVEL REPEATABLE READ; "
+                                "SELECT 1 FROM users LIMIT 0"),
             "");
   // The application as a role with rights on its tables only (none on
   // schema shardkit), writing and reading through the library meanwhile.
@@ -535,14 +506,14 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
                       .status();
       app_count =
           ScalarOf((*app_cluster)->Execute("SELECT count(*) FROM users"));
-      in_old_snapshot = old_snapshot.Run("DELETE FROM users WHERE id = -1");
+      in_old_snapshot = old_snapshot.Scalar("DELETE FROM users WHERE id = -1");
       // A trigger of a table the move does not guard, writing a guarded
       // one, in a session at the map's epoch (as the library's are).
-      RawSession local(shards_->dsn(1));
-      by_other_trigger = local.Run(
+      testing::Session local(shards_->dsn(1));
+      by_other_trigger = local.Scalar(
           StrCat("SET shardkit.epoch = 1000000; INSERT INTO audit VALUES (",
                  moving, ")"));
-      old_snapshot.Run("ROLLBACK");  // holds no lock for the cutover
+      old_snapshot.Scalar("ROLLBACK");  // holds no lock for the cutover
       // Schema changes of the moving tables: refused by the router, and on
       // the shards (the test's user is a superuser: event triggers).
       ddl_routed = (*cluster)
@@ -629,12 +600,12 @@ TEST_F(MoverTest, RefusesWritesTheRouterDidNotRouteUntilTheCutover) {
   // writes them where the fence stays, and runs DDL where the event
   // triggers stay.
   for (int shard : {1, 2}) {
-    RawSession app(shards_->dsn(shard) + " user=app_rw");
-    EXPECT_EQ(app.Run("SET shardkit.epoch = 1000000; UPDATE users SET n = n "
+    testing::Session app(shards_->dsn(shard) + " user=app_rw");
+    EXPECT_EQ(app.Scalar("SET shardkit.epoch = 1000000; UPDATE users SET n = n "
                       "WHERE id = 1"),
               "")
         << "s" << shard + 1;
-    EXPECT_EQ(app.Run("CREATE TEMP TABLE scratch (x int)"), "")
+    EXPECT_EQ(app.Scalar("CREATE TEMP TABLE scratch (x int)"), "")
         << "s" << shard + 1;
   }
   // Once the move is done, the schema may change again.
