@@ -82,6 +82,10 @@ absl::StatusOr<std::unique_ptr<MoveSession>> MoveSession::Open(
       conn, [](void*, const char*) {}, nullptr);
   std::unique_ptr<MoveSession> session(new MoveSession(shard.name, conn));
   session->statement_timeout_ = statement_timeout;
+  // Reported by the server at connection start: no round trip.
+  const char* superuser = PQparameterStatus(conn, "is_superuser");
+  session->superuser_ =
+      superuser != nullptr && std::string_view(superuser) == "on";
   const std::string setup = StrCat(
       "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, MDY'; "
       "SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; "
@@ -94,9 +98,7 @@ absl::StatusOr<std::unique_ptr<MoveSession>> MoveSession::Open(
       // them as logical replication does, without firing the tables'
       // triggers (their effects come with the rows they wrote) or
       // checking foreign keys table by table (the source has them right).
-      "; DO $replica$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE "
-      "rolname = current_user) THEN SET session_replication_role = "
-      "replica; END IF; END $replica$");
+      session->superuser_ ? "; SET session_replication_role = replica" : "");
   absl::StatusOr<std::vector<int64_t>> set =
       session->Run(setup, "setting up the mover's session");
   if (!set.ok()) return set.status();

@@ -132,6 +132,11 @@ class MoveSession {
   // Whether the session is inside a transaction block (open or failed).
   bool InTransaction() const;
 
+  // Whether the session's user is a superuser (is_superuser, as the server
+  // reported it when the session connected). Such a session copies rows
+  // with session_replication_role = replica.
+  bool superuser() const { return superuser_; }
+
   // Rolls back an open transaction, first ending as failed a COPY FROM
   // STDIN left open, ignoring errors (a broken connection rolls back on
   // the server anyway). The session can be used again afterwards.
@@ -148,6 +153,7 @@ class MoveSession {
   const std::string shard_name_;
   PGconn* const conn_;  // owned
   absl::Duration statement_timeout_;  // as set by Open
+  bool superuser_ = false;            // as set by Open
 };
 
 // `name` as an SQL identifier, always double-quoted.

@@ -379,11 +379,7 @@ absl::Status Mover::Prepare(const MoveRecord& move) {
     }
     RETURN_IF_ERROR(session->Run(InstallFenceFunctionSql(),
                                  "installing the epoch fence").status());
-    ASSIGN_OR_RETURN(const int64_t superuser,
-                     session->QueryInt("SELECT rolsuper::int FROM pg_roles "
-                                       "WHERE rolname = current_user",
-                                       {}, "asking for the mover's role"));
-    if (superuser == 1) {
+    if (session->superuser()) {
       RETURN_IF_ERROR(
           session->Run(InstallDdlGuardSql(), "installing the DDL guard")
               .status());
